@@ -1,0 +1,145 @@
+"""Model-level verbs: swap a model's layers for sparse-binary twins, and start them at a target."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from sbnn import estimators
+from sbnn.constraint import sb_layers
+from sbnn.layers import DOMAINS, SBConv2d, SBLayer, SBLinear
+from sbnn.primitives import closed_form
+
+__all__ = ["BinarizeConfig", "binarize_", "init_closed_form_"]
+
+
+@dataclass
+class BinarizeConfig:
+    """How :func:`binarize_` swaps layers.
+
+    Attributes:
+        domain: one of ``"learned"``, ``"closed_form"``, ``"pm1"``, ``"01"``.
+        weight_estimator: estimator name for the weights' sign (see ``sbnn.estimators.names()``).
+        act: estimator name for the input activations, or ``None`` for real activations.
+        keep_first: keep the first ``nn.Conv2d`` in full precision (the paper's layout).
+        keep_last: keep the last ``nn.Linear`` (the classifier) in full precision.
+        linear: also swap ``nn.Linear`` layers other than the kept classifier.
+    """
+
+    domain: str = "learned"
+    weight_estimator: str = "ste"
+    act: str | None = "approx_sign"
+    keep_first: bool = True
+    keep_last: bool = True
+    linear: bool = True
+
+    def __post_init__(self):
+        if self.domain not in DOMAINS:
+            raise ValueError(f"unknown domain {self.domain!r}; valid domains: {', '.join(DOMAINS)}")
+        for field, value in (("weight_estimator", self.weight_estimator), ("act", self.act)):
+            if value is not None and value not in estimators.names():
+                raise ValueError(
+                    f"unknown {field} {value!r}; valid names: {', '.join(estimators.names())}"
+                )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _swap(module: nn.Module, config: BinarizeConfig) -> nn.Module:
+    kw = dict(domain=config.domain, weight_estimator=config.weight_estimator, act=config.act)
+    dev, dt = module.weight.device, module.weight.dtype
+    if isinstance(module, nn.Conv2d):
+        new = SBConv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride,
+            module.padding, module.dilation, module.groups, module.bias is not None,
+            module.padding_mode, device=dev, dtype=dt, **kw,
+        )
+    else:
+        new = SBLinear(
+            module.in_features, module.out_features, module.bias is not None,
+            device=dev, dtype=dt, **kw,
+        )
+    with torch.no_grad():
+        new.weight.copy_(module.weight)
+        if module.bias is not None:
+            new.bias.copy_(module.bias)
+    new.train(module.training)
+    return new
+
+
+def binarize_(
+    model: nn.Module,
+    config: BinarizeConfig | None = None,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+) -> nn.Module:
+    """Swap ``nn.Conv2d`` / ``nn.Linear`` layers of ``model`` for sparse-binary twins, in place.
+
+    Weights and biases are copied. The first conv and the last linear (the classifier) stay full
+    precision unless ``config.keep_first`` / ``config.keep_last`` say otherwise. ``filter_fn(name,
+    module)`` can veto further layers (return False to keep one). Returns ``model``.
+    """
+    config = config or BinarizeConfig()
+    candidates = [
+        (name, m)
+        for name, m in model.named_modules()
+        if type(m) in (nn.Conv2d, nn.Linear) and not isinstance(m, SBLayer)
+    ]
+    convs = [n for n, m in candidates if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in candidates if isinstance(m, nn.Linear)]
+    skip = set()
+    if config.keep_first and convs:
+        skip.add(convs[0])
+    if config.keep_last and linears:
+        skip.add(linears[-1])
+    if not config.linear:
+        skip.update(linears)
+    for name, m in candidates:
+        if name in skip or (filter_fn is not None and not filter_fn(name, m)):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _swap(m, config))
+    return model
+
+
+@torch.no_grad()
+def init_closed_form_(model: nn.Module, ones: float) -> nn.Module:
+    """Start every sparse-binary layer at ones fraction ``ones``, in closed form.
+
+    For each layer, the closed-form split of its latent weights at ``ones`` (the
+    ``k = floor(ones * n + 0.5)`` largest weights) becomes the sign pattern: the latent weights are
+    shifted by a threshold between the k-th and (k+1)-th largest value, so exactly those k are
+    ``>= 0``. For the ``"learned"`` domain, tau and phi are set to the least-squares levels of the
+    original weights: ``tau = (beta - alpha) / 2``, ``phi = (beta + alpha) / 2``.
+    """
+    if not 0.0 < float(ones) < 1.0:
+        raise ValueError(f"ones must be a fraction in (0, 1), got {ones}")
+    layers = sb_layers(model)
+    if not layers:
+        raise ValueError("model has no sparse-binary layers; call sbnn.binarize_ first")
+    for name, m in layers:
+        w = m.weight
+        n = w.numel()
+        k = int(math.floor(float(ones) * n + 0.5))
+        if k == 0 or k == n:
+            raise ValueError(
+                f"layer {name!r} has {n} weights: ones={ones} rounds to {k} one-bits; "
+                "choose a fraction that leaves at least one 1-bit and one 0-bit"
+            )
+        alpha, beta, bits = closed_form(w, ones=ones)
+        vals = torch.sort(w.reshape(-1), descending=True).values
+        thr = (vals[k - 1] + vals[k]) / 2
+        shifted = w - thr
+        # ties at the threshold: force the closed form's (position-ordered) bits exactly
+        eps = torch.finfo(w.dtype).tiny
+        shifted = torch.where(bits, shifted.clamp(min=0), shifted.clamp(max=-eps))
+        w.copy_(shifted)
+        if m.domain == "learned":
+            m.tau.fill_(float((beta - alpha) / 2))
+            m.phi.fill_(float((beta + alpha) / 2))
+    return model
