@@ -1,0 +1,214 @@
+"""Training configuration: dataclasses that round-trip to YAML, with dotted ``--set`` overrides.
+
+``Config()`` is the embedded default, the main job (Fashion-MNIST, the small sparse binary CNN,
+EC = 0.05, closed-form start at the target). A YAML file gives values for any subset of the fields;
+``--set optim.lr=0.01`` overrides one field after the file, with its type checked. The resolved
+config is written as ``config.yaml`` into every run folder, so ``sbnn train --config
+RUN/config.yaml`` reruns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
+    "ConfigError", "load_config", "save_config", "apply_overrides", "from_dict", "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100
+    root: str | None = None  # None: $SBNN_DATA, else the dataset's default folder
+    batch_size: int = 128  # per process (per rank under torchrun)
+    eval_batch_size: int = 1000
+    crop_padding: int = 0  # random crop after zero padding by this many pixels (0: off)
+    hflip: bool = False
+    rotation: float = 0.0  # max degrees of the random rotation (0: off)
+    mixup_alpha: float = 0.0  # 0: off; the paper uses 1.0 on CIFAR
+    train_subset: int | None = None  # use only the first N training samples (quick runs, tests)
+    test_subset: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fmnist_cnn"  # see `sbnn.models.list_models()`
+    domain: str = "learned"  # learned | closed_form | pm1 | 01
+    weight_estimator: str = "ste"  # ste | clipped_ste | ede | approx_sign
+    act: str | None = "approx_sign"  # estimator of the binary activations; None: float inputs
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments (e.g. width)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 0
+
+
+@dataclass
+class SparsityConfig:
+    ec: float = 0.05  # target global ones fraction ("expected connections"); 0.5 = dense BNN
+    gamma: float = 0.07  # share of the total loss carried by the penalty (0: no penalty)
+    init: str = "closed_form"  # closed_form: start the latent weights at the target | none
+    ede_schedule: bool = True  # advance t/k of every EDE estimator with the epoch
+    clamp: bool = True  # clamp latent weights to [-1.5, 1.5] after every step
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    epochs: int = 4
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    threads: int | None = None  # torch.set_num_threads; None: torch's default
+    progress: bool = True  # tqdm progress bar
+    eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
+    out: str | None = None  # run folder; None: runs/<model>-<timestamp>
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+# --------------------------------------------------------------------------------------------
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` converted to ``tp`` (int -> float allowed), or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of "
+                          f"{[getattr(a, '__name__', str(a)) for a in args]}")
+    if tp is Any:
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(cls, d: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys raise a ConfigError that lists
+    the valid ones."""
+    d = d or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
+    hints = _hints(cls)
+    unknown = set(d) - set(hints)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(prefix + k for k in unknown)}; valid: "
+                          f"{sorted(prefix + k for k in hints)}")
+    kwargs = {}
+    for k, v in d.items():
+        tp = hints[k]
+        if _is_dataclass_type(tp):
+            kwargs[k] = from_dict(tp, v, prefix + k + ".")
+        else:
+            kwargs[k] = _check(v, tp, prefix + k)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The default config, updated by the YAML file at ``path`` and then by ``key=value``
+    overrides."""
+    data: dict = {}
+    if path is not None:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    cfg = from_dict(Config, data)
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (``1e-3``, ``true``,
+    ``null``, ``{width: 2}``) and type-checked against the field."""
+    d = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        # YAML reads '1e-3' as a string; accept it as a float when that is what it looks like.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else value
+            except ValueError:
+                pass
+        node, parts = d, key.split(".")
+        cls = Config
+        for p in parts[:-1]:
+            hints = _hints(cls)
+            if p not in hints or not _is_dataclass_type(hints[p]):
+                raise ConfigError(f"unknown config section '{p}' in '{key}'; valid: "
+                                  f"{sorted(k for k, t in hints.items() if _is_dataclass_type(t))}")
+            node, cls = node[p], hints[p]
+        hints = _hints(cls)
+        last = parts[-1]
+        if last not in hints:
+            raise ConfigError(f"unknown key '{key}'; valid: "
+                              f"{sorted('.'.join(parts[:-1] + [k]) for k in hints)}")
+        if _is_dataclass_type(hints[last]):
+            raise ConfigError(f"'{key}' is a section; set one of its keys, e.g. {key}."
+                              f"{next(iter(_hints(hints[last])))}=...")
+        node[last] = _check(value, hints[last], key)
+    return from_dict(Config, d)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,84 @@
+"""ResNet-18 in the IR-Net CIFAR layout (Qin et al., arXiv:1909.10788), the paper's CIFAR-10 net.
+
+    x: (N, 3, 32, 32)
+    float conv3x3(3 -> 64) + BN + hardtanh                          -> (N, 64, 32, 32)
+    4 stages x 2 BasicBlocks, 64/128/256/512 channels, strides 1/2/2/2  -> (N, 512, 4, 4)
+    avgpool + flatten + BN1d + float linear                          -> (N, classes)
+
+BasicBlock (two residual units, each with its own shortcut, as IR-Net does)::
+
+    out = hardtanh(BN(bconv3x3(x)) + shortcut(x))     # shortcut: identity, or float 1x1 conv + BN
+    out = hardtanh(BN(bconv3x3(out)) + out)
+
+``bconv3x3`` binarises its input with ``act`` (EDE in the paper's recipe) and its weights into
+{alpha, beta}. ``resnet18_irnet_fp`` is the float twin.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sbnn.models import register
+from sbnn.models._common import binary_conv3x3
+
+
+class IRBasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int, binary: bool, sb: dict):
+        super().__init__()
+        self.conv1 = binary_conv3x3(binary, cin, cout, stride, **sb)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = binary_conv3x3(binary, cout, cout, 1, **sb)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, C_in, H, W) -> (N, C_out, H/stride, W/stride)
+        out = F.hardtanh(self.bn1(self.conv1(x)) + self.shortcut(x))
+        return F.hardtanh(self.bn2(self.conv2(out)) + out)
+
+
+class ResNetIRNet(nn.Module):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, layers=(2, 2, 2, 2),
+                 width: int = 64, binary: bool = True, domain: str = "learned",
+                 weight_estimator="ede", act="ede"):
+        super().__init__()
+        sb = dict(domain=domain, weight_estimator=weight_estimator, act=act)
+        self.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        blocks, cin = [], width
+        for i, n in enumerate(layers):
+            cout = width * 2**i
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(IRBasicBlock(cin, cout, stride, binary, sb))
+                cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.bn_fc = nn.BatchNorm1d(cin)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, 3, 32, 32) -> (N, classes)
+        out = F.hardtanh(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return self.fc(self.bn_fc(out))
+
+
+@register()
+def resnet18_irnet(num_classes: int = 10, in_chans: int = 3, **kw) -> nn.Module:
+    """The paper's CIFAR-10 network: IR-Net ResNet-18 with sparse-binary 3x3 convs."""
+    return ResNetIRNet(num_classes, in_chans, binary=True, **kw)
+
+
+@register()
+def resnet18_irnet_fp(num_classes: int = 10, in_chans: int = 3, domain=None,
+                      weight_estimator=None, act=None, **kw) -> nn.Module:
+    """Full-precision twin of ``resnet18_irnet``."""
+    return ResNetIRNet(num_classes, in_chans, binary=False, **kw)
