@@ -1,0 +1,464 @@
+"""Training loop for sparse binary networks: ``sbnn train`` and :func:`train`.
+
+One epoch: every batch goes through ``loss = CE(model(x), y)`` (mixed up when ``data.mixup_alpha``
+> 0), the sparsity penalty ``lambda * h`` of :class:`sbnn.SparsityConstraint` is added, the
+optimiser steps, the learning rate follows a per-step cosine, and the latent weights are clamped to
+[-1.5, 1.5]. EDE estimators advance their (t, k) with the epoch. With ``sparsity.init =
+closed_form`` the latent weights start exactly at the target ones fraction (closed-form split),
+which a short run needs: the authors' penalty moves the ones fraction only slowly.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per epoch),
+``last.pt`` / ``best.pt`` (written atomically) and ``report.json``. ``resume=RUN_DIR`` continues
+from ``last.pt`` and gives the same weights as an uninterrupted run (data order and augmentation are
+functions of (seed, epoch, rank); RNG states are restored too).
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA);
+each rank reads its own shard, only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from sbnn import data as sdata
+from sbnn import models
+from sbnn.config import Config, from_dict, load_config, save_config, to_dict
+
+__all__ = ["Trainer", "train", "resolve_device", "atomic_save", "evaluate_loader"]
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use device=cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """``torch.save`` to a temporary file, fsync it, then ``os.replace``: a kill at any moment
+    leaves either the old file or the new one, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
+    """The model a config describes (fresh weights)."""
+    m = cfg.model
+    return models.create(m.name, num_classes=num_classes, in_chans=in_chans, domain=m.domain,
+                         weight_estimator=m.weight_estimator, act=m.act, **m.kwargs)
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.momentum > 0)
+    raise ValueError(f"unknown optimizer '{o.name}'; valid: adam, adamw, sgd")
+
+
+def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Per-step schedule: linear warm-up over ``warmup_epochs``, then cosine to 0 (or constant)."""
+    o = cfg.optim
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = o.warmup_epochs * steps_per_epoch
+    if o.schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule '{o.schedule}'; valid: cosine, constant")
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if o.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader) -> dict:
+    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in loader:
+        out = model(x)
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return {"accuracy": correct / max(1, total), "loss": loss_sum / max(1, total), "n": total}
+
+
+def has_sb_layers(model: nn.Module) -> bool:
+    from sbnn.constraint import sb_layers
+
+    return bool(sb_layers(model))
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Holds everything one run needs; :meth:`fit` trains and returns the report dict.
+
+    ``out``: run folder (default ``cfg.out`` or ``runs/<model>-<time>``). ``resume``: a run folder
+    (or its ``last.pt``) to continue from; its ``config.yaml`` is used unless ``cfg`` is given.
+    ``stop_after``: end after this many epochs in total, as if killed right after that epoch's
+    checkpoint (used by the resume tests).
+    """
+
+    def __init__(self, cfg: Config | None = None, out: str | os.PathLike | None = None,
+                 resume: str | os.PathLike | None = None, stop_after: int | None = None):
+        ckpt = None
+        if resume is not None:
+            rpath = Path(resume)
+            ckpt_path = rpath / "last.pt" if rpath.is_dir() else rpath
+            if not ckpt_path.is_file():
+                raise FileNotFoundError(f"cannot resume: no checkpoint at '{ckpt_path}'")
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            if cfg is None:
+                cfg = from_dict(Config, ckpt["config"])
+            out = out or ckpt_path.parent
+        cfg = cfg if cfg is not None else Config()
+        self.stop_after = stop_after
+
+        # -- distributed ---------------------------------------------------------------------
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(cfg.device, self.local_rank)
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world)
+        self.is_main = self.rank == 0
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+        # -- run folder ----------------------------------------------------------------------
+        if out is None:
+            out = cfg.out or f"runs/{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.out = Path(out)
+        self.cfg = replace(cfg, out=str(self.out))
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+
+        # -- data ------------------------------------------------------------------------------
+        d = self.cfg.data
+        train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
+        test_set = sdata.load_dataset(d.name, d.root, train=False).subset(d.test_subset)
+        self.num_classes = train_set.num_classes
+        self.in_chans = train_set.images.shape[1]
+        augment = sdata.Augment(d.crop_padding, d.hflip, d.rotation)
+        self.train_loader = sdata.BatchLoader(
+            train_set, d.batch_size, shuffle=True, augment=augment, device=self.device,
+            seed=self.cfg.seed, rank=self.rank, world_size=self.world)
+        self.test_loader = sdata.BatchLoader(test_set, d.eval_batch_size, device=self.device)
+
+        # -- model, constraint, optimiser ----------------------------------------------------
+        _seed_all(self.cfg.seed)
+        model = build_model(self.cfg, self.num_classes, self.in_chans).to(self.device)
+        self.binary = has_sb_layers(model)
+        s = self.cfg.sparsity
+        self.constraint = None
+        if self.binary:
+            from sbnn.constraint import SparsityConstraint
+
+            self.constraint = SparsityConstraint(model, ec=s.ec, gamma=s.gamma)
+            if s.init == "closed_form" and s.ec < 0.5:
+                from sbnn.binarize import init_closed_form_
+
+                with torch.no_grad():
+                    init_closed_form_(model, s.ec)
+            elif s.init not in ("closed_form", "none"):
+                raise ValueError(f"unknown sparsity.init '{s.init}'; valid: closed_form, none")
+        self.model = model
+        self.optimizer = make_optimizer(self.cfg, model)
+        self.scheduler = make_scheduler(self.cfg, self.optimizer, len(self.train_loader))
+        self.start_epoch = 0
+        self.best_acc = -1.0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.start_epoch = int(ckpt["epoch"])
+            self.best_acc = float(ckpt.get("best_acc", -1.0))
+            _set_rng_state(ckpt["rng"])
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.ddp = model
+        if self.is_main and ckpt is not None:
+            self._truncate_metrics(self.start_epoch)
+
+    # ----------------------------------------------------------------------------------------
+    def _truncate_metrics(self, epochs_done: int) -> None:
+        """Drop metric lines of epochs after the checkpoint (written before a kill)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+        _atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def ones_fraction(self) -> float | None:
+        if self.constraint is None:
+            return None
+        with torch.no_grad():
+            return float(self.constraint.ones_fraction())
+
+    def checkpoint(self, epoch: int) -> dict:
+        return {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,  # epochs completed
+            "best_acc": self.best_acc,
+            "config": to_dict(self.cfg),
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "rng": _rng_state(),
+            "sbnn_format": 1,
+        }
+
+    def train_epoch(self, epoch: int, bar=None) -> dict:
+        cfg, model = self.cfg, self.ddp
+        model.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        if cfg.sparsity.ede_schedule:
+            from sbnn import estimators
+
+            estimators.set_progress(_unwrap(model), epoch, cfg.epochs)
+        mix_rng = np.random.default_rng([cfg.seed, epoch, self.rank])
+        mix_g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + self.rank)
+        alpha = cfg.data.mixup_alpha
+        loss_sum, correct, seen, pen_sum = 0.0, 0.0, 0, 0.0
+        for x, y in loader:
+            if alpha > 0:
+                x, ya, yb, lam = sdata.mixup(x, y, alpha, g=mix_g, rng=mix_rng)
+                out = model(x)
+                loss = lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb)
+                pred = out.argmax(1)
+                correct += float(lam * (pred == ya).sum() + (1 - lam) * (pred == yb).sum())
+            else:
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+                correct += float((out.argmax(1) == y).sum())
+            total = loss
+            if self.constraint is not None:
+                penalty = self.constraint(loss)
+                total = loss + penalty
+                pen_sum += float(penalty.detach()) * len(y)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.constraint is not None and cfg.sparsity.clamp:
+                self.constraint.clamp_()
+            loss_sum += float(loss.detach()) * len(y)
+            seen += len(y)
+            if bar is not None:
+                post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
+                if self.constraint is not None:
+                    post["ones"] = f"{self.constraint.last.get('ones_fraction', 0):.4f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+        return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+                "penalty": pen_sum / max(1, seen)}
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        bar = None
+        if self.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.epochs * len(self.train_loader), dynamic_ncols=True,
+                       initial=self.start_epoch * len(self.train_loader), desc="train")
+        t_run = time.perf_counter()
+        epoch_times = []
+        for epoch in range(self.start_epoch, cfg.epochs):
+            if bar is not None:
+                bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+            t0 = time.perf_counter()
+            row = self.train_epoch(epoch, bar)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            row["epoch_time_s"] = time.perf_counter() - t0
+            epoch_times.append(row["epoch_time_s"])
+            done = epoch + 1
+            last = done == cfg.epochs
+            if last or (cfg.eval_every > 0 and done % cfg.eval_every == 0):
+                ev = evaluate_loader(_unwrap(self.model), self.test_loader)
+                row["test_accuracy"], row["test_loss"] = ev["accuracy"], ev["loss"]
+            row = {"epoch": done, **row, "ones_fraction": self.ones_fraction(),
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+            if self.is_main:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                acc = row.get("test_accuracy")
+                is_best = acc is not None and acc > self.best_acc
+                if is_best:
+                    self.best_acc = acc
+                ckpt = self.checkpoint(done)
+                atomic_save(ckpt, self.out / "last.pt")
+                if is_best:
+                    atomic_save(ckpt, self.out / "best.pt")
+                msg = f"epoch {done}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
+                if acc is not None:
+                    msg += f", test acc {acc:.4f}"
+                if row["ones_fraction"] is not None:
+                    msg += f", ones {row['ones_fraction']:.4f}"
+                msg += f", {row['epoch_time_s']:.1f} s"
+                if bar is not None:
+                    bar.write(msg)
+                else:
+                    print(msg, flush=True)
+            if self.stop_after is not None and done >= self.stop_after and not last:
+                if bar is not None:
+                    bar.close()
+                return {"stopped_after": done}
+        if bar is not None:
+            bar.close()
+        wall = time.perf_counter() - t_run
+        report = None
+        if self.is_main:
+            from sbnn.evaluate import format_report, make_report
+
+            report = make_report(_unwrap(self.model), self.test_loader, cfg=cfg)
+            report["best_test_accuracy"] = self.best_acc
+            report["train_wall_time_s"] = wall
+            report["epoch_times_s"] = epoch_times
+            report["epochs"] = cfg.epochs
+            _atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
+            print(format_report(report, title=f"run {self.out}"))
+        if self.distributed:
+            dist.barrier()
+        return report or {}
+
+
+def train(cfg: Config | None = None, out=None, resume=None, stop_after: int | None = None
+          ) -> dict:
+    """Train a model as ``cfg`` says (default: the main job); returns the report dict."""
+    return Trainer(cfg, out=out, resume=resume, stop_after=stop_after).fit()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model (no --config: the main Fashion-MNIST job)",
+        description="Train a sparse binary network. Without --config, runs the embedded default: "
+                    "the main job (Fashion-MNIST, small sparse-binary CNN, EC=0.05).")
+    g = p.add_argument_group("what to train")
+    g.add_argument("--config", "-c", help="YAML config file (defaults for every key)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set optim.lr=0.01 (repeatable)")
+    g.add_argument("--out", "-o", help="run folder (default: config 'out' or runs/<model>-<time>)")
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/last.pt (uses its config.yaml)")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    import yaml
+
+    if args.resume:
+        rdir = Path(args.resume)
+        rdir = rdir if rdir.is_dir() else rdir.parent
+        base = args.config or (rdir / "config.yaml")
+        cfg = load_config(base, args.overrides)
+        if args.print_config:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return 0
+        Trainer(cfg, out=args.out or rdir, resume=args.resume).fit()
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    Trainer(cfg, out=args.out).fit()
+    return 0
