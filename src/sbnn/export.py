@@ -1,0 +1,450 @@
+"""Export a PyTorch sparse-binary model to the engine's graph and to a ``.sbnn`` file.
+
+    >>> graph = sbnn.export.to_graph(model.eval(), input_shape=(1, 28, 28))
+    >>> sbnn.export.export(model, "model.sbnn", input_shape=(1, 28, 28))
+
+The model is traced with ``torch.fx``, keeping the sparse-binary layers, the activation shifts
+and BatchNorm as leaves, and rewritten into the ops of :mod:`sbnn.fileformat`:
+
+* ``SBConv2d`` (+ the BatchNorm that follows it, folded) becomes ``sbconv2d`` with bits ``b`` and
+  per-channel ``eta' = s (beta - alpha)``, ``xi' = s alpha``, ``bias' = s (bias - mean) + beta_bn``
+  where ``s = gamma / sqrt(var + eps)``, because
+  ``conv(x, q) = (beta - alpha) conv(x, b) + alpha conv(x, 1)`` (Schiavone et al., 2306.13515).
+* The binary activation is fused into the conv as a per-input-channel threshold:
+  ``x -> +1 if x >= thr_c else -1`` (``sign(0) = +1``). ``RSign(bias)`` gives ``thr = -bias``;
+  a ``LearnableBias`` directly before a conv that binarises its input gives the same.
+* Float ``nn.Conv2d`` / ``nn.Linear`` fold a following BatchNorm into weight and bias; any other
+  BatchNorm becomes a per-channel ``affine``.
+
+A layer the engine cannot run raises :class:`ExportError` naming it; the file is written
+atomically, so a failed export leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from sbnn.fileformat import Graph, Node, infer_shapes, save
+from sbnn.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
+
+__all__ = ["ExportError", "to_graph", "export", "load_for_export", "fold_sbconv"]
+
+
+class ExportError(ValueError):
+    """The model holds a layer or an operation the sbnn engine does not support."""
+
+
+_LEAVES = (SBLayer, RSign, LearnableBias, RPReLU, nn.modules.batchnorm._BatchNorm)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+@dataclass
+class _Val:
+    """A value during conversion: a tensor of the graph, or a pending binarisation / shift."""
+
+    tid: int
+    kind: str = "t"  # "t": tensor; "bin": sign(x - thr) not materialised; "shift": x + shift
+    vec: np.ndarray | None = None  # thr for "bin", shift for "shift"
+
+
+def _f32(t) -> np.ndarray:
+    return np.ascontiguousarray(torch.as_tensor(t).detach().cpu().numpy(), dtype=np.float32)
+
+
+def _bn_scale_shift(bn: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``y = s * x + t`` (float64)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ExportError(f"layer {where!r} (BatchNorm without running stats) is not supported: "
+                          "it normalises with batch statistics at inference")
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    s = gamma / torch.sqrt(var + bn.eps)
+    return s, beta - mean * s
+
+
+def fold_sbconv(m: SBLayer, bn: nn.Module | None = None, where: str = "") -> dict[str, np.ndarray]:
+    """Bits and per-channel ``eta', xi', bias'`` of a sparse-binary layer, BatchNorm folded.
+
+    ``y_c = eta'_c conv(x, b_c) + xi'_c conv(x, 1) + bias'_c`` equals ``BN(conv(x, q) + bias)``.
+    """
+    co = m.weight.shape[0]
+    alpha, beta = (t.detach().double().reshape(-1).expand(co) for t in m.alpha_beta())
+    b0 = m.bias.detach().double() if m.bias is not None else torch.zeros(co, dtype=torch.float64)
+    if bn is not None:
+        s, t = _bn_scale_shift(bn, where)
+    else:
+        s, t = torch.ones(co, dtype=torch.float64), torch.zeros(co, dtype=torch.float64)
+    return {
+        "bits": m.bits().to(torch.uint8).cpu().numpy(),
+        "eta": _f32(s * (beta - alpha)),
+        "xi": _f32(s * alpha),
+        "bias": _f32(s * b0 + t),
+    }
+
+
+def _pair(v, where: str, what: str) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise ExportError(f"layer {where!r}: non-square {what} {tuple(v)} is not supported")
+        v = v[0]
+    if not isinstance(v, int):
+        raise ExportError(f"layer {where!r}: {what} {v!r} is not supported")
+    return int(v)
+
+
+def _check_conv(m: nn.Conv2d, where: str) -> tuple[int, int]:
+    if m.groups != 1 or _pair(m.dilation, where, "dilation") != 1:
+        raise ExportError(f"layer {where!r} ({type(m).__name__}): grouped or dilated convs are "
+                          "not supported by the sbnn engine")
+    if m.padding_mode != "zeros":
+        raise ExportError(f"layer {where!r}: padding_mode {m.padding_mode!r} is not supported")
+    return _pair(m.stride, where, "stride"), _pair(m.padding, where, "padding")
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+class _Converter:
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, int, int]):
+        self.gm = gm
+        self.nodes: list[Node] = [Node("input", [], {"shape": [int(v) for v in input_shape]},
+                                       name="input")]
+        self.vals: dict[fx.Node, _Val] = {}
+        self.folded: dict[fx.Node, _Val] = {}  # BatchNorm nodes already folded into a conv
+        self.shapes = infer_shapes(Graph(self.nodes, 0))
+
+    # -- graph building ----------------------------------------------------------------------
+    def emit(self, op: str, inputs: list[int], name: str, attrs=None, params=None) -> _Val:
+        nd = Node(op, inputs, dict(attrs or {}), {k: v for k, v in (params or {}).items()
+                                                  if v is not None}, name)
+        self.nodes.append(nd)
+        try:
+            self.shapes = infer_shapes(Graph(self.nodes, len(self.nodes) - 1))
+        except ValueError as exc:
+            raise ExportError(f"layer {name!r}: {exc}") from None
+        return _Val(len(self.nodes) - 1)
+
+    def tensor(self, v: _Val, where: str) -> int:
+        """Materialise a value as a graph tensor."""
+        if v.kind == "t":
+            return v.tid
+        if v.kind == "shift":
+            c = self.shapes[v.tid][0]
+            return self.emit("affine", [v.tid], where + ".shift",
+                             params={"scale": np.ones(c, np.float32), "shift": v.vec}).tid
+        raise ExportError(f"layer {where!r} takes a binarised activation (RSign output) as "
+                          "input; the engine only binarises inside sparse-binary convs")
+
+    def bn_after(self, node: fx.Node) -> tuple[nn.Module | None, fx.Node | None]:
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module":
+            mod = self.gm.get_submodule(users[0].target)
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                return mod, users[0]
+        return None, None
+
+    # -- conversion --------------------------------------------------------------------------
+    def run(self) -> Graph:
+        out = None
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.vals:
+                    raise ExportError("models with more than one input are not supported")
+                self.vals[node] = _Val(0)
+            elif node.op == "output":
+                arg = node.args[0]
+                if not isinstance(arg, fx.Node):
+                    raise ExportError("the model must return a single tensor")
+                out = self.tensor(self.vals[arg], "output")
+            elif node.op == "get_attr":
+                raise ExportError(f"parameter access {node.target!r} outside a layer is not "
+                                  "supported")
+            elif node in self.folded:
+                self.vals[node] = self.folded[node]
+            else:
+                self.vals[node] = self.convert(node)
+        assert out is not None
+        return Graph(self.nodes, out)
+
+    def inp(self, node: fx.Node, i: int = 0) -> _Val:
+        a = node.args[i]
+        if not isinstance(a, fx.Node):
+            raise ExportError(f"operation {node.name!r}: argument {i} is not a tensor")
+        return self.vals[a]
+
+    def convert(self, node: fx.Node) -> _Val:
+        if node.op == "call_module":
+            return self.convert_module(node, self.gm.get_submodule(node.target), node.target)
+        where = node.name
+        fn = node.target
+        if node.op == "call_method":
+            name = fn
+            if name in ("flatten",):
+                return self.flatten(node, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim",
+                                                                               -1))
+            if name in ("relu",):
+                return self.emit("relu", [self.tensor(self.inp(node), where)], where)
+            if name in ("contiguous",):
+                return self.inp(node)
+            raise ExportError(f"operation {where!r} (tensor method .{name}()) is not supported")
+        if fn in (operator.add, operator.iadd, torch.add):
+            if _arg(node, 2, "alpha", 1) != 1 or len(node.args) < 2 or not all(
+                isinstance(a, fx.Node) for a in node.args[:2]
+            ):
+                raise ExportError(f"operation {where!r}: only the sum of two tensors is supported")
+            a, b = (self.tensor(self.inp(node, i), where) for i in (0, 1))
+            return self.emit("add", [a, b], where)
+        if fn in (F.relu, torch.relu):
+            return self.emit("relu", [self.tensor(self.inp(node), where)], where)
+        if fn is F.hardtanh:
+            lo, hi = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
+            return self.emit("hardtanh", [self.tensor(self.inp(node), where)], where,
+                             {"lo": float(lo), "hi": float(hi)})
+        if fn is torch.flatten:
+            return self.flatten(node, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
+        if fn is F.adaptive_avg_pool2d:
+            return self.global_pool(node, _arg(node, 1, "output_size"), where)
+        if fn in (F.max_pool2d, F.avg_pool2d):
+            k = _arg(node, 1, "kernel_size")
+            s = _arg(node, 2, "stride", None) or k
+            p = _arg(node, 3, "padding", 0)
+            if fn is F.max_pool2d:
+                if _arg(node, 4, "dilation", 1) not in (1, (1, 1)) or _arg(node, 5, "ceil_mode"):
+                    raise ExportError(f"operation {where!r}: dilated/ceil-mode pooling")
+                return self.pool("maxpool", node, k, s, p, True, where)
+            if _arg(node, 4, "ceil_mode") or _arg(node, 6, "divisor_override") is not None:
+                raise ExportError(f"operation {where!r}: ceil-mode/divisor-override pooling")
+            return self.pool("avgpool", node, k, s, p, _arg(node, 5, "count_include_pad", True),
+                             where)
+        name = getattr(fn, "__name__", repr(fn))
+        raise ExportError(f"operation {where!r} (function {name}) is not supported by the sbnn "
+                          "engine")
+
+    def flatten(self, node: fx.Node, start: int, end: int) -> _Val:
+        if start != 1 or end != -1:
+            raise ExportError(f"operation {node.name!r}: only flatten(x, 1) is supported")
+        return self.emit("flatten", [self.tensor(self.inp(node), node.name)], node.name)
+
+    def global_pool(self, node: fx.Node, size, where: str) -> _Val:
+        if size not in (1, (1, 1), [1, 1]):
+            raise ExportError(f"layer {where!r}: adaptive pooling to {size} (only 1x1) ")
+        return self.emit("global_avgpool", [self.tensor(self.inp(node), where)], where)
+
+    def pool(self, op, node, k, s, p, cip, where) -> _Val:
+        k, s, p = (_pair(v, where, n) for v, n in ((k, "kernel"), (s, "stride"), (p, "padding")))
+        attrs = {"k": k, "stride": s, "pad": p}
+        if op == "avgpool":
+            attrs["count_include_pad"] = bool(cip)
+        return self.emit(op, [self.tensor(self.inp(node), where)], where, attrs)
+
+    def convert_module(self, node: fx.Node, m: nn.Module, where: str) -> _Val:
+        kind = type(m).__name__
+        if isinstance(m, SBConv2d):
+            return self.sbconv(node, m, where)
+        if isinstance(m, SBLinear):
+            if m.act is not None:
+                raise ExportError(f"layer {where!r} (SBLinear with binary activations) is not "
+                                  "supported by the sbnn engine; use act=None or a 1x1 SBConv2d")
+            p = fold_sbconv(m, None, where)
+            w = p["eta"][:, None] * p["bits"] + p["xi"][:, None]
+            return self.emit("linear", [self.tensor(self.inp(node), where)], where,
+                             params={"weight": w.astype(np.float32), "bias": p["bias"]})
+        if type(m) is nn.Conv2d:
+            stride, pad = _check_conv(m, where)
+            bn, bn_node = self.bn_after(node)
+            w = m.weight.detach().double()
+            b = m.bias.detach().double() if m.bias is not None else None
+            if bn is not None:
+                s, t = _bn_scale_shift(bn, bn_node.target)
+                w = w * s.view(-1, 1, 1, 1)
+                b = (b * s if b is not None else 0) + t
+            v = self.emit("conv2d", [self.tensor(self.inp(node), where)], where,
+                          {"stride": stride, "padding": pad},
+                          {"weight": _f32(w), "bias": None if b is None else _f32(b)})
+            if bn_node is not None:
+                self.folded[bn_node] = v
+            return v
+        if type(m) is nn.Linear:
+            return self.emit("linear", [self.tensor(self.inp(node), where)], where,
+                             params={"weight": _f32(m.weight),
+                                     "bias": None if m.bias is None else _f32(m.bias)})
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                raise ExportError(f"layer {where!r} ({kind}) is not supported")
+            s, t = _bn_scale_shift(m, where)
+            src = self.tensor(self.inp(node), where)
+            if isinstance(m, nn.BatchNorm1d) and len(self.shapes[src]) != 1:
+                raise ExportError(f"layer {where!r}: BatchNorm1d over a (C, L) input")
+            return self.emit("affine", [src], where, params={"scale": _f32(s), "shift": _f32(t)})
+        if isinstance(m, RSign):
+            if not isinstance(node.args[0], fx.Node):
+                raise ExportError(f"layer {where!r}: input is not a tensor")
+            src = self.tensor(self.inp(node), where)
+            return _Val(src, "bin", _f32(-m.bias.detach().double()))
+        if isinstance(m, LearnableBias):
+            v = self.inp(node)
+            if v.kind == "shift":  # two shifts in a row add up
+                return _Val(v.tid, "shift", _f32(v.vec.astype(np.float64) + _f32(m.bias)))
+            return _Val(self.tensor(v, where), "shift", _f32(m.bias))
+        if isinstance(m, RPReLU):
+            return self.emit("rprelu", [self.tensor(self.inp(node), where)], where,
+                             params={"shift_in": _f32(m.shift_in), "slope": _f32(m.slope),
+                                     "shift_out": _f32(m.shift_out)})
+        if isinstance(m, nn.Hardtanh):
+            return self.emit("hardtanh", [self.tensor(self.inp(node), where)], where,
+                             {"lo": float(m.min_val), "hi": float(m.max_val)})
+        if isinstance(m, nn.ReLU):
+            return self.emit("relu", [self.tensor(self.inp(node), where)], where)
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return self.inp(node)
+        if isinstance(m, nn.MaxPool2d):
+            if _pair(m.dilation, where, "dilation") != 1 or m.ceil_mode:
+                raise ExportError(f"layer {where!r}: dilated/ceil-mode max pooling")
+            return self.pool("maxpool", node, m.kernel_size, m.stride, m.padding, True, where)
+        if isinstance(m, nn.AvgPool2d):
+            if m.ceil_mode or m.divisor_override is not None:
+                raise ExportError(f"layer {where!r}: ceil-mode/divisor-override avg pooling")
+            return self.pool("avgpool", node, m.kernel_size, m.stride, m.padding,
+                             m.count_include_pad, where)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return self.global_pool(node, m.output_size, where)
+        if isinstance(m, nn.Flatten):
+            return self.flatten(node, m.start_dim, m.end_dim)
+        raise ExportError(f"layer {where!r} ({kind}) is not supported by the sbnn engine")
+
+    def sbconv(self, node: fx.Node, m: SBConv2d, where: str) -> _Val:
+        stride, pad = _check_conv(m, where)
+        bn, bn_node = self.bn_after(node)
+        params = fold_sbconv(m, bn, where)
+        v = self.inp(node)
+        binary = True
+        if v.kind == "bin":  # RSign before: the conv binarises with its threshold
+            src, thr = v.tid, v.vec
+        elif m.act is not None and v.kind == "shift":  # sign(x + shift) = [x >= -shift]
+            src, thr = v.tid, -v.vec
+        elif m.act is not None:
+            src, thr = v.tid, None
+        else:  # real activations: a float conv with the dequantized, folded weights
+            src, thr, binary = self.tensor(v, where), None, False
+        params["thr"] = thr
+        out = self.emit("sbconv2d", [src], where,
+                        {"stride": stride, "padding": pad, "binary_input": binary}, params)
+        if bn_node is not None:
+            self.folded[bn_node] = out
+        return out
+
+
+def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
+             metadata: dict[str, Any] | None = None) -> Graph:
+    """Trace ``model`` (used in eval mode) into an engine :class:`~sbnn.fileformat.Graph`.
+
+    ``input_shape`` is ``(C, H, W)`` of one sample; the batch size is free at run time.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+    try:
+        graph_fx = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, ...)
+        raise ExportError(f"torch.fx could not trace {type(model).__name__}: {exc}") from exc
+    gm = fx.GraphModule(model, graph_fx)
+    with torch.no_grad():
+        graph = _Converter(gm, tuple(input_shape)).run()
+    graph.metadata = dict(metadata or {})
+    graph.metadata.setdefault("input_shape", list(input_shape))
+    return graph
+
+
+def graph_stats(graph: Graph) -> list[dict[str, Any]]:
+    """Per sparse-binary layer: weights, ones fraction, H(p) bits and stored bits."""
+    from sbnn.fileformat import encode_bits
+    from sbnn.primitives import entropy
+
+    rows = []
+    for nd in graph.nodes:
+        if nd.op != "sbconv2d":
+            continue
+        bits = nd.params["bits"]
+        blob, _ = encode_bits(bits)
+        p = float(bits.mean())
+        rows.append({"layer": nd.name, "shape": list(bits.shape), "weights": int(bits.size),
+                     "ones": p, "h_bits": entropy(p) * bits.size, "stored_bits": 8 * len(blob),
+                     "zero_kernels": float((bits.reshape(bits.shape[0] * bits.shape[1], -1)
+                                            .max(1) == 0).mean())})
+    return rows
+
+
+def load_for_export(source: str | os.PathLike) -> tuple[nn.Module, tuple[int, int, int], dict]:
+    """A trained model from a run folder or checkpoint, its input shape and metadata."""
+    from sbnn.evaluate import load_model  # the training side's loader
+
+    model = load_model(source)
+    meta: dict[str, Any] = {"source": os.fspath(source)}
+    shape = None
+    ckpt = getattr(model, "sbnn_checkpoint", None) or {}
+    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if cfg:
+        meta["model"] = cfg.get("model", {}).get("name")
+        meta["dataset"] = cfg.get("data", {}).get("name")
+        shape = _DATASET_SHAPES.get(meta["dataset"])
+    return model, shape, meta
+
+
+_DATASET_SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                   "cifar100": (3, 32, 32)}
+
+
+def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, int, int], *,
+           metadata: dict[str, Any] | None = None, onnx_path: str | os.PathLike | None = None,
+           check: bool = True) -> Graph:
+    """Write ``model`` to ``path`` as a ``.sbnn`` file (and optionally an ONNX twin).
+
+    With ``check``, the exported graph is run by the reference executor on two random inputs
+    and compared with the PyTorch model; a gap above 1e-3 relative only warns, because an
+    activation within float rounding of a threshold may binarise differently.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        graph = to_graph(model, input_shape, metadata)
+        if check:
+            from sbnn.engine import reference_forward
+
+            x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                want = model(x).numpy()
+            got = reference_forward(graph, x.numpy())
+            err = _max_rel_err(got, want)
+            if not math.isfinite(err) or err > 1e-3:
+                warnings.warn(f"exported graph differs from the model by {err:.3g} (relative)",
+                              stacklevel=2)
+    finally:
+        model.train(was_training)
+    save(graph, path)
+    if onnx_path is not None:
+        from sbnn.onnx_export import save_onnx
+
+        save_onnx(graph, onnx_path)
+    return graph
