@@ -1,14 +1,242 @@
-// Thin nanobind layer: takes arrays through DLPack, calls csrc/core.
+// Thin nanobind layer: takes arrays through DLPack (numpy, CPU torch), checks shapes, calls
+// csrc/core. Arrays are requested C-contiguous: nanobind copies non-contiguous inputs (and casts
+// other float/int dtypes) before they reach the kernels, so strides are never misread.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
+#include <memory>
+#include <optional>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
+#include "core/bconv.h"
 #include "core/bitpack.h"
+#include "core/engine.h"
+#include "core/floatops.h"
+#include "core/isa.h"
 
 namespace nb = nanobind;
+using namespace nb::literals;
 
 using U8Vec = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using FArr = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+using U8Arr = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
+using OptF = std::optional<FArr>;
+
+namespace {
+
+template <typename T>
+nb::ndarray<nb::numpy, T> new_array(const std::vector<size_t>& shape, T** data) {
+  size_t n = 1;
+  for (size_t s : shape) n *= s;
+  T* buf = new T[n > 0 ? n : 1]();
+  nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  *data = buf;
+  return nb::ndarray<nb::numpy, T>(buf, shape.size(), shape.data(), owner);
+}
+
+std::string shape_str(size_t ndim, const size_t* shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (ndim == 1 ? ",)" : ")");
+}
+
+template <typename A>
+std::string shape_of(const A& a) {
+  std::vector<size_t> sh(a.ndim());
+  for (size_t i = 0; i < a.ndim(); ++i) sh[i] = a.shape(i);
+  return shape_str(sh.size(), sh.data());
+}
+
+template <typename A>
+void expect_ndim(const A& a, size_t nd, const char* what, const char* layout) {
+  if (a.ndim() != nd)
+    throw std::invalid_argument(std::string(what) + ": expected a " + std::to_string(nd) +
+                                "-D array " + layout + ", got shape " + shape_of(a));
+}
+
+// A 1-D float array of length n (or null when absent and allowed).
+const float* vec_or_null(const OptF& a, size_t n, const char* what, bool required) {
+  if (!a) {
+    if (required) throw std::invalid_argument(std::string(what) + " is required");
+    return nullptr;
+  }
+  if (a->ndim() != 1 || a->shape(0) != n)
+    throw std::invalid_argument(std::string(what) + ": expected shape (" + std::to_string(n) +
+                                ",), got " + shape_of(*a));
+  return a->data();
+}
+
+sbnn::BConvKind parse_kind(const std::string& k) {
+  if (k == "sparse") return sbnn::BConvKind::Sparse;
+  if (k == "dense") return sbnn::BConvKind::Dense;
+  throw std::invalid_argument("kind must be 'sparse' or 'dense', got '" + k + "'");
+}
+
+int as_int(size_t v) { return static_cast<int>(v); }
+
+// A prepared binary conv bound to one input size, with its own thread pool.
+class PyBConv {
+ public:
+  PyBConv(U8Arr bits, FArr eta, FArr xi, FArr bias, int H, int W, int stride, int padding,
+          OptF thr, const std::string& kind, const std::string& impl, int num_threads)
+      : pool_(num_threads) {
+    expect_ndim(bits, 4, "bits", "(Co, Ci, kh, kw)");
+    const int Co = as_int(bits.shape(0)), Ci = as_int(bits.shape(1));
+    vec_or_null(eta, Co, "eta", true);
+    vec_or_null(xi, Co, "xi", true);
+    vec_or_null(bias, Co, "bias", true);
+    layer_ = std::make_unique<sbnn::BConvLayer>(
+        bits.data(), Co, Ci, as_int(bits.shape(2)), as_int(bits.shape(3)), eta.data(), xi.data(),
+        bias.data(), vec_or_null(thr, Ci, "thr", false), stride, padding, H, W, parse_kind(kind),
+        sbnn::parse_isa(impl));
+  }
+
+  void check_x(const FArr& x) const {
+    const sbnn::ConvGeom& g = layer_->geom();
+    expect_ndim(x, 4, "x", "(N, Ci, H, W)");
+    if (as_int(x.shape(1)) != g.Ci || as_int(x.shape(2)) != g.H || as_int(x.shape(3)) != g.W)
+      throw std::invalid_argument("x: expected shape (N, " + std::to_string(g.Ci) + ", " +
+                                  std::to_string(g.H) + ", " + std::to_string(g.W) + "), got " +
+                                  shape_of(x));
+  }
+
+  nb::ndarray<nb::numpy, float> forward(FArr x) {
+    check_x(x);
+    const sbnn::ConvGeom& g = layer_->geom();
+    const size_t N = x.shape(0);
+    float* y;
+    auto out = new_array<float>({N, static_cast<size_t>(layer_->out_channels()),
+                                 static_cast<size_t>(g.Ho), static_cast<size_t>(g.Wo)},
+                                &y);
+    {
+      nb::gil_scoped_release rel;
+      layer_->forward(x.data(), as_int(N), y, &pool_);
+    }
+    return out;
+  }
+
+  nb::tuple counts(FArr x) {
+    check_x(x);
+    const sbnn::ConvGeom& g = layer_->geom();
+    const size_t N = x.shape(0), Ho = g.Ho, Wo = g.Wo;
+    int32_t *c, *w;
+    auto cnt = new_array<int32_t>({N, static_cast<size_t>(layer_->out_channels()), Ho, Wo}, &c);
+    auto ws = new_array<int32_t>({N, Ho, Wo}, &w);
+    {
+      nb::gil_scoped_release rel;
+      layer_->counts(x.data(), as_int(N), c, w, &pool_);
+    }
+    return nb::make_tuple(cnt, ws);
+  }
+
+  std::string impl() const { return sbnn::isa_name(layer_->isa()); }
+  int64_t ones() const { return layer_->ones(); }
+  std::vector<int> out_shape() const {
+    const sbnn::ConvGeom& g = layer_->geom();
+    return {layer_->out_channels(), g.Ho, g.Wo};
+  }
+
+ private:
+  sbnn::ThreadPool pool_;
+  std::unique_ptr<sbnn::BConvLayer> layer_;
+};
+
+PyBConv make_bconv_for(const FArr& x, U8Arr bits, FArr eta, FArr xi, FArr bias, int stride,
+                       int padding, OptF thr, const std::string& kind, const std::string& impl,
+                       int num_threads) {
+  expect_ndim(x, 4, "x", "(N, Ci, H, W)");
+  return PyBConv(bits, eta, xi, bias, as_int(x.shape(2)), as_int(x.shape(3)), stride, padding, thr,
+                 kind, impl, num_threads);
+}
+
+// ------------------------------------------------------------------ engine binding
+class PyEngine {
+ public:
+  explicit PyEngine(int num_threads) : eng_(num_threads) {}
+
+  int input(int C, int H, int W) { return eng_.input(C, H, W); }
+
+  int conv2d(int t, FArr w, OptF bias, int stride, int padding) {
+    expect_ndim(w, 4, "conv2d weight", "(Co, Ci, kh, kw)");
+    const int Co = as_int(w.shape(0));
+    return eng_.conv2d(t, w.data(), Co, as_int(w.shape(1)), as_int(w.shape(2)),
+                       as_int(w.shape(3)), vec_or_null(bias, Co, "conv2d bias", false), stride,
+                       padding);
+  }
+
+  int sbconv2d(int t, U8Arr bits, FArr eta, FArr xi, FArr bias, int stride, int padding, OptF thr,
+               bool sparse, const std::string& impl) {
+    expect_ndim(bits, 4, "sbconv2d bits", "(Co, Ci, kh, kw)");
+    const int Co = as_int(bits.shape(0)), Ci = as_int(bits.shape(1));
+    return eng_.sbconv2d(t, bits.data(), Co, Ci, as_int(bits.shape(2)), as_int(bits.shape(3)),
+                         vec_or_null(eta, Co, "sbconv2d eta", true),
+                         vec_or_null(xi, Co, "sbconv2d xi", true),
+                         vec_or_null(bias, Co, "sbconv2d bias", true), stride, padding,
+                         vec_or_null(thr, Ci, "sbconv2d thr", false), sparse,
+                         sbnn::parse_isa(impl));
+  }
+
+  int affine(int t, FArr scale, FArr shift) {
+    const int C = eng_.shape(t).C;
+    return eng_.affine(t, vec_or_null(scale, C, "affine scale", true),
+                       vec_or_null(shift, C, "affine shift", true), C);
+  }
+
+  int rprelu(int t, FArr s1, FArr slope, FArr s2) {
+    const int C = eng_.shape(t).C;
+    return eng_.rprelu(t, vec_or_null(s1, C, "rprelu shift_in", true),
+                       vec_or_null(slope, C, "rprelu slope", true),
+                       vec_or_null(s2, C, "rprelu shift_out", true), C);
+  }
+
+  int linear(int t, FArr w, OptF bias) {
+    expect_ndim(w, 2, "linear weight", "(O, I)");
+    const int O = as_int(w.shape(0));
+    return eng_.linear(t, w.data(), O, as_int(w.shape(1)),
+                       vec_or_null(bias, O, "linear bias", false));
+  }
+
+  std::vector<size_t> out_dims(size_t N) const {
+    const sbnn::TensorShape& s = eng_.output_shape();
+    if (s.flat) return {N, static_cast<size_t>(s.C)};
+    return {N, static_cast<size_t>(s.C), static_cast<size_t>(s.H), static_cast<size_t>(s.W)};
+  }
+
+  nb::object run(FArr x, bool profile) {
+    const sbnn::TensorShape& in = eng_.input_shape();
+    expect_ndim(x, 4, "Engine.run x", "(N, C, H, W)");
+    if (as_int(x.shape(1)) != in.C || as_int(x.shape(2)) != in.H || as_int(x.shape(3)) != in.W)
+      throw std::invalid_argument("Engine.run: expected x of shape (N, " + std::to_string(in.C) +
+                                  ", " + std::to_string(in.H) + ", " + std::to_string(in.W) +
+                                  "), got " + shape_of(x));
+    float* y;
+    auto out = new_array<float>(out_dims(x.shape(0)), &y);
+    {
+      nb::gil_scoped_release rel;
+      eng_.run(x.data(), as_int(x.shape(0)), y);
+    }
+    if (profile) return nb::make_tuple(out, eng_.layer_times());
+    return nb::cast(out);
+  }
+
+  sbnn::Engine& eng() { return eng_; }
+
+ private:
+  sbnn::Engine eng_;
+};
+
+std::vector<int> shape_vec(const sbnn::TensorShape& s) {
+  if (s.flat) return {s.C};
+  return {s.C, s.H, s.W};
+}
+
+}  // namespace
 
 static nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>> pack_bits(U8Vec bits) {
   const size_t n = bits.shape(0);
@@ -21,6 +249,144 @@ static nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>> pack_bits(U8Vec bits) {
 
 NB_MODULE(_core, m) {
   m.doc() = "sbnn native core (framework-free C++ kernels)";
-  m.def("pack_bits", &pack_bits, nb::arg("bits"),
+  m.def("pack_bits", &pack_bits, "bits"_a,
         "Pack a 1-D uint8 array of 0/1 values into bytes, little-endian bit order.");
+
+  m.def(
+      "cpu_features",
+      [] {
+        const sbnn::CpuFeatures f = sbnn::cpu_features();
+        nb::dict d;
+        d["popcnt"] = f.popcnt;
+        d["avx2"] = f.avx2;
+        d["fma"] = f.fma;
+        d["avx512f"] = f.avx512f;
+        d["avx512bw"] = f.avx512bw;
+        d["avx512vl"] = f.avx512vl;
+        d["avx512vpopcntdq"] = f.avx512vpopcntdq;
+        return d;
+      },
+      "CPU features seen by the runtime dispatch.");
+  m.def("available_impls", &sbnn::available_isas,
+        "Kernel implementations this CPU can run: ref, scalar, avx2, avx512.");
+  m.def(
+      "default_impl", [] { return std::string(sbnn::isa_name(sbnn::default_isa())); },
+      "What impl='auto' picks (the best ISA, or the SBNN_ISA environment variable).");
+
+  nb::class_<PyBConv>(m, "BConv2d",
+                      "Binary conv prepared for one input size: y = eta*conv(x,b) + "
+                      "xi*conv(x,1) + bias, x = +1 if input >= thr else -1, zero padding.")
+      .def(nb::init<U8Arr, FArr, FArr, FArr, int, int, int, int, OptF, const std::string&,
+                    const std::string&, int>(),
+           "bits"_a, "eta"_a, "xi"_a, "bias"_a, "H"_a, "W"_a, "stride"_a = 1, "padding"_a = 0,
+           "thr"_a = nb::none(), "kind"_a = "sparse", "impl"_a = "auto", "num_threads"_a = 1)
+      .def("__call__", &PyBConv::forward, "x"_a, "x: (N, Ci, H, W) -> (N, Co, Ho, Wo) float32")
+      .def("counts", &PyBConv::counts, "x"_a,
+           "x -> (conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo))")
+      .def_prop_ro("impl", &PyBConv::impl)
+      .def_prop_ro("ones", &PyBConv::ones)
+      .def_prop_ro("out_shape", &PyBConv::out_shape);
+
+  m.def(
+      "bconv2d",
+      [](FArr x, U8Arr bits, FArr eta, FArr xi, FArr bias, int stride, int padding, OptF thr,
+         const std::string& impl, const std::string& kind, int num_threads) {
+        PyBConv c =
+            make_bconv_for(x, bits, eta, xi, bias, stride, padding, thr, kind, impl, num_threads);
+        return c.forward(x);
+      },
+      "x"_a, "bits"_a, "eta"_a, "xi"_a, "bias"_a, "stride"_a = 1, "padding"_a = 0,
+      "thr"_a = nb::none(), "impl"_a = "auto", "kind"_a = "sparse", "num_threads"_a = 1,
+      "Binary conv in one call (prepares the weights each time). x: (N, Ci, H, W) float32, "
+      "bits: (Co, Ci, kh, kw) 0/1 uint8 -> (N, Co, Ho, Wo) float32.");
+  m.def(
+      "bconv2d_counts",
+      [](FArr x, U8Arr bits, int stride, int padding, OptF thr, const std::string& impl,
+         const std::string& kind) {
+        expect_ndim(bits, 4, "bits", "(Co, Ci, kh, kw)");
+        std::vector<float> zeros(bits.shape(0), 0.0f);
+        const size_t Co = bits.shape(0);
+        FArr z(zeros.data(), {Co}, nb::handle());
+        PyBConv c = make_bconv_for(x, bits, z, z, z, stride, padding, thr, kind, impl, 1);
+        return c.counts(x);
+      },
+      "x"_a, "bits"_a, "stride"_a = 1, "padding"_a = 0, "thr"_a = nb::none(), "impl"_a = "auto",
+      "kind"_a = "sparse",
+      "The exact integer parts: (conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo)).");
+
+  m.def(
+      "conv2d",
+      [](FArr x, FArr w, OptF bias, int stride, int padding, int num_threads) {
+        expect_ndim(x, 4, "x", "(N, Ci, H, W)");
+        expect_ndim(w, 4, "weight", "(Co, Ci, kh, kw)");
+        if (x.shape(1) != w.shape(1))
+          throw std::invalid_argument("conv2d: x has " + std::to_string(x.shape(1)) +
+                                      " channels, weight expects " + std::to_string(w.shape(1)));
+        const int Co = as_int(w.shape(0));
+        sbnn::FloatConv conv(w.data(), Co, as_int(w.shape(1)), as_int(w.shape(2)),
+                             as_int(w.shape(3)), vec_or_null(bias, Co, "bias", false), stride,
+                             padding, as_int(x.shape(2)), as_int(x.shape(3)));
+        float* y;
+        auto out = new_array<float>({x.shape(0), static_cast<size_t>(Co),
+                                     static_cast<size_t>(conv.Ho()), static_cast<size_t>(conv.Wo())},
+                                    &y);
+        sbnn::ThreadPool pool(num_threads);
+        {
+          nb::gil_scoped_release rel;
+          conv.forward(x.data(), as_int(x.shape(0)), y, &pool);
+        }
+        return out;
+      },
+      "x"_a, "weight"_a, "bias"_a = nb::none(), "stride"_a = 1, "padding"_a = 0,
+      "num_threads"_a = 1, "Float conv2d (im2col + blocked GEMM), as the engine runs it.");
+
+  nb::class_<PyEngine>(m, "Engine",
+                       "Native inference runtime: build a graph op by op (each returns a tensor "
+                       "id), set_output, then run(x) on float32 (N, C, H, W) batches.")
+      .def(nb::init<int>(), "num_threads"_a = 1)
+      .def("input", &PyEngine::input, "C"_a, "H"_a, "W"_a)
+      .def("conv2d", &PyEngine::conv2d, "t"_a, "weight"_a, "bias"_a = nb::none(), "stride"_a = 1,
+           "padding"_a = 0)
+      .def("sbconv2d", &PyEngine::sbconv2d, "t"_a, "bits"_a, "eta"_a, "xi"_a, "bias"_a,
+           "stride"_a = 1, "padding"_a = 0, "thr"_a = nb::none(), "sparse"_a = true,
+           "impl"_a = "auto")
+      .def("affine", &PyEngine::affine, "t"_a, "scale"_a, "shift"_a)
+      .def(
+          "hardtanh", [](PyEngine& e, int t, float lo, float hi) { return e.eng().hardtanh(t, lo, hi); },
+          "t"_a, "lo"_a = -1.0f, "hi"_a = 1.0f)
+      .def(
+          "relu", [](PyEngine& e, int t) { return e.eng().relu(t); }, "t"_a)
+      .def("rprelu", &PyEngine::rprelu, "t"_a, "shift_in"_a, "slope"_a, "shift_out"_a)
+      .def(
+          "add", [](PyEngine& e, int a, int b) { return e.eng().add(a, b); }, "t1"_a, "t2"_a)
+      .def(
+          "avgpool",
+          [](PyEngine& e, int t, int k, int stride, int pad, bool cip) {
+            return e.eng().avgpool(t, k, stride, pad, cip);
+          },
+          "t"_a, "k"_a, "stride"_a, "pad"_a = 0, "count_include_pad"_a = true)
+      .def(
+          "maxpool",
+          [](PyEngine& e, int t, int k, int stride, int pad) {
+            return e.eng().maxpool(t, k, stride, pad);
+          },
+          "t"_a, "k"_a, "stride"_a, "pad"_a = 0)
+      .def(
+          "global_avgpool", [](PyEngine& e, int t) { return e.eng().global_avgpool(t); }, "t"_a)
+      .def(
+          "flatten", [](PyEngine& e, int t) { return e.eng().flatten(t); }, "t"_a)
+      .def("linear", &PyEngine::linear, "t"_a, "weight"_a, "bias"_a = nb::none())
+      .def(
+          "set_output", [](PyEngine& e, int t) { e.eng().set_output(t); }, "t"_a)
+      .def(
+          "shape", [](PyEngine& e, int t) { return shape_vec(e.eng().shape(t)); }, "t"_a,
+          "Per-image shape of tensor t: [C, H, W] or [F] when flat.")
+      .def_prop_ro("num_threads", [](PyEngine& e) { return e.eng().num_threads(); })
+      .def_prop_ro("num_ops", [](PyEngine& e) { return e.eng().num_ops(); })
+      .def("run", &PyEngine::run, "x"_a, "profile"_a = false,
+           "x: float32 (N, C, H, W) -> numpy float32 (N, ...); with profile=True returns "
+           "(y, layer_times).")
+      .def(
+          "layer_times", [](PyEngine& e) { return e.eng().layer_times(); },
+          "[(op name, seconds)] of the last run, in op order.");
 }

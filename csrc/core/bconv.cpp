@@ -1,0 +1,339 @@
+#include "core/bconv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace sbnn {
+
+namespace {
+
+const KernelTable& table_for(Isa isa) {
+  switch (isa) {
+#ifdef SBNN_HAVE_X86_KERNELS
+    case Isa::Avx512: return kernels_avx512();
+    case Isa::Avx2: return kernels_avx2();
+#endif
+    default: return kernels_scalar();
+  }
+}
+
+template <typename T>
+std::unique_ptr<T[]> uninit(size_t n) {
+  return std::unique_ptr<T[]>(new T[n > 0 ? n : 1]);
+}
+
+constexpr int kCoBlock = 16;  // output channels per task
+
+}  // namespace
+
+ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad) {
+  if (Ci < 1 || H < 1 || W < 1 || kh < 1 || kw < 1)
+    throw std::invalid_argument("bconv: channels, spatial size and kernel size must be >= 1");
+  if (stride < 1) throw std::invalid_argument("bconv: stride must be >= 1");
+  if (pad < 0) throw std::invalid_argument("bconv: padding must be >= 0");
+  if (Ci > 32767) throw std::invalid_argument("bconv: at most 32767 input channels");
+  ConvGeom g{};
+  g.Ci = Ci; g.H = H; g.W = W; g.kh = kh; g.kw = kw; g.stride = stride; g.pad = pad;
+  g.Hp = H + 2 * pad;
+  g.Wp = W + 2 * pad;
+  if (g.Hp < kh || g.Wp < kw)
+    throw std::invalid_argument("bconv: kernel " + std::to_string(kh) + "x" + std::to_string(kw) +
+                                " larger than the padded input " + std::to_string(g.Hp) + "x" +
+                                std::to_string(g.Wp));
+  g.Ho = (g.Hp - kh) / stride + 1;
+  g.Wo = (g.Wp - kw) / stride + 1;
+  g.Hph = (g.Hp + stride - 1) / stride;
+  g.Wph = (g.Wp + stride - 1) / stride;
+  g.L = g.Ho * g.Wph;
+  g.Lr = (g.L + 63) / 64 * 64;
+  g.phase_size = static_cast<size_t>(g.Hph) * g.Wph;
+  g.plane_elems = static_cast<size_t>(Ci) * stride * stride * g.phase_size;
+  g.plane_alloc = g.plane_elems + g.Lr + 64;
+  g.ssum_alloc = static_cast<size_t>(stride) * stride * g.phase_size + g.Lr + 64;
+  if (g.plane_alloc > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+    throw std::invalid_argument("bconv: input too large for 32-bit offsets");
+  g.Cw = (Ci + 63) / 64;
+  g.K = kh * kw * g.Cw;
+  g.Kp = (g.K + 7) / 8 * 8;
+  g.prep_work_bytes = static_cast<size_t>(H) * W * (sizeof(int32_t) + 1) + 64;
+  return g;
+}
+
+BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
+                       const float* xi, const float* bias, const float* thr, int stride, int pad,
+                       int H, int W, BConvKind kind, Isa isa)
+    : Co_(Co), g_(make_geom(Ci, H, W, kh, kw, stride, pad)), kind_(kind), isa_(isa) {
+  if (Co < 1) throw std::invalid_argument("bconv: out_channels must be >= 1");
+  if (!isa_supported(isa))
+    throw std::invalid_argument(std::string("bconv: impl '") + isa_name(isa) +
+                                "' is not supported by this CPU");
+  kt_ = &table_for(isa);
+  const size_t nb = static_cast<size_t>(Co) * Ci * kh * kw;
+  bits_.assign(bits, bits + nb);
+  for (uint8_t b : bits_)
+    if (b > 1) throw std::invalid_argument("bconv: bits must be 0 or 1");
+  eta_.assign(eta, eta + Co);
+  xi_.assign(xi, xi + Co);
+  bias_.assign(bias, bias + Co);
+  thr_.assign(Ci, 0.0f);
+  if (thr) thr_.assign(thr, thr + Ci);
+
+  const int s = stride, ntaps = kh * kw;
+  const ConvGeom& g = g_;
+  auto tap_off = [&](int ky, int kx) {
+    return static_cast<int32_t>(((ky % s) * s + kx % s) * g.phase_size +
+                                static_cast<size_t>(ky / s) * g.Wph + kx / s);
+  };
+  for (int ky = 0; ky < kh; ++ky)
+    for (int kx = 0; kx < kw; ++kx) tap_offsets_.push_back(tap_off(ky, kx));
+
+  // Sparse: one offset per 1-bit, in (ci, ky, kx) order so that reads walk forward in memory.
+  start_.assign(Co + 1, 0);
+  for (int c = 0; c < Co; ++c) {
+    for (int ci = 0; ci < Ci; ++ci)
+      for (int ky = 0; ky < kh; ++ky)
+        for (int kx = 0; kx < kw; ++kx)
+          if (bits_[((static_cast<size_t>(c) * Ci + ci) * kh + ky) * kw + kx])
+            offsets_.push_back(static_cast<int32_t>(ci * s * s * g.phase_size) +
+                               tap_off(ky, kx));
+    start_[c + 1] = static_cast<int64_t>(offsets_.size());
+  }
+
+  if (kind_ == BConvKind::Dense) {
+    wpacked_.assign(static_cast<size_t>(Co) * g.Kp, 0);
+    std::vector<int32_t> pcb(static_cast<size_t>(Co) * ntaps, 0);  // 1-bits per (c, tap)
+    for (int c = 0; c < Co; ++c)
+      for (int ci = 0; ci < Ci; ++ci)
+        for (int t = 0; t < ntaps; ++t)
+          if (bits_[(static_cast<size_t>(c) * Ci + ci) * ntaps + t]) {
+            wpacked_[static_cast<size_t>(c) * g.Kp + t * g.Cw + (ci >> 6)] |= uint64_t{1}
+                                                                              << (ci & 63);
+            ++pcb[static_cast<size_t>(c) * ntaps + t];
+          }
+    // Pixel classes: which taps fall inside the (unpadded) image.
+    auto valid_mask = [](int o, int k, int st, int p, int n) {
+      std::vector<bool> m(k);
+      for (int d = 0; d < k; ++d) {
+        const int i = o * st + d - p;
+        m[d] = i >= 0 && i < n;
+      }
+      return m;
+    };
+    std::map<std::pair<std::vector<bool>, std::vector<bool>>, int> ids;
+    std::vector<std::pair<std::vector<bool>, std::vector<bool>>> classes;
+    pix_class_.resize(static_cast<size_t>(g.Ho) * g.Wo);
+    nvalid_.resize(pix_class_.size());
+    for (int oh = 0; oh < g.Ho; ++oh) {
+      const auto rm = valid_mask(oh, kh, s, pad, H);
+      for (int ow = 0; ow < g.Wo; ++ow) {
+        auto key = std::make_pair(rm, valid_mask(ow, kw, s, pad, W));
+        auto it = ids.find(key);
+        int id;
+        if (it == ids.end()) {
+          id = static_cast<int>(classes.size());
+          if (id > 65535) throw std::invalid_argument("bconv: too many border classes");
+          ids.emplace(key, id);
+          classes.push_back(key);
+        } else {
+          id = it->second;
+        }
+        const size_t p = static_cast<size_t>(oh) * g.Wo + ow;
+        pix_class_[p] = static_cast<uint16_t>(id);
+        nvalid_[p] = static_cast<int32_t>(std::count(key.first.begin(), key.first.end(), true) *
+                                          std::count(key.second.begin(), key.second.end(), true));
+      }
+    }
+    nclass_ = static_cast<int>(classes.size());
+    corr_.assign(static_cast<size_t>(Co) * nclass_, 0);
+    for (int c = 0; c < Co; ++c)
+      for (int id = 0; id < nclass_; ++id) {
+        int32_t sum = 0;
+        for (int ky = 0; ky < kh; ++ky)
+          for (int kx = 0; kx < kw; ++kx)
+            if (classes[id].first[ky] && classes[id].second[kx])
+              sum += pcb[static_cast<size_t>(c) * ntaps + ky * kw + kx];
+        corr_[static_cast<size_t>(c) * nclass_ + id] = sum;
+      }
+  }
+}
+
+void BConvLayer::forward(const float* x, int N, float* y, ThreadPool* pool) const {
+  run(x, N, y, nullptr, nullptr, pool);
+}
+
+void BConvLayer::counts(const float* x, int N, int32_t* cnt, int32_t* ws, ThreadPool* pool) const {
+  run(x, N, nullptr, cnt, ws, pool);
+}
+
+void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
+                     ThreadPool* pool) const {
+  if (N < 0) throw std::invalid_argument("bconv: negative batch");
+  if (isa_ == Isa::Ref) {
+    run_reference(x, N, y, cnt, ws);
+    return;
+  }
+  const ConvGeom& g = g_;
+  const size_t in_sz = static_cast<size_t>(g.Ci) * g.H * g.W;
+  const size_t P = static_cast<size_t>(g.Ho) * g.Wo;
+  const size_t out_sz = static_cast<size_t>(Co_) * P;
+  auto one = [&](int n, ThreadPool* inner) {
+    const float* xn = x + n * in_sz;
+    float* yn = y ? y + n * out_sz : nullptr;
+    int32_t* cn = cnt ? cnt + n * out_sz : nullptr;
+    int32_t* wn = ws ? ws + n * P : nullptr;
+    if (kind_ == BConvKind::Sparse)
+      image_sparse(xn, yn, cn, wn, inner);
+    else
+      image_dense(xn, yn, cn, wn, inner);
+  };
+  // Whole images per thread when the batch covers the threads, else output channels.
+  if (pool && pool->size() > 1 && N >= pool->size()) {
+    pool->parallel_for(N, [&](int n) { one(n, nullptr); });
+  } else {
+    for (int n = 0; n < N; ++n) one(n, pool);
+  }
+}
+
+void BConvLayer::image_sparse(const float* x, float* y, int32_t* cnt, int32_t* ws,
+                              ThreadPool* pool) const {
+  const ConvGeom& g = g_;
+  const int P = g.Ho * g.Wo;
+  auto planes = uninit<int8_t>(g.plane_alloc);
+  auto ssum = uninit<int16_t>(g.ssum_alloc);
+  auto wsg = uninit<int32_t>(g.Lr);
+  auto wsf = uninit<float>(P);
+  auto zeros = std::unique_ptr<int32_t[]>(new int32_t[g.Lr]());
+  auto work = uninit<uint64_t>(g.prep_work_bytes / 8 + 1);
+  kt_->sparse_prep(x, thr_.data(), g, planes.get(), ssum.get(), work.get());
+  kt_->window_sum(ssum.get(), tap_offsets_.data(), static_cast<int>(tap_offsets_.size()), g.Lr,
+                  wsg.get());
+  for (int oh = 0; oh < g.Ho; ++oh)
+    for (int ow = 0; ow < g.Wo; ++ow) {
+      const int32_t v = wsg[static_cast<size_t>(oh) * g.Wph + ow];
+      wsf[oh * g.Wo + ow] = static_cast<float>(v);
+      if (ws) ws[oh * g.Wo + ow] = v;
+    }
+  const int nblk = (Co_ + kCoBlock - 1) / kCoBlock;
+  auto block = [&](int b) {
+    auto acc = uninit<int32_t>(g.Lr);
+    const int c1 = std::min(Co_, (b + 1) * kCoBlock);
+    for (int c = b * kCoBlock; c < c1; ++c) {
+      const int64_t n = start_[c + 1] - start_[c];
+      const int32_t* a = zeros.get();  // an all-zero filter costs only its epilogue
+      if (n > 0) {
+        kt_->sparse_accum(planes.get(), offsets_.data() + start_[c], static_cast<int>(n), g.Lr,
+                          acc.get());
+        a = acc.get();
+      }
+      if (y)
+        kt_->affine_epilogue(a, g.Ho, g.Wo, g.Wph, wsf.get(), eta_[c], xi_[c], bias_[c],
+                             y + static_cast<size_t>(c) * P);
+      if (cnt)
+        for (int oh = 0; oh < g.Ho; ++oh)
+          std::memcpy(cnt + static_cast<size_t>(c) * P + oh * g.Wo,
+                      a + static_cast<size_t>(oh) * g.Wph, g.Wo * sizeof(int32_t));
+    }
+  };
+  if (pool && pool->size() > 1)
+    pool->parallel_for(nblk, block);
+  else
+    for (int b = 0; b < nblk; ++b) block(b);
+}
+
+void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws,
+                             ThreadPool* pool) const {
+  const ConvGeom& g = g_;
+  const int P = g.Ho * g.Wo;
+  auto plane = uninit<uint64_t>(static_cast<size_t>(g.Hp) * g.Wp * g.Cw);
+  auto patches = uninit<uint64_t>(static_cast<size_t>(P) * g.Kp);
+  auto ppop = uninit<int32_t>(P);
+  auto wsf = uninit<float>(P);
+  kt_->dense_pack(x, thr_.data(), g, plane.get());
+  kt_->dense_im2col(plane.get(), g, patches.get(), ppop.get());
+  // Window sum of +-1 over the valid taps: 2 * (number of +1) - Ci * (valid taps).
+  for (int p = 0; p < P; ++p) {
+    const int32_t v = 2 * ppop[p] - g.Ci * nvalid_[p];
+    wsf[p] = static_cast<float>(v);
+    if (ws) ws[p] = v;
+  }
+  const int nblk = (Co_ + kCoBlock - 1) / kCoBlock;
+  auto block = [&](int b) {
+    const int c0 = b * kCoBlock, c1 = std::min(Co_, c0 + kCoBlock);
+    auto pc = uninit<int32_t>(static_cast<size_t>(c1 - c0) * P);
+    kt_->dense_gemm(patches.get(), P, wpacked_.data() + static_cast<size_t>(c0) * g.Kp, c1 - c0,
+                    g.Kp, pc.get());
+    for (int c = c0; c < c1; ++c) {
+      const int32_t* pcc = pc.get() + static_cast<size_t>(c - c0) * P;
+      const int32_t* corr = corr_.data() + static_cast<size_t>(c) * nclass_;
+      if (y)
+        kt_->dense_epilogue(pcc, P, corr, pix_class_.data(), wsf.get(), eta_[c], xi_[c],
+                            bias_[c], y + static_cast<size_t>(c) * P);
+      if (cnt)
+        for (int p = 0; p < P; ++p)
+          cnt[static_cast<size_t>(c) * P + p] = 2 * pcc[p] - corr[pix_class_[p]];
+    }
+  };
+  if (pool && pool->size() > 1)
+    pool->parallel_for(nblk, block);
+  else
+    for (int b = 0; b < nblk; ++b) block(b);
+}
+
+// Straight from the definition: no packing, no phases, no tricks.
+void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt,
+                               int32_t* ws) const {
+  const ConvGeom& g = g_;
+  const int kh = g.kh, kw = g.kw;
+  const size_t P = static_cast<size_t>(g.Ho) * g.Wo;
+  std::vector<int8_t> sx(static_cast<size_t>(g.Ci) * g.H * g.W);
+  std::vector<int32_t> wsum(P), c_out(P);
+  for (int n = 0; n < N; ++n) {
+    const float* xn = x + static_cast<size_t>(n) * sx.size();
+    for (int ci = 0; ci < g.Ci; ++ci)
+      for (int i = 0; i < g.H * g.W; ++i) {
+        const size_t q = static_cast<size_t>(ci) * g.H * g.W + i;
+        sx[q] = xn[q] >= thr_[ci] ? 1 : -1;
+      }
+    auto at = [&](int ci, int h, int w) -> int {
+      if (h < 0 || h >= g.H || w < 0 || w >= g.W) return 0;
+      return sx[(static_cast<size_t>(ci) * g.H + h) * g.W + w];
+    };
+    for (int oh = 0; oh < g.Ho; ++oh)
+      for (int ow = 0; ow < g.Wo; ++ow) {
+        int32_t sacc = 0;
+        for (int ci = 0; ci < g.Ci; ++ci)
+          for (int ky = 0; ky < kh; ++ky)
+            for (int kx = 0; kx < kw; ++kx)
+              sacc += at(ci, oh * g.stride + ky - g.pad, ow * g.stride + kx - g.pad);
+        wsum[oh * g.Wo + ow] = sacc;
+      }
+    if (ws) std::copy(wsum.begin(), wsum.end(), ws + n * P);
+    for (int c = 0; c < Co_; ++c) {
+      for (int oh = 0; oh < g.Ho; ++oh)
+        for (int ow = 0; ow < g.Wo; ++ow) {
+          int32_t acc = 0;
+          for (int ci = 0; ci < g.Ci; ++ci)
+            for (int ky = 0; ky < kh; ++ky)
+              for (int kx = 0; kx < kw; ++kx)
+                if (bits_[((static_cast<size_t>(c) * g.Ci + ci) * kh + ky) * kw + kx])
+                  acc += at(ci, oh * g.stride + ky - g.pad, ow * g.stride + kx - g.pad);
+          c_out[oh * g.Wo + ow] = acc;
+        }
+      const size_t base = (static_cast<size_t>(n) * Co_ + c) * P;
+      for (size_t p = 0; p < P; ++p) {
+        if (cnt) cnt[base + p] = c_out[p];
+        if (y)
+          y[base + p] = eta_[c] * static_cast<float>(c_out[p]) +
+                        (xi_[c] * static_cast<float>(wsum[p]) + bias_[c]);
+      }
+    }
+  }
+}
+
+}  // namespace sbnn

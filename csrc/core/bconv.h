@@ -1,0 +1,66 @@
+// Sparse and dense binary 2-D convolution layers (framework-free).
+//
+// Per output channel c:  y_c = eta_c * conv(x, b_c) + xi_c * conv(x, 1) + bias_c
+// with x = +1 if input >= thr[ci] else -1 (zero padding contributes 0) and b_c in {0, 1}.
+// conv(x, 1) (the window sum over all input channels) is computed once per image and shared.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/isa.h"
+#include "core/kernels.h"
+#include "core/threadpool.h"
+
+namespace sbnn {
+
+enum class BConvKind { Sparse, Dense };
+
+// Fills every field of the geometry; throws std::invalid_argument on an empty output.
+ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad);
+
+class BConvLayer {
+ public:
+  // bits: (Co, Ci, kh, kw) 0/1; eta, xi, bias: (Co); thr: (Ci) or null (threshold 0).
+  // The layer is prepared for one input size (H, W); the batch comes at run time.
+  BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
+             const float* xi, const float* bias, const float* thr, int stride, int pad, int H,
+             int W, BConvKind kind, Isa isa);
+
+  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo).
+  void forward(const float* x, int N, float* y, ThreadPool* pool) const;
+  // The integer parts: cnt (N, Co, Ho, Wo) = conv(x, b), ws (N, Ho, Wo) = conv(x, 1).
+  void counts(const float* x, int N, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
+
+  const ConvGeom& geom() const { return g_; }
+  int out_channels() const { return Co_; }
+  Isa isa() const { return isa_; }
+  BConvKind kind() const { return kind_; }
+  int64_t ones() const { return static_cast<int64_t>(offsets_.size()); }
+
+ private:
+  void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
+  void run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws) const;
+  void image_sparse(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
+  void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
+
+  int Co_;
+  ConvGeom g_;
+  BConvKind kind_;
+  Isa isa_;
+  const KernelTable* kt_ = nullptr;
+  std::vector<uint8_t> bits_;
+  std::vector<float> eta_, xi_, bias_, thr_;
+  // sparse: offsets of the 1-bits of filter c are offsets_[start_[c] .. start_[c+1])
+  std::vector<int32_t> offsets_;
+  std::vector<int64_t> start_;
+  std::vector<int32_t> tap_offsets_;  // one per tap, into the channel-sum planes
+  // dense: packed filters (Co, Kp), pixel classes (which taps are inside the image) and, per
+  // filter and class, the number of 1-bits on the valid taps.
+  std::vector<uint64_t> wpacked_;
+  std::vector<uint16_t> pix_class_;
+  std::vector<int32_t> nvalid_;  // per output pixel: number of valid taps
+  int nclass_ = 0;
+  std::vector<int32_t> corr_;  // (Co, nclass)
+};
+
+}  // namespace sbnn

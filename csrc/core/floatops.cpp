@@ -1,0 +1,114 @@
+#include "core/floatops.h"
+
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace sbnn {
+
+void gemm_f32(const float* w, int K, const float* col, int P, const float* bias, int c0, int c1,
+              float* y) {
+  constexpr int PB = 256, CB = 4;
+  float acc[CB][PB];
+  for (int p0 = 0; p0 < P; p0 += PB) {
+    const int pn = std::min(PB, P - p0);
+    for (int c = c0; c < c1; c += CB) {
+      const int cn = std::min(CB, c1 - c);
+      for (int r = 0; r < cn; ++r) {
+        const float b = bias ? bias[c + r] : 0.0f;
+        for (int j = 0; j < pn; ++j) acc[r][j] = b;
+      }
+      for (int k = 0; k < K; ++k) {
+        const float* cr = col + static_cast<size_t>(k) * P + p0;
+        for (int r = 0; r < cn; ++r) {
+          const float wv = w[static_cast<size_t>(c + r) * K + k];
+          float* a = acc[r];
+          for (int j = 0; j < pn; ++j) a[j] += wv * cr[j];
+        }
+      }
+      for (int r = 0; r < cn; ++r)
+        std::copy(acc[r], acc[r] + pn, y + static_cast<size_t>(c + r) * P + p0);
+    }
+  }
+}
+
+FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias, int stride,
+                     int pad, int H, int W)
+    : Co_(Co), Ci_(Ci), kh_(kh), kw_(kw), stride_(stride), pad_(pad), H_(H), W_(W) {
+  if (Co < 1 || Ci < 1 || kh < 1 || kw < 1)
+    throw std::invalid_argument("conv2d: weight dimensions must be >= 1");
+  if (stride < 1 || pad < 0) throw std::invalid_argument("conv2d: stride >= 1 and padding >= 0");
+  Ho_ = (H + 2 * pad - kh) / stride + 1;
+  Wo_ = (W + 2 * pad - kw) / stride + 1;
+  if (H + 2 * pad < kh || W + 2 * pad < kw || Ho_ < 1 || Wo_ < 1)
+    throw std::invalid_argument("conv2d: kernel larger than the padded input");
+  w_.assign(w, w + static_cast<size_t>(Co) * Ci * kh * kw);
+  if (bias) bias_.assign(bias, bias + Co);
+}
+
+void FloatConv::image(const float* x, float* y, ThreadPool* pool) const {
+  const int P = Ho_ * Wo_, K = Ci_ * kh_ * kw_;
+  const bool direct = kh_ == 1 && kw_ == 1 && stride_ == 1 && pad_ == 0;
+  std::unique_ptr<float[]> colbuf;
+  const float* col = x;
+  if (!direct) {
+    colbuf.reset(new float[static_cast<size_t>(K) * P]);
+    float* cb = colbuf.get();
+    for (int ci = 0; ci < Ci_; ++ci)
+      for (int ky = 0; ky < kh_; ++ky)
+        for (int kx = 0; kx < kw_; ++kx) {
+          float* dst = cb + static_cast<size_t>((ci * kh_ + ky) * kw_ + kx) * P;
+          for (int oh = 0; oh < Ho_; ++oh) {
+            const int h = oh * stride_ + ky - pad_;
+            for (int ow = 0; ow < Wo_; ++ow) {
+              const int w = ow * stride_ + kx - pad_;
+              dst[oh * Wo_ + ow] = (h >= 0 && h < H_ && w >= 0 && w < W_)
+                                       ? x[(static_cast<size_t>(ci) * H_ + h) * W_ + w]
+                                       : 0.0f;
+            }
+          }
+        }
+    col = cb;
+  }
+  const float* bias = bias_.empty() ? nullptr : bias_.data();
+  constexpr int CB = 16;
+  const int nblk = (Co_ + CB - 1) / CB;
+  auto block = [&](int b) {
+    gemm_f32(w_.data(), K, col, P, bias, b * CB, std::min(Co_, (b + 1) * CB), y);
+  };
+  if (pool && pool->size() > 1)
+    pool->parallel_for(nblk, block);
+  else
+    for (int b = 0; b < nblk; ++b) block(b);
+}
+
+void FloatConv::forward(const float* x, int N, float* y, ThreadPool* pool) const {
+  const size_t in_sz = static_cast<size_t>(Ci_) * H_ * W_;
+  const size_t out_sz = static_cast<size_t>(Co_) * Ho_ * Wo_;
+  if (pool && pool->size() > 1 && N >= pool->size()) {
+    pool->parallel_for(N, [&](int n) { image(x + n * in_sz, y + n * out_sz, nullptr); });
+  } else {
+    for (int n = 0; n < N; ++n) image(x + n * in_sz, y + n * out_sz, pool);
+  }
+}
+
+void linear_f32(const float* x, int N, const float* w, int O, int I, const float* bias, float* y,
+                ThreadPool* pool) {
+  auto row = [&](int n) {
+    const float* xn = x + static_cast<size_t>(n) * I;
+    float* yn = y + static_cast<size_t>(n) * O;
+    for (int o = 0; o < O; ++o) {
+      const float* wo = w + static_cast<size_t>(o) * I;
+      float s = 0.0f;
+      for (int i = 0; i < I; ++i) s += wo[i] * xn[i];
+      yn[o] = s + (bias ? bias[o] : 0.0f);
+    }
+  };
+  if (pool && pool->size() > 1)
+    pool->parallel_for(N, row);
+  else
+    for (int n = 0; n < N; ++n) row(n);
+}
+
+}  // namespace sbnn

@@ -1,0 +1,14 @@
+// The binary-conv kernels compiled for the avx512 ISA (flags set per file in CMakeLists.txt).
+#define SBNN_KERNEL_AVX512
+#include "core/kernels_impl.inc"
+
+namespace sbnn {
+
+const KernelTable& kernels_avx512() {
+  static const KernelTable table = {"avx512",          sparse_prep,  sparse_accum,
+                                    window_sum,      affine_epilogue, dense_pack,
+                                    dense_im2col,    dense_gemm,   dense_epilogue};
+  return table;
+}
+
+}  // namespace sbnn

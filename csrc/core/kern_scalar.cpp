@@ -1,0 +1,14 @@
+// The binary-conv kernels compiled for the scalar ISA (flags set per file in CMakeLists.txt).
+
+#include "core/kernels_impl.inc"
+
+namespace sbnn {
+
+const KernelTable& kernels_scalar() {
+  static const KernelTable table = {"scalar",          sparse_prep,  sparse_accum,
+                                    window_sum,      affine_epilogue, dense_pack,
+                                    dense_im2col,    dense_gemm,   dense_epilogue};
+  return table;
+}
+
+}  // namespace sbnn

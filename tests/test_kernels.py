@@ -1,0 +1,181 @@
+"""Every native binary-conv kernel against its reference twin (sbnn.kernels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sbnn import kernels
+from sbnn._native import core, native_error
+
+needs_core = pytest.mark.skipif(core is None, reason=f"no native core: {native_error}")
+
+IMPLS = ["ref", "scalar", "avx2", "avx512"]
+KINDS = ["sparse", "dense"]
+
+# (N, Ci, Co, H, W, k, stride, pad)
+SHAPES = [
+    (1, 1, 3, 5, 5, 3, 1, 1),
+    (3, 3, 5, 7, 9, 3, 1, 1),
+    (1, 63, 4, 6, 5, 3, 2, 1),
+    (1, 64, 7, 5, 7, 3, 1, 0),
+    (3, 65, 6, 9, 8, 3, 2, 0),
+    (1, 130, 5, 4, 6, 1, 1, 0),
+    (1, 65, 9, 7, 7, 1, 2, 0),
+    (1, 130, 3, 3, 3, 3, 1, 1),
+    (3, 3, 70, 11, 13, 3, 2, 1),
+]
+FRACS = [0.0, 0.05, 0.3, 1.0]
+
+
+def impl_params():
+    avail = kernels.available_impls()
+    return [pytest.param(i, marks=pytest.mark.skipif(i not in avail, reason=f"{i} not on this CPU"))
+            for i in IMPLS]
+
+
+def make_case(shape, frac, seed):
+    N, Ci, Co, H, W, k, s, p = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, Ci, H, W, generator=g)
+    x[:, :, 0, 0] = 0.0  # sign(0) = +1, pinned
+    bits = (torch.rand(Co, Ci, k, k, generator=g) < frac).to(torch.uint8)
+    if Co > 2 and 0 < frac < 1:
+        bits[1] = 0  # an all-zero filter
+        bits[2, : Ci // 2] = 0  # all-zero kernels
+    eta = torch.rand(Co, generator=g) + 0.5
+    xi = torch.randn(Co, generator=g) * 0.1
+    bias = torch.randn(Co, generator=g)
+    thr = torch.randn(Ci, generator=g) * 0.3
+    return x, bits, eta, xi, bias, thr, s, p
+
+
+@needs_core
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("impl", impl_params())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_counts_exact(shape, impl, kind):
+    for j, frac in enumerate(FRACS):
+        x, bits, _, _, _, thr, s, p = make_case(shape, frac, seed=j)
+        for t in (None, thr):
+            rc, rw = kernels.bconv2d_counts_reference(x, bits, s, p, t)
+            c, w = kernels.bconv2d_counts(x, bits, s, p, t, impl=impl, kind=kind)
+            assert c.dtype == torch.int32 and w.dtype == torch.int32
+            assert torch.equal(c, rc), (shape, frac, impl, kind)
+            assert torch.equal(w, rw), (shape, frac, impl, kind)
+
+
+@needs_core
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("impl", impl_params())
+@pytest.mark.parametrize("shape", SHAPES[::2])
+def test_float_matches_dequantized_conv(shape, impl, kind):
+    """The binarised layer equals a float conv fed sign(x) and the dequantized weights."""
+    x, bits, eta, xi, bias, thr, s, p = make_case(shape, 0.2, seed=7)
+    y = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, impl=impl, kind=kind)
+    sx = kernels.binarize_reference(x, thr)
+    ref = F.conv2d(sx.double(), kernels.dequantized_weight(bits, eta, xi).double(),
+                   bias.double(), stride=s, padding=p).float()
+    Ci, k = shape[1], shape[5]
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * Ci * k * k)
+
+
+@needs_core
+@pytest.mark.parametrize("kind", KINDS)
+def test_threads_and_batches_agree(kind):
+    x, bits, eta, xi, bias, thr, s, p = make_case((5, 70, 40, 9, 9, 3, 1, 1), 0.1, seed=3)
+    y1 = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, kind=kind, num_threads=1)
+    for n in (1, 5):  # batch < threads (channels split) and batch >= threads (images split)
+        y2 = kernels.bconv2d(x[:n], bits, eta, xi, bias, s, p, thr, kind=kind, num_threads=3)
+        assert torch.equal(y1[:n], y2)
+
+
+@needs_core
+def test_sparse_and_dense_agree_and_prepared_layer():
+    x, bits, eta, xi, bias, thr, s, p = make_case((2, 33, 8, 6, 6, 3, 1, 1), 0.4, seed=5)
+    layer = core.BConv2d(bits.numpy(), eta.numpy(), xi.numpy(), bias.numpy(), 6, 6, s, p,
+                         thr.numpy(), "sparse")
+    assert layer.ones == int(bits.sum())
+    assert list(layer.out_shape) == [8, 6, 6]
+    ys = torch.from_numpy(layer(x.numpy()))
+    yd = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, kind="dense")
+    torch.testing.assert_close(ys, yd, rtol=1e-6, atol=1e-4)
+
+
+@needs_core
+def test_non_contiguous_input_is_copied_not_misread():
+    x, bits, eta, xi, bias, _, s, p = make_case((2, 5, 4, 7, 6, 3, 1, 1), 0.3, seed=2)
+    xt = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, other strides
+    assert not xt.is_contiguous()
+    ref = kernels.bconv2d(x, bits, eta, xi, bias, s, p)
+    args = (bits.numpy(), eta.numpy(), xi.numpy(), bias.numpy(), s, p)
+    torch.testing.assert_close(torch.from_numpy(core.bconv2d(xt, *args)), ref, rtol=0, atol=0)
+    xn = np.asfortranarray(x.numpy())
+    torch.testing.assert_close(torch.from_numpy(core.bconv2d(xn, *args)), ref, rtol=0, atol=0)
+    wide = np.zeros((2, 5, 7, 12), np.float32)
+    wide[..., ::2] = x.numpy()
+    torch.testing.assert_close(torch.from_numpy(core.bconv2d(wide[..., ::2], *args)), ref,
+                               rtol=0, atol=0)
+
+
+@needs_core
+def test_errors_are_clear():
+    x, bits, eta, xi, bias, _, s, p = make_case((1, 4, 3, 5, 5, 3, 1, 1), 0.3, seed=1)
+    xn, bn, en = x.numpy(), bits.numpy(), eta.numpy()
+    with pytest.raises(ValueError, match="eta"):
+        core.bconv2d(xn, bn, en[:2], en, en, s, p)
+    with pytest.raises(ValueError, match="x: expected"):
+        core.BConv2d(bn, en, en, en, 5, 5, s, p)(xn[:, :3])
+    with pytest.raises(ValueError, match="4-D"):
+        core.bconv2d(xn[0], bn, en, en, en, s, p)
+    with pytest.raises(ValueError, match="thr"):
+        core.bconv2d(xn, bn, en, en, en, s, p, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="0 or 1"):
+        core.bconv2d(xn, bn * 2 + 1, en, en, en, s, p)
+    with pytest.raises(ValueError, match="impl"):
+        core.bconv2d(xn, bn, en, en, en, s, p, impl="sse9")
+    with pytest.raises(ValueError, match="kind"):
+        core.bconv2d(xn, bn, en, en, en, s, p, kind="medium")
+    with pytest.raises(ValueError, match="larger than"):
+        core.bconv2d(xn[..., :2, :2], bn, en, en, en, 1, 0)
+    with pytest.raises(TypeError):
+        core.bconv2d(xn.astype(np.complex64), bn, en, en, en, s, p)
+
+
+@needs_core
+def test_env_var_forces_isa(monkeypatch):
+    monkeypatch.setenv("SBNN_ISA", "scalar")
+    assert core.default_impl() == "scalar"
+    monkeypatch.setenv("SBNN_ISA", "avx512" if "avx512" not in core.available_impls() else "x")
+    with pytest.raises(ValueError):
+        core.default_impl()
+    monkeypatch.delenv("SBNN_ISA")
+    assert core.default_impl() in core.available_impls()
+
+
+def test_reference_fallback_without_core(monkeypatch):
+    x, bits, eta, xi, bias, thr, s, p = make_case((2, 3, 4, 5, 5, 3, 2, 1), 0.3, seed=4)
+    monkeypatch.setattr(kernels, "core", None)
+    y = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr)
+    ref = F.conv2d(kernels.binarize_reference(x, thr), kernels.dequantized_weight(bits, eta, xi),
+                   bias, stride=s, padding=p)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    with pytest.raises(RuntimeError):
+        kernels.bconv2d(x, bits, eta, xi, bias, s, p, impl="scalar")
+
+
+def test_reference_pins_sign_zero_and_padding():
+    x = torch.zeros(1, 1, 2, 2)
+    bits = torch.ones(1, 1, 3, 3, dtype=torch.uint8)
+    c, w = kernels.bconv2d_counts_reference(x, bits, 1, 1)
+    # sign(0) = +1 and the padded taps count 0: every window sees the 4 pixels
+    assert torch.equal(c, torch.full((1, 1, 2, 2), 4, dtype=torch.int32))
+    assert torch.equal(w, torch.full((1, 2, 2), 4, dtype=torch.int32))
+
+
+@needs_core
+def test_pack_bits_kept():
+    bits = np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], np.uint8)
+    assert np.array_equal(core.pack_bits(bits), np.packbits(bits, bitorder="little"))
