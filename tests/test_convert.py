@@ -1,0 +1,223 @@
+"""Closed-form conversion: exact ones fractions, group-mean levels, global allocation, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sbnn import models
+from sbnn.constraint import SparsityConstraint, sb_layers
+from sbnn.convert import (
+    ConversionError,
+    allocate,
+    convert,
+    enforce_budget_,
+    error_curve,
+    quantization_errors,
+)
+from sbnn.primitives import closed_form
+
+
+def _fp(seed: int = 0, width: int = 16) -> nn.Module:
+    torch.manual_seed(seed)
+    return models.create("fmnist_cnn_fp", width=width).eval()
+
+
+def _levels(m):
+    a, b = m.alpha_beta()
+    return a.reshape(-1), b.reshape(-1)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.37])
+def test_layer_uniform_ones_and_group_means(p):
+    fp = _fp()
+    model, info = convert(fp, p, return_info=True)
+    layers = sb_layers(model)
+    assert [n for n, _ in layers] == ["block1.0", "block2.0", "block3.0"]
+    for name, m in layers:
+        w = info["float_weights"][name]
+        bits = m.bits()
+        n = bits.numel()
+        assert abs(bits.float().mean().item() - p) <= 1 / n
+        # the same split and levels as the primitive, and group means by direct computation
+        a_ref, b_ref, bits_ref = closed_form(w, ones=p)
+        assert torch.equal(bits, bits_ref)
+        a, b = _levels(m)
+        torch.testing.assert_close(a, w[~bits].mean().reshape(1), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(b, w[bits].mean().reshape(1), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a, a_ref.reshape(1), rtol=1e-5, atol=1e-7)
+
+
+def test_channel_uniform_ones_and_group_means():
+    fp = _fp(1)
+    model, info = convert(fp, 0.05, granularity="channel", return_info=True)
+    for name, m in sb_layers(model):
+        w = info["float_weights"][name]
+        bits = m.bits()
+        per = bits.reshape(bits.shape[0], -1)
+        n = per.shape[1]
+        assert ((per.float().mean(1) - 0.05).abs() <= 1 / n).all()
+        a, b = _levels(m)
+        assert a.shape == (w.shape[0],)
+        wr = w.reshape(w.shape[0], -1)
+        for c in range(w.shape[0]):
+            torch.testing.assert_close(a[c], wr[c][~per[c]].mean(), rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(b[c], wr[c][per[c]].mean(), rtol=1e-5, atol=1e-7)
+        _, _, bits_ref = closed_form(w, ones=0.05, dim=0)
+        assert torch.equal(bits, bits_ref)
+
+
+def test_converted_layer_uses_its_levels_and_trains():
+    fp = _fp(2)
+    x = torch.randn(4, 1, 28, 28)
+    for gran in ("layer", "channel"):
+        model = convert(fp, 0.05, granularity=gran).train()
+        m = model.block2[0]
+        q = m.quantized_weight()
+        a, b = m.alpha_beta()
+        ref = torch.where(m.bits(), b.reshape(-1, 1, 1, 1) if b.dim() else b,
+                          a.reshape(-1, 1, 1, 1) if a.dim() else a)
+        torch.testing.assert_close(q.detach(), ref.expand_as(q))
+        loss = model(x).square().mean()
+        loss.backward()
+        assert m.tau.grad is not None and m.weight.grad is not None
+
+
+def test_error_curve_matches_brute_force():
+    torch.manual_seed(3)
+    w = torch.randn(13, dtype=torch.float64)
+    forced = torch.zeros(13, dtype=torch.bool)
+    forced[[2, 7]] = True
+    e = error_curve(w, forced)
+    assert e.shape == (12,)
+    free = (~forced).nonzero().squeeze(1).tolist()
+    for k in range(12):
+        best = math.inf
+        for ones in itertools.combinations(free, k):
+            b = torch.zeros(13, dtype=torch.bool)
+            b[list(ones)] = True
+            if k and w[b].mean() < w[~b].mean():
+                continue  # bit 1 is the larger level (beta >= alpha)
+            q = torch.where(b, w[b].mean() if k else 0.0, w[~b].mean())
+            best = min(best, float(((w - q) ** 2).sum()))
+        if best == math.inf:  # no split has beta >= alpha: the curve holds the top-k split
+            b = torch.zeros(13, dtype=torch.bool)
+            b[torch.tensor(free)[torch.argsort(w[free], descending=True)[:k]]] = True
+            best = float(((w - torch.where(b, w[b].mean(), w[~b].mean())) ** 2).sum())
+        assert e[k] == pytest.approx(best, rel=1e-9, abs=1e-9)
+
+
+def _dp(curves, budget, lo, hi):
+    best = {0: (0.0, [])}
+    for g, e in enumerate(curves):
+        nxt = {}
+        for used, (val, ks) in best.items():
+            for k in range(lo[g], hi[g] + 1):
+                u = used + k
+                if u > budget:
+                    break
+                cand = val + e[k]
+                if u not in nxt or cand < nxt[u][0]:
+                    nxt[u] = (cand, ks + [k])
+        best = nxt
+    return best[budget]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_allocate_never_worse_than_uniform_and_near_optimal(seed):
+    g = torch.Generator().manual_seed(seed)
+    curves, lo, hi, start = [], [], [], []
+    for i in range(4):
+        n = 6 + 3 * i
+        # heavy tails make the curves non-convex now and then
+        w = torch.randn(n, generator=g) * torch.rand(n, generator=g) ** 3 * (1 + i)
+        e = error_curve(w)
+        curves.append(e)
+        lo.append(1)
+        hi.append(n)
+        start.append(max(1, round(0.2 * n)))
+    budget = sum(start)
+    ks = allocate(curves, budget, lo, hi, start=start)
+    assert sum(ks) == budget and all(a <= k <= b for a, k, b in zip(lo, ks, hi, strict=True))
+    total = sum(e[k] for e, k in zip(curves, ks, strict=True))
+    assert total <= sum(e[k] for e, k in zip(curves, start, strict=True)) + 1e-12
+    opt, _ = _dp(curves, budget, lo, hi)
+    assert total <= opt * 1.05 + 1e-9
+
+
+@pytest.mark.parametrize("gran", ["layer", "channel"])
+def test_global_never_worse_than_uniform(gran):
+    for seed in range(2):
+        fp = _fp(seed)
+        mu, iu = convert(fp, 0.05, gran, "uniform", return_info=True)
+        mg, ig = convert(fp, 0.05, gran, "global", return_info=True)
+        eu = sum(r["sse"] for r in quantization_errors(iu["float_weights"], mu))
+        eg = sum(r["sse"] for r in quantization_errors(ig["float_weights"], mg))
+        assert eg <= eu * (1 + 1e-9)
+        ones_u = sum(int(m.bits().sum()) for _, m in sb_layers(mu))
+        ones_g = sum(int(m.bits().sum()) for _, m in sb_layers(mg))
+        assert ones_u == ones_g  # one budget, the same total
+
+
+def test_binary_twin_with_float_weights_converts_the_same():
+    fp = _fp(4)
+    twin = models.create("fmnist_cnn", width=16)
+    missing, unexpected = twin.load_state_dict(fp.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(("tau", "phi")) for k in missing)
+    a = convert(fp, 0.1)
+    b = convert(twin, 0.1)
+    for (_, ma), (_, mb) in zip(sb_layers(a), sb_layers(b), strict=True):
+        assert torch.equal(ma.bits(), mb.bits())
+        torch.testing.assert_close(ma.quantized_weight(), mb.quantized_weight())
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("ones", [0.0, 1.0, -0.1, 1.5, float("nan"), True, "0.1"])
+def test_bad_ones(ones):
+    with pytest.raises(ConversionError, match="ones"):
+        convert(_fp(), ones)
+
+
+def test_bad_options_and_small_layer():
+    fp = _fp()
+    with pytest.raises(ConversionError, match="granularity"):
+        convert(fp, 0.05, granularity="kernel")
+    with pytest.raises(ConversionError, match="allocation"):
+        convert(fp, 0.05, allocation="best")
+    tiny = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3), nn.Linear(3, 2))
+    with pytest.raises(ConversionError, match=r"'0' has 12 weights.*rounds to 0"):
+        convert(tiny, 0.01)
+    with pytest.raises(ConversionError, match="rounds to 0"):
+        convert(fp, 0.005, granularity="channel")  # block1 channels have 8 * 9 = 72 weights
+    with pytest.raises(ConversionError, match="no conv or linear"):
+        convert(nn.Sequential(nn.ReLU()), 0.1)
+
+
+def test_enforce_budget_keeps_ones_at_or_under_target():
+    fp = _fp(5)
+    model, info = convert(fp, 0.05, return_info=True)
+    cons = SparsityConstraint(model, ec=0.05, gamma=0.07)
+    with torch.no_grad():
+        for _, m in sb_layers(model):
+            m.weight.add_(0.3 * torch.rand_like(m.weight))  # many new 1-bits
+    assert float(cons.ones_fraction()) > 0.1
+    off = enforce_budget_(model, info["budgets"], "layer")
+    assert off > 0
+    for name, m in sb_layers(model):
+        assert int(m.bits().sum()) <= info["budgets"][name][0]
+    assert float(cons.ones_fraction()) <= 0.05 + 1e-9
+
+
+def test_quantization_errors_rows():
+    fp = _fp()
+    model, info = convert(fp, 0.05, return_info=True)
+    rows = quantization_errors(info["float_weights"], model)
+    assert [r["name"] for r in rows] == ["block1.0", "block2.0", "block3.0"]
+    for r in rows:
+        assert 0 < r["relative"] < 1 and np.isfinite(r["sse"])
