@@ -187,6 +187,8 @@ def infer_shapes(graph: Graph) -> list[tuple[int, ...]]:
             ok = isinstance(v, t) and not (t is int and isinstance(v, bool))
             if t is float and isinstance(v, int) and not isinstance(v, bool):
                 ok = True
+            if ok and t is int and not 0 <= v <= 1 << 16:
+                ok = False  # strides, paddings, windows: small non-negative ints
             if not ok or (t is float and not math.isfinite(v)):
                 raise _err(f"{where}: attribute {a!r} must be {t.__name__}, got {v!r}")
         for p, (dt, required) in param_spec.items():
@@ -405,7 +407,7 @@ def _parse_ref(ref: Any, payload: memoryview, where: str):
     ):
         raise _err(f"{where}: blob [{off!r}, +{length!r}) lies outside the {len(payload)}-byte "
                    "payload")
-    if dt not in _DTYPES:
+    if not isinstance(dt, str) or dt not in _DTYPES:
         raise _err(f"{where}: unknown dtype {dt!r}; known: {', '.join(_DTYPES)}")
     blob = payload[off: off + length]
     if enc == "raw":
