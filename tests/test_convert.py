@@ -221,3 +221,106 @@ def test_quantization_errors_rows():
     assert [r["name"] for r in rows] == ["block1.0", "block2.0", "block3.0"]
     for r in rows:
         assert 0 < r["relative"] < 1 and np.isfinite(r["sse"])
+
+
+# --------------------------------------------------------------------------------------------
+# sbnn convert (command line)
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fp_checkpoint(tmp_path_factory):
+    from sbnn.config import Config, to_dict
+    from sbnn.data import write_synthetic_idx
+
+    root = tmp_path_factory.mktemp("conv")
+    data = write_synthetic_idx(root / "data", n_train=256, n_test=128)
+    cfg = Config()
+    cfg.model.name = "fmnist_cnn_fp"
+    cfg.model.kwargs = {"width": 8}
+    cfg.data.root = str(data)
+    cfg.data.batch_size = 64
+    cfg.data.eval_batch_size = 128
+    torch.manual_seed(0)
+    model = models.create("fmnist_cnn_fp", width=8)
+    ckpt = {"model": model.state_dict(), "config": to_dict(cfg), "num_classes": 10,
+            "in_chans": 1, "epoch": 1, "sbnn_format": 1}
+    path = root / "fp.pt"
+    torch.save(ckpt, path)
+    return root, path, ckpt
+
+
+def _cli(*argv):
+    from sbnn import cli
+
+    return cli.main(["convert", *map(str, argv)])
+
+
+def test_cli_convert_writes_a_run_folder(fp_checkpoint, capsys):
+    import json
+
+    from sbnn.evaluate import load_model
+
+    root, path, _ = fp_checkpoint
+    out = root / "run"
+    rc = _cli(path, "--ones", 0.05, "--finetune-epochs", 1, "--prune-kernels", 0.8,
+              "--no-progress", "--threads", 1, "--out", out)
+    assert rc == 0, capsys.readouterr().err
+    for f in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "report.json"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "report.json").read_text())
+    c = rep["convert"]
+    assert set(c["accuracy"]) == {"full_precision", "converted", "finetuned", "from_scratch"}
+    assert rep["ones_fraction"] <= 0.05 + 1e-9  # fine-tuning kept p at or under the target
+    assert [r["name"] for r in c["quantization_error_converted"]] == [
+        "block1.0", "block2.0", "block3.0"]
+    assert c["pruning"]["total"]["ones"] == round(rep["ones_fraction"] * c["pruning"]["total"]["n"])
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    model = load_model(out)  # evaluate/export's loader takes the folder unchanged
+    assert len(sb_layers(model)) == 3
+    assert not list(root.glob(".run.tmp-*"))
+    # the same folder again: refused, nothing changed
+    assert _cli(path, "--ones", 0.05, "--out", out) == 2
+    assert "not empty" in capsys.readouterr().err
+
+    # the from-scratch comparison reads a train run's report
+    out2 = root / "run2"
+    assert _cli(path, "--ones", 0.1, "--allocation", "global", "--granularity", "layer",
+                "--from-scratch", out, "--no-progress", "--out", out2) == 0
+    rep2 = json.loads((out2 / "report.json").read_text())
+    assert rep2["convert"]["accuracy"]["from_scratch"] == rep["test_accuracy"]
+    assert "from scratch" in capsys.readouterr().out
+
+
+def _assert_refused(capsys, root, out, match, *argv):
+    assert _cli(*argv, "--no-progress", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert not out.exists()
+    assert not list(root.glob(f".{out.name}.tmp-*"))
+
+
+def test_cli_bad_input_leaves_nothing(fp_checkpoint, capsys, tmp_path):
+    root, path, ckpt = fp_checkpoint
+    out = tmp_path / "bad"
+    _assert_refused(capsys, tmp_path, out, "open interval", path, "--ones", 1.5)
+    _assert_refused(capsys, tmp_path, out, "open interval", path, "--ones", 0)
+    _assert_refused(capsys, tmp_path, out, "rounds to 0", path, "--ones", 0.00001)
+    _assert_refused(capsys, tmp_path, out, "no checkpoint", tmp_path / "none.pt", "--ones", 0.05)
+    bad = dict(ckpt)
+    del bad["in_chans"]
+    torch.save(bad, tmp_path / "nokeys.pt")
+    _assert_refused(capsys, tmp_path, out, "lacks the key(s) ['in_chans']",
+                    tmp_path / "nokeys.pt", "--ones", 0.05)
+    unknown = {**ckpt, "config": {**ckpt["config"], "model": {**ckpt["config"]["model"],
+                                                              "name": "lenet_fp"}}}
+    torch.save(unknown, tmp_path / "unknown.pt")
+    _assert_refused(capsys, tmp_path, out, "unknown architecture 'lenet_fp'",
+                    tmp_path / "unknown.pt", "--ones", 0.05)
+    binary = {**ckpt, "config": {**ckpt["config"], "model": {**ckpt["config"]["model"],
+                                                             "name": "fmnist_cnn"}}}
+    torch.save(binary, tmp_path / "binary.pt")
+    _assert_refused(capsys, tmp_path, out, "already a sparse-binary",
+                    tmp_path / "binary.pt", "--ones", 0.05)
+    _assert_refused(capsys, tmp_path, out, "report.json", path, "--ones", 0.05,
+                    "--from-scratch", tmp_path)

@@ -18,6 +18,7 @@ SUBCOMMANDS: list[str] = [
     "sbnn.train",
     "sbnn.evaluate",
     "sbnn.plot",
+    "sbnn.convert",
 ]
 
 
