@@ -267,3 +267,25 @@ def test_prune_stats_count_removed_kernels():
         assert row["ops_sparse"] < row["ops_dense"]
     tot = st["total"]
     assert tot["bits_kernel"] == sum(r["bits_kernel"] for r in st["layers"])
+
+
+def test_pruned_model_exports_with_the_removed_kernels_skipped():
+    export = pytest.importorskip("sbnn.export")
+    engine = pytest.importorskip("sbnn.engine")
+    fp = _fp(7)
+    model = convert(fp, 0.05, prune=PruneConfig(kernels=0.85, filters=0.25)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    graph = export.to_graph(model, (1, 28, 28))
+    rows = export.graph_stats(graph)
+    for row, (_, m) in zip(rows, sb_layers(model), strict=True):
+        n_k = m.weight.shape[0] * m.weight.shape[1]
+        assert row["zero_kernels"] == pytest.approx(round(0.85 * n_k) / n_k)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = engine.reference_forward(graph, x.numpy())
+    assert abs(got - want).max() <= 1e-3 * (1 + abs(want).max())
+    # the physically shrunk model exports too, with fewer filters
+    detach_(model)
+    shrink_(model, x)
+    small = export.to_graph(model, (1, 28, 28))
+    assert export.graph_stats(small)[-1]["shape"][0] == 24

@@ -378,7 +378,8 @@ def convert(
             _, thr = _split_rows(rows, forced, uniform_ks(name, rows, forced))
             t = thr.to(m.weight.dtype)
             masks[name].zero |= kernel_mask(m.weight, prune.kernels,
-                                            t[0] if granularity == "layer" else t)
+                                            t[0] if granularity == "layer" else t,
+                                            masks[name].zero)
 
     # 3. allocation
     groups_rows = {name: _rows(m.weight, granularity) for name, m in layers}

@@ -61,6 +61,7 @@ __all__ = [
     "project_patterns",
     "following_batchnorm",
     "compute_masks",
+    "prune_",
     "attach_",
     "detach_",
     "project_",
@@ -170,29 +171,34 @@ def filter_mask(w: torch.Tensor, share: float) -> torch.Tensor:
     return mask
 
 
-def kernel_scores(w: torch.Tensor, threshold: float | torch.Tensor = 0.0) -> torch.Tensor:
+def kernel_scores(w: torch.Tensor, threshold: float | torch.Tensor = 0.0,
+                  forced: torch.Tensor | None = None) -> torch.Tensor:
     """``(C_out, C_in)`` kernel strength: ``sum relu(w - threshold)`` + a tie-breaking L2 term.
 
     A kernel whose weights are all below the split threshold (an all-zero kernel) scores only the
-    tie-breaker, which is smaller than any margin of a real 1-bit.
+    tie-breaker, which is smaller than any margin of a real 1-bit. Weights in ``forced`` (bits
+    already fixed at 0) add no margin, so wholly forced kernels count among the weakest.
     """
     w = w.detach().double()
     t = torch.as_tensor(threshold, dtype=w.dtype, device=w.device)
     if t.dim() == 1:  # per output channel
         t = t.view(-1, 1, 1, 1)
     kern = w.reshape(w.shape[0], w.shape[1], -1)
-    margin = torch.relu(w - t).reshape(kern.shape).sum(-1)
+    margin = torch.relu(w - t)
+    if forced is not None:
+        margin = margin.masked_fill(forced, 0.0)
+    margin = margin.reshape(kern.shape).sum(-1)
     norm = kern.norm(dim=-1)
     return margin + 1e-9 * norm / (1.0 + float(norm.max()))
 
 
-def kernel_mask(w: torch.Tensor, share: float, threshold: float | torch.Tensor = 0.0
-                ) -> torch.Tensor:
+def kernel_mask(w: torch.Tensor, share: float, threshold: float | torch.Tensor = 0.0,
+                forced: torch.Tensor | None = None) -> torch.Tensor:
     """Bool of ``w``'s shape: every weight of the ``round(share * C_out * C_in)`` weakest kernels
     (:func:`kernel_scores`) of a conv weight ``(C_out, C_in, kh, kw)``."""
     if w.dim() != 4:
         raise ValueError(f"kernel removal needs a conv weight (C_out, C_in, kh, kw), got {w.shape}")
-    scores = kernel_scores(w, threshold).reshape(-1)
+    scores = kernel_scores(w, threshold, forced).reshape(-1)
     k = _count(share, scores.numel())
     chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=w.device)
     if k:
@@ -353,12 +359,21 @@ def compute_masks(model: nn.Module, cfg: PruneConfig,
             lm.dead = filter_mask(w, cfg.filters)
             zero[lm.dead] = True
         if cfg.kernels and spatial:
-            zero |= kernel_mask(w, cfg.kernels, thresholds.get(name, 0.0))
+            zero |= kernel_mask(w, cfg.kernels, thresholds.get(name, 0.0), zero)
         if bool(zero.any()):
             lm.zero = zero
         if cfg.patterns and spatial:
             lm.codebook = learn_patterns(w, cfg.patterns, forced=lm.zero)
         masks[name] = lm
+    return masks
+
+
+def prune_(model: nn.Module, cfg: PruneConfig) -> dict[str, LayerMasks]:
+    """Masks from ``model``'s current latent weights (:func:`compute_masks`), attached so that
+    training keeps them (:func:`attach_`); the hook ``train`` calls after its closed-form init.
+    Returns the masks (store them with :func:`prune_state` in a checkpoint)."""
+    masks = compute_masks(model, cfg)
+    attach_(model, masks)
     return masks
 
 
