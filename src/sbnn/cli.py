@@ -19,6 +19,7 @@ SUBCOMMANDS: list[str] = [
     "sbnn.evaluate",
     "sbnn.plot",
     "sbnn.convert",
+    "sbnn.sweep",
 ]
 
 

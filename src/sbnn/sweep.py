@@ -1,0 +1,286 @@
+"""``sbnn sweep``: one training per (domain, EC, seed), then a table and plots of the trade-off.
+
+Each run lives in ``SWEEP_DIR/runs/<domain>_ec<EC>_s<seed>/`` and is a normal ``sbnn train`` run
+folder. A run with a ``report.json`` is finished and skipped; one with only a ``last.pt`` resumes
+from it; so killing the sweep loses at most the run in progress. After training, each run is
+exported to ``model.sbnn`` and timed on the engine (batch 1, one thread). The sweep then writes
+``results.csv``, ``results.md`` and two PNG plots: test accuracy against bits per binary weight
+(as stored in the exported file) and against measured engine latency, one curve per domain, with
+the full-precision twin and the dense BNN (the {alpha, beta} run at EC 0.5) as horizontal lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from sbnn.config import Config, load_config
+
+__all__ = ["GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "add_parser"]
+
+# The authors' (EC, gamma) pairs (Schiavone et al., arXiv:2306.13515, their public code).
+GAMMAS_CIFAR10 = {0.50: 0.0, 0.25: 0.02, 0.10: 0.04, 0.05: 0.07, 0.04: 0.07, 0.03: 0.08,
+                  0.02: 0.08, 0.01: 0.10}
+GAMMAS_CIFAR100 = {0.50: 0.0, 0.05: 0.05, 0.04: 0.05, 0.03: 0.05, 0.02: 0.06, 0.01: 0.07}
+
+# sweep domain names -> model.domain; "ab" is the paper's learned {alpha, beta} domain
+DOMAIN_ALIASES = {"ab": "learned", "learned": "learned", "closed_form": "closed_form",
+                  "pm1": "pm1", "01": "01"}
+
+COLUMNS = ["domain", "ec", "gamma", "seed", "test_accuracy", "ones_fraction",
+           "bits_per_binary_weight", "entropy_bits_per_weight", "binary_weights", "model_bytes",
+           "latency_b1_ms", "run_dir"]
+
+
+def gamma_for(ec: float, dataset: str = "fashion_mnist") -> float:
+    """The authors' gamma for ``ec`` (CIFAR-100 table for cifar100, else CIFAR-10's); an EC
+    outside the table takes the gamma of the nearest listed EC."""
+    table = GAMMAS_CIFAR100 if dataset == "cifar100" else GAMMAS_CIFAR10
+    if ec >= 0.5:
+        return 0.0
+    nearest = min(table, key=lambda e: (abs(e - ec), e))
+    return table[nearest]
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{what} expects comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise ValueError(f"--{what} is empty")
+    return vals
+
+
+def _run_name(domain: str, ec: float | None, seed: int) -> str:
+    return f"fp_s{seed}" if domain == "fp" else f"{domain}_ec{ec:g}_s{seed}"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _train_one(cfg: Config, run_dir: Path) -> dict:
+    """Train (or resume, or skip) one run; returns its report."""
+    from sbnn.train import Trainer
+
+    report_path = run_dir / "report.json"
+    if report_path.is_file():
+        return json.loads(report_path.read_text())
+    resume = run_dir if (run_dir / "last.pt").is_file() else None
+    Trainer(cfg, out=run_dir, resume=resume).fit()
+    return json.loads(report_path.read_text())
+
+
+def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
+    """Export the run to ``model.sbnn``; bits in the file, its size and engine latency."""
+    import numpy as np
+
+    from sbnn import engine
+    from sbnn.evaluate import load_model
+    from sbnn.export import export, graph_stats
+
+    path = run_dir / "model.sbnn"
+    model = load_model(run_dir)
+    graph = export(model, path, input_shape, check=False)
+    rows = graph_stats(graph)
+    n = sum(r["weights"] for r in rows)
+    out = {"model_bytes": path.stat().st_size, "binary_weights": n}
+    if n:
+        out["bits_per_binary_weight"] = sum(r["stored_bits"] for r in rows) / n
+        out["entropy_bits_per_weight"] = sum(r["h_bits"] for r in rows) / n
+    if latency:
+        eng = engine.load(path, num_threads=1)
+        out["latency_b1_ms"] = 1e3 * float(np.median(
+            [eng.bench(batch=1, warmup=3, repeat=15)["median_s"] for _ in range(3)]))
+    return out
+
+
+def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: list[str],
+              seeds: list[int], gammas: list[float] | None = None, fp_reference: bool = True,
+              deploy: bool = True, latency: bool = True) -> list[dict]:
+    """Train every (domain, EC, seed) combination of ``cfg`` and write the sweep's results."""
+    from sbnn import models
+    from sbnn.export import _DATASET_SHAPES
+
+    for d in domains:
+        if d not in DOMAIN_ALIASES:
+            raise ValueError(f"unknown sweep domain {d!r}; valid: {', '.join(DOMAIN_ALIASES)}")
+    for ec in ecs:
+        if not 0.0 < ec <= 0.5:
+            raise ValueError(f"EC values must be in (0, 0.5], got {ec}")
+    if gammas is not None and len(gammas) not in (1, len(ecs)):
+        raise ValueError(f"--gamma needs one value or one per EC ({len(ecs)}), got {len(gammas)}")
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+
+    plan: list[tuple[str, float | None, int, Config]] = []
+    fp_name = f"{cfg.model.name}_fp"
+    if fp_reference and fp_name in models.list_models():
+        for seed in seeds:
+            fp_cfg = replace(cfg, model=replace(cfg.model, name=fp_name), seed=seed)
+            plan.append(("fp", None, seed, fp_cfg))
+    for d in domains:
+        for i, ec in enumerate(ecs):
+            gamma = gamma_for(ec, cfg.data.name) if gammas is None else \
+                gammas[0 if len(gammas) == 1 else i]
+            for seed in seeds:
+                run_cfg = replace(
+                    cfg, seed=seed, model=replace(cfg.model, domain=DOMAIN_ALIASES[d]),
+                    sparsity=replace(cfg.sparsity, ec=ec, gamma=gamma))
+                plan.append((d, ec, seed, run_cfg))
+
+    shape = _DATASET_SHAPES.get(cfg.data.name)
+    rows = []
+    for k, (d, ec, seed, run_cfg) in enumerate(plan, 1):
+        run_dir = out / "runs" / _run_name(d, ec, seed)
+        if _rank() == 0:
+            print(f"[sweep {k}/{len(plan)}] {run_dir.name}", flush=True)
+        report = _train_one(run_cfg, run_dir)
+        if _rank() != 0:
+            continue
+        row = {"domain": d, "ec": ec, "gamma": None if ec is None else run_cfg.sparsity.gamma,
+               "seed": seed, "test_accuracy": report.get("test_accuracy"),
+               "ones_fraction": report.get("ones_fraction"), "run_dir": str(run_dir)}
+        if deploy and d != "fp" and shape is not None:
+            row.update(_deploy_metrics(run_dir, shape, latency))
+        rows.append(row)
+    if _rank() == 0:
+        write_results(rows, out)
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _mean_std(vals: list[float]) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return ""
+    if len(vals) == 1:
+        return f"{vals[0]:.4f}"
+    return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}"
+
+
+def write_results(rows: list[dict], out: str | os.PathLike) -> None:
+    """``results.csv`` (one row per run), ``results.md`` (per run and mean over seeds), plots."""
+    out = Path(out)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in COLUMNS})
+
+    lines = ["# Sweep results", "", "## Per run", "",
+             "| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:-1]) + " |" for r in rows]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["domain"], r["ec"]), []).append(r)
+    lines += ["", "## Mean ± std over seeds", "",
+              "| domain | EC | seeds | test accuracy | ones fraction | bits / binary weight | "
+              "latency b1 (ms) |", "|---|---|---|---|---|---|---|"]
+    for (d, ec), rs in groups.items():
+        lines.append(
+            f"| {d} | {_fmt(ec)} | {len(rs)} | {_mean_std([r.get('test_accuracy') for r in rs])} "
+            f"| {_mean_std([r.get('ones_fraction') for r in rs])} "
+            f"| {_mean_std([r.get('bits_per_binary_weight') for r in rs])} "
+            f"| {_mean_std([r.get('latency_b1_ms') for r in rs])} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot_results(rows, out)
+
+
+def plot_results(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def mean(rs, key):
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return statistics.mean(vals) if vals else None
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["domain"], r["ec"]), []).append(r)
+    fp = [r["test_accuracy"] for r in rows if r["domain"] == "fp"]
+    bnn = [r["test_accuracy"] for r in rows if r["domain"] == "ab" and r["ec"] == 0.5]
+    for key, label, fname in (("bits_per_binary_weight", "bits per binary weight (file)",
+                               "accuracy_vs_bits.png"),
+                              ("latency_b1_ms", "engine latency, batch 1, 1 thread (ms)",
+                               "accuracy_vs_latency.png")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for d in sorted({dd for dd, _ in groups if dd != "fp"}):
+            pts = sorted((mean(rs, key), mean(rs, "test_accuracy"))
+                         for (dd, _), rs in groups.items() if dd == d)
+            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=d)
+        if fp:
+            ax.axhline(100 * statistics.mean(fp), color="k", ls="--", label="full precision")
+        if bnn:
+            ax.axhline(100 * statistics.mean(bnn), color="gray", ls=":", label="dense BNN (EC 0.5)")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=120)
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="train one run per (domain, EC, seed) and tabulate accuracy / bits / latency",
+        description="Train every combination of --domain, --ec and --seeds from one config, "
+                    "export each run and time it on the engine, then write results.csv, "
+                    "results.md and plots into --out. Resumable: finished runs are skipped and "
+                    "an interrupted one resumes.")
+    p.add_argument("--config", "-c", help="base YAML config (default: the main job)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every run (repeatable)")
+    p.add_argument("--ec", default="0.5,0.25,0.1,0.05,0.02,0.01",
+                   help="comma-separated target ones fractions (default: %(default)s)")
+    p.add_argument("--domain", default="ab,pm1,01",
+                   help="comma-separated domains: ab ({alpha, beta}, learned), closed_form, pm1, "
+                        "01 (default: %(default)s)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--gamma", help="gamma per EC (comma-separated, or one value for all); "
+                                   "default: the authors' pair for each EC")
+    p.add_argument("--no-fp", action="store_true", help="skip the full-precision reference run")
+    p.add_argument("--no-latency", action="store_true", help="skip engine timing")
+    p.add_argument("--out", "-o", required=True, help="sweep folder")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    try:
+        ecs = _floats(args.ec, "ec")
+        seeds = [int(s) for s in _floats(args.seeds, "seeds")]
+        gammas = _floats(args.gamma, "gamma") if args.gamma else None
+        domains = [d.strip() for d in args.domain.split(",") if d.strip()]
+        run_sweep(cfg, args.out, ecs, domains, seeds, gammas, fp_reference=not args.no_fp,
+                  latency=not args.no_latency)
+    except ValueError as e:
+        print(f"sbnn sweep: error: {e}", file=sys.stderr)
+        return 2
+    if _rank() == 0:
+        print(f"sweep results: {Path(args.out) / 'results.md'}")
+    return 0

@@ -1,0 +1,79 @@
+"""`sbnn sweep` end to end on a tiny budget: every file and column, skipping and resuming."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from sbnn import sweep
+from sbnn.cli import main
+from sbnn.data import write_synthetic_idx
+
+ARGS = ["--set", "data.batch_size=64", "--set", "data.eval_batch_size=256",
+        "--set", "model.kwargs={width: 8}", "--set", "epochs=1", "--set", "progress=false",
+        "--set", "device=cpu", "--set", "optim.lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    return str(write_synthetic_idx(tmp_path_factory.mktemp("fmnist"), n_train=256, n_test=128))
+
+
+def test_sweep_writes_every_file_and_column_then_skips(toy_root, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--ec", "0.5,0.05", "--domain", "ab,pm1", "--seeds", "0",
+            "--set", f"data.root={toy_root}", *ARGS, "--out", str(out)]
+    assert main(argv) == 0
+    for f in ("results.csv", "results.md", "accuracy_vs_bits.png", "accuracy_vs_latency.png"):
+        assert (out / f).is_file(), f
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["domain"] for r in rows] == ["fp", "ab", "ab", "pm1", "pm1"]
+    assert list(rows[0]) == sweep.COLUMNS
+    for r in rows[1:]:
+        assert 0.0 <= float(r["test_accuracy"]) <= 1.0
+        assert float(r["bits_per_binary_weight"]) > 0 and float(r["latency_b1_ms"]) > 0
+        assert int(r["model_bytes"]) > 0
+    sparse = [r for r in rows if r["ec"] == "0.05"]
+    for r in sparse:
+        assert float(r["ones_fraction"]) <= 0.06
+        assert float(r["gamma"]) == sweep.gamma_for(0.05)
+        assert float(r["bits_per_binary_weight"]) < 0.5  # far below the dense BNN's 1 bit
+    # a second call trains nothing: every run has its report
+    calls = []
+    monkeypatch.setattr("sbnn.train.Trainer.fit", lambda self: calls.append(self) or {})
+    assert main(argv) == 0
+    assert calls == []
+
+
+def test_sweep_resumes_an_interrupted_run(toy_root, tmp_path):
+    from dataclasses import replace
+
+    from sbnn.config import load_config
+    from sbnn.train import Trainer
+
+    cfg = load_config(None, [f"data.root={toy_root}"] + ARGS[1::2])
+    cfg = replace(cfg, epochs=2)
+    out = tmp_path / "sweep"
+    run_dir = out / "runs" / "ab_ec0.05_s0"
+    Trainer(replace(cfg, sparsity=replace(cfg.sparsity, ec=0.05, gamma=0.07)), out=run_dir,
+            stop_after=1).fit()  # killed after epoch 1
+    assert not (run_dir / "report.json").exists()
+    rows = sweep.run_sweep(cfg, out, [0.05], ["ab"], [0], fp_reference=False, latency=False)
+    assert len(rows) == 1
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # epoch 1 from the first attempt, epoch 2 from the resume
+
+
+def test_sweep_bad_arguments(tmp_path, capsys):
+    assert main(["sweep", "--ec", "0.05,abc", "--out", str(tmp_path)]) == 2
+    assert "comma-separated" in capsys.readouterr().err
+    assert main(["sweep", "--domain", "ternary", "--out", str(tmp_path)]) == 2
+    assert "valid: ab" in capsys.readouterr().err
+
+
+def test_gamma_table():
+    assert sweep.gamma_for(0.5) == 0.0
+    assert sweep.gamma_for(0.01) == 0.10
+    assert sweep.gamma_for(0.01, "cifar100") == 0.07
+    assert sweep.gamma_for(0.06) == 0.07  # nearest listed EC is 0.05
