@@ -37,7 +37,7 @@ from torch import fx, nn
 from sbnn.fileformat import Graph, Node, infer_shapes, save
 from sbnn.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
 
-__all__ = ["ExportError", "to_graph", "export", "load_for_export", "fold_sbconv"]
+__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "add_parser"]
 
 
 class ExportError(ValueError):
@@ -392,22 +392,6 @@ def graph_stats(graph: Graph) -> list[dict[str, Any]]:
     return rows
 
 
-def load_for_export(source: str | os.PathLike) -> tuple[nn.Module, tuple[int, int, int], dict]:
-    """A trained model from a run folder or checkpoint, its input shape and metadata."""
-    from sbnn.evaluate import load_model  # the training side's loader
-
-    model = load_model(source)
-    meta: dict[str, Any] = {"source": os.fspath(source)}
-    shape = None
-    ckpt = getattr(model, "sbnn_checkpoint", None) or {}
-    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if cfg:
-        meta["model"] = cfg.get("model", {}).get("name")
-        meta["dataset"] = cfg.get("data", {}).get("name")
-        shape = _DATASET_SHAPES.get(meta["dataset"])
-    return model, shape, meta
-
-
 _DATASET_SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
                    "cifar100": (3, 32, 32)}
 
@@ -422,8 +406,9 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
     """Write ``model`` to ``path`` as a ``.sbnn`` file (and optionally an ONNX twin).
 
     With ``check``, the exported graph is run by the reference executor on two random inputs
-    and compared with the PyTorch model; a gap above 1e-3 relative only warns, because an
-    activation within float rounding of a threshold may binarise differently.
+    and compared with the PyTorch model. A gap above 5% of the largest logit warns: an export
+    bug gives gaps of that order, while float rounding alone (an activation within ~1e-7 of a
+    binarisation threshold flipping) gives well under 1%.
     """
     was_training = model.training
     model.eval()
@@ -437,9 +422,9 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
                 want = model(x).numpy()
             got = reference_forward(graph, x.numpy())
             err = _max_rel_err(got, want)
-            if not math.isfinite(err) or err > 1e-3:
-                warnings.warn(f"exported graph differs from the model by {err:.3g} (relative)",
-                              stacklevel=2)
+            if not math.isfinite(err) or err > 5e-2:
+                warnings.warn(f"exported graph differs from the model by {err:.3g} (relative "
+                              "to the largest logit) on random inputs", stacklevel=2)
     finally:
         model.train(was_training)
     save(graph, path)
@@ -448,3 +433,88 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
 
         save_onnx(graph, onnx_path)
     return graph
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    parts = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"--input-shape expects C,H,W (e.g. 1,28,28), got {text!r}")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def format_bits_table(graph: Graph) -> str:
+    """Per sparse-binary layer: ones fraction, H(p) bits, stored bits and their ratio."""
+    rows = graph_stats(graph)
+    lines = [f"{'layer':<28} {'weights':>9} {'ones':>7} {'0-kern':>7} {'H(p) bits':>10} "
+             f"{'stored':>9} {'ratio':>6}"]
+    for r in rows:
+        ratio = r["stored_bits"] / r["h_bits"] if r["h_bits"] else float("nan")
+        lines.append(f"{r['layer']:<28} {r['weights']:>9} {r['ones']:>7.4f} "
+                     f"{r['zero_kernels']:>7.3f} {r['h_bits']:>10.0f} {r['stored_bits']:>9} "
+                     f"{ratio:>6.3f}")
+    if rows:
+        w = sum(r["weights"] for r in rows)
+        h = sum(r["h_bits"] for r in rows)
+        s = sum(r["stored_bits"] for r in rows)
+        lines.append(f"{'total':<28} {w:>9} {'':>7} {'':>7} {h:>10.0f} {s:>9} "
+                     f"{s / h if h else float('nan'):>6.3f}   ({s / w:.4f} bits/weight)")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a trained model as a .sbnn file (and optionally ONNX)",
+        description="Export RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint to a "
+                    "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
+                    "entropy-coded.")
+    p.add_argument("path", help="run folder or .pt checkpoint")
+    p.add_argument("-o", "--output", required=True, help="output .sbnn file")
+    p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
+    p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
+    p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing the exported graph with the PyTorch model")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    import sys
+
+    from sbnn.evaluate import load_checkpoint, load_model
+    from sbnn.fileformat import SBNNFormatError
+
+    which = "best" if args.best else "last"
+    ckpt = load_checkpoint(args.path, which)
+    model = load_model(args.path, which)
+    cfg = ckpt.get("config", {})
+    dataset = cfg.get("data", {}).get("name")
+    if args.input_shape:
+        shape = _parse_shape(args.input_shape)
+    elif dataset in _DATASET_SHAPES:
+        shape = (int(ckpt.get("in_chans", _DATASET_SHAPES[dataset][0])),
+                 *_DATASET_SHAPES[dataset][1:])
+    else:
+        print(f"sbnn export: error: unknown input size for dataset {dataset!r}; pass "
+              "--input-shape C,H,W", file=sys.stderr)
+        return 2
+    from sbnn import __version__
+
+    meta = {"model": cfg.get("model", {}).get("name"), "model_kwargs":
+            cfg.get("model", {}).get("kwargs", {}), "dataset": dataset,
+            "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
+            "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
+    try:
+        graph = export(model, args.output, shape, metadata=meta, onnx_path=args.onnx,
+                       check=not args.no_check)
+    except (ExportError, SBNNFormatError) as exc:
+        print(f"sbnn export: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_bits_table(graph))
+    size = os.path.getsize(args.output)
+    print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
+          + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
+             if args.onnx else ""))
+    return 0

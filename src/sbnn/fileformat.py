@@ -380,6 +380,7 @@ def save(graph: Graph, path: str | os.PathLike) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -486,3 +487,9 @@ def load(path: str | os.PathLike) -> Graph:
                            f"{_PREFIX.size + hlen + plen}")
         data = head + f.read()
     return loads(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,230 @@
+"""Whole-model and per-layer latency of a ``.sbnn`` model against its baselines (``sbnn bench``).
+
+For each batch size and thread count, measured in the same run, medians over ``repeat`` timed
+runs after ``warmup`` runs:
+
+``sparse``
+    the model in the native engine (sparse binary convs: work grows with the 1-bits);
+``dense``
+    the same graph with the dense bit-packed XNOR/popcount binary conv (the BNN baseline);
+``torch``
+    PyTorch float32 running the same network: binarise, then ``F.conv2d`` with the dequantized
+    weights (what the trained model costs in PyTorch at inference);
+``float_twin``
+    the registry's full-precision twin (``<model>_fp``) when the file names its model.
+
+Ratios are baseline / sparse (> 1: the sparse engine is faster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sbnn import engine as sengine
+from sbnn import fileformat
+from sbnn.fileformat import Graph
+
+__all__ = ["TorchGraph", "bench", "format_table", "add_parser"]
+
+
+class TorchGraph:
+    """The graph as PyTorch float32 ops, parameters converted once (the PyTorch baseline)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.ops = []
+        for nd in graph.nodes[1:]:
+            P = {k: torch.from_numpy(v) for k, v in nd.params.items()}
+            if nd.op == "sbconv2d":
+                P["weight"] = torch.from_numpy(sengine.dequantized_weight(nd.params))
+                if nd.attrs["binary_input"]:
+                    c = nd.params["bits"].shape[1]
+                    P["thr"] = P.get("thr", torch.zeros(c)).view(1, -1, 1, 1)
+            self.ops.append((nd, P))
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, profile: bool = False):
+        vals = [x]
+        times = []
+        for nd, P in self.ops:
+            t0 = time.perf_counter()
+            ins = [vals[j] for j in nd.inputs]
+            if nd.op == "sbconv2d":
+                a = ins[0]
+                if nd.attrs["binary_input"]:
+                    a = torch.where(a >= P["thr"], 1.0, -1.0)
+                y = F.conv2d(a, P["weight"], P["bias"], nd.attrs["stride"], nd.attrs["padding"])
+            else:
+                y = sengine._ref_node(nd, ins)
+            vals.append(y)
+            if profile:
+                times.append((nd.op, time.perf_counter() - t0))
+        out = vals[self.graph.output]
+        return (out, times) if profile else out
+
+
+def _float_twin(graph: Graph):
+    name = graph.metadata.get("model")
+    if not name:
+        return None
+    from sbnn import models
+
+    twin = name if name.endswith("_fp") else f"{name}_fp"
+    if not models.is_registered(twin):
+        return None
+    out = graph.shapes()[graph.output]
+    kwargs = dict(graph.metadata.get("model_kwargs") or {})
+    m = models.create(twin, num_classes=int(np.prod(out)), in_chans=graph.input_shape[0],
+                      **kwargs)
+    return twin, m.eval()
+
+
+def _time(fn, warmup: int, repeat: int, profile_fn=None) -> tuple[float, list[float] | None]:
+    for _ in range(warmup):
+        fn()
+    totals, per = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        totals.append(time.perf_counter() - t0)
+    if profile_fn is not None:  # per-layer times from separate profiled runs
+        for _ in range(max(3, repeat // 2)):
+            per.append([s for _, s in profile_fn()])
+    layer = [float(v) for v in np.median(np.array(per), 0)] if per else None
+    return float(np.median(totals)), layer
+
+
+def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int = 3,
+          repeat: int = 10, float_twin: bool = True, layers: bool = True,
+          progress=None) -> dict[str, Any]:
+    """Benchmark the ``.sbnn`` model at ``path``; returns a JSON-able dict of medians."""
+    graph = fileformat.load(path)
+    tg = TorchGraph(graph)
+    twin = _float_twin(graph) if float_twin else None
+    names = [f"{nd.op}:{nd.name}" for nd in graph.nodes[1:]]
+    result: dict[str, Any] = {
+        "model": os.fspath(path), "metadata": graph.metadata, "input_shape": graph.input_shape,
+        "float_twin": twin[0] if twin else None, "warmup": warmup, "repeat": repeat,
+        "torch_version": torch.__version__, "runs": [],
+    }
+    from sbnn._native import core
+
+    if core is not None and hasattr(core, "cpu_features"):
+        result["cpu"] = str(core.cpu_features())
+    old_threads = torch.get_num_threads()
+    try:
+        for nt in threads:
+            torch.set_num_threads(nt)
+            engines = {"sparse": sengine.Engine(graph, nt, sparse=True, backend="native"),
+                       "dense": sengine.Engine(graph, nt, sparse=False, backend="native")}
+            for n in batches:
+                x = np.random.default_rng(0).standard_normal((n, *graph.input_shape),
+                                                             dtype=np.float32)
+                xt = torch.from_numpy(x)
+                run: dict[str, Any] = {"batch": n, "threads": nt, "median_s": {}, "layers": {}}
+                for key, eng in engines.items():
+                    med, lay = _time(lambda e=eng, x=x: e.run(x), warmup, repeat,
+                                     (lambda e=eng, x=x: e.run(x, profile=True)[1]) if layers
+                                     else None)
+                    run["median_s"][key] = med
+                    run["layers"][key] = lay
+                med, lay = _time(lambda xt=xt: tg.run(xt), warmup, repeat,
+                                 (lambda xt=xt: tg.run(xt, profile=True)[1]) if layers
+                                 else None)
+                run["median_s"]["torch"] = med
+                run["layers"]["torch"] = lay
+                if twin is not None:
+                    with torch.no_grad():
+                        med, _ = _time(lambda xt=xt: twin[1](xt), warmup, repeat)
+                    run["median_s"]["float_twin"] = med
+                s = run["median_s"]["sparse"]
+                run["speedup"] = {k: v / s for k, v in run["median_s"].items() if k != "sparse"}
+                result["runs"].append(run)
+                if progress:
+                    progress(run)
+    finally:
+        torch.set_num_threads(old_threads)
+    result["layer_names"] = names
+    return result
+
+
+def format_table(res: dict[str, Any], layers: bool = True) -> str:
+    """Whole-model table, then per-layer tables of the binary convs for each configuration."""
+    keys = ["sparse", "dense", "torch"] + (["float_twin"] if res.get("float_twin") else [])
+    head = f"{'batch':>5} {'thr':>3} " + " ".join(f"{k + ' ms':>13}" for k in keys) + \
+        "  " + " ".join(f"{k + '/sp':>13}" for k in keys[1:])
+    lines = [f"model {res['model']}  input {tuple(res['input_shape'])}"
+             + (f"  float twin {res['float_twin']}" if res.get("float_twin") else ""), head]
+    for r in res["runs"]:
+        lines.append(f"{r['batch']:>5} {r['threads']:>3} "
+                     + " ".join(f"{1e3 * r['median_s'][k]:>13.3f}" for k in keys) + "  "
+                     + " ".join(f"{r['speedup'][k]:>12.2f}x" for k in keys[1:]))
+    if layers:
+        names = res["layer_names"]
+        for r in res["runs"]:
+            if not r["layers"].get("sparse"):
+                continue
+            lines.append(f"\nper layer, batch {r['batch']}, {r['threads']} thread(s) "
+                         "(binary convs; ms)")
+            lines.append(f"{'layer':<32} {'sparse':>9} {'dense':>9} {'torch':>9} "
+                         f"{'dense/sp':>9} {'torch/sp':>9}")
+            L = r["layers"]
+            for i, nm in enumerate(names):
+                if not nm.startswith("sbconv2d"):
+                    continue
+                sp, de, to = L["sparse"][i], L["dense"][i], L["torch"][i]
+                lines.append(f"{nm[9:]:<32} {1e3 * sp:>9.3f} {1e3 * de:>9.3f} {1e3 * to:>9.3f} "
+                             f"{de / sp:>8.2f}x {to / sp:>8.2f}x")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="latency of a .sbnn model vs dense-binary and PyTorch float32 baselines",
+        description="Per-layer and whole-model latency (medians after warm-up) of a .sbnn "
+                    "model in the native engine, against the same graph with dense binary "
+                    "convs and against PyTorch float32, measured in the same run.")
+    p.add_argument("model", help=".sbnn file")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--no-float-twin", action="store_true",
+                   help="skip the registry float twin (<model>_fp) baseline")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer tables")
+    p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    from sbnn._native import core, native_error
+
+    if core is None or not hasattr(core, "Engine"):
+        print(f"sbnn bench: error: the native engine is unavailable: {native_error}",
+              file=sys.stderr)
+        return 2
+
+    def progress(run):
+        print(f"  batch {run['batch']}, {run['threads']} thread(s): sparse "
+              f"{1e3 * run['median_s']['sparse']:.3f} ms", file=sys.stderr)
+
+    try:
+        res = bench(args.model, args.batch, args.threads, args.warmup, args.repeat,
+                    not args.no_float_twin, not args.no_layers, progress)
+    except fileformat.SBNNFormatError as exc:
+        print(f"sbnn bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(res, not args.no_layers))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(res, f, indent=2)
+            f.write("\n")
+    return 0
