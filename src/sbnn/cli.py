@@ -20,6 +20,8 @@ SUBCOMMANDS: list[str] = [
     "sbnn.plot",
     "sbnn.convert",
     "sbnn.sweep",
+    "sbnn.export",
+    "sbnn.bench",
 ]
 
 
