@@ -269,7 +269,8 @@ def test_cli_convert_writes_a_run_folder(fp_checkpoint, capsys):
         assert (out / f).is_file(), f
     rep = json.loads((out / "report.json").read_text())
     c = rep["convert"]
-    assert set(c["accuracy"]) == {"full_precision", "converted", "finetuned", "from_scratch"}
+    assert set(c["accuracy"]) == {"full_precision", "converted", "converted_bn_recalibrated",
+                                  "finetuned", "from_scratch"}
     assert rep["ones_fraction"] <= 0.05 + 1e-9  # fine-tuning kept p at or under the target
     assert [r["name"] for r in c["quantization_error_converted"]] == [
         "block1.0", "block2.0", "block3.0"]
@@ -286,8 +287,9 @@ def test_cli_convert_writes_a_run_folder(fp_checkpoint, capsys):
     # the from-scratch comparison reads a train run's report
     out2 = root / "run2"
     assert _cli(path, "--ones", 0.1, "--allocation", "global", "--granularity", "layer",
-                "--from-scratch", out, "--no-progress", "--out", out2) == 0
+                "--bn-batches", 2, "--from-scratch", out, "--no-progress", "--out", out2) == 0
     rep2 = json.loads((out2 / "report.json").read_text())
+    assert rep2["convert"]["accuracy"]["converted_bn_recalibrated"] is not None
     assert rep2["convert"]["accuracy"]["from_scratch"] == rep["test_accuracy"]
     assert "from scratch" in capsys.readouterr().out
 
@@ -324,3 +326,20 @@ def test_cli_bad_input_leaves_nothing(fp_checkpoint, capsys, tmp_path):
                     tmp_path / "binary.pt", "--ones", 0.05)
     _assert_refused(capsys, tmp_path, out, "report.json", path, "--ones", 0.05,
                     "--from-scratch", tmp_path)
+
+
+def test_recalibrate_batchnorm_matches_batch_statistics():
+    import copy
+
+    from sbnn.convert import recalibrate_batchnorm_
+
+    model = convert(_fp(8), 0.05)
+    x = torch.randn(32, 1, 28, 28)
+    twin = copy.deepcopy(model).train()
+    with torch.no_grad():  # what block1's BatchNorm sees in training mode, on this batch
+        h = twin.block1[0](twin.stem(x))
+    recalibrate_batchnorm_(model, [(x, None)])
+    bn = model.block1[1]
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, h.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training

@@ -39,6 +39,7 @@ optional fine-tuning under the sparsity constraint, and a run folder like ``sbnn
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -69,6 +70,8 @@ __all__ = [
     "convert",
     "quantization_errors",
     "enforce_budget_",
+    "recalibrate_batchnorm_",
+    "run_convert",
 ]
 
 GRANULARITIES = ("layer", "channel")
@@ -501,6 +504,35 @@ def enforce_budget_(model: nn.Module, budgets: dict[str, list[int]], granularity
     return off
 
 
+@torch.no_grad()
+def recalibrate_batchnorm_(model: nn.Module, batches) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean/variance on ``batches`` (an iterable of
+    ``(x, y)`` or of ``x``), as a cumulative average, without gradients.
+
+    The float model's statistics describe float activations; after conversion the binary layers
+    produce differently scaled outputs, and refreshing the statistics is the cheap closed-form
+    repair (no weight changes). Returns ``model`` (in the mode it came in).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches
+    was = model.training
+    model.train()
+    seen = 0
+    for b in batches:
+        model(b[0] if isinstance(b, (tuple, list)) else b)
+        seen += 1
+    model.train(was)
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    if seen == 0:
+        raise ConversionError("BatchNorm recalibration got no batches")
+    return model
+
+
 # --------------------------------------------------------------------------------------------
 # sbnn convert: checkpoint in, run folder out
 # --------------------------------------------------------------------------------------------
@@ -595,7 +627,7 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
                 domain: str | None = None, gamma: float = 0.07, lr: float | None = None,
                 data_root: str | None = None, train_subset: int | None = None,
                 test_subset: int | None = None, threads: int | None = None,
-                device: str = "cpu", progress: bool = True) -> dict:
+                device: str = "cpu", progress: bool = True, bn_batches: int = 0) -> dict:
     """What ``sbnn convert`` does; returns the report dict. Everything is written to a temporary
     folder next to ``out`` and renamed to ``out`` at the end, so a failure leaves no ``out``."""
     import json
@@ -619,6 +651,8 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
     # -- validate everything before touching the disk --------------------------------------
     if isinstance(ones, bool) or not isinstance(ones, (int, float)) or not 0.0 < ones < 1.0:
         raise ConversionError(f"--ones must be a fraction in the open interval (0, 1), got {ones}")
+    if bn_batches < 0:
+        raise ConversionError(f"--bn-batches must be >= 0, got {bn_batches}")
     if finetune_epochs < 0:
         raise ConversionError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     outp = Path(out)
@@ -649,6 +683,15 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
     fp, model = fp.to(dev), model.to(dev)
     acc_fp = evaluate_loader(fp, test_loader)["accuracy"]
     acc_conv = evaluate_loader(model, test_loader)["accuracy"]
+    acc_recal = None
+    train_set = None
+    if bn_batches or finetune_epochs:
+        train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
+    if bn_batches:
+        calib = sdata.BatchLoader(train_set, d.batch_size, shuffle=True, device=dev,
+                                  seed=cfg.seed + 12345)
+        recalibrate_batchnorm_(model, itertools.islice(iter(calib), bn_batches))
+        acc_recal = evaluate_loader(model, test_loader)["accuracy"]
 
     tmp = outp.parent / f".{outp.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -667,13 +710,13 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
                                 "prune": prune.to_dict(), "budgets": info["budgets"],
                                 "prune_masks": prune_state(model)}}
 
-        metrics = [{"epoch": 0, "test_accuracy": acc_conv, "ones_fraction": _ones(model),
-                    "stage": "converted"}]
-        best = acc_conv
+        acc0 = acc_conv if acc_recal is None else acc_recal
+        metrics = [{"epoch": 0, "test_accuracy": acc0, "ones_fraction": _ones(model),
+                    "stage": "converted" if acc_recal is None else "converted+bn"}]
+        best = acc0
         atomic_save(checkpoint_dict(0, best), tmp / "best.pt")
         t0 = time.perf_counter()
         if finetune_epochs:
-            train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
             loader = sdata.BatchLoader(
                 train_set, d.batch_size, shuffle=True, device=dev, seed=cfg.seed,
                 augment=sdata.Augment(d.crop_padding, d.hflip, d.rotation))
@@ -700,7 +743,9 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
             "source": os.path.abspath(checkpoint), "ones": ones, "granularity": granularity,
             "allocation": allocation, "domain": cfg.model.domain, "prune": prune.to_dict(),
             "finetune_epochs": finetune_epochs, "gamma": gamma, "lr": cfg.optim.lr,
+            "bn_batches": bn_batches,
             "accuracy": {"full_precision": acc_fp, "converted": acc_conv,
+                         "converted_bn_recalibrated": acc_recal,
                          "finetuned": report["test_accuracy"] if finetune_epochs else None,
                          "from_scratch": scratch["test_accuracy"] if scratch else None},
             "from_scratch": scratch,
@@ -815,6 +860,9 @@ def format_comparison(report: dict) -> str:
 
     row("full precision (source)", acc["full_precision"])
     row(f"converted, ones {c['ones']} ({c['granularity']}, {c['allocation']})", acc["converted"])
+    if acc.get("converted_bn_recalibrated") is not None:
+        row(f"  + BatchNorm recalibrated ({c['bn_batches']} batches)",
+            acc["converted_bn_recalibrated"])
     if c["finetune_epochs"]:
         row(f"after {c['finetune_epochs']} fine-tuning epoch(s)", acc["finetuned"])
     if c["from_scratch"]:
@@ -850,6 +898,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--no-shrink", action="store_true",
                    help="do not write the physically shrunk copy (shrunk_model.pt)")
     g = p.add_argument_group("fine-tuning and report")
+    g.add_argument("--bn-batches", type=int, default=0, metavar="N",
+                   help="re-estimate BatchNorm statistics on N training batches after conversion")
     g.add_argument("--finetune-epochs", type=int, default=0)
     g.add_argument("--gamma", type=float, default=0.07, help="sparsity penalty share")
     g.add_argument("--lr", type=float, default=None, help="default: the checkpoint's optim.lr")
@@ -875,7 +925,7 @@ def _cmd(args) -> int:
         run_convert(args.checkpoint, args.out, args.ones, args.granularity, args.allocation,
                     prune, args.finetune_epochs, args.from_scratch, args.domain, args.gamma,
                     args.lr, args.data_root, args.train_subset, args.test_subset, args.threads,
-                    args.device, not args.no_progress)
+                    args.device, not args.no_progress, args.bn_batches)
     except (ConversionError, ValueError) as e:
         print(f"sbnn convert: error: {e}", file=sys.stderr)
         return 2
