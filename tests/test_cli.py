@@ -104,3 +104,10 @@ def test_train_evaluate_plot(tmp_path, capsys):
 def test_console_script():
     r = subprocess.run(["sbnn", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_main_job_config_is_the_embedded_default():
+    assert load_config(CONFIGS / "fmnist_sbnn.yaml") == Config()
+    fp = load_config(CONFIGS / "fmnist_fp.yaml")
+    assert fp.model.name == "fmnist_cnn_fp" and fp.epochs == Config().epochs
+    assert load_config(CONFIGS / "fmnist_bnn_dense.yaml").sparsity.ec == 0.5

@@ -159,3 +159,16 @@ def test_ddp_two_gloo_processes_keep_parameters_identical(toy_root, tmp_path):
     assert (out / "report.json").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_main_job_meets_its_targets(tmp_path):
+    """The real main job (Fashion-MNIST must be installed): >= 85 % at ones fraction <= 0.06."""
+    from sbnn.data import DatasetNotFoundError, load_dataset
+
+    try:
+        load_dataset("fashion_mnist", None, train=False)
+    except DatasetNotFoundError as e:
+        pytest.skip(str(e))
+    report = strain.train(replace(Config(), progress=False), out=tmp_path / "main")
+    assert report["test_accuracy"] >= 0.85 and report["ones_fraction"] <= 0.06

@@ -211,6 +211,8 @@ class Trainer:
         self.is_main = self.rank == 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest
 
         # -- run folder ----------------------------------------------------------------------
         if out is None:

@@ -1,6 +1,6 @@
 """A small sparse-binary CNN for 28x28 grey images (Fashion-MNIST / MNIST): the main job's network.
 
-Layout (``w`` = ``width``, default 64)::
+Layout (``w`` = ``width``, default 32)::
 
     x: (N, 1, 28, 28)
     stem   float conv3x3(1 -> w/2) + BN + maxpool2           -> (N, w/2, 14, 14)
@@ -25,7 +25,7 @@ from sbnn.models._common import binary_conv3x3
 
 
 class FmnistCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 64,
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32,
                  binary: bool = True, domain: str = "learned", weight_estimator="ste",
                  act="approx_sign"):
         super().__init__()
