@@ -87,19 +87,20 @@ def _float_twin(graph: Graph):
     return twin, m.eval()
 
 
-def _time(fn, warmup: int, repeat: int, profile_fn=None) -> tuple[float, list[float] | None]:
-    for _ in range(warmup):
-        fn()
-    totals, per = [], []
+def _interleaved(fns: dict[str, Any], warmup: int, repeat: int) -> dict[str, list]:
+    """Time every candidate once per round, round-robin, so that load from other processes
+    hits all of them alike; returns each candidate's list of samples (seconds or per-op)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list] = {k: [] for k in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        totals.append(time.perf_counter() - t0)
-    if profile_fn is not None:  # per-layer times from separate profiled runs
-        for _ in range(max(3, repeat // 2)):
-            per.append([s for _, s in profile_fn()])
-    layer = [float(v) for v in np.median(np.array(per), 0)] if per else None
-    return float(np.median(totals)), layer
+        for k, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            out = fn()
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            samples[k].append((dt, dc) if out is None else [s for _, s in out])
+    return samples
 
 
 def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int = 3,
@@ -117,36 +118,50 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
     }
     from sbnn._native import core
 
-    if core is not None and hasattr(core, "cpu_features"):
-        result["cpu"] = str(core.cpu_features())
+    if core is not None and hasattr(core, "default_impl"):
+        result["engine_impl"] = str(core.default_impl())
     old_threads = torch.get_num_threads()
     try:
         for nt in threads:
             torch.set_num_threads(nt)
-            engines = {"sparse": sengine.Engine(graph, nt, sparse=True, backend="native"),
-                       "dense": sengine.Engine(graph, nt, sparse=False, backend="native")}
+            sparse = sengine.Engine(graph, nt, sparse=True, backend="native")
+            dense = sengine.Engine(graph, nt, sparse=False, backend="native")
             for n in batches:
                 x = np.random.default_rng(0).standard_normal((n, *graph.input_shape),
                                                              dtype=np.float32)
                 xt = torch.from_numpy(x)
-                run: dict[str, Any] = {"batch": n, "threads": nt, "median_s": {}, "layers": {}}
-                for key, eng in engines.items():
-                    med, lay = _time(lambda e=eng, x=x: e.run(x), warmup, repeat,
-                                     (lambda e=eng, x=x: e.run(x, profile=True)[1]) if layers
-                                     else None)
-                    run["median_s"][key] = med
-                    run["layers"][key] = lay
-                med, lay = _time(lambda xt=xt: tg.run(xt), warmup, repeat,
-                                 (lambda xt=xt: tg.run(xt, profile=True)[1]) if layers
-                                 else None)
-                run["median_s"]["torch"] = med
-                run["layers"]["torch"] = lay
+                fns: dict[str, Any] = {
+                    "sparse": lambda x=x, e=sparse: (e.run(x), None)[1],
+                    "dense": lambda x=x, e=dense: (e.run(x), None)[1],
+                    "torch": lambda xt=xt: (tg.run(xt), None)[1],
+                }
                 if twin is not None:
-                    with torch.no_grad():
-                        med, _ = _time(lambda xt=xt: twin[1](xt), warmup, repeat)
-                    run["median_s"]["float_twin"] = med
-                s = run["median_s"]["sparse"]
+                    def run_twin(xt=xt):
+                        with torch.no_grad():
+                            twin[1](xt)
+
+                    fns["float_twin"] = run_twin
+                tot = _interleaved(fns, warmup, repeat)
+                # cpu_s: process CPU time (all threads); with one thread it is the latency
+                # without the time other processes held the core (shared machines)
+                run: dict[str, Any] = {"batch": n, "threads": nt,
+                                       "median_s": {k: float(np.median([t for t, _ in v]))
+                                                    for k, v in tot.items()},
+                                       "cpu_s": {k: float(np.median([c for _, c in v]))
+                                                 for k, v in tot.items()},
+                                       "layers": {}}
+                if layers:
+                    per = _interleaved({
+                        "sparse": lambda x=x, e=sparse: e.run(x, profile=True)[1],
+                        "dense": lambda x=x, e=dense: e.run(x, profile=True)[1],
+                        "torch": lambda xt=xt: tg.run(xt, profile=True)[1],
+                    }, 1, max(3, repeat // 2))
+                    run["layers"] = {k: [float(t) for t in np.median(np.array(v), 0)]
+                                     for k, v in per.items()}
+                s, c = run["median_s"]["sparse"], run["cpu_s"]["sparse"]
                 run["speedup"] = {k: v / s for k, v in run["median_s"].items() if k != "sparse"}
+                run["cpu_speedup"] = {k: v / c for k, v in run["cpu_s"].items()
+                                      if k != "sparse"}
                 result["runs"].append(run)
                 if progress:
                     progress(run)
@@ -167,6 +182,11 @@ def format_table(res: dict[str, Any], layers: bool = True) -> str:
         lines.append(f"{r['batch']:>5} {r['threads']:>3} "
                      + " ".join(f"{1e3 * r['median_s'][k]:>13.3f}" for k in keys) + "  "
                      + " ".join(f"{r['speedup'][k]:>12.2f}x" for k in keys[1:]))
+    lines.append("process CPU time (all threads; = latency without preemption at 1 thread)")
+    for r in res["runs"]:
+        lines.append(f"{r['batch']:>5} {r['threads']:>3} "
+                     + " ".join(f"{1e3 * r['cpu_s'][k]:>13.3f}" for k in keys) + "  "
+                     + " ".join(f"{r['cpu_speedup'][k]:>12.2f}x" for k in keys[1:]))
     if layers:
         names = res["layer_names"]
         for r in res["runs"]:
