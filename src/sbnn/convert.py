@@ -853,10 +853,10 @@ def format_comparison(report: dict) -> str:
     """The short table at the end of ``sbnn convert``."""
     c = report["convert"]
     acc = c["accuracy"]
-    lines = [f"{'model':<34} {'test acc':>9}"]
+    rows: list[tuple[str, float | None]] = []
 
     def row(label, v):
-        lines.append(f"{label:<34} {'-' if v is None else f'{100 * v:.2f} %':>9}")
+        rows.append((label, v))
 
     row("full precision (source)", acc["full_precision"])
     row(f"converted, ones {c['ones']} ({c['granularity']}, {c['allocation']})", acc["converted"])
@@ -867,6 +867,9 @@ def format_comparison(report: dict) -> str:
         row(f"after {c['finetune_epochs']} fine-tuning epoch(s)", acc["finetuned"])
     if c["from_scratch"]:
         row(f"from scratch ({c['from_scratch']['run']})", acc["from_scratch"])
+    w = max(len(label) for label, _ in rows)
+    lines = [f"{'model':<{w}}  {'test acc':>9}"]
+    lines += [f"{label:<{w}}  {'-' if v is None else f'{100 * v:.2f} %':>9}" for label, v in rows]
     lines.append(f"{'layer':<12} {'ones':>7} {'rel. LS error':>14} {'after f-t':>10}")
     after = {r["name"]: r for r in c["quantization_error_final"]}
     for r in c["quantization_error_converted"]:
