@@ -24,7 +24,10 @@ import torch.nn.functional as F
 from sbnn import fileformat
 from sbnn.fileformat import Graph
 
-__all__ = ["Engine", "load", "reference_forward", "evaluate_engine", "dequantized_weight"]
+__all__ = [
+    "Engine", "load", "reference_forward", "evaluate_engine", "format_engine_report",
+    "dequantized_weight",
+]
 
 
 def dequantized_weight(params: dict[str, np.ndarray]) -> np.ndarray:
@@ -254,7 +257,8 @@ def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: boo
 def evaluate_engine(path: str | os.PathLike, data_cfg=None, *, dataset: str | None = None,
                     root: str | None = None, batch_size: int = 1000,
                     num_threads: int | None = None, subset: int | None = None,
-                    compare_with: str | os.PathLike | None = None, backend: str = "auto") -> dict:
+                    compare_with: str | os.PathLike | None = None, which: str = "last",
+                    backend: str = "auto") -> dict:
     """Test accuracy of the ``.sbnn`` model at ``path`` on its dataset's test split.
 
     ``data_cfg`` is a :class:`sbnn.config.DataConfig` (or None: the dataset recorded in the
@@ -275,8 +279,8 @@ def evaluate_engine(path: str | os.PathLike, data_cfg=None, *, dataset: str | No
     if compare_with is not None:
         from sbnn.evaluate import load_model
 
-        torch_model = load_model(compare_with)
-    correct = total = differ = 0
+        torch_model = load_model(compare_with, which)
+    correct = total = differ = over = 0
     max_rel = 0.0
     t_engine = 0.0
     for x, y in loader:
@@ -290,11 +294,28 @@ def evaluate_engine(path: str | os.PathLike, data_cfg=None, *, dataset: str | No
             with torch.no_grad():
                 ref = torch_model(x).numpy()
             differ += int((ref.argmax(1) != pred).sum())
-            max_rel = max(max_rel, float(np.abs(ref - logits).max() / np.abs(ref).max()))
+            rel = np.abs(ref - logits).max(1) / np.maximum(np.abs(ref).max(1), 1e-30)
+            max_rel = max(max_rel, float(rel.max()))
+            over += int((rel > 1e-4).sum())
     out: dict[str, Any] = {"engine": os.fspath(path), "backend": eng.backend, "dataset": name,
                            "n": total, "accuracy": correct / max(total, 1),
                            "engine_seconds": t_engine}
     if torch_model is not None:
-        out.update(pytorch_checkpoint=os.fspath(compare_with), predictions_differ=differ,
-                   max_rel_logit_diff=max_rel)
+        out.update({"pytorch_checkpoint": os.fspath(compare_with), "predictions_differ": differ,
+                    "max_rel_logit_diff": max_rel, "images_over_1e-4": over})
     return out
+
+
+def format_engine_report(r: dict) -> str:
+    """A few lines for ``sbnn evaluate --engine``."""
+    lines = [f"{r['engine']} ({r['backend']} engine) on {r['dataset']} test, {r['n']} images",
+             f"  accuracy            {100 * r['accuracy']:.2f} %",
+             f"  engine time         {r['engine_seconds']:.2f} s"]
+    if "predictions_differ" in r:
+        lines += [f"  vs PyTorch          {r['predictions_differ']} predictions differ "
+                  f"({r['pytorch_checkpoint']})",
+                  f"  max logit gap       {r['max_rel_logit_diff']:.2e} (relative to the "
+                  "image's largest logit)",
+                  f"  images over 1e-4    {r['images_over_1e-4']} (an activation within float "
+                  "rounding of a threshold binarised the other way)"]
+    return "\n".join(lines)
