@@ -343,3 +343,24 @@ def test_recalibrate_batchnorm_matches_batch_statistics():
     torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bn.running_var, h.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert bn.momentum == 0.1 and not model.training
+
+
+def test_cli_channel_granularity_run_loads_with_load_run(fp_checkpoint, capsys):
+    from sbnn.convert import load_run
+
+    root, path, _ = fp_checkpoint
+    out = root / "run_channel"
+    assert _cli(path, "--ones", 0.1, "--granularity", "channel", "--prune-filters", 0.25,
+                "--no-progress", "--out", out) == 0, capsys.readouterr().err
+    model = load_run(out)
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert model.block2[0].tau.shape == (8, 1, 1, 1)
+    assert set(ck["convert"]["prune_masks"]) == {"block1.0", "block2.0", "block3.0"}
+    assert (out / "shrunk_model.pt").is_file()
+    import json
+
+    shrink = json.loads((out / "report.json").read_text())["convert"]["shrink"]
+    assert shrink["removed_filters"] == {"block3.0": 4}
+    assert shrink["max_abs_output_diff"] < 1e-4
+    for (_, a), (_, b) in zip(sb_layers(model), sb_layers(load_run(out)), strict=True):
+        assert torch.equal(a.bits(), b.bits())
