@@ -152,7 +152,10 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="test accuracy and sparsity/memory statistics of a trained run",
         description="Evaluate RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint file.")
-    p.add_argument("path", help="run folder or .pt checkpoint")
+    p.add_argument("path", nargs="?", help="run folder or .pt checkpoint")
+    p.add_argument("--engine", metavar="MODEL.sbnn",
+                   help="evaluate this exported model on the native engine instead (with PATH: "
+                        "also count predictions that differ from the PyTorch model)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--data", dest="data_root", help="dataset folder (default: the run's)")
     p.add_argument("--dataset", help="dataset name (default: the run's)")
@@ -163,6 +166,18 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd(args) -> int:
+    if args.engine:
+        from sbnn.engine import evaluate_engine, format_engine_report
+
+        report = evaluate_engine(args.engine, dataset=args.dataset, root=args.data_root,
+                                 batch_size=args.batch_size, compare_with=args.path,
+                                 which="best" if args.best else "last")
+        print(format_engine_report(report))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        return 0
+    if not args.path:
+        raise FileNotFoundError("give a run folder or checkpoint (or --engine MODEL.sbnn)")
     report = evaluate_run(args.path, "best" if args.best else "last", args.data_root,
                           args.dataset, args.device, args.batch_size)
     print(format_report(report, title=f"{report['checkpoint']} (epoch {report['epoch']})"))
