@@ -31,10 +31,13 @@ using OptF = std::optional<FArr>;
 namespace {
 
 template <typename T>
-nb::ndarray<nb::numpy, T> new_array(const std::vector<size_t>& shape, T** data) {
+nb::ndarray<nb::numpy, T> new_array(const std::vector<size_t>& shape, T** data,
+                                    bool zero = true) {
   size_t n = 1;
   for (size_t s : shape) n *= s;
-  T* buf = new T[n > 0 ? n : 1]();
+  // zero = false where the kernel writes every element: zeroing a large output costs as much
+  // as a sparse layer's epilogue.
+  T* buf = zero ? new T[n > 0 ? n : 1]() : new T[n > 0 ? n : 1];
   nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<T*>(p); });
   *data = buf;
   return nb::ndarray<nb::numpy, T>(buf, shape.size(), shape.data(), owner);
@@ -113,7 +116,7 @@ class PyBConv {
     float* y;
     auto out = new_array<float>({N, static_cast<size_t>(layer_->out_channels()),
                                  static_cast<size_t>(g.Ho), static_cast<size_t>(g.Wo)},
-                                &y);
+                                &y, false);
     {
       nb::gil_scoped_release rel;
       layer_->forward(x.data(), as_int(N), y, &pool_);
@@ -126,8 +129,9 @@ class PyBConv {
     const sbnn::ConvGeom& g = layer_->geom();
     const size_t N = x.shape(0), Ho = g.Ho, Wo = g.Wo;
     int32_t *c, *w;
-    auto cnt = new_array<int32_t>({N, static_cast<size_t>(layer_->out_channels()), Ho, Wo}, &c);
-    auto ws = new_array<int32_t>({N, Ho, Wo}, &w);
+    auto cnt =
+        new_array<int32_t>({N, static_cast<size_t>(layer_->out_channels()), Ho, Wo}, &c, false);
+    auto ws = new_array<int32_t>({N, Ho, Wo}, &w, false);
     {
       nb::gil_scoped_release rel;
       layer_->counts(x.data(), as_int(N), c, w, &pool_);
@@ -137,6 +141,7 @@ class PyBConv {
 
   std::string impl() const { return sbnn::isa_name(layer_->isa()); }
   int64_t ones() const { return layer_->ones(); }
+  int images_per_group() const { return layer_->geom().G; }
   std::vector<int> out_shape() const {
     const sbnn::ConvGeom& g = layer_->geom();
     return {layer_->out_channels(), g.Ho, g.Wo};
@@ -285,6 +290,8 @@ NB_MODULE(_core, m) {
            "x -> (conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo))")
       .def_prop_ro("impl", &PyBConv::impl)
       .def_prop_ro("ones", &PyBConv::ones)
+      .def_prop_ro("images_per_group", &PyBConv::images_per_group,
+                   "sparse: images stacked into one accumulation grid (small maps)")
       .def_prop_ro("out_shape", &PyBConv::out_shape);
 
   m.def(

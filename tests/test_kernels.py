@@ -179,3 +179,41 @@ def test_reference_pins_sign_zero_and_padding():
 def test_pack_bits_kept():
     bits = np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], np.uint8)
     assert np.array_equal(core.pack_bits(bits), np.packbits(bits, bitorder="little"))
+
+
+@needs_core
+@pytest.mark.parametrize("impl", impl_params())
+def test_stacked_small_maps_exact(impl):
+    """Small maps are stacked several images to a grid (a partial group at the end of the batch,
+    int8 and int32 counts, stride 2, 1x1, channel counts off the word widths): exact counts and
+    the same floats with 1 and 3 threads (whole groups per thread, or channel blocks)."""
+    if impl == "ref":
+        pytest.skip("the reference has no grids")
+    n_case = 0
+    for N in (1, 2, 3, 5):
+        for H, W in ((1, 1), (2, 3), (3, 3), (4, 4), (5, 4), (8, 8), (9, 7)):
+            for k, s, p in ((3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)):
+                Ci = (33, 70, 5)[n_case % 3]
+                frac = (0.05, 1.0, 0.3)[n_case % 3]
+                n_case += 1
+                x, bits, eta, xi, bias, thr, _, _ = make_case((N, Ci, 19, H, W, k, s, p), frac,
+                                                              seed=n_case)
+                rc, rw = kernels.bconv2d_counts_reference(x, bits, s, p, thr)
+                c, w = kernels.bconv2d_counts(x, bits, s, p, thr, impl=impl, kind="sparse")
+                case = (N, Ci, H, W, k, s, p, frac)
+                assert torch.equal(c, rc), case
+                assert torch.equal(w, rw), case
+                y1 = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, impl=impl)
+                y3 = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, impl=impl, num_threads=3)
+                assert torch.equal(y1, y3), case
+                ref = eta.view(1, -1, 1, 1) * rc + xi.view(1, -1, 1, 1) * rw[:, None] + \
+                    bias.view(1, -1, 1, 1)
+                torch.testing.assert_close(y1, ref.float(), rtol=1e-5, atol=1e-4)
+
+
+@needs_core
+def test_small_maps_share_a_grid():
+    ones = np.ones(8, np.float32)
+    bits = np.zeros((8, 8, 3, 3), np.uint8)
+    assert core.BConv2d(bits, ones, ones, ones, 4, 4, 1, 1).images_per_group > 1
+    assert core.BConv2d(bits, ones, ones, ones, 32, 32, 1, 1).images_per_group == 1

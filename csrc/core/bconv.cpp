@@ -32,7 +32,7 @@ constexpr int kCoBlock = 16;  // output channels per task
 
 }  // namespace
 
-ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad) {
+ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int grid_bytes) {
   if (Ci < 1 || H < 1 || W < 1 || kh < 1 || kw < 1)
     throw std::invalid_argument("bconv: channels, spatial size and kernel size must be >= 1");
   if (stride < 1) throw std::invalid_argument("bconv: stride must be >= 1");
@@ -48,9 +48,15 @@ ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad) {
                                 std::to_string(g.Wp));
   g.Ho = (g.Hp - kh) / stride + 1;
   g.Wo = (g.Wp - kw) / stride + 1;
-  g.Hph = (g.Hp + stride - 1) / stride;
+  g.Hs = (g.Hp + stride - 1) / stride * stride;
   g.Wph = (g.Wp + stride - 1) / stride;
-  g.L = g.Ho * g.Wph;
+  // Images per group: as many as fit grid_bytes, so that a 4x4 or 8x8 map does not leave most
+  // of each SIMD vector (and each per-filter epilogue) to junk.
+  const long rows_img = g.Hs / stride, row_bytes = g.Wph;
+  g.G = 1;
+  while (g.G < 64 && ((g.G) * rows_img + g.Ho) * row_bytes <= grid_bytes) ++g.G;
+  g.Hph = g.G * static_cast<int>(rows_img);
+  g.L = ((g.G - 1) * static_cast<int>(rows_img) + g.Ho) * g.Wph;
   g.Lr = (g.L + 63) / 64 * 64;
   g.phase_size = static_cast<size_t>(g.Hph) * g.Wph;
   g.plane_elems = static_cast<size_t>(Ci) * stride * stride * g.phase_size;
@@ -68,7 +74,10 @@ ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad) {
 BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
                        const float* xi, const float* bias, const float* thr, int stride, int pad,
                        int H, int W, BConvKind kind, Isa isa)
-    : Co_(Co), g_(make_geom(Ci, H, W, kh, kw, stride, pad)), kind_(kind), isa_(isa) {
+    : Co_(Co),
+      g_(make_geom(Ci, H, W, kh, kw, stride, pad, isa == Isa::Avx512 ? 512 : 256)),
+      kind_(kind),
+      isa_(isa) {
   if (Co < 1) throw std::invalid_argument("bconv: out_channels must be >= 1");
   if (!isa_supported(isa))
     throw std::invalid_argument(std::string("bconv: impl '") + isa_name(isa) +
@@ -182,62 +191,105 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
   const size_t in_sz = static_cast<size_t>(g.Ci) * g.H * g.W;
   const size_t P = static_cast<size_t>(g.Ho) * g.Wo;
   const size_t out_sz = static_cast<size_t>(Co_) * P;
-  auto one = [&](int n, ThreadPool* inner) {
-    const float* xn = x + n * in_sz;
-    float* yn = y ? y + n * out_sz : nullptr;
-    int32_t* cn = cnt ? cnt + n * out_sz : nullptr;
-    int32_t* wn = ws ? ws + n * P : nullptr;
-    if (kind_ == BConvKind::Sparse)
-      image_sparse(xn, yn, cn, wn, inner);
+  const int T = pool ? pool->size() : 1;
+  if (kind_ == BConvKind::Sparse) {
+    // Groups of up to G images share one grid. With several threads, whole groups per thread
+    // when there are enough of them (evened out so no thread gets a lone extra group), else
+    // output channels.
+    int G = g.G, ngroups = (N + G - 1) / G;
+    if (T > 1 && ngroups >= T) {
+      ngroups = (ngroups + T - 1) / T * T;
+      G = (N + ngroups - 1) / ngroups;
+      ngroups = (N + G - 1) / G;
+    }
+    auto grp = [&](int k, ThreadPool* inner) {
+      const size_t n0 = static_cast<size_t>(k) * G;
+      group_sparse(x + n0 * in_sz, std::min(G, N - static_cast<int>(n0)),
+                   y ? y + n0 * out_sz : nullptr, cnt ? cnt + n0 * out_sz : nullptr,
+                   ws ? ws + n0 * P : nullptr, inner);
+    };
+    if (T > 1 && ngroups >= T)
+      pool->parallel_for(ngroups, [&](int k) { grp(k, nullptr); });
     else
-      image_dense(xn, yn, cn, wn, inner);
+      for (int k = 0; k < ngroups; ++k) grp(k, pool);
+    return;
+  }
+  auto one = [&](int n, ThreadPool* inner) {
+    image_dense(x + n * in_sz, y ? y + n * out_sz : nullptr, cnt ? cnt + n * out_sz : nullptr,
+                ws ? ws + n * P : nullptr, inner);
   };
   // Whole images per thread when the batch covers the threads, else output channels.
-  if (pool && pool->size() > 1 && N >= pool->size()) {
+  if (T > 1 && N >= T) {
     pool->parallel_for(N, [&](int n) { one(n, nullptr); });
   } else {
     for (int n = 0; n < N; ++n) one(n, pool);
   }
 }
 
-void BConvLayer::image_sparse(const float* x, float* y, int32_t* cnt, int32_t* ws,
+void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
                               ThreadPool* pool) const {
   const ConvGeom& g = g_;
   const int P = g.Ho * g.Wo;
+  const size_t rstep = static_cast<size_t>(g.Hs / g.stride) * g.Wph;  // grid offset per image
+  // A partial group only accumulates the rows it needs, in whole vectors of the ISA (64 bytes
+  // for AVX-512, 32 otherwise: 224 rather than 256 bytes at 14x14).
+  const int unit = isa_ == Isa::Avx512 ? 64 : 32;
+  const int Lr = (((nimg - 1) * g.Hs / g.stride + g.Ho) * g.Wph + unit - 1) / unit * unit;
   auto planes = uninit<int8_t>(g.plane_alloc);
   auto ssum = uninit<int16_t>(g.ssum_alloc);
-  auto wsg = uninit<int32_t>(g.Lr);
-  auto wsf = uninit<float>(P);
-  auto zeros = std::unique_ptr<int32_t[]>(new int32_t[g.Lr]());
+  auto wsg = uninit<int32_t>(Lr);
+  auto wsf = uninit<float>(static_cast<size_t>(nimg) * P);
+  auto zeros = std::unique_ptr<int8_t[]>(new int8_t[Lr + 64]());
   auto work = uninit<uint64_t>(g.prep_work_bytes / 8 + 1);
-  kt_->sparse_prep(x, thr_.data(), g, planes.get(), ssum.get(), work.get());
-  kt_->window_sum(ssum.get(), tap_offsets_.data(), static_cast<int>(tap_offsets_.size()), g.Lr,
+  kt_->sparse_prep(x, nimg, thr_.data(), g, planes.get(), ssum.get(), work.get());
+  kt_->window_sum(ssum.get(), tap_offsets_.data(), static_cast<int>(tap_offsets_.size()), Lr,
                   wsg.get());
-  for (int oh = 0; oh < g.Ho; ++oh)
-    for (int ow = 0; ow < g.Wo; ++ow) {
-      const int32_t v = wsg[static_cast<size_t>(oh) * g.Wph + ow];
-      wsf[oh * g.Wo + ow] = static_cast<float>(v);
-      if (ws) ws[oh * g.Wo + ow] = v;
-    }
+  for (int n = 0; n < nimg; ++n)
+    for (int oh = 0; oh < g.Ho; ++oh)
+      for (int ow = 0; ow < g.Wo; ++ow) {
+        const int32_t v = wsg[n * rstep + static_cast<size_t>(oh) * g.Wph + ow];
+        const size_t p = static_cast<size_t>(n) * P + oh * g.Wo + ow;
+        wsf[p] = static_cast<float>(v);
+        if (ws) ws[p] = v;
+      }
+  const size_t out_img = static_cast<size_t>(Co_) * P;
   const int nblk = (Co_ + kCoBlock - 1) / kCoBlock;
   auto block = [&](int b) {
-    auto acc = uninit<int32_t>(g.Lr);
+    auto acc = uninit<int32_t>(Lr);
+    auto acc8 = uninit<int8_t>(Lr + 64);  // slack for the epilogue's over-reads
     const int c1 = std::min(Co_, (b + 1) * kCoBlock);
     for (int c = b * kCoBlock; c < c1; ++c) {
       const int64_t n = start_[c + 1] - start_[c];
-      const int32_t* a = zeros.get();  // an all-zero filter costs only its epilogue
-      if (n > 0) {
-        kt_->sparse_accum(planes.get(), offsets_.data() + start_[c], static_cast<int>(n), g.Lr,
-                          acc.get());
-        a = acc.get();
+      const int32_t* of = offsets_.data() + start_[c];
+      // int8 counts unless the filter has more 1-bits than int8 holds; an all-zero filter
+      // accumulates nothing and costs only its epilogue (xi * wsum + bias).
+      const int8_t* a8 = zeros.get();
+      const int32_t* a32 = nullptr;
+      if (n > kNarrowMax) {
+        kt_->sparse_accum(planes.get(), of, static_cast<int>(n), Lr, acc.get());
+        a32 = acc.get();
+      } else if (n > 0) {
+        kt_->sparse_accum8(planes.get(), of, static_cast<int>(n), Lr, acc8.get());
+        a8 = acc8.get();
       }
-      if (y)
-        kt_->affine_epilogue(a, g.Ho, g.Wo, g.Wph, wsf.get(), eta_[c], xi_[c], bias_[c],
-                             y + static_cast<size_t>(c) * P);
-      if (cnt)
-        for (int oh = 0; oh < g.Ho; ++oh)
-          std::memcpy(cnt + static_cast<size_t>(c) * P + oh * g.Wo,
-                      a + static_cast<size_t>(oh) * g.Wph, g.Wo * sizeof(int32_t));
+      for (int im = 0; im < nimg; ++im) {
+        const size_t o = im * out_img + static_cast<size_t>(c) * P;
+        const float* wi = wsf.get() + static_cast<size_t>(im) * P;
+        if (y) {
+          if (a32)
+            kt_->affine_epilogue(a32 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
+                                 bias_[c], y + o);
+          else
+            kt_->affine_epilogue8(a8 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
+                                  bias_[c], y + o);
+        }
+        if (cnt)
+          for (int oh = 0; oh < g.Ho; ++oh)
+            for (int ow = 0; ow < g.Wo; ++ow) {
+              const size_t j = im * rstep + static_cast<size_t>(oh) * g.Wph + ow;
+              cnt[o + oh * g.Wo + ow] = a32 ? a32[j] : a8[j];
+            }
+      }
     }
   };
   if (pool && pool->size() > 1)

@@ -16,7 +16,10 @@ namespace sbnn {
 enum class BConvKind { Sparse, Dense };
 
 // Fills every field of the geometry; throws std::invalid_argument on an empty output.
-ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad);
+// grid_bytes: the sparse path stacks as many images (G) as fit an accumulation grid of about
+// this many bytes (at least one image).
+ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad,
+                   int grid_bytes = 256);
 
 class BConvLayer {
  public:
@@ -40,7 +43,9 @@ class BConvLayer {
  private:
   void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
   void run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws) const;
-  void image_sparse(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
+  // nimg <= G images stacked in one grid; y, cnt, ws point at the group's first image.
+  void group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
+                    ThreadPool* pool) const;
   void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
 
   int Co_;

@@ -5,9 +5,9 @@
 namespace sbnn {
 
 const KernelTable& kernels_avx2() {
-  static const KernelTable table = {"avx2",          sparse_prep,  sparse_accum,
-                                    window_sum,      affine_epilogue, dense_pack,
-                                    dense_im2col,    dense_gemm,   dense_epilogue};
+  static const KernelTable table = {
+      "avx2",         sparse_prep,  sparse_accum, sparse_accum8, window_sum,   affine_epilogue,
+      affine_epilogue8, dense_pack,  dense_im2col, dense_gemm,    dense_epilogue};
   return table;
 }
 

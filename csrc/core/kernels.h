@@ -1,13 +1,17 @@
 // Per-ISA inner kernels of the binary convolutions, behind one table.
 //
-// Layouts (one image at a time):
-//  * Sparse path: the binarised input (+1/-1, 0 in the zero padding) as int8 "phase planes"
-//    planes[ci][py][px][i][j] = xpad[ci][s*i + py][s*j + px], i < Hph, j < Wph, s = stride.
-//    A stride-s conv becomes stride-1 shifts inside one phase plane, so an output pixel
-//    (oh, ow) sits at j = oh*Wph + ow of an "accumulation grid" of length L = Ho*Wph (the columns
-//    ow >= Wo are junk and ignored), and every 1-bit (ci, ky, kx) of a filter is one offset:
-//    acc[j] += planes[off + j] for all j at once.
-//  * Dense path: channels packed into 64-bit words per padded pixel, plane[(hp*Wp + wp)*Cw + w]
+// Layouts:
+//  * Sparse path (a group of up to G images at a time): the binarised input (+1/-1, 0 in the
+//    zero padding) of the group, its padded images stacked vertically (Hs rows each, Hs = Hp
+//    rounded up to the stride), as int8 "phase planes"
+//    planes[ci][py][px][i][j] = xstack[ci][s*i + py][s*j + px], i < Hph = G*Hs/s, j < Wph.
+//    A stride-s conv becomes stride-1 shifts inside one phase plane, so output pixel (oh, ow)
+//    of image n of the group sits at j = (n*Hs/s + oh)*Wph + ow of an "accumulation grid" of
+//    length L = ((G-1)*Hs/s + Ho)*Wph (other rows and the columns ow >= Wo are junk and
+//    ignored), and every 1-bit (ci, ky, kx) of a filter is one offset:
+//    acc[j] += planes[off + j] for all j and all images of the group at once. Stacking small
+//    images (4x4, 8x8) fills the SIMD vectors that one image alone would mostly waste.
+//  * Dense path (one image at a time): channels packed into 64-bit words per padded pixel, plane[(hp*Wp + wp)*Cw + w]
 //    (bit ci%64 of word ci/64), then binary im2col patches[p*Kp + (ky*kw + kx)*Cw + w].
 //
 // Everything is plain data (no member functions) so the struct is safe to share between
@@ -21,8 +25,9 @@ namespace sbnn {
 struct ConvGeom {
   int Ci, H, W, kh, kw, stride, pad;
   int Ho, Wo, Hp, Wp;   // output size, padded input size
-  int Hph, Wph;         // phase-plane size: ceil(Hp / stride), ceil(Wp / stride)
-  int L, Lr;            // accumulation grid Ho*Wph, rounded up to a multiple of 64
+  int G, Hs;            // sparse: images per group, stacked rows per image (Hp rounded up to s)
+  int Hph, Wph;         // phase-plane size of a group: G*Hs/stride, ceil(Wp / stride)
+  int L, Lr;            // accumulation grid of a full group, Lr = L rounded up to a multiple of 64
   size_t phase_size;    // Hph * Wph
   size_t plane_elems;   // Ci * stride^2 * phase_size
   size_t plane_alloc;   // plane_elems + slack for the over-reads of the last rows
@@ -31,20 +36,30 @@ struct ConvGeom {
   size_t prep_work_bytes;  // scratch of sparse_prep
 };
 
+// Filters with at most this many 1-bits keep their counts in int8 from the first add to the
+// epilogue (sparse_accum8 / affine_epilogue8); larger ones widen to int32 every kNarrowMax terms.
+constexpr int kNarrowMax = 127;
+
 struct KernelTable {
   const char* name;
-  // x: (Ci, H, W) -> planes (plane_alloc int8, see above) and ssum (ssum_alloc int16, the
-  // per-pixel channel sum of planes, same phase layout). thr may be null (threshold 0).
-  // work: prep_work_bytes of scratch.
-  void (*sparse_prep)(const float* x, const float* thr, const ConvGeom& g, int8_t* planes,
-                      int16_t* ssum, void* work);
-  // acc[j] = sum_e base[offs[e] + j] for j < Lr (Lr a multiple of 64). Exact for any n.
+  // x: (nimg, Ci, H, W), nimg <= G -> planes (plane_alloc int8, see above) and ssum (ssum_alloc
+  // int16, the per-pixel channel sum of planes, same phase layout). thr may be null
+  // (threshold 0). work: prep_work_bytes of scratch.
+  void (*sparse_prep)(const float* x, int nimg, const float* thr, const ConvGeom& g,
+                      int8_t* planes, int16_t* ssum, void* work);
+  // acc[j] = sum_e base[offs[e] + j] for j < Lr (Lr a multiple of the ISA's vector, 64 bytes
+  // for AVX-512, 32 otherwise). Exact for any n.
   void (*sparse_accum)(const int8_t* base, const int32_t* offs, int n, int Lr, int32_t* acc);
+  // The same into int8, for 1 <= n <= kNarrowMax (no widening pass).
+  void (*sparse_accum8)(const int8_t* base, const int32_t* offs, int n, int Lr, int8_t* acc);
   // ws[j] = sum_t ssum[toffs[t] + j] for j < Lr.
   void (*window_sum)(const int16_t* ssum, const int32_t* toffs, int ntaps, int Lr, int32_t* ws);
   // y[oh*Wo + ow] = eta * acc[oh*pitch + ow] + xi * wsf[oh*Wo + ow] + bias.
   void (*affine_epilogue)(const int32_t* acc, int Ho, int Wo, int pitch, const float* wsf,
                           float eta, float xi, float bias, float* y);
+  // The same from int8 counts; reads up to 16 bytes past each row's Wo-th count.
+  void (*affine_epilogue8)(const int8_t* acc, int Ho, int Wo, int pitch, const float* wsf,
+                           float eta, float xi, float bias, float* y);
   // x: (Ci, H, W) -> plane (Hp*Wp*Cw words, zero where padded).
   void (*dense_pack)(const float* x, const float* thr, const ConvGeom& g, uint64_t* plane);
   // plane -> patches (Ho*Wo, Kp) words and ppop[p] = popcount of patch p.
