@@ -32,7 +32,8 @@ constexpr int kCoBlock = 16;  // output channels per task
 
 }  // namespace
 
-ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int grid_bytes) {
+ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes) {
+  const int grid_bytes = 8 * vec_bytes;  // one register tile of the sparse kernel
   if (Ci < 1 || H < 1 || W < 1 || kh < 1 || kw < 1)
     throw std::invalid_argument("bconv: channels, spatial size and kernel size must be >= 1");
   if (stride < 1) throw std::invalid_argument("bconv: stride must be >= 1");
@@ -60,14 +61,17 @@ ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, in
   g.Lr = (g.L + 63) / 64 * 64;
   g.phase_size = static_cast<size_t>(g.Hph) * g.Wph;
   g.plane_elems = static_cast<size_t>(Ci) * stride * stride * g.phase_size;
-  g.plane_alloc = g.plane_elems + g.Lr + 64;
-  g.ssum_alloc = static_cast<size_t>(stride) * stride * g.phase_size + g.Lr + 64;
+  // slack: over-reads of the grid's last rows (Lr), of channel_sums' 256-byte blocks and of the
+  // vector loads
+  g.plane_alloc = g.plane_elems + g.Lr + 256 + 64;
+  g.ssum_alloc = static_cast<size_t>(stride) * stride * g.phase_size + g.Lr + 256 + 64;
   if (g.plane_alloc > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
     throw std::invalid_argument("bconv: input too large for 32-bit offsets");
   g.Cw = (Ci + 63) / 64;
   g.K = kh * kw * g.Cw;
-  g.Kp = (g.K + 7) / 8 * 8;
-  g.prep_work_bytes = static_cast<size_t>(H) * W * (sizeof(int32_t) + 1) + 64;
+  const int kp_unit = vec_bytes / 8;  // words per vector of the dense GEMM
+  g.Kp = (g.K + kp_unit - 1) / kp_unit * kp_unit;
+  g.prep_work_bytes = static_cast<size_t>(H) * W + 64;
   return g;
 }
 
@@ -75,7 +79,7 @@ BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, cons
                        const float* xi, const float* bias, const float* thr, int stride, int pad,
                        int H, int W, BConvKind kind, Isa isa)
     : Co_(Co),
-      g_(make_geom(Ci, H, W, kh, kw, stride, pad, isa == Isa::Avx512 ? 512 : 256)),
+      g_(make_geom(Ci, H, W, kh, kw, stride, pad, isa == Isa::Avx512 ? 64 : 32)),
       kind_(kind),
       isa_(isa) {
   if (Co < 1) throw std::invalid_argument("bconv: out_channels must be >= 1");

@@ -16,10 +16,11 @@ namespace sbnn {
 enum class BConvKind { Sparse, Dense };
 
 // Fills every field of the geometry; throws std::invalid_argument on an empty output.
-// grid_bytes: the sparse path stacks as many images (G) as fit an accumulation grid of about
-// this many bytes (at least one image).
+// vec_bytes: the kernel ISA's vector (64 AVX-512, else 32). The sparse path stacks as many
+// images (G) as fit an accumulation grid of 8 vectors (at least one image); the dense patches
+// are padded to whole vectors (Kp).
 ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad,
-                   int grid_bytes = 256);
+                   int vec_bytes = 32);
 
 class BConvLayer {
  public:

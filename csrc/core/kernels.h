@@ -32,7 +32,7 @@ struct ConvGeom {
   size_t plane_elems;   // Ci * stride^2 * phase_size
   size_t plane_alloc;   // plane_elems + slack for the over-reads of the last rows
   size_t ssum_alloc;    // stride^2 * phase_size + slack
-  int Cw, K, Kp;        // dense: words per pixel, words per patch, Kp = K rounded up to 8
+  int Cw, K, Kp;        // dense: words per pixel, words per patch, Kp = K rounded up to a vector (4 or 8)
   size_t prep_work_bytes;  // scratch of sparse_prep
 };
 
