@@ -113,8 +113,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     """The model a config describes (fresh weights)."""
     m = cfg.model
-    return models.create(m.name, num_classes=num_classes, in_chans=in_chans, domain=m.domain,
-                         weight_estimator=m.weight_estimator, act=m.act, **m.kwargs)
+    try:
+        return models.create(m.name, num_classes=num_classes, in_chans=in_chans, domain=m.domain,
+                             weight_estimator=m.weight_estimator, act=m.act, **m.kwargs)
+    except TypeError as e:  # a bad model.kwargs key ('{width:32}' is YAML for {'width:32': None})
+        if "unexpected keyword" not in str(e):
+            raise
+        from sbnn.config import ConfigError
+
+        raise ConfigError(f"model.kwargs {m.kwargs!r} does not fit model '{m.name}': {e}. "
+                          "In YAML flow style put a space after the colon: {width: 32}") from None
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
