@@ -12,8 +12,8 @@ least-squares quantisation of the float weights at a target ones fraction ``p``
 * ``allocation="uniform"``: every group gets ``k = round(p * n)`` ones.
   ``allocation="global"``: one budget of 1-bits (the uniform allocation's total) is spent across
   all groups to minimise the summed squared error ``sum_g E_g(k_g)``. ``E_g(k)`` comes from prefix
-  sums over the sorted weights; the budget is spent on the lower convex hulls of the curves in
-  order of steepest error decrease (the Lagrangian solution, exact in the budget), then single
+  sums over the sorted weights; a bisection on the price of a 1-bit finds the Lagrangian
+  solution (vertices of the curves' lower convex hulls), exact in the budget, then single
   1-bit exchanges between groups polish it, and the uniform allocation is returned instead if it
   is better (it never is in practice; the guarantee is by construction).
 * The latent weights become ``w - t_g`` with ``t_g`` between the k-th and (k+1)-th largest weight of
@@ -108,50 +108,59 @@ def error_curve(values: torch.Tensor, forced: torch.Tensor | None = None) -> np.
     return e.clamp(min=0).numpy()
 
 
-def _lower_hull(e: np.ndarray, lo: int, hi: int) -> list[int]:
-    """Vertices (k values) of the lower convex hull of ``(k, e[k])`` for k in [lo, hi]."""
-    hull: list[int] = []
-    for k in range(lo, hi + 1):
-        while len(hull) >= 2:
-            k1, k2 = hull[-2], hull[-1]
-            # drop k2 if it is on or above the segment k1 -> k
-            if (e[k2] - e[k1]) * (k - k1) >= (e[k] - e[k1]) * (k2 - k1):
-                hull.pop()
-            else:
-                break
-        hull.append(k)
-    return hull
+def _k_at(curves: list[np.ndarray], lo: list[int], hi: list[int], lam: float,
+          ar: np.ndarray) -> list[int]:
+    """Per group, the k in [lo, hi] minimising ``E(k) + lam * k`` (the smallest on ties)."""
+    return [lo[g] + int(np.argmin(e[lo[g]:hi[g] + 1] + lam * ar[lo[g]:hi[g] + 1]))
+            for g, e in enumerate(curves)]
 
 
 def allocate(curves: list[np.ndarray], budget: int, lo: list[int], hi: list[int],
              start: list[int] | None = None, polish: int = 2000) -> list[int]:
     """Spend ``budget`` 1-bits over groups to minimise ``sum_g curves[g][k_g]``, ``lo <= k <= hi``.
 
-    Greedy over the lower convex hulls' segments, steepest first (the Lagrangian solution with an
-    exactly spent budget: the last segment is taken in part), then at most ``polish`` single
-    1-bit moves from the group where removing costs least to the one where adding gains most,
-    while that lowers the total. If ``start`` (e.g. the uniform allocation, same total) is given
-    and is better, it is returned: the result is never worse than ``start``.
+    Lagrangian: bisection on the price ``lam`` of a 1-bit, each group taking the k that minimises
+    ``E(k) + lam * k`` (a vertex of its curve's lower convex hull), until the total brackets the
+    budget; the groups that jump at the final price share the rest (hull segments of equal slope,
+    the last one in part). Then at most ``polish`` single 1-bit moves, from the group where
+    removing costs least to the one where adding gains most, while that lowers the total. If
+    ``start`` (e.g. the uniform allocation, same total) is given and is better, it is returned:
+    the result is never worse than ``start``.
     """
     g_n = len(curves)
     base = sum(lo)
     if not base <= budget <= sum(hi):
         raise ConversionError(f"budget of {budget} 1-bits is outside [{base}, {sum(hi)}]")
-    k = list(lo)
-    segs = []
-    for g, e in enumerate(curves):
-        h = _lower_hull(e, lo[g], hi[g])
-        for a, b in zip(h[:-1], h[1:], strict=False):
-            segs.append(((e[b] - e[a]) / (b - a), g, a, b))
-    segs.sort(key=lambda s: (s[0], s[1], s[2]))
-    left = budget - base
-    for _slope, g, a, b in segs:
-        if left == 0:
+    ar = np.arange(max(hi) + 1, dtype=np.float64)
+    steep = max(float(np.abs(np.diff(e)).max()) if e.size > 1 else 0.0 for e in curves) + 1.0
+    lam_lo, lam_hi = -steep, steep  # K(lam_lo) = sum(hi) >= budget >= K(lam_hi) = sum(lo)
+    k_lo, k_hi = list(hi), list(lo)
+    for _ in range(100):
+        mid = 0.5 * (lam_lo + lam_hi)
+        if not lam_lo < mid < lam_hi:
             break
-        if k[g] != a:  # segments of one group come in order; a gap means an earlier partial take
-            continue
-        step = min(b - a, left)
-        k[g] = a + step
+        k_mid = _k_at(curves, lo, hi, mid, ar)
+        total = sum(k_mid)
+        if total == budget:
+            k_lo = k_hi = k_mid
+            break
+        if total > budget:
+            lam_lo, k_lo = mid, k_mid
+        else:
+            lam_hi, k_hi = mid, k_mid
+    k = list(k_hi)  # total <= budget; fill from the groups that jump at this price
+    left = budget - sum(k)
+    for g in range(g_n):
+        if left <= 0:
+            break
+        step = min(max(k_lo[g] - k[g], 0), left)
+        k[g] += step
+        left -= step
+    for g in range(g_n):  # only if the bracket was not exact in every group
+        if left <= 0:
+            break
+        step = min(hi[g] - k[g], left)
+        k[g] += step
         left -= step
     # polish with single exchanges
     for _ in range(polish):
@@ -618,7 +627,10 @@ def _load_float_model(path: str, domain: str | None):
     tcfg = replace(cfg, model=replace(cfg.model, name=twin, domain=domain or cfg.model.domain))
     sb = build_model(tcfg, ckpt["num_classes"], ckpt["in_chans"])
     miss, unexpected = sb.load_state_dict(ckpt["model"], strict=False)
-    bad = [k for k in miss if not k.endswith((".tau", ".phi"))]
+    # the binary layers' own state (tau/phi, estimator buffers) is not in a float checkpoint
+    own = {f"{n}.{k}" for n, m in sb_layers(sb) for k in m.state_dict() if k not in
+           ("weight", "bias")}
+    bad = [k for k in miss if k not in own]
     if unexpected or bad:
         raise ConversionError(
             f"the float weights of '{name}' do not fit its twin '{twin}': missing {bad}, "
