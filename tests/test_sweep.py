@@ -39,11 +39,16 @@ def test_sweep_writes_every_file_and_column_then_skips(toy_root, tmp_path, monke
         assert float(r["ones_fraction"]) <= 0.06
         assert float(r["gamma"]) == sweep.gamma_for(0.05)
         assert float(r["bits_per_binary_weight"]) < 0.5  # far below the dense BNN's 1 bit
-    # a second call trains nothing: every run has its report
+    # a second call trains nothing: every run has its report; an exported run needs no checkpoint
+    for ckpt in (out / "runs" / "ab_ec0.05_s0").glob("*.pt"):
+        ckpt.unlink()
     calls = []
     monkeypatch.setattr("sbnn.train.Trainer.fit", lambda self: calls.append(self) or {})
     assert main(argv) == 0
     assert calls == []
+    again = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["bits_per_binary_weight"] for r in again] == [
+        r["bits_per_binary_weight"] for r in rows]
 
 
 def test_sweep_resumes_an_interrupted_run(toy_root, tmp_path):

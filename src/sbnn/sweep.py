@@ -82,13 +82,16 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
     """Export the run to ``model.sbnn``; bits in the file, its size and engine latency."""
     import numpy as np
 
-    from sbnn import engine
+    from sbnn import engine, fileformat
     from sbnn.evaluate import load_model
     from sbnn.export import export, graph_stats
 
     path = run_dir / "model.sbnn"
-    model = load_model(run_dir)
-    graph = export(model, path, input_shape, check=False)
+    ckpt = run_dir / "last.pt"
+    if path.is_file() and (not ckpt.is_file() or path.stat().st_mtime >= ckpt.stat().st_mtime):
+        graph = fileformat.load(path)  # exported earlier (e.g. on the machine that trained it)
+    else:
+        graph = export(load_model(run_dir), path, input_shape, check=False)
     rows = graph_stats(graph)
     n = sum(r["weights"] for r in rows)
     out = {"model_bytes": path.stat().st_size, "binary_weights": n}
