@@ -51,6 +51,10 @@ ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, in
   g.Wo = (g.Wp - kw) / stride + 1;
   g.Hs = (g.Hp + stride - 1) / stride * stride;
   g.Wph = (g.Wp + stride - 1) / stride;
+  // Stride 1: neighbouring rows share their zero columns (the right padding of one row is the
+  // left padding of the next), pitch W + pad instead of W + 2*pad, unless the output row would
+  // then be wider than the pitch (pad > kw - 1).
+  if (stride == 1 && pad >= 1 && pad <= kw - 1) g.Wph = W + pad;
   // Images per group: as many as fit grid_bytes, so that a 4x4 or 8x8 map does not leave most
   // of each SIMD vector (and each per-filter epilogue) to junk.
   const long rows_img = g.Hs / stride, row_bytes = g.Wph;
