@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from sbnn.prune import PruneConfig
+
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
     "ConfigError", "load_config", "save_config", "apply_overrides", "from_dict", "to_dict",
@@ -76,6 +78,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)  # see sbnn.prune.PruneConfig
     epochs: int = 4
     seed: int = 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
@@ -153,7 +156,10 @@ def from_dict(cls, d: dict | None, prefix: str = ""):
             kwargs[k] = from_dict(tp, v, prefix + k + ".")
         else:
             kwargs[k] = _check(v, tp, prefix + k)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a dataclass's own validation (e.g. PruneConfig)
+        raise ConfigError(str(e)) from None
 
 
 def to_dict(cfg) -> dict:

@@ -544,31 +544,14 @@ def recalibrate_batchnorm_(model: nn.Module, batches) -> nn.Module:
 
 
 def load_run(path, which: str = "last", device: str = "cpu") -> nn.Module:
-    """Load a ``sbnn convert`` run (folder or checkpoint) in eval mode, per-channel levels too.
+    """Load a ``sbnn convert`` run (folder or checkpoint) in eval mode.
 
-    Same as ``sbnn.evaluate.load_model``, except that ``tau``/``phi`` of the saved shape (per
-    output channel after ``--granularity channel``) replace the registry model's scalars before
-    the weights are loaded. The pruning masks are re-attached when the checkpoint holds them.
+    The same as :func:`sbnn.evaluate.load_model`, which restores per-channel levels
+    (``--granularity channel``) and re-attaches the pruning masks the checkpoint holds.
     """
-    from sbnn.config import Config, from_dict
-    from sbnn.evaluate import load_checkpoint
-    from sbnn.prune import LayerMasks
-    from sbnn.train import build_model
+    from sbnn.evaluate import load_model
 
-    ckpt = load_checkpoint(path, which)
-    cfg = from_dict(Config, ckpt["config"])
-    model = build_model(cfg, ckpt["num_classes"], ckpt["in_chans"])
-    state = ckpt["model"]
-    for name, m in sb_layers(model):
-        for p in ("tau", "phi"):
-            key = f"{name}.{p}"
-            if key in state and hasattr(m, p) and state[key].shape != getattr(m, p).shape:
-                setattr(m, p, nn.Parameter(torch.empty_like(state[key])))
-    model.load_state_dict(state)
-    masks = (ckpt.get("convert") or {}).get("prune_masks") or {}
-    if masks:
-        attach_(model, {n: LayerMasks.from_dict(d) for n, d in masks.items()})
-    return model.to(device).eval()
+    return load_model(path, which, device)
 
 
 # --------------------------------------------------------------------------------------------

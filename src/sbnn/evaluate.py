@@ -42,12 +42,13 @@ def load_model(path: str | os.PathLike, which: str = "last", device: str = "cpu"
     """The trained model of a run folder (``which``: ``last`` or ``best``) or checkpoint file,
     in eval mode on ``device``."""
     from sbnn.config import Config, from_dict
-    from sbnn.train import build_model
+    from sbnn.train import _reattach_masks, build_model
 
     ckpt = load_checkpoint(path, which)
     cfg = from_dict(Config, ckpt["config"])
     model = build_model(cfg, ckpt["num_classes"], ckpt["in_chans"])
     model.load_state_dict(ckpt["model"])
+    _reattach_masks(model, ckpt)
     return model.to(device).eval()
 
 

@@ -98,6 +98,17 @@ class SBLayer:
         alpha, beta = self._levels(w, w.detach() >= 0)
         return dequantize(alpha, beta, (s + 1) / 2)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # ``sbnn convert --granularity channel`` stores tau/phi per output channel: take the
+        # saved shape, so any loader (evaluate, export) restores such a layer unchanged
+        if self.domain == "learned":
+            for pname in ("tau", "phi"):
+                saved = state_dict.get(prefix + pname)
+                mine = getattr(self, pname)
+                if saved is not None and saved.shape != mine.shape:
+                    setattr(self, pname, nn.Parameter(mine.new_empty(saved.shape)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act is None else self.act(x)
 

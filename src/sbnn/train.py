@@ -110,6 +110,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def _reattach_masks(model: nn.Module, ckpt: dict) -> None:
+    """Re-attach the pruning masks a checkpoint holds (``sbnn train`` or ``sbnn convert``)."""
+    masks = ckpt.get("prune_masks") or (ckpt.get("convert") or {}).get("prune_masks") or {}
+    if masks:
+        from sbnn.prune import LayerMasks, attach_
+
+        attach_(model, {n: LayerMasks.from_dict(d) for n, d in masks.items()})
+
+
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     """The model a config describes (fresh weights)."""
     m = cfg.model
@@ -260,6 +269,10 @@ class Trainer:
                     init_closed_form_(model, s.ec)
             elif s.init not in ("closed_form", "none"):
                 raise ValueError(f"unknown sparsity.init '{s.init}'; valid: closed_form, none")
+            if self.cfg.prune.active:  # pruning masks that training keeps (sbnn.prune)
+                from sbnn.prune import prune_
+
+                prune_(model, self.cfg.prune)
         self.model = model
         self.optimizer = make_optimizer(self.cfg, model)
         self.scheduler = make_scheduler(self.cfg, self.optimizer, len(self.train_loader))
@@ -267,6 +280,7 @@ class Trainer:
         self.best_acc = -1.0
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
+            _reattach_masks(model, ckpt)
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.start_epoch = int(ckpt["epoch"])
@@ -297,8 +311,11 @@ class Trainer:
             return float(self.constraint.ones_fraction())
 
     def checkpoint(self, epoch: int) -> dict:
+        from sbnn.prune import prune_state
+
         return {
             "model": _unwrap(self.model).state_dict(),
+            "prune_masks": prune_state(_unwrap(self.model)),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,  # epochs completed
