@@ -27,7 +27,8 @@ SUBCOMMANDS: list[str] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sbnn", description="Sparse binary neural networks: train, evaluate, plot.")
+        prog="sbnn", description="Sparse binary neural networks: train, evaluate, plot, convert, "
+                                   "sweep, export, bench.")
     try:
         from sbnn import __version__
     except ImportError:  # pragma: no cover
