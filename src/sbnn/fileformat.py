@@ -47,11 +47,12 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from sbnn._io import atomic_write
 
 __all__ = [
     "MAGIC",
@@ -372,20 +373,7 @@ def dumps(graph: Graph) -> bytes:
 def save(graph: Graph, path: str | os.PathLike) -> None:
     """Write ``graph`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
     data = dumps(graph)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".sbnn-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -487,9 +475,3 @@ def load(path: str | os.PathLike) -> Graph:
                            f"{_PREFIX.size + hlen + plen}")
         data = head + f.read()
     return loads(data)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

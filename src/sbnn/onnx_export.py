@@ -12,10 +12,10 @@ sparse-binary convolution, so this file is for compatibility, not size.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
+from sbnn._io import atomic_write
 from sbnn.engine import dequantized_weight
 from sbnn.fileformat import Graph
 
@@ -121,21 +121,4 @@ def to_onnx(graph: Graph):
 def save_onnx(graph: Graph, path: str | os.PathLike) -> None:
     """Write the ONNX form of ``graph`` to ``path`` atomically."""
     data = to_onnx(graph).SerializeToString()
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".onnx-", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write(path, data)

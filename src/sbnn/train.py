@@ -18,6 +18,7 @@ each rank reads its own shard, only rank 0 writes files.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from torch import nn
 
 from sbnn import data as sdata
 from sbnn import models
+from sbnn._io import atomic_write
 from sbnn.config import Config, from_dict, load_config, save_config, to_dict
 
 __all__ = ["Trainer", "train", "resolve_device", "atomic_save", "evaluate_loader"]
@@ -56,32 +58,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, fsync it, then ``os.replace``: a kill at any moment
+    """``torch.save`` written atomically (:func:`sbnn._io.atomic_write`): a kill at any moment
     leaves either the old file or the new one, never a truncated one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def _rng_state() -> dict:
