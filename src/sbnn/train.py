@@ -240,6 +240,11 @@ class Trainer:
         # -- model, constraint, optimiser ----------------------------------------------------
         _seed_all(self.cfg.seed)
         model = build_model(self.cfg, self.num_classes, self.in_chans).to(self.device)
+        arch = models.architecture_kwargs(model, self.cfg.model.kwargs)
+        if arch != self.cfg.model.kwargs:  # record the defaults too: see architecture_kwargs
+            self.cfg = replace(self.cfg, model=replace(self.cfg.model, kwargs=arch))
+            if self.is_main:
+                save_config(self.cfg, self.out / "config.yaml")
         self.binary = has_sb_layers(model)
         s = self.cfg.sparsity
         self.constraint = None

@@ -12,11 +12,12 @@ so a test or a config can iterate the registry uniformly.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["register", "create", "list_models", "is_registered"]
+__all__ = ["register", "create", "list_models", "is_registered", "architecture_kwargs"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,6 +52,25 @@ def create(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown model '{name}'; valid: {', '.join(list_models())}") from None
     return fn(num_classes=num_classes, **kwargs)
+
+
+# arguments every builder takes or sets itself: not part of a model's architecture record
+_NOT_ARCH = {"self", "num_classes", "in_chans", "binary", "domain", "weight_estimator", "act"}
+
+
+def architecture_kwargs(model: nn.Module, given: dict | None = None) -> dict:
+    """The architecture arguments ``model`` was built with: its class's defaults, overridden by
+    ``given`` (the config's ``model.kwargs``). Tuples become lists (YAML). Recording these in a
+    run's config keeps its checkpoint loadable if a default changes later."""
+    out = {}
+    for p in inspect.signature(type(model).__init__).parameters.values():
+        if p.name in _NOT_ARCH or p.default is inspect.Parameter.empty:
+            continue
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        out[p.name] = p.default
+    out.update(given or {})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 # Importing the model modules fills the registry.
