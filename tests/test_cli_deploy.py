@@ -56,3 +56,17 @@ def test_export_of_a_missing_run_is_a_clean_error(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "m.sbnn")]) != 0
     assert not (tmp_path / "m.sbnn").exists()
     assert "error" in capsys.readouterr().err.lower()
+
+
+def test_plot_curves_of_a_run_without_training_accuracy(run_dir, tmp_path):
+    # `sbnn convert` runs log an epoch 0 (converted model) that has no training accuracy
+    import shutil
+
+    from sbnn.plot import plot_curves
+
+    conv = tmp_path / "conv"
+    shutil.copytree(run_dir, conv)
+    lines = (conv / "metrics.jsonl").read_text()
+    row0 = {"epoch": 0, "test_accuracy": 0.3, "ones_fraction": 0.05, "stage": "converted"}
+    (conv / "metrics.jsonl").write_text(json.dumps(row0) + "\n" + lines)
+    assert plot_curves(conv).is_file()

@@ -82,7 +82,9 @@ def plot_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     acc_rows = [(r["epoch"], r["test_accuracy"]) for r in rows if "test_accuracy" in r]
     if acc_rows:
         a2.plot(*zip(*acc_rows, strict=True), "o-", label="test")
-    a2.plot(ep, [r["train_accuracy"] for r in rows], "s--", label="train")
+    train_rows = [(r["epoch"], r["train_accuracy"]) for r in rows if "train_accuracy" in r]
+    if train_rows:  # a `sbnn convert` run has no training accuracy for its epoch 0
+        a2.plot(*zip(*train_rows, strict=True), "s--", label="train")
     a2.set_xlabel("epoch")
     a2.set_ylabel("accuracy")
     a2.legend(fontsize=8)
