@@ -31,6 +31,17 @@ void for_planes(ThreadPool& pool, int N, int C, const std::function<void(int, in
 
 int pool_out(int n, int k, int s, int p) { return (n + 2 * p - k) / s + 1; }
 
+// Output shape of a k x k pooling of s, or the error that says why the arguments don't fit.
+TensorShape pooled_shape(const TensorShape& s, int k, int stride, int pad, const char* op) {
+  if (s.flat) throw err(op, "input is a flat tensor " + s.str());
+  if (k < 1 || stride < 1 || pad < 0 || 2 * pad > k)
+    throw err(op, "need k >= 1, stride >= 1, 0 <= pad <= k / 2");
+  const int Ho = pool_out(s.H, k, stride, pad), Wo = pool_out(s.W, k, stride, pad);
+  if (Ho < 1 || Wo < 1 || s.H + 2 * pad < k || s.W + 2 * pad < k)
+    throw err(op, "kernel larger than the padded input " + s.str());
+  return TensorShape{s.C, Ho, Wo, false};
+}
+
 }  // namespace
 
 std::string TensorShape::str() const {
@@ -189,14 +200,10 @@ int Engine::add(int a, int b) {
 int Engine::avgpool(int t, int k, int stride, int pad, bool count_include_pad) {
   check_tensor(t, "avgpool");
   const TensorShape s = shapes_[t];
-  if (s.flat) throw err("avgpool", "input is a flat tensor " + s.str());
-  if (k < 1 || stride < 1 || pad < 0 || 2 * pad > k)
-    throw err("avgpool", "need k >= 1, stride >= 1, 0 <= pad <= k / 2");
-  const int Ho = pool_out(s.H, k, stride, pad), Wo = pool_out(s.W, k, stride, pad);
-  if (Ho < 1 || Wo < 1 || s.H + 2 * pad < k || s.W + 2 * pad < k)
-    throw err("avgpool", "kernel larger than the padded input " + s.str());
+  const TensorShape o = pooled_shape(s, k, stride, pad, "avgpool");
+  const int Ho = o.H, Wo = o.W;
   ThreadPool* pool = &pool_;
-  return push("avgpool", {t}, TensorShape{s.C, Ho, Wo, false},
+  return push("avgpool", {t}, o,
               [=](const std::vector<const float*>& in, float* out, int N) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
@@ -224,14 +231,10 @@ int Engine::avgpool(int t, int k, int stride, int pad, bool count_include_pad) {
 int Engine::maxpool(int t, int k, int stride, int pad) {
   check_tensor(t, "maxpool");
   const TensorShape s = shapes_[t];
-  if (s.flat) throw err("maxpool", "input is a flat tensor " + s.str());
-  if (k < 1 || stride < 1 || pad < 0 || 2 * pad > k)
-    throw err("maxpool", "need k >= 1, stride >= 1, 0 <= pad <= k / 2");
-  const int Ho = pool_out(s.H, k, stride, pad), Wo = pool_out(s.W, k, stride, pad);
-  if (Ho < 1 || Wo < 1 || s.H + 2 * pad < k || s.W + 2 * pad < k)
-    throw err("maxpool", "kernel larger than the padded input " + s.str());
+  const TensorShape o = pooled_shape(s, k, stride, pad, "maxpool");
+  const int Ho = o.H, Wo = o.W;
   ThreadPool* pool = &pool_;
-  return push("maxpool", {t}, TensorShape{s.C, Ho, Wo, false},
+  return push("maxpool", {t}, o,
               [=](const std::vector<const float*>& in, float* out, int N) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
