@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sbnn._native import core, native_error
-from sbnn.primitives import closed_form
+from sbnn.method.primitives import closed_form
+from sbnn_runtime.native import core, native_error
 
 FRACS = (0.05, 0.01)
 

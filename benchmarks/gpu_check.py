@@ -30,7 +30,7 @@ import torch
 
 import sbnn
 from sbnn import models
-from sbnn.config import load_config
+from sbnn.pipeline.config import load_config
 
 
 def write_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
@@ -101,7 +101,7 @@ def check_cuda(dev: torch.device) -> dict:
 
 
 def throughput(cfg, out_dir: Path, dev: torch.device) -> dict:
-    from sbnn.train import Trainer
+    from sbnn.pipeline.train import Trainer
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -157,7 +157,7 @@ def main() -> None:
     result["sbnn_vs_fp_time_ratio"] = t["resnet18_irnet_fp"] / t["resnet18_irnet"]
     save()
 
-    from sbnn.sweep import run_sweep
+    from sbnn.pipeline.sweep import run_sweep
 
     sweep_cfg = replace(base, epochs=1, data=replace(base.data, train_subset=min(n_train, 10240)))
     t0 = time.perf_counter()

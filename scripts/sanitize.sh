@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the standalone C++ kernel test driver (csrc/tests/kernel_test.cpp, no Python) with
+# Builds the standalone C++ kernel test driver (runtime/csrc/tests/kernel_test.cpp, no Python) with
 # AddressSanitizer + UndefinedBehaviorSanitizer and runs it: every ISA path this CPU runs against
 # the reference kernels on a few shapes. Usage: scripts/sanitize.sh [build-dir] [driver args]
 # SBNN_SANITIZE=0 builds the same driver optimised and without sanitizers (for timing: --bench).
@@ -14,14 +14,14 @@ if [ "${SBNN_SANITIZE:-1}" = 1 ]; then
 else
   flags=(-O3 -DNDEBUG)
 fi
-common=(-std=c++17 -Wall -Wextra -Wpedantic -Wshadow -Werror -Icsrc -DSBNN_HAVE_X86_KERNELS
+common=(-std=c++17 -Wall -Wextra -Wpedantic -Wshadow -Werror -Iruntime/csrc -DSBNN_HAVE_X86_KERNELS
         "${flags[@]}")
 avx2=(-mavx2 -mfma -mpopcnt -mbmi -mbmi2)
 avx512=("${avx2[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vpopcntdq
         -mprefer-vector-width=512)
 objs=()
 pids=()
-for src in csrc/core/*.cpp csrc/tests/kernel_test.cpp; do
+for src in runtime/csrc/core/*.cpp runtime/csrc/tests/kernel_test.cpp; do
   name="$(basename "$src" .cpp)"
   extra=()
   case "$name" in

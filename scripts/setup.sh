@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One-step set-up: the Fashion-MNIST Debian package (when apt is usable) and sbnn itself with its
-# dev extras, built in place (editable) so the C++ core compiles with the package's own build.
+# One-step set-up: the Fashion-MNIST Debian package (when apt is usable), then the two
+# distributions of this repository, both editable: sbnn-runtime (./runtime: numpy + the C++ core,
+# built by its own scikit-build-core/CMake/nanobind build) and sbnn (the trainer, pure Python,
+# with its dev extras). SBNN_WERROR=ON builds the C++ with warnings as errors (CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -9,4 +11,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
 fi
 werror="${SBNN_WERROR:-OFF}"
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev]" --config-settings=cmake.define.SBNN_WERROR="$werror"
+python -m pip install -q -e ./runtime --config-settings=cmake.define.SBNN_WERROR="$werror"
+python -m pip install -q -e ".[dev]"

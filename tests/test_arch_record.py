@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import yaml
 
-import sbnn.train as strain
+import sbnn.pipeline.train as strain
 from sbnn import models
-from sbnn.config import load_config
-from sbnn.data import write_synthetic_idx
-from sbnn.evaluate import load_model
+from sbnn.pipeline.config import load_config
+from sbnn.pipeline.data import write_synthetic_idx
+from sbnn.pipeline.runs import load_model
 
 
 def test_architecture_kwargs_defaults_and_overrides():

@@ -1,4 +1,4 @@
-"""The `sbnn` command line and the YAML config (sbnn.cli, sbnn.config)."""
+"""The `sbnn` command line and the YAML config (sbnn.cli, sbnn.pipeline.config)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ import pytest
 import yaml
 
 from sbnn import cli
-from sbnn.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
-from sbnn.data import write_synthetic_idx
+from sbnn.pipeline.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from sbnn.pipeline.data import write_synthetic_idx
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -10,7 +10,7 @@ import pytest
 
 import sbnn
 from sbnn.cli import main
-from sbnn.data import write_synthetic_idx
+from sbnn.pipeline.data import write_synthetic_idx
 
 pytest.importorskip("onnxruntime")
 
@@ -62,7 +62,7 @@ def test_plot_curves_of_a_run_without_training_accuracy(run_dir, tmp_path):
     # `sbnn convert` runs log an epoch 0 (converted model) that has no training accuracy
     import shutil
 
-    from sbnn.plot import plot_curves
+    from sbnn.pipeline.plot import plot_curves
 
     conv = tmp_path / "conv"
     shutil.copytree(run_dir, conv)

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from sbnn import models
-from sbnn.constraint import SparsityConstraint, sb_layers
-from sbnn.convert import (
+from sbnn.method.constraint import SparsityConstraint, sb_layers
+from sbnn.method.primitives import closed_form
+from sbnn.verbs.convert import (
     ConversionError,
     allocate,
     convert,
@@ -20,7 +21,6 @@ from sbnn.convert import (
     error_curve,
     quantization_errors,
 )
-from sbnn.primitives import closed_form
 
 
 def _fp(seed: int = 0, width: int = 16) -> nn.Module:
@@ -229,8 +229,8 @@ def test_quantization_errors_rows():
 
 @pytest.fixture(scope="module")
 def fp_checkpoint(tmp_path_factory):
-    from sbnn.config import Config, to_dict
-    from sbnn.data import write_synthetic_idx
+    from sbnn.pipeline.config import Config, to_dict
+    from sbnn.pipeline.data import write_synthetic_idx
 
     root = tmp_path_factory.mktemp("conv")
     data = write_synthetic_idx(root / "data", n_train=256, n_test=128)
@@ -258,7 +258,7 @@ def _cli(*argv):
 def test_cli_convert_writes_a_run_folder(fp_checkpoint, capsys):
     import json
 
-    from sbnn.evaluate import load_model
+    from sbnn.pipeline.runs import load_model
 
     root, path, _ = fp_checkpoint
     out = root / "run"
@@ -331,7 +331,7 @@ def test_cli_bad_input_leaves_nothing(fp_checkpoint, capsys, tmp_path):
 def test_recalibrate_batchnorm_matches_batch_statistics():
     import copy
 
-    from sbnn.convert import recalibrate_batchnorm_
+    from sbnn.verbs.convert import recalibrate_batchnorm_
 
     model = convert(_fp(8), 0.05)
     x = torch.randn(32, 1, 28, 28)
@@ -346,7 +346,7 @@ def test_recalibrate_batchnorm_matches_batch_statistics():
 
 
 def test_cli_channel_granularity_run_loads_with_load_run(fp_checkpoint, capsys):
-    from sbnn.convert import load_run
+    from sbnn.pipeline.convert_run import load_run
 
     root, path, _ = fp_checkpoint
     out = root / "run_channel"
@@ -355,7 +355,7 @@ def test_cli_channel_granularity_run_loads_with_load_run(fp_checkpoint, capsys):
     model = load_run(out)
     ck = torch.load(out / "last.pt", weights_only=False)
     assert model.block2[0].tau.shape == (8, 1, 1, 1)
-    assert set(ck["convert"]["prune_masks"]) == {"block1.0", "block2.0", "block3.0"}
+    assert set(ck["prune_masks"]) == {"block1.0", "block2.0", "block3.0"}
     assert (out / "shrunk_model.pt").is_file()
     import json
 

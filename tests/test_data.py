@@ -1,4 +1,4 @@
-"""Datasets and tensor augmentations (sbnn.data)."""
+"""Datasets and tensor augmentations (sbnn.pipeline.data)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbnn import data as sdata
+import sbnn.pipeline.data as sdata
 
 
 @pytest.mark.parametrize("gz", [True, False])

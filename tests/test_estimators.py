@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sbnn
-from sbnn import estimators
+from sbnn.method import estimators
 
 X = torch.tensor([-2.0, -1.0, -0.75, -0.25, 0.0, 0.25, 0.75, 1.0, 2.0], dtype=torch.float64)
 

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 import sbnn
-from sbnn import engine, fileformat, models
-from sbnn.export import ExportError, export, to_graph
-from sbnn.layers import LearnableBias, RPReLU, RSign, SBConv2d
+from sbnn import engine, models
+from sbnn.deploy.export import ExportError, export, to_graph
+from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d
+from sbnn_runtime import fileformat
 
 RTOL = 1e-4
 
@@ -25,7 +26,7 @@ def _one_torch_thread():
 
 
 def _backend() -> str:
-    from sbnn._native import core
+    from sbnn_runtime.native import core
 
     return "native" if core is not None and hasattr(core, "Engine") else "reference"
 
@@ -244,7 +245,7 @@ def test_engine_input_validation(tmp_path):
         eng(x[0])
     with pytest.raises(ValueError, match="empty"):
         eng(x[:0])
-    with pytest.raises(TypeError, match="numpy array or a CPU torch tensor"):
+    with pytest.raises(TypeError, match="numpy array or a DLPack"):
         eng(x.tolist())
     # non-contiguous layouts are copied, not misread
     xt = x.numpy().transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from sbnn import models
-from sbnn.constraint import sb_layers
-from sbnn.layers import DOMAINS, SBLayer
+from sbnn.method.constraint import sb_layers
+from sbnn.method.layers import DOMAINS, SBLayer
 
 SMALL = {"width": 8}  # narrow versions keep the suite fast; the layout is the same
 
@@ -78,7 +78,7 @@ def test_paper_layouts():
     assert len(sb_layers(r)) == 16 and any(isinstance(m, nn.BatchNorm1d) for m in r.modules())
     a = models.create("reactnet18", num_classes=100)
     assert len(sb_layers(a)) == 16 and a.fc.out_features == 100
-    from sbnn.layers import RPReLU, RSign
+    from sbnn.method.layers import RPReLU, RSign
 
     assert sum(isinstance(m, RSign) for m in a.modules()) == 16
     assert sum(isinstance(m, RPReLU) for m in a.modules()) == 16

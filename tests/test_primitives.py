@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sbnn
-from sbnn.primitives import closed_form, entropy, sign, to_bits
+from sbnn.method.primitives import closed_form, entropy, sign, to_bits
 
 
 def sse(w, bits):
@@ -193,7 +193,7 @@ def test_pack_bits_native_and_numpy_agree(n):
     packed = sbnn.pack_bits(bits)
     assert np.array_equal(packed, np.packbits(bits, bitorder="little"))
     assert np.array_equal(sbnn.unpack_bits(packed, n), bits)
-    from sbnn._native import core, native_error
+    from sbnn_runtime.native import core, native_error
 
     assert core is not None, native_error
     assert np.array_equal(core.pack_bits(bits), packed)

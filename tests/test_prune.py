@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from sbnn import models
-from sbnn.binarize import init_closed_form_
-from sbnn.constraint import SparsityConstraint, sb_layers
-from sbnn.convert import convert
-from sbnn.layers import SBConv2d
-from sbnn.prune import (
+from sbnn.method.constraint import SparsityConstraint, sb_layers
+from sbnn.method.layers import SBConv2d
+from sbnn.verbs.binarize import init_closed_form_
+from sbnn.verbs.convert import convert
+from sbnn.verbs.prune import (
     LayerMasks,
     PruneConfig,
     assign_patterns,
@@ -223,7 +223,7 @@ def test_sub_bit_patterns_with_alpha_beta_and_sparsity(k):
 def test_sub_bit_patterns_alone_dense_pm1():
     """The authors' Sub-bit baseline: a dense BNN (pm1, ~half ones) with 2**k patterns."""
     fp = _fp(5)
-    from sbnn.binarize import BinarizeConfig
+    from sbnn.verbs.binarize import BinarizeConfig
 
     model = convert(fp, 0.5, prune=PruneConfig(patterns=5), config=BinarizeConfig(domain="pm1"))
     for _, m in sb_layers(model):
@@ -270,7 +270,7 @@ def test_prune_stats_count_removed_kernels():
 
 
 def test_pruned_model_exports_with_the_removed_kernels_skipped():
-    export = pytest.importorskip("sbnn.export")
+    export = pytest.importorskip("sbnn.deploy.export")
     engine = pytest.importorskip("sbnn.engine")
     fp = _fp(7)
     model = convert(fp, 0.05, prune=PruneConfig(kernels=0.85, filters=0.25)).eval()

@@ -6,9 +6,9 @@ import csv
 
 import pytest
 
-from sbnn import sweep
 from sbnn.cli import main
-from sbnn.data import write_synthetic_idx
+from sbnn.pipeline import sweep
+from sbnn.pipeline.data import write_synthetic_idx
 
 ARGS = ["--set", "data.batch_size=64", "--set", "data.eval_batch_size=256",
         "--set", "model.kwargs={width: 8}", "--set", "epochs=1", "--set", "progress=false",
@@ -43,7 +43,7 @@ def test_sweep_writes_every_file_and_column_then_skips(toy_root, tmp_path, monke
     for ckpt in (out / "runs" / "ab_ec0.05_s0").glob("*.pt"):
         ckpt.unlink()
     calls = []
-    monkeypatch.setattr("sbnn.train.Trainer.fit", lambda self: calls.append(self) or {})
+    monkeypatch.setattr("sbnn.pipeline.train.Trainer.fit", lambda self: calls.append(self) or {})
     assert main(argv) == 0
     assert calls == []
     again = list(csv.DictReader(open(out / "results.csv")))
@@ -54,8 +54,8 @@ def test_sweep_writes_every_file_and_column_then_skips(toy_root, tmp_path, monke
 def test_sweep_resumes_an_interrupted_run(toy_root, tmp_path):
     from dataclasses import replace
 
-    from sbnn.config import load_config
-    from sbnn.train import Trainer
+    from sbnn.pipeline.config import load_config
+    from sbnn.pipeline.train import Trainer
 
     cfg = load_config(None, [f"data.root={toy_root}"] + ARGS[1::2])
     cfg = replace(cfg, epochs=2)

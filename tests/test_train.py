@@ -16,10 +16,11 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-import sbnn.train as strain
-from sbnn.config import Config, load_config
-from sbnn.data import write_synthetic_idx
-from sbnn.evaluate import load_model
+import sbnn.pipeline.runs as runs
+import sbnn.pipeline.train as strain
+from sbnn.pipeline.config import Config, load_config
+from sbnn.pipeline.data import write_synthetic_idx
+from sbnn.pipeline.runs import load_model
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_end_to_end_learns_and_writes_every_file(toy_root, tmp_path):
     # load_model gives the trained net in eval mode, same predictions as the report
     model = load_model(out)
     assert not model.training
-    from sbnn.data import BatchLoader, load_dataset
+    from sbnn.pipeline.data import BatchLoader, load_dataset
 
     ev = strain.evaluate_loader(model, BatchLoader(load_dataset("fashion_mnist", toy_root,
                                                                  train=False), 256))
@@ -91,7 +92,7 @@ def test_resume_equals_uninterrupted(toy_root, tmp_path):
 
 def test_atomic_save_never_leaves_a_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    strain.atomic_save({"v": 1}, path)
+    runs.atomic_save({"v": 1}, path)
 
     def boom(obj, f, *a, **k):
         f.write(b"partial")
@@ -99,7 +100,7 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(strain.torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        strain.atomic_save({"v": 2}, path)
+        runs.atomic_save({"v": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"v": 1}
 
@@ -164,7 +165,7 @@ def test_ddp_two_gloo_processes_keep_parameters_identical(toy_root, tmp_path):
 @pytest.mark.slow
 def test_main_job_meets_its_targets(tmp_path):
     """The real main job (Fashion-MNIST must be installed): >= 85 % at ones fraction <= 0.06."""
-    from sbnn.data import DatasetNotFoundError, load_dataset
+    from sbnn.pipeline.data import DatasetNotFoundError, load_dataset
 
     try:
         load_dataset("fashion_mnist", None, train=False)

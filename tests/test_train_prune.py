@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import sbnn
-import sbnn.train as strain
-from sbnn.config import ConfigError, load_config
-from sbnn.data import write_synthetic_idx
-from sbnn.evaluate import load_model
+import sbnn.pipeline.train as strain
+from sbnn.pipeline.config import ConfigError, load_config
+from sbnn.pipeline.data import write_synthetic_idx
+from sbnn.pipeline.runs import load_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ def binary_conv3x3(binary: bool, cin: int, cout: int, stride: int = 1, *, domain
                    weight_estimator="ste", act="approx_sign") -> nn.Module:
     """A 3x3 conv, padding 1, no bias: sparse-binary (input binarised by ``act``) or float."""
     if binary:
-        from sbnn.layers import SBConv2d  # late import: sbnn.models must not need the layers early
+        from sbnn.method.layers import (
+            SBConv2d,  # late import: sbnn.models must not need the layers early
+        )
 
         return SBConv2d(cin, cout, 3, stride, 1, bias=False, domain=domain,
                         weight_estimator=weight_estimator, act=act)

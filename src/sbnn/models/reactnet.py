@@ -27,7 +27,7 @@ from sbnn.models._common import binary_conv3x3
 class ReActBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, binary: bool, sb: dict):
         super().__init__()
-        from sbnn.layers import LearnableBias, RPReLU, RSign
+        from sbnn.method.layers import LearnableBias, RPReLU, RSign
 
         act = sb.get("act")
         if binary and act is not None:

@@ -1,4 +1,4 @@
-"""Load trained runs and evaluate them: ``sbnn.load_model`` and ``sbnn evaluate``.
+"""Evaluate trained runs and exported models: ``sbnn evaluate``.
 
 ``load_model(RUN_DIR_OR_CHECKPOINT)`` rebuilds the network from the config stored in the checkpoint
 (``best.pt`` in a run folder when ``which="best"``, else ``last.pt``), loads its weights and
@@ -11,53 +11,41 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["load_model", "load_checkpoint", "make_report", "format_report", "evaluate_run"]
+from sbnn.pipeline.runs import checkpoint_path, load_checkpoint, load_model
+
+__all__ = ["evaluate_loader", "make_report", "format_report", "evaluate_run", "evaluate_engine",
+           "format_engine_report"]
 
 
-def _checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
-    p = Path(path)
-    if p.is_dir():
-        order = ["best.pt", "last.pt"] if which == "best" else ["last.pt", "best.pt"]
-        for name in order:
-            if (p / name).is_file():
-                return p / name
-        raise FileNotFoundError(f"no checkpoint in '{p}': expected last.pt or best.pt "
-                                "(written by `sbnn train`)")
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at '{p}'")
-    return p
-
-
-def load_checkpoint(path: str | os.PathLike, which: str = "last") -> dict:
-    """The checkpoint dict of a run folder or ``.pt`` file, on the CPU."""
-    return torch.load(_checkpoint_path(path, which), map_location="cpu", weights_only=False)
-
-
-def load_model(path: str | os.PathLike, which: str = "last", device: str = "cpu") -> nn.Module:
-    """The trained model of a run folder (``which``: ``last`` or ``best``) or checkpoint file,
-    in eval mode on ``device``."""
-    from sbnn.config import Config, from_dict
-    from sbnn.train import _reattach_masks, build_model
-
-    ckpt = load_checkpoint(path, which)
-    cfg = from_dict(Config, ckpt["config"])
-    model = build_model(cfg, ckpt["num_classes"], ckpt["in_chans"])
-    model.load_state_dict(ckpt["model"])
-    _reattach_masks(model, ckpt)
-    return model.to(device).eval()
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader) -> dict:
+    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in loader:
+        out = model(x)
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return {"accuracy": correct / max(1, total), "loss": loss_sum / max(1, total), "n": total}
 
 
 def make_report(model: nn.Module, test_loader=None, cfg=None) -> dict:
     """Accuracy (when ``test_loader`` is given) and the sparsity/memory statistics of ``model``."""
-    from sbnn.config import to_dict
-    from sbnn.constraint import sb_layers
-    from sbnn.stats import layer_stats, model_bits
-    from sbnn.train import evaluate_loader
+    from sbnn.method.constraint import sb_layers
+    from sbnn.pipeline.config import to_dict
+    from sbnn.verbs.stats import layer_stats, model_bits
 
     report: dict = {}
     if test_loader is not None:
@@ -69,7 +57,7 @@ def make_report(model: nn.Module, test_loader=None, cfg=None) -> dict:
     n = sum(r["n"] for r in layers)
     report["ones_fraction"] = (sum(r["ones"] for r in layers) / n) if n else None
     if n:
-        from sbnn.primitives import entropy
+        from sbnn.method.primitives import entropy
 
         report["entropy"] = entropy(report["ones_fraction"])
     report["binary_layers"] = len(sb_layers(model))
@@ -131,9 +119,9 @@ def evaluate_run(path: str | os.PathLike, which: str = "last", data_root: str | 
                  dataset: str | None = None, device: str = "auto", batch_size: int = 1000,
                  subset: int | None = None) -> dict:
     """Evaluate the checkpoint at ``path`` on the test split of its dataset (or ``dataset``)."""
-    from sbnn import data as sdata
-    from sbnn.config import Config, from_dict
-    from sbnn.train import resolve_device
+    import sbnn.pipeline.data as sdata
+    from sbnn.pipeline.config import Config, from_dict
+    from sbnn.pipeline.runs import resolve_device
 
     ckpt = load_checkpoint(path, which)
     cfg = from_dict(Config, ckpt["config"])
@@ -144,9 +132,75 @@ def evaluate_run(path: str | os.PathLike, which: str = "last", data_root: str | 
     test = sdata.load_dataset(name, root, train=False).subset(subset)
     loader = sdata.BatchLoader(test, batch_size, device=dev)
     report = make_report(model, loader)
-    report["checkpoint"] = str(_checkpoint_path(path, which))
+    report["checkpoint"] = str(checkpoint_path(path, which))
     report["epoch"] = ckpt.get("epoch")
     return report
+
+
+def evaluate_engine(path: str | os.PathLike, data_cfg=None, *, dataset: str | None = None,
+                    root: str | None = None, batch_size: int = 1000,
+                    num_threads: int | None = None, subset: int | None = None,
+                    compare_with: str | os.PathLike | None = None, which: str = "last",
+                    backend: str = "auto") -> dict:
+    """Test accuracy of the ``.sbnn`` model at ``path`` on its dataset's test split.
+
+    ``data_cfg`` is a :class:`sbnn.pipeline.config.DataConfig` (or None: the dataset recorded in the
+    file's metadata); ``compare_with`` (a run folder or checkpoint) also runs the PyTorch model
+    and counts the test images whose predicted class differs between the two.
+    """
+    import sbnn.pipeline.data as sdata
+    from sbnn.engine import load
+
+    eng = load(path, num_threads, backend=backend)
+    name = dataset or (data_cfg.name if data_cfg is not None else None) or \
+        eng.graph.metadata.get("dataset")
+    if not name:
+        raise ValueError(f"{path} does not record its dataset; pass dataset=...")
+    root = root if root is not None else (data_cfg.root if data_cfg is not None else None)
+    test = sdata.load_dataset(name, root, train=False).subset(subset)
+    loader = sdata.BatchLoader(test, batch_size)
+    torch_model = None
+    if compare_with is not None:
+        torch_model = load_model(compare_with, which)
+    correct = total = differ = over = 0
+    max_rel = 0.0
+    t_engine = 0.0
+    for x, y in loader:
+        t0 = time.perf_counter()
+        logits = eng(x)
+        t_engine += time.perf_counter() - t0
+        pred = logits.argmax(1)
+        correct += int((pred == y.numpy()).sum())
+        total += len(y)
+        if torch_model is not None:
+            with torch.no_grad():
+                ref = torch_model(x).numpy()
+            differ += int((ref.argmax(1) != pred).sum())
+            rel = np.abs(ref - logits).max(1) / np.maximum(np.abs(ref).max(1), 1e-30)
+            max_rel = max(max_rel, float(rel.max()))
+            over += int((rel > 1e-4).sum())
+    out: dict[str, Any] = {"engine": os.fspath(path), "backend": eng.backend, "dataset": name,
+                           "n": total, "accuracy": correct / max(total, 1),
+                           "engine_seconds": t_engine}
+    if torch_model is not None:
+        out.update({"pytorch_checkpoint": os.fspath(compare_with), "predictions_differ": differ,
+                    "max_rel_logit_diff": max_rel, "images_over_1e-4": over})
+    return out
+
+
+def format_engine_report(r: dict) -> str:
+    """A few lines for ``sbnn evaluate --engine``."""
+    lines = [f"{r['engine']} ({r['backend']} engine) on {r['dataset']} test, {r['n']} images",
+             f"  accuracy            {100 * r['accuracy']:.2f} %",
+             f"  engine time         {r['engine_seconds']:.2f} s"]
+    if "predictions_differ" in r:
+        lines += [f"  vs PyTorch          {r['predictions_differ']} predictions differ "
+                  f"({r['pytorch_checkpoint']})",
+                  f"  max logit gap       {r['max_rel_logit_diff']:.2e} (relative to the "
+                  "image's largest logit)",
+                  f"  images over 1e-4    {r['images_over_1e-4']} (an activation within float "
+                  "rounding of a threshold binarised the other way)"]
+    return "\n".join(lines)
 
 
 def add_parser(subparsers) -> None:
@@ -168,8 +222,6 @@ def add_parser(subparsers) -> None:
 
 def _cmd(args) -> int:
     if args.engine:
-        from sbnn.engine import evaluate_engine, format_engine_report
-
         report = evaluate_engine(args.engine, dataset=args.dataset, root=args.data_root,
                                  batch_size=args.batch_size, compare_with=args.path,
                                  which="best" if args.best else "last")

@@ -29,10 +29,44 @@ import torch
 import torch.nn.functional as F
 
 from sbnn import engine as sengine
-from sbnn import fileformat
-from sbnn.fileformat import Graph
+from sbnn_runtime import fileformat
+from sbnn_runtime.ops import Graph
 
 __all__ = ["TorchGraph", "bench", "format_table", "add_parser"]
+
+
+def _cv(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _torch_sbconv(nd, P, ins):
+    a = ins[0]
+    if nd.attrs["binary_input"]:
+        a = torch.where(a >= P["thr"], 1.0, -1.0)
+    return F.conv2d(a, P["weight"], P["bias"], nd.attrs["stride"], nd.attrs["padding"])
+
+
+# The PyTorch baseline: what the same network costs in eager float32 PyTorch. It is a baseline,
+# not a reference (the reference twin of each op is its numpy entry in sbnn_runtime.ops.OPS).
+_TORCH_OPS = {
+    "conv2d": lambda nd, P, ins: F.conv2d(ins[0], P["weight"], P.get("bias"), nd.attrs["stride"],
+                                          nd.attrs["padding"]),
+    "sbconv2d": _torch_sbconv,
+    "affine": lambda nd, P, ins: ins[0] * _cv(P["scale"], ins[0]) + _cv(P["shift"], ins[0]),
+    "hardtanh": lambda nd, P, ins: ins[0].clamp(nd.attrs["lo"], nd.attrs["hi"]),
+    "relu": lambda nd, P, ins: torch.relu(ins[0]),
+    "rprelu": lambda nd, P, ins: F.prelu(ins[0] - _cv(P["shift_in"], ins[0]), P["slope"])
+    + _cv(P["shift_out"], ins[0]),
+    "add": lambda nd, P, ins: ins[0] + ins[1],
+    "avgpool": lambda nd, P, ins: F.avg_pool2d(ins[0], nd.attrs["k"], nd.attrs["stride"],
+                                               nd.attrs["pad"],
+                                               count_include_pad=nd.attrs["count_include_pad"]),
+    "maxpool": lambda nd, P, ins: F.max_pool2d(ins[0], nd.attrs["k"], nd.attrs["stride"],
+                                               nd.attrs["pad"]),
+    "global_avgpool": lambda nd, P, ins: ins[0].mean((2, 3), keepdim=True),
+    "flatten": lambda nd, P, ins: ins[0].flatten(1),
+    "linear": lambda nd, P, ins: F.linear(ins[0], P["weight"], P.get("bias")),
+}
 
 
 class TorchGraph:
@@ -48,23 +82,15 @@ class TorchGraph:
                 if nd.attrs["binary_input"]:
                     c = nd.params["bits"].shape[1]
                     P["thr"] = P.get("thr", torch.zeros(c)).view(1, -1, 1, 1)
-            self.ops.append((nd, P))
+            self.ops.append((nd, P, _TORCH_OPS[nd.op]))
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, profile: bool = False):
         vals = [x]
         times = []
-        for nd, P in self.ops:
+        for nd, P, fn in self.ops:
             t0 = time.perf_counter()
-            ins = [vals[j] for j in nd.inputs]
-            if nd.op == "sbconv2d":
-                a = ins[0]
-                if nd.attrs["binary_input"]:
-                    a = torch.where(a >= P["thr"], 1.0, -1.0)
-                y = F.conv2d(a, P["weight"], P["bias"], nd.attrs["stride"], nd.attrs["padding"])
-            else:
-                y = sengine._ref_node(nd, ins)
-            vals.append(y)
+            vals.append(fn(nd, P, [vals[j] for j in nd.inputs]))
             if profile:
                 times.append((nd.op, time.perf_counter() - t0))
         out = vals[self.graph.output]
@@ -116,7 +142,7 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
         "float_twin": twin[0] if twin else None, "warmup": warmup, "repeat": repeat,
         "torch_version": torch.__version__, "runs": [],
     }
-    from sbnn._native import core
+    from sbnn_runtime.native import core
 
     if core is not None and hasattr(core, "default_impl"):
         result["engine_impl"] = str(core.default_impl())
@@ -225,7 +251,7 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd(args) -> int:
-    from sbnn._native import core, native_error
+    from sbnn_runtime.native import core, native_error
 
     if core is None or not hasattr(core, "Engine"):
         print(f"sbnn bench: error: the native engine is unavailable: {native_error}",

@@ -26,20 +26,20 @@ least-squares quantisation of the float weights at a target ones fraction ``p``
   group means of the shifted latents; pm1: +-mean|w|; 01: {0, mean}); only ``"learned"`` keeps
   the float weights' group means exactly.
 
-Pruning strategies (:mod:`sbnn.prune`) combine with the conversion: magnitude pruning zeroes the
-smallest float weights and fixes their bits at 0 before the split; dead filters and removed
-kernels are fixed at 0 and the split spends the same ``k`` on the remaining weights; kernel
+Pruning strategies (:mod:`sbnn.verbs.prune`) combine with the conversion: magnitude pruning
+zeroes the smallest float weights and fixes their bits at 0 before the split; dead filters and
+removed kernels are fixed at 0 and the split spends the same ``k`` on the remaining weights; kernel
 patterns project the converted bits onto learned codebooks (then the ones fraction moves, and
 the levels are recomputed as group means over the final bits).
 
-The ``sbnn convert`` command (:func:`add_parser`) wraps this with checkpoint loading,
-optional fine-tuning under the sparsity constraint, and a run folder like ``sbnn train``'s.
+The ``sbnn convert`` command (:mod:`sbnn.pipeline.convert_run`) wraps this with checkpoint
+loading, optional fine-tuning under the sparsity constraint, and a run folder like
+``sbnn train``'s.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sbnn.binarize import BinarizeConfig, binarize_
-from sbnn.constraint import sb_layers
-from sbnn.prune import (
+from sbnn.method.constraint import sb_layers
+from sbnn.verbs.binarize import BinarizeConfig, binarize_
+from sbnn.verbs.prune import (
     LayerMasks,
     PruneConfig,
     attach_,
@@ -71,8 +71,6 @@ __all__ = [
     "quantization_errors",
     "enforce_budget_",
     "recalibrate_batchnorm_",
-    "run_convert",
-    "load_run",
 ]
 
 GRANULARITIES = ("layer", "channel")
@@ -305,7 +303,7 @@ def convert(
         allocation: ``"uniform"`` (``round(p * n)`` ones per group) or ``"global"`` (the same
             total spent to minimise the summed squared error; see the module docstring).
         prune: pruning applied with the conversion; the masks are attached to the returned
-            model (:func:`sbnn.prune.attach_`) so fine-tuning keeps them.
+            model (:func:`sbnn.verbs.prune.attach_`) so fine-tuning keeps them.
         config: how to binarize a float model (default ``BinarizeConfig()``).
         inplace: convert ``model`` itself instead of a deep copy.
         return_info: also return a dict with the float weights (``"float_weights"``), the
@@ -541,419 +539,3 @@ def recalibrate_batchnorm_(model: nn.Module, batches) -> nn.Module:
     if seen == 0:
         raise ConversionError("BatchNorm recalibration got no batches")
     return model
-
-
-def load_run(path, which: str = "last", device: str = "cpu") -> nn.Module:
-    """Load a ``sbnn convert`` run (folder or checkpoint) in eval mode.
-
-    The same as :func:`sbnn.evaluate.load_model`, which restores per-channel levels
-    (``--granularity channel``) and re-attaches the pruning masks the checkpoint holds.
-    """
-    from sbnn.evaluate import load_model
-
-    return load_model(path, which, device)
-
-
-# --------------------------------------------------------------------------------------------
-# sbnn convert: checkpoint in, run folder out
-# --------------------------------------------------------------------------------------------
-
-_CKPT_KEYS = ("model", "config", "num_classes", "in_chans")
-
-
-def _load_float_model(path: str, domain: str | None):
-    """(float model, binary twin holding the float weights, twin Config, checkpoint) or a
-    ConversionError that says what is wrong with the checkpoint."""
-    import os
-
-    from sbnn import models
-    from sbnn.config import Config, ConfigError, from_dict
-    from sbnn.train import build_model
-
-    if not os.path.isfile(path):
-        raise ConversionError(f"no checkpoint at '{path}' (give a .pt written by `sbnn train`)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # not a torch file at all
-        raise ConversionError(f"cannot read checkpoint '{path}': {e}") from None
-    missing = [k for k in _CKPT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ConversionError(
-            f"checkpoint '{path}' lacks the key(s) {missing}; expected a checkpoint written by "
-            f"`sbnn train` with {list(_CKPT_KEYS)}")
-    try:
-        cfg = from_dict(Config, ckpt["config"])
-    except ConfigError as e:
-        raise ConversionError(f"checkpoint '{path}' holds an invalid config: {e}") from None
-    name = cfg.model.name
-    if not models.is_registered(name):
-        raise ConversionError(
-            f"unknown architecture '{name}' in '{path}'; registered: "
-            f"{', '.join(models.list_models())}")
-    fp = build_model(cfg, ckpt["num_classes"], ckpt["in_chans"])
-    if sb_layers(fp):
-        raise ConversionError(
-            f"'{name}' is already a sparse-binary model; convert a full-precision twin "
-            f"({', '.join(models.list_models('*_fp'))})")
-    try:
-        fp.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ConversionError(f"checkpoint '{path}' does not match architecture '{name}': "
-                              f"{str(e).splitlines()[0]}") from None
-    twin = name[:-3] if name.endswith("_fp") else None
-    if twin is None or not models.is_registered(twin):
-        raise ConversionError(
-            f"architecture '{name}' has no registered sparse-binary twin (expected "
-            f"'{twin or name + ' without _fp'}'); use sbnn.convert(model, ...) from Python")
-    from dataclasses import replace
-
-    tcfg = replace(cfg, model=replace(cfg.model, name=twin, domain=domain or cfg.model.domain))
-    sb = build_model(tcfg, ckpt["num_classes"], ckpt["in_chans"])
-    miss, unexpected = sb.load_state_dict(ckpt["model"], strict=False)
-    # the binary layers' own state (tau/phi, estimator buffers) is not in a float checkpoint
-    own = {f"{n}.{k}" for n, m in sb_layers(sb) for k in m.state_dict() if k not in
-           ("weight", "bias")}
-    bad = [k for k in miss if k not in own]
-    if unexpected or bad:
-        raise ConversionError(
-            f"the float weights of '{name}' do not fit its twin '{twin}': missing {bad}, "
-            f"unexpected {list(unexpected)}")
-    return fp.eval(), sb, tcfg, ckpt
-
-
-def _scratch_summary(run_dir: str) -> dict:
-    import json
-    from pathlib import Path
-
-    p = Path(run_dir)
-    rep = p / "report.json"
-    if not rep.is_file():
-        raise ConversionError(f"--from-scratch: no report.json in '{run_dir}' (a `sbnn train` "
-                              "run folder is expected)")
-    r = json.loads(rep.read_text())
-    cfg = r.get("config") or {}
-    return {"run": str(p), "test_accuracy": r.get("test_accuracy"),
-            "ones_fraction": r.get("ones_fraction"), "epochs": r.get("epochs"),
-            "model": (cfg.get("model") or {}).get("name"),
-            "bits_per_binary_weight_kernel": (r.get("bits") or {}).get(
-                "bits_per_binary_weight_kernel")}
-
-
-def _atomic_json(path, obj) -> None:
-    import json
-
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "layer",
-                allocation: str = "uniform", prune: PruneConfig | None = None,
-                finetune_epochs: int = 0, from_scratch: str | None = None,
-                domain: str | None = None, gamma: float = 0.07, lr: float | None = None,
-                data_root: str | None = None, train_subset: int | None = None,
-                test_subset: int | None = None, threads: int | None = None,
-                device: str = "cpu", progress: bool = True, bn_batches: int = 0) -> dict:
-    """What ``sbnn convert`` does; returns the report dict. Everything is written to a temporary
-    folder next to ``out`` and renamed to ``out`` at the end, so a failure leaves no ``out``."""
-    import json
-    import os
-    import shutil
-    import time
-    from dataclasses import replace
-    from pathlib import Path
-
-    from sbnn import data as sdata
-    from sbnn.config import save_config, to_dict
-    from sbnn.evaluate import format_report, make_report
-    from sbnn.train import (
-        atomic_save,
-        evaluate_loader,
-        make_optimizer,
-        make_scheduler,
-        resolve_device,
-    )
-
-    # -- validate everything before touching the disk --------------------------------------
-    if isinstance(ones, bool) or not isinstance(ones, (int, float)) or not 0.0 < ones < 1.0:
-        raise ConversionError(f"--ones must be a fraction in the open interval (0, 1), got {ones}")
-    if bn_batches < 0:
-        raise ConversionError(f"--bn-batches must be >= 0, got {bn_batches}")
-    if finetune_epochs < 0:
-        raise ConversionError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    outp = Path(out)
-    if outp.exists() and (not outp.is_dir() or any(outp.iterdir())):
-        raise ConversionError(f"--out '{out}' exists and is not empty; choose a new run folder")
-    prune = prune or PruneConfig()
-    scratch = _scratch_summary(from_scratch) if from_scratch else None
-    if threads:
-        torch.set_num_threads(threads)
-    fp, model, cfg, ckpt = _load_float_model(checkpoint, domain)
-    dev = resolve_device(device)
-    model, info = convert(model, ones, granularity, allocation, prune=prune, inplace=True,
-                          return_info=True)
-    q_before = quantization_errors(info["float_weights"], model)
-
-    d = cfg.data
-    cfg = replace(
-        cfg, epochs=finetune_epochs, out=str(outp), device=str(dev), threads=threads,
-        progress=progress,
-        data=replace(d, root=data_root if data_root is not None else d.root,
-                     train_subset=train_subset if train_subset is not None else d.train_subset,
-                     test_subset=test_subset if test_subset is not None else d.test_subset),
-        optim=replace(cfg.optim, lr=lr if lr is not None else cfg.optim.lr),
-        sparsity=replace(cfg.sparsity, ec=float(ones), gamma=gamma, init="none"))
-    d = cfg.data
-    test_set = sdata.load_dataset(d.name, d.root, train=False).subset(d.test_subset)
-    test_loader = sdata.BatchLoader(test_set, d.eval_batch_size, device=dev)
-    fp, model = fp.to(dev), model.to(dev)
-    acc_fp = evaluate_loader(fp, test_loader)["accuracy"]
-    acc_conv = evaluate_loader(model, test_loader)["accuracy"]
-    acc_recal = None
-    train_set = None
-    if bn_batches or finetune_epochs:
-        train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
-    if bn_batches:
-        calib = sdata.BatchLoader(train_set, d.batch_size, shuffle=True, device=dev,
-                                  seed=cfg.seed + 12345)
-        recalibrate_batchnorm_(model, itertools.islice(iter(calib), bn_batches))
-        acc_recal = evaluate_loader(model, test_loader)["accuracy"]
-
-    tmp = outp.parent / f".{outp.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        save_config(cfg, tmp / "config.yaml")
-        from sbnn.prune import prune_state
-
-        def checkpoint_dict(epoch: int, best: float) -> dict:
-            return {"model": model.state_dict(), "config": to_dict(cfg),
-                    "num_classes": ckpt["num_classes"], "in_chans": ckpt["in_chans"],
-                    "epoch": epoch, "best_acc": best, "sbnn_format": 1,
-                    "convert": {"source": os.path.abspath(checkpoint), "ones": ones,
-                                "granularity": granularity, "allocation": allocation,
-                                "prune": prune.to_dict(), "budgets": info["budgets"],
-                                "prune_masks": prune_state(model)}}
-
-        acc0 = acc_conv if acc_recal is None else acc_recal
-        metrics = [{"epoch": 0, "test_accuracy": acc0, "ones_fraction": _ones(model),
-                    "stage": "converted" if acc_recal is None else "converted+bn"}]
-        best = acc0
-        atomic_save(checkpoint_dict(0, best), tmp / "best.pt")
-        t0 = time.perf_counter()
-        if finetune_epochs:
-            loader = sdata.BatchLoader(
-                train_set, d.batch_size, shuffle=True, device=dev, seed=cfg.seed,
-                augment=sdata.Augment(d.crop_padding, d.hflip, d.rotation))
-            metrics += _finetune(model, cfg, loader, test_loader, info, granularity,
-                                 make_optimizer, make_scheduler, evaluate_loader, progress)
-            for row in metrics[1:]:
-                if row["test_accuracy"] > best:
-                    best = row["test_accuracy"]
-                    atomic_save(checkpoint_dict(row["epoch"], best), tmp / "best.pt")
-        atomic_save(checkpoint_dict(finetune_epochs, best), tmp / "last.pt")
-        with open(tmp / "metrics.jsonl", "w") as f:
-            for row in metrics:
-                f.write(json.dumps(row) + "\n")
-
-        model.eval()
-        report = make_report(model, test_loader, cfg=cfg)
-        report["best_test_accuracy"] = best
-        report["epochs"] = finetune_epochs
-        report["train_wall_time_s"] = time.perf_counter() - t0
-        x = next(iter(test_loader))[0][:8]
-        from sbnn.prune import prune_stats
-
-        conv = {
-            "source": os.path.abspath(checkpoint), "ones": ones, "granularity": granularity,
-            "allocation": allocation, "domain": cfg.model.domain, "prune": prune.to_dict(),
-            "finetune_epochs": finetune_epochs, "gamma": gamma, "lr": cfg.optim.lr,
-            "bn_batches": bn_batches,
-            "accuracy": {"full_precision": acc_fp, "converted": acc_conv,
-                         "converted_bn_recalibrated": acc_recal,
-                         "finetuned": report["test_accuracy"] if finetune_epochs else None,
-                         "from_scratch": scratch["test_accuracy"] if scratch else None},
-            "from_scratch": scratch,
-            "quantization_error_converted": q_before,
-            "quantization_error_final": quantization_errors(info["float_weights"], model),
-            "pruning": prune_stats(model, x),
-        }
-        if prune.filters and prune.shrink:
-            conv["shrink"] = _shrink_copy(model, x, tmp / "shrunk_model.pt")
-        report["convert"] = conv
-        _atomic_json(tmp / "report.json", report)
-        if outp.exists():
-            outp.rmdir()
-        os.replace(tmp, outp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print(format_report(report, title=f"converted run {outp}"))
-    print(format_comparison(report))
-    return report
-
-
-def _ones(model: nn.Module) -> float:
-    layers = sb_layers(model)
-    n = sum(m.weight.numel() for _, m in layers)
-    return sum(int(m.bits().sum()) for _, m in layers) / n
-
-
-def _finetune(model, cfg, loader, test_loader, info, granularity, make_optimizer,
-              make_scheduler, evaluate_loader, progress) -> list[dict]:
-    """Fine-tune with the sparsity constraint; after every step the latent weights are clamped
-    and every group is trimmed back to its converted budget of ones (so p never exceeds it)."""
-    import time
-
-    import torch.nn.functional as F
-
-    from sbnn import estimators
-    from sbnn.constraint import SparsityConstraint
-    from sbnn.prune import project_
-
-    cons = SparsityConstraint(model, ec=cfg.sparsity.ec, gamma=cfg.sparsity.gamma)
-    opt = make_optimizer(cfg, model)
-    sched = make_scheduler(cfg, opt, len(loader))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs * len(loader), dynamic_ncols=True, desc="fine-tune")
-    rows = []
-    for epoch in range(cfg.epochs):
-        model.train()
-        loader.set_epoch(epoch)
-        if cfg.sparsity.ede_schedule:
-            estimators.set_progress(model, epoch, cfg.epochs)
-        t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            (loss + cons(loss)).backward()
-            opt.step()
-            sched.step()
-            cons.clamp_()
-            enforce_budget_(model, info["budgets"], granularity)
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
-            if bar is not None:
-                bar.set_postfix({"loss": f"{loss_sum / seen:.3f}",
-                                 "ones": f"{cons.last.get('ones_fraction', 0):.4f}"},
-                                refresh=False)
-                bar.update(1)
-        project_(model)
-        enforce_budget_(model, info["budgets"], granularity)
-        ev = evaluate_loader(model, test_loader)
-        rows.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
-                     "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
-                     "ones_fraction": _ones(model), "lr": opt.param_groups[0]["lr"],
-                     "epoch_time_s": time.perf_counter() - t0, "stage": "finetune"})
-        if bar is not None:
-            bar.write(f"epoch {epoch + 1}: test acc {ev['accuracy']:.4f}, "
-                      f"ones {rows[-1]['ones_fraction']:.4f}")
-    if bar is not None:
-        bar.close()
-    return rows
-
-
-def _shrink_copy(model: nn.Module, x: torch.Tensor, path) -> dict:
-    """Physically remove the dead filters of a copy, check its outputs equal the original's on
-    ``x`` and save the whole module (its shapes differ from the registry's: evaluate and
-    export keep using last.pt, which keeps dead filters as all-zero ones)."""
-    from sbnn.prune import detach_, prune_stats, shrink_
-
-    small = copy.deepcopy(model).eval()
-    detach_(small)
-    with torch.no_grad():
-        y0 = model.eval()(x)
-        removed = shrink_(small, x)
-        y1 = small(x)
-    torch.save(small, path)
-    return {"removed_filters": removed, "max_abs_output_diff": float((y0 - y1).abs().max()),
-            "file": path.name, "pruning_after": prune_stats(small, x)["total"]}
-
-
-def format_comparison(report: dict) -> str:
-    """The short table at the end of ``sbnn convert``."""
-    c = report["convert"]
-    acc = c["accuracy"]
-    rows: list[tuple[str, float | None]] = []
-
-    def row(label, v):
-        rows.append((label, v))
-
-    row("full precision (source)", acc["full_precision"])
-    row(f"converted, ones {c['ones']} ({c['granularity']}, {c['allocation']})", acc["converted"])
-    if acc.get("converted_bn_recalibrated") is not None:
-        row(f"  + BatchNorm recalibrated ({c['bn_batches']} batches)",
-            acc["converted_bn_recalibrated"])
-    if c["finetune_epochs"]:
-        row(f"after {c['finetune_epochs']} fine-tuning epoch(s)", acc["finetuned"])
-    if c["from_scratch"]:
-        row(f"from scratch ({c['from_scratch']['run']})", acc["from_scratch"])
-    w = max(len(label) for label, _ in rows)
-    lines = [f"{'model':<{w}}  {'test acc':>9}"]
-    lines += [f"{label:<{w}}  {'-' if v is None else f'{100 * v:.2f} %':>9}" for label, v in rows]
-    lines.append(f"{'layer':<12} {'ones':>7} {'rel. LS error':>14} {'after f-t':>10}")
-    after = {r["name"]: r for r in c["quantization_error_final"]}
-    for r in c["quantization_error_converted"]:
-        a = after.get(r["name"], {}).get("relative")
-        lines.append(f"{r['name']:<12} {r['ones_fraction']:>7.4f} {r['relative']:>14.4f} "
-                     f"{'-' if a is None else f'{a:.4f}':>10}")
-    return "\n".join(lines)
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert", help="convert a trained full-precision model to sparse-binary in closed form",
-        description="Closed-form conversion of a full-precision checkpoint (a *_fp model of the "
-                    "registry) into its sparse-binary twin at a target ones fraction, optional "
-                    "pruning and fine-tuning; writes a run folder like `sbnn train`'s.")
-    p.add_argument("checkpoint", help="last.pt/best.pt of a full-precision `sbnn train` run")
-    g = p.add_argument_group("conversion")
-    g.add_argument("--ones", type=float, required=True, help="target ones fraction in (0, 1)")
-    g.add_argument("--granularity", choices=GRANULARITIES, default="layer")
-    g.add_argument("--allocation", choices=ALLOCATIONS, default="uniform")
-    g.add_argument("--domain", default=None,
-                   help="domain of the binary twin (default: the checkpoint's, usually learned)")
-    g = p.add_argument_group("pruning (sbnn.prune)")
-    g.add_argument("--prune-magnitude", type=float, default=0.0, metavar="SHARE")
-    g.add_argument("--prune-filters", type=float, default=0.0, metavar="SHARE")
-    g.add_argument("--prune-kernels", type=float, default=0.0, metavar="SHARE")
-    g.add_argument("--patterns", type=int, default=None, metavar="K",
-                   help="Sub-bit: 2**K kernel patterns per layer (4, 5, 6)")
-    g.add_argument("--no-shrink", action="store_true",
-                   help="do not write the physically shrunk copy (shrunk_model.pt)")
-    g = p.add_argument_group("fine-tuning and report")
-    g.add_argument("--bn-batches", type=int, default=0, metavar="N",
-                   help="re-estimate BatchNorm statistics on N training batches after conversion")
-    g.add_argument("--finetune-epochs", type=int, default=0)
-    g.add_argument("--gamma", type=float, default=0.07, help="sparsity penalty share")
-    g.add_argument("--lr", type=float, default=None, help="default: the checkpoint's optim.lr")
-    g.add_argument("--from-scratch", metavar="RUN_DIR",
-                   help="a `sbnn train` run of the same network as an SBNN, for the report")
-    g.add_argument("--data", dest="data_root", help="dataset folder (default: the checkpoint's)")
-    g.add_argument("--train-subset", type=int, default=None)
-    g.add_argument("--test-subset", type=int, default=None)
-    g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--out", "-o", required=True, help="new run folder")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    import sys
-
-    try:
-        prune = PruneConfig(magnitude=args.prune_magnitude, filters=args.prune_filters,
-                            kernels=args.prune_kernels, patterns=args.patterns,
-                            shrink=not args.no_shrink)
-        run_convert(args.checkpoint, args.out, args.ones, args.granularity, args.allocation,
-                    prune, args.finetune_epochs, args.from_scratch, args.domain, args.gamma,
-                    args.lr, args.data_root, args.train_subset, args.test_subset, args.threads,
-                    args.device, not args.no_progress, args.bn_batches)
-    except (ConversionError, ValueError) as e:
-        print(f"sbnn convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -3,7 +3,7 @@
 Every estimator's forward is the binary sign with ``sign(0) = +1``. They differ only in the
 pseudo-gradient used in backward. Fetch one with :func:`get`::
 
-    est = sbnn.estimators.get("ede")   # a new module instance
+    est = sbnn.method.estimators.get("ede")   # a new module instance
     xb = est(x)                         # {-1, +1} forward, EDE backward
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sbnn.primitives import sign
+from sbnn.method.primitives import sign
 
 __all__ = [
     "Estimator",

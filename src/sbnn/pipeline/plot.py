@@ -33,8 +33,8 @@ def _metrics(run: Path) -> list[dict]:
 
 def plot_weights(run: str | Path, out: str | Path | None = None) -> Path | None:
     """Latent-weight histograms, one panel per binary layer; None for a model without any."""
-    from sbnn.constraint import sb_layers
-    from sbnn.evaluate import load_model
+    from sbnn.method.constraint import sb_layers
+    from sbnn.pipeline.runs import load_model
 
     run = Path(run)
     model = load_model(run)

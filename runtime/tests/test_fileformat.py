@@ -10,9 +10,9 @@ import struct
 import numpy as np
 import pytest
 
-from sbnn import fileformat as ff
-from sbnn.fileformat import Graph, Node, SBNNFormatError
-from sbnn.primitives import entropy
+import sbnn_runtime.fileformat as ff
+from sbnn.method.primitives import entropy
+from sbnn_runtime.fileformat import Graph, Node, SBNNFormatError
 
 
 def _bits(rng, shape, p):
@@ -149,7 +149,7 @@ def _check_loaded_or_error(blob: bytes, run_native) -> bool:
 
 
 def _native_runner():
-    from sbnn._native import core
+    from sbnn_runtime.native import core
 
     if core is None or not hasattr(core, "Engine"):
         return None

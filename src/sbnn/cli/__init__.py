@@ -15,13 +15,13 @@ import sys
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 SUBCOMMANDS: list[str] = [
-    "sbnn.train",
-    "sbnn.evaluate",
-    "sbnn.plot",
-    "sbnn.convert",
-    "sbnn.sweep",
-    "sbnn.export",
-    "sbnn.bench",
+    "sbnn.pipeline.train",
+    "sbnn.pipeline.evaluate",
+    "sbnn.pipeline.plot",
+    "sbnn.pipeline.convert_run",
+    "sbnn.pipeline.sweep",
+    "sbnn.deploy.export",
+    "sbnn.deploy.bench",
 ]
 
 
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from sbnn.config import ConfigError
-    from sbnn.data import DatasetNotFoundError
+    from sbnn.pipeline.config import ConfigError
+    from sbnn.pipeline.data import DatasetNotFoundError
 
     try:
         return int(args.func(args) or 0)

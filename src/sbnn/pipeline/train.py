@@ -18,7 +18,6 @@ each rank reads its own shard, only rank 0 writes files.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -33,57 +32,28 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from sbnn import data as sdata
+import sbnn.pipeline.data as sdata
 from sbnn import models
-from sbnn._io import atomic_write
-from sbnn.config import Config, from_dict, load_config, save_config, to_dict
+from sbnn.pipeline.config import Config, from_dict, load_config, save_config, to_dict
+from sbnn.pipeline.evaluate import evaluate_loader
+from sbnn.pipeline.runs import (
+    build_model,
+    load_checkpoint,
+    make_checkpoint,
+    reattach_masks,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from sbnn_runtime.files import atomic_write
 
-__all__ = ["Trainer", "train", "resolve_device", "atomic_save", "evaluate_loader"]
+__all__ = ["Trainer", "train", "make_optimizer", "make_scheduler"]
 
 
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use device=cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save`` written atomically (:func:`sbnn._io.atomic_write`): a kill at any moment
-    leaves either the old file or the new one, never a truncated one."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, buf.getbuffer())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text)
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
 
 def _seed_all(seed: int) -> None:
     random.seed(seed)
@@ -93,30 +63,6 @@ def _seed_all(seed: int) -> None:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-def _reattach_masks(model: nn.Module, ckpt: dict) -> None:
-    """Re-attach the pruning masks a checkpoint holds (``sbnn train`` or ``sbnn convert``)."""
-    masks = ckpt.get("prune_masks") or (ckpt.get("convert") or {}).get("prune_masks") or {}
-    if masks:
-        from sbnn.prune import LayerMasks, attach_
-
-        attach_(model, {n: LayerMasks.from_dict(d) for n, d in masks.items()})
-
-
-def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
-    """The model a config describes (fresh weights)."""
-    m = cfg.model
-    try:
-        return models.create(m.name, num_classes=num_classes, in_chans=in_chans, domain=m.domain,
-                             weight_estimator=m.weight_estimator, act=m.act, **m.kwargs)
-    except TypeError as e:  # a bad model.kwargs key ('{width:32}' is YAML for {'width:32': None})
-        if "unexpected keyword" not in str(e):
-            raise
-        from sbnn.config import ConfigError
-
-        raise ConfigError(f"model.kwargs {m.kwargs!r} does not fit model '{m.name}': {e}. "
-                          "In YAML flow style put a space after the colon: {width: 32}") from None
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -150,23 +96,8 @@ def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, steps_per_epoch: int
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-@torch.no_grad()
-def evaluate_loader(model: nn.Module, loader) -> dict:
-    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` over ``loader``."""
-    was_training = model.training
-    model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in loader:
-        out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        total += len(y)
-    model.train(was_training)
-    return {"accuracy": correct / max(1, total), "loss": loss_sum / max(1, total), "n": total}
-
-
 def has_sb_layers(model: nn.Module) -> bool:
-    from sbnn.constraint import sb_layers
+    from sbnn.method.constraint import sb_layers
 
     return bool(sb_layers(model))
 
@@ -192,7 +123,7 @@ class Trainer:
             ckpt_path = rpath / "last.pt" if rpath.is_dir() else rpath
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"cannot resume: no checkpoint at '{ckpt_path}'")
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            ckpt = load_checkpoint(ckpt_path)
             if cfg is None:
                 cfg = from_dict(Config, ckpt["config"])
             out = out or ckpt_path.parent
@@ -249,18 +180,18 @@ class Trainer:
         s = self.cfg.sparsity
         self.constraint = None
         if self.binary:
-            from sbnn.constraint import SparsityConstraint
+            from sbnn.method.constraint import SparsityConstraint
 
             self.constraint = SparsityConstraint(model, ec=s.ec, gamma=s.gamma)
             if s.init == "closed_form" and s.ec < 0.5:
-                from sbnn.binarize import init_closed_form_
+                from sbnn.verbs.binarize import init_closed_form_
 
                 with torch.no_grad():
                     init_closed_form_(model, s.ec)
             elif s.init not in ("closed_form", "none"):
                 raise ValueError(f"unknown sparsity.init '{s.init}'; valid: closed_form, none")
-            if self.cfg.prune.active:  # pruning masks that training keeps (sbnn.prune)
-                from sbnn.prune import prune_
+            if self.cfg.prune.active:  # pruning masks that training keeps (sbnn.verbs.prune)
+                from sbnn.verbs.prune import prune_
 
                 prune_(model, self.cfg.prune)
         self.model = model
@@ -270,12 +201,12 @@ class Trainer:
         self.best_acc = -1.0
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
-            _reattach_masks(model, ckpt)
+            reattach_masks(model, ckpt)
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.start_epoch = int(ckpt["epoch"])
             self.best_acc = float(ckpt.get("best_acc", -1.0))
-            _set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"])
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -292,7 +223,7 @@ class Trainer:
             return
         keep = [ln for ln in path.read_text().splitlines()
                 if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
-        _atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        atomic_write(path, "".join(ln + "\n" for ln in keep))
 
     def ones_fraction(self) -> float | None:
         if self.constraint is None:
@@ -301,21 +232,9 @@ class Trainer:
             return float(self.constraint.ones_fraction())
 
     def checkpoint(self, epoch: int) -> dict:
-        from sbnn.prune import prune_state
-
-        return {
-            "model": _unwrap(self.model).state_dict(),
-            "prune_masks": prune_state(_unwrap(self.model)),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,  # epochs completed
-            "best_acc": self.best_acc,
-            "config": to_dict(self.cfg),
-            "num_classes": self.num_classes,
-            "in_chans": self.in_chans,
-            "rng": _rng_state(),
-            "sbnn_format": 1,
-        }
+        return make_checkpoint(self.model, to_dict(self.cfg), self.num_classes, self.in_chans,
+                               epoch, self.best_acc, optimizer=self.optimizer,
+                               scheduler=self.scheduler, rng=rng_state())
 
     def train_epoch(self, epoch: int, bar=None) -> dict:
         cfg, model = self.cfg, self.ddp
@@ -323,7 +242,7 @@ class Trainer:
         loader = self.train_loader
         loader.set_epoch(epoch)
         if cfg.sparsity.ede_schedule:
-            from sbnn import estimators
+            from sbnn.method import estimators
 
             estimators.set_progress(_unwrap(model), epoch, cfg.epochs)
         mix_rng = np.random.default_rng([cfg.seed, epoch, self.rank])
@@ -397,9 +316,9 @@ class Trainer:
                 if is_best:
                     self.best_acc = acc
                 ckpt = self.checkpoint(done)
-                atomic_save(ckpt, self.out / "last.pt")
+                save_checkpoint(ckpt, self.out / "last.pt")
                 if is_best:
-                    atomic_save(ckpt, self.out / "best.pt")
+                    save_checkpoint(ckpt, self.out / "best.pt")
                 msg = f"epoch {done}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
                 if acc is not None:
                     msg += f", test acc {acc:.4f}"
@@ -419,14 +338,14 @@ class Trainer:
         wall = time.perf_counter() - t_run
         report = None
         if self.is_main:
-            from sbnn.evaluate import format_report, make_report
+            from sbnn.pipeline.evaluate import format_report, make_report
 
             report = make_report(_unwrap(self.model), self.test_loader, cfg=cfg)
             report["best_test_accuracy"] = self.best_acc
             report["train_wall_time_s"] = wall
             report["epoch_times_s"] = epoch_times
             report["epochs"] = cfg.epochs
-            _atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
+            atomic_write(self.out / "report.json", json.dumps(report, indent=2) + "\n")
             print(format_report(report, title=f"run {self.out}"))
         if self.distributed:
             dist.barrier()

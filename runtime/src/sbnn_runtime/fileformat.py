@@ -47,12 +47,12 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from sbnn._io import atomic_write
+from sbnn_runtime.files import atomic_write
+from sbnn_runtime.ops import DTYPES, MAX_ELEMS, OPS, Graph, Node, SBNNFormatError, infer_shapes
 
 __all__ = [
     "MAGIC",
@@ -74,204 +74,12 @@ MAGIC = b"\x89SBNN\r\n\x1a"
 VERSION = (1, 0)
 _PREFIX = struct.Struct("<8sHHIQ32s")  # magic, major, minor, header len, payload len, sha256
 MAX_HEADER = 64 << 20  # 64 MiB of JSON is far more than any graph needs
-MAX_ELEMS = 1 << 28  # per tensor: guards allocations driven by header numbers
 MAX_NODES = 100_000
-_DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1")}
-
-
-class SBNNFormatError(ValueError):
-    """A ``.sbnn`` file (or bytes) is not a valid model file; the message says what is wrong."""
-
-
-# -- the graph -------------------------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    """One operation. ``inputs`` are indices of earlier nodes; ``params`` are numpy arrays."""
-
-    op: str
-    inputs: list[int] = field(default_factory=list)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, np.ndarray] = field(default_factory=dict)
-    name: str = ""
-
-
-@dataclass
-class Graph:
-    """A model as a DAG of :class:`Node` in topological order; node 0 is the input."""
-
-    nodes: list[Node]
-    output: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.nodes[0].attrs["shape"])  # type: ignore[return-value]
-
-    def shapes(self) -> list[tuple[int, ...]]:
-        """Per-node output shape without the batch dimension (checks the graph)."""
-        return infer_shapes(self)
-
-
-# Per op: (number of inputs, {attr: type}, {param: (dtype, required)}).
-_I, _F, _B = int, float, bool
-OPS: dict[str, tuple[int, dict[str, type], dict[str, tuple[str, bool]]]] = {
-    "input": (0, {"shape": list}, {}),
-    "conv2d": (1, {"stride": _I, "padding": _I}, {"weight": ("f32", True), "bias": ("f32", False)}),
-    "sbconv2d": (
-        1,
-        {"stride": _I, "padding": _I, "binary_input": _B},
-        {
-            "bits": ("u8", True),
-            "eta": ("f32", True),
-            "xi": ("f32", True),
-            "bias": ("f32", True),
-            "thr": ("f32", False),
-        },
-    ),
-    "affine": (1, {}, {"scale": ("f32", True), "shift": ("f32", True)}),
-    "hardtanh": (1, {"lo": _F, "hi": _F}, {}),
-    "relu": (1, {}, {}),
-    "rprelu": (1, {}, {"shift_in": ("f32", True), "slope": ("f32", True),
-                       "shift_out": ("f32", True)}),
-    "add": (2, {}, {}),
-    "avgpool": (1, {"k": _I, "stride": _I, "pad": _I, "count_include_pad": _B}, {}),
-    "maxpool": (1, {"k": _I, "stride": _I, "pad": _I}, {}),
-    "global_avgpool": (1, {}, {}),
-    "flatten": (1, {}, {}),
-    "linear": (1, {}, {"weight": ("f32", True), "bias": ("f32", False)}),
-}
+_DTYPES = DTYPES
 
 
 def _err(msg: str) -> SBNNFormatError:
     return SBNNFormatError(msg)
-
-
-def _pool_out(n: int, k: int, s: int, p: int, where: str) -> int:
-    if k < 1 or s < 1 or p < 0 or 2 * p > k:
-        raise _err(f"{where}: bad window k={k} stride={s} pad={p}")
-    out = (n + 2 * p - k) // s + 1
-    if out < 1:
-        raise _err(f"{where}: window {k} with pad {p} does not fit input size {n}")
-    return out
-
-
-def _expect(where: str, name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
-    if tuple(arr.shape) != tuple(shape):
-        raise _err(f"{where}: param {name!r} has shape {tuple(arr.shape)}, expected {shape}")
-
-
-def infer_shapes(graph: Graph) -> list[tuple[int, ...]]:
-    """Check every node against its inputs and return the per-node shapes (no batch dim).
-
-    Raises :class:`SBNNFormatError` naming the node when anything is inconsistent, so the
-    native engine only ever sees graphs whose parameter shapes match their inputs.
-    """
-    nodes = graph.nodes
-    if not nodes or nodes[0].op != "input":
-        raise _err("graph must start with an 'input' node")
-    if len(nodes) > MAX_NODES:
-        raise _err(f"graph has {len(nodes)} nodes (limit {MAX_NODES})")
-    shapes: list[tuple[int, ...]] = []
-    for i, nd in enumerate(nodes):
-        where = f"node {i} ({nd.op} {nd.name!r})"
-        if nd.op not in OPS:
-            raise _err(f"{where}: unknown op; known ops: {', '.join(OPS)}")
-        n_in, attr_types, param_spec = OPS[nd.op]
-        if len(nd.inputs) != n_in or any(
-            not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i for j in nd.inputs
-        ):
-            raise _err(f"{where}: needs {n_in} input(s) among earlier nodes, got {nd.inputs}")
-        for a, t in attr_types.items():
-            v = nd.attrs.get(a)
-            ok = isinstance(v, t) and not (t is int and isinstance(v, bool))
-            if t is float and isinstance(v, int) and not isinstance(v, bool):
-                ok = True
-            if ok and t is int and not 0 <= v <= 1 << 16:
-                ok = False  # strides, paddings, windows: small non-negative ints
-            if not ok or (t is float and not math.isfinite(v)):
-                raise _err(f"{where}: attribute {a!r} must be {t.__name__}, got {v!r}")
-        for p, (dt, required) in param_spec.items():
-            arr = nd.params.get(p)
-            if arr is None:
-                if required:
-                    raise _err(f"{where}: missing param {p!r}")
-                continue
-            if not isinstance(arr, np.ndarray) or arr.dtype != _DTYPES[dt]:
-                raise _err(f"{where}: param {p!r} must be a {dt} array")
-        extra = set(nd.params) - set(param_spec)
-        if extra:
-            raise _err(f"{where}: unexpected params {sorted(extra)}")
-        ins = [shapes[j] for j in nd.inputs]
-        P = nd.params
-        if nd.op == "input":
-            s = nd.attrs["shape"]
-            if len(s) != 3 or not all(isinstance(v, int) and 1 <= v <= 1 << 16 for v in s):
-                raise _err(f"{where}: input shape must be 3 positive ints (C, H, W), got {s}")
-            out: tuple[int, ...] = tuple(s)
-        elif nd.op in ("conv2d", "sbconv2d"):
-            if len(ins[0]) != 3:
-                raise _err(f"{where}: needs a (C, H, W) input, got {ins[0]}")
-            c, h, w = ins[0]
-            wt = P["weight"] if nd.op == "conv2d" else P["bits"]
-            if wt.ndim != 4 or wt.shape[1] != c:
-                raise _err(f"{where}: weight shape {wt.shape} does not take {c} input channels")
-            co, _, kh, kw = wt.shape
-            st, pad = nd.attrs["stride"], nd.attrs["padding"]
-            if co < 1 or st < 1 or not 0 <= pad < max(kh, kw, 1) or min(kh, kw) < 1:
-                raise _err(f"{where}: bad kernel {kh}x{kw}, stride {st} or padding {pad}")
-            oh, ow = (h + 2 * pad - kh) // st + 1, (w + 2 * pad - kw) // st + 1
-            if min(oh, ow) < 1:
-                raise _err(f"{where}: kernel {kh}x{kw} pad {pad} does not fit input {h}x{w}")
-            names = ["bias"] if nd.op == "conv2d" else ["eta", "xi", "bias"]
-            for p in names:
-                if p in P:
-                    _expect(where, p, P[p], (co,))
-            if nd.op == "sbconv2d":
-                if P["bits"].size and int(P["bits"].max()) > 1:
-                    raise _err(f"{where}: bits must be 0/1")
-                if "thr" in P:
-                    _expect(where, "thr", P["thr"], (c,))
-            out = (co, oh, ow)
-        elif nd.op in ("affine", "rprelu"):
-            c = ins[0][0]
-            for p in P:
-                _expect(where, p, P[p], (c,))
-            out = ins[0]
-        elif nd.op == "add":
-            if ins[0] != ins[1]:
-                raise _err(f"{where}: adds shapes {ins[0]} and {ins[1]}")
-            out = ins[0]
-        elif nd.op in ("avgpool", "maxpool"):
-            if len(ins[0]) != 3:
-                raise _err(f"{where}: needs a (C, H, W) input, got {ins[0]}")
-            c, h, w = ins[0]
-            k, st, pad = nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"]
-            out = (c, _pool_out(h, k, st, pad, where), _pool_out(w, k, st, pad, where))
-        elif nd.op == "global_avgpool":
-            if len(ins[0]) != 3:
-                raise _err(f"{where}: needs a (C, H, W) input, got {ins[0]}")
-            out = (ins[0][0], 1, 1)
-        elif nd.op == "flatten":
-            out = (int(np.prod(ins[0])),)
-        elif nd.op == "linear":
-            wt = P["weight"]
-            if len(ins[0]) != 1 or wt.ndim != 2 or wt.shape[1] != ins[0][0] or wt.shape[0] < 1:
-                raise _err(f"{where}: weight {wt.shape} does not fit a flat input {ins[0]}")
-            if "bias" in P:
-                _expect(where, "bias", P["bias"], (wt.shape[0],))
-            out = (wt.shape[0],)
-        else:  # hardtanh, relu
-            if nd.op == "hardtanh" and not nd.attrs["lo"] <= nd.attrs["hi"]:
-                raise _err(f"{where}: lo > hi")
-            out = ins[0]
-        if int(np.prod(out)) > MAX_ELEMS:
-            raise _err(f"{where}: output of {out} elements is too large")
-        shapes.append(out)
-    if not isinstance(graph.output, int) or not 0 <= graph.output < len(nodes):
-        raise _err(f"output {graph.output!r} is not a node index")
-    return shapes
 
 
 # -- sparse-binary bits ----------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Export a PyTorch sparse-binary model to the engine's graph and to a ``.sbnn`` file.
 
-    >>> graph = sbnn.export.to_graph(model.eval(), input_shape=(1, 28, 28))
-    >>> sbnn.export.export(model, "model.sbnn", input_shape=(1, 28, 28))
+    >>> graph = sbnn.deploy.export.to_graph(model.eval(), input_shape=(1, 28, 28))
+    >>> sbnn.deploy.export.export(model, "model.sbnn", input_shape=(1, 28, 28))
 
 The model is traced with ``torch.fx``, keeping the sparse-binary layers, the activation shifts
-and BatchNorm as leaves, and rewritten into the ops of :mod:`sbnn.fileformat`:
+and BatchNorm as leaves, and rewritten into the ops of :mod:`sbnn_runtime.fileformat`:
 
 * ``SBConv2d`` (+ the BatchNorm that follows it, folded) becomes ``sbconv2d`` with bits ``b`` and
   per-channel ``eta' = s (beta - alpha)``, ``xi' = s alpha``, ``bias' = s (bias - mean) + beta_bn``
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from sbnn.fileformat import Graph, Node, infer_shapes, save
-from sbnn.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
+from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
+from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 
 __all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "add_parser"]
 
@@ -355,7 +355,7 @@ class _Converter:
 
 def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
              metadata: dict[str, Any] | None = None) -> Graph:
-    """Trace ``model`` (used in eval mode) into an engine :class:`~sbnn.fileformat.Graph`.
+    """Trace ``model`` (used in eval mode) into an engine :class:`~sbnn_runtime.fileformat.Graph`.
 
     ``input_shape`` is ``(C, H, W)`` of one sample; the batch size is free at run time.
     """
@@ -375,8 +375,8 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
 
 def graph_stats(graph: Graph) -> list[dict[str, Any]]:
     """Per sparse-binary layer: weights, ones fraction, H(p) bits and stored bits."""
-    from sbnn.fileformat import encode_bits
-    from sbnn.primitives import entropy
+    from sbnn.method.primitives import entropy
+    from sbnn_runtime.fileformat import encode_bits
 
     rows = []
     for nd in graph.nodes:
@@ -429,7 +429,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
         model.train(was_training)
     save(graph, path)
     if onnx_path is not None:
-        from sbnn.onnx_export import save_onnx
+        from sbnn.deploy.onnx_export import save_onnx
 
         save_onnx(graph, onnx_path)
     return graph
@@ -483,8 +483,8 @@ def add_parser(subparsers) -> None:
 def _cmd(args) -> int:
     import sys
 
-    from sbnn.evaluate import load_checkpoint, load_model
-    from sbnn.fileformat import SBNNFormatError
+    from sbnn.pipeline.runs import load_checkpoint, load_model
+    from sbnn_runtime.fileformat import SBNNFormatError
 
     which = "best" if args.best else "last"
     ckpt = load_checkpoint(args.path, which)

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbnn import estimators
-from sbnn.primitives import dequantize
+from sbnn.method import estimators
+from sbnn.method.primitives import dequantize
 
 __all__ = ["DOMAINS", "SBLayer", "SBConv2d", "SBLinear", "LearnableBias", "RSign", "RPReLU"]
 

@@ -1,14 +1,16 @@
-"""Every native binary-conv kernel against its reference twin (sbnn.kernels)."""
+"""Every native binary-conv kernel against its numpy reference twin (sbnn_runtime.kernels)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from sbnn import kernels
-from sbnn._native import core, native_error
+from sbnn_runtime import kernels, native
+from sbnn_runtime.native import core, native_error
+
+
+def assert_close(a, b, rtol, atol):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
 
 needs_core = pytest.mark.skipif(core is None, reason=f"no native core: {native_error}")
 
@@ -31,24 +33,24 @@ FRACS = [0.0, 0.05, 0.3, 1.0]
 
 
 def impl_params():
-    avail = kernels.available_impls()
+    avail = native.available_impls()
     return [pytest.param(i, marks=pytest.mark.skipif(i not in avail, reason=f"{i} not on this CPU"))
             for i in IMPLS]
 
 
 def make_case(shape, frac, seed):
     N, Ci, Co, H, W, k, s, p = shape
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, Ci, H, W, generator=g)
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((N, Ci, H, W), dtype=np.float32)
     x[:, :, 0, 0] = 0.0  # sign(0) = +1, pinned
-    bits = (torch.rand(Co, Ci, k, k, generator=g) < frac).to(torch.uint8)
+    bits = (g.random((Co, Ci, k, k)) < frac).astype(np.uint8)
     if Co > 2 and 0 < frac < 1:
         bits[1] = 0  # an all-zero filter
         bits[2, : Ci // 2] = 0  # all-zero kernels
-    eta = torch.rand(Co, generator=g) + 0.5
-    xi = torch.randn(Co, generator=g) * 0.1
-    bias = torch.randn(Co, generator=g)
-    thr = torch.randn(Ci, generator=g) * 0.3
+    eta = (g.random(Co) + 0.5).astype(np.float32)
+    xi = (g.standard_normal(Co) * 0.1).astype(np.float32)
+    bias = g.standard_normal(Co).astype(np.float32)
+    thr = (g.standard_normal(Ci) * 0.3).astype(np.float32)
     return x, bits, eta, xi, bias, thr, s, p
 
 
@@ -62,9 +64,9 @@ def test_counts_exact(shape, impl, kind):
         for t in (None, thr):
             rc, rw = kernels.bconv2d_counts_reference(x, bits, s, p, t)
             c, w = kernels.bconv2d_counts(x, bits, s, p, t, impl=impl, kind=kind)
-            assert c.dtype == torch.int32 and w.dtype == torch.int32
-            assert torch.equal(c, rc), (shape, frac, impl, kind)
-            assert torch.equal(w, rw), (shape, frac, impl, kind)
+            assert c.dtype == np.int32 and w.dtype == np.int32
+            assert np.array_equal(c, rc), (shape, frac, impl, kind)
+            assert np.array_equal(w, rw), (shape, frac, impl, kind)
 
 
 @needs_core
@@ -76,10 +78,11 @@ def test_float_matches_dequantized_conv(shape, impl, kind):
     x, bits, eta, xi, bias, thr, s, p = make_case(shape, 0.2, seed=7)
     y = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, impl=impl, kind=kind)
     sx = kernels.binarize_reference(x, thr)
-    ref = F.conv2d(sx.double(), kernels.dequantized_weight(bits, eta, xi).double(),
-                   bias.double(), stride=s, padding=p).float()
+    ref = kernels.conv2d_reference(sx.astype(np.float64),
+                                   kernels.dequantized_weight(bits, eta, xi).astype(np.float64),
+                                   bias, stride=s, padding=p)
     Ci, k = shape[1], shape[5]
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * Ci * k * k)
+    assert_close(y, ref, rtol=1e-5, atol=1e-5 * Ci * k * k)
 
 
 @needs_core
@@ -89,41 +92,39 @@ def test_threads_and_batches_agree(kind):
     y1 = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, kind=kind, num_threads=1)
     for n in (1, 5):  # batch < threads (channels split) and batch >= threads (images split)
         y2 = kernels.bconv2d(x[:n], bits, eta, xi, bias, s, p, thr, kind=kind, num_threads=3)
-        assert torch.equal(y1[:n], y2)
+        assert np.array_equal(y1[:n], y2)
 
 
 @needs_core
 def test_sparse_and_dense_agree_and_prepared_layer():
     x, bits, eta, xi, bias, thr, s, p = make_case((2, 33, 8, 6, 6, 3, 1, 1), 0.4, seed=5)
-    layer = core.BConv2d(bits.numpy(), eta.numpy(), xi.numpy(), bias.numpy(), 6, 6, s, p,
-                         thr.numpy(), "sparse")
+    layer = core.BConv2d(bits, eta, xi, bias, 6, 6, s, p, thr, "sparse")
     assert layer.ones == int(bits.sum())
     assert list(layer.out_shape) == [8, 6, 6]
-    ys = torch.from_numpy(layer(x.numpy()))
+    ys = layer(x)
     yd = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, kind="dense")
-    torch.testing.assert_close(ys, yd, rtol=1e-6, atol=1e-4)
+    assert_close(ys, yd, rtol=1e-6, atol=1e-4)
 
 
 @needs_core
 def test_non_contiguous_input_is_copied_not_misread():
     x, bits, eta, xi, bias, _, s, p = make_case((2, 5, 4, 7, 6, 3, 1, 1), 0.3, seed=2)
-    xt = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, other strides
-    assert not xt.is_contiguous()
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # other strides
+    assert not xt.flags.c_contiguous
     ref = kernels.bconv2d(x, bits, eta, xi, bias, s, p)
-    args = (bits.numpy(), eta.numpy(), xi.numpy(), bias.numpy(), s, p)
-    torch.testing.assert_close(torch.from_numpy(core.bconv2d(xt, *args)), ref, rtol=0, atol=0)
-    xn = np.asfortranarray(x.numpy())
-    torch.testing.assert_close(torch.from_numpy(core.bconv2d(xn, *args)), ref, rtol=0, atol=0)
+    args = (bits, eta, xi, bias, s, p)
+    assert np.array_equal(core.bconv2d(xt, *args), ref)
+    xn = np.asfortranarray(x)
+    assert np.array_equal(core.bconv2d(xn, *args), ref)
     wide = np.zeros((2, 5, 7, 12), np.float32)
-    wide[..., ::2] = x.numpy()
-    torch.testing.assert_close(torch.from_numpy(core.bconv2d(wide[..., ::2], *args)), ref,
-                               rtol=0, atol=0)
+    wide[..., ::2] = x
+    assert np.array_equal(core.bconv2d(wide[..., ::2], *args), ref)
 
 
 @needs_core
 def test_errors_are_clear():
     x, bits, eta, xi, bias, _, s, p = make_case((1, 4, 3, 5, 5, 3, 1, 1), 0.3, seed=1)
-    xn, bn, en = x.numpy(), bits.numpy(), eta.numpy()
+    xn, bn, en = x, bits, eta
     with pytest.raises(ValueError, match="eta"):
         core.bconv2d(xn, bn, en[:2], en, en, s, p)
     with pytest.raises(ValueError, match="x: expected"):
@@ -159,20 +160,20 @@ def test_reference_fallback_without_core(monkeypatch):
     x, bits, eta, xi, bias, thr, s, p = make_case((2, 3, 4, 5, 5, 3, 2, 1), 0.3, seed=4)
     monkeypatch.setattr(kernels, "core", None)
     y = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr)
-    ref = F.conv2d(kernels.binarize_reference(x, thr), kernels.dequantized_weight(bits, eta, xi),
-                   bias, stride=s, padding=p)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    ref = kernels.conv2d_reference(kernels.binarize_reference(x, thr),
+                                   kernels.dequantized_weight(bits, eta, xi), bias, s, p)
+    assert_close(y, ref, rtol=1e-5, atol=1e-4)
     with pytest.raises(RuntimeError):
         kernels.bconv2d(x, bits, eta, xi, bias, s, p, impl="scalar")
 
 
 def test_reference_pins_sign_zero_and_padding():
-    x = torch.zeros(1, 1, 2, 2)
-    bits = torch.ones(1, 1, 3, 3, dtype=torch.uint8)
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    bits = np.ones((1, 1, 3, 3), np.uint8)
     c, w = kernels.bconv2d_counts_reference(x, bits, 1, 1)
     # sign(0) = +1 and the padded taps count 0: every window sees the 4 pixels
-    assert torch.equal(c, torch.full((1, 1, 2, 2), 4, dtype=torch.int32))
-    assert torch.equal(w, torch.full((1, 2, 2), 4, dtype=torch.int32))
+    assert np.array_equal(c, np.full((1, 1, 2, 2), 4, dtype=np.int32))
+    assert np.array_equal(w, np.full((1, 2, 2), 4, dtype=np.int32))
 
 
 @needs_core
@@ -201,14 +202,14 @@ def test_stacked_small_maps_exact(impl):
                 rc, rw = kernels.bconv2d_counts_reference(x, bits, s, p, thr)
                 c, w = kernels.bconv2d_counts(x, bits, s, p, thr, impl=impl, kind="sparse")
                 case = (N, Ci, H, W, k, s, p, frac)
-                assert torch.equal(c, rc), case
-                assert torch.equal(w, rw), case
+                assert np.array_equal(c, rc), case
+                assert np.array_equal(w, rw), case
                 y1 = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, impl=impl)
                 y3 = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, impl=impl, num_threads=3)
-                assert torch.equal(y1, y3), case
-                ref = eta.view(1, -1, 1, 1) * rc + xi.view(1, -1, 1, 1) * rw[:, None] + \
-                    bias.view(1, -1, 1, 1)
-                torch.testing.assert_close(y1, ref.float(), rtol=1e-5, atol=1e-4)
+                assert np.array_equal(y1, y3), case
+                ref = eta.reshape(1, -1, 1, 1) * rc + xi.reshape(1, -1, 1, 1) * rw[:, None] + \
+                    bias.reshape(1, -1, 1, 1)
+                assert_close(y1, ref, rtol=1e-5, atol=1e-4)
 
 
 @needs_core

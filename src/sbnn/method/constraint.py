@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sbnn.layers import SBLayer
+from sbnn.method.layers import SBLayer
 
 __all__ = ["SparsityConstraint", "sb_layers"]
 

@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from sbnn import estimators
-from sbnn.constraint import sb_layers
-from sbnn.layers import DOMAINS, SBConv2d, SBLayer, SBLinear
-from sbnn.primitives import closed_form
+from sbnn.method import estimators
+from sbnn.method.constraint import sb_layers
+from sbnn.method.layers import DOMAINS, SBConv2d, SBLayer, SBLinear
+from sbnn.method.primitives import closed_form
 
 __all__ = ["BinarizeConfig", "binarize_", "init_closed_form_"]
 
@@ -23,7 +23,8 @@ class BinarizeConfig:
 
     Attributes:
         domain: one of ``"learned"``, ``"closed_form"``, ``"pm1"``, ``"01"``.
-        weight_estimator: estimator name for the weights' sign (see ``sbnn.estimators.names()``).
+        weight_estimator: estimator name for the weights' sign
+            (see ``sbnn.method.estimators.names()``).
         act: estimator name for the input activations, or ``None`` for real activations.
         keep_first: keep the first ``nn.Conv2d`` in full precision (the paper's layout).
         keep_last: keep the last ``nn.Linear`` (the classifier) in full precision.

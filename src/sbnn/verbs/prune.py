@@ -45,9 +45,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from sbnn.constraint import sb_layers
-from sbnn.layers import SBConv2d, SBLayer
-from sbnn.primitives import entropy
+from sbnn.method.constraint import sb_layers
+from sbnn.method.layers import SBConv2d, SBLayer
+from sbnn.method.primitives import entropy
 
 __all__ = [
     "PruneConfig",

@@ -174,7 +174,7 @@ def pack_bits(bits: torch.Tensor | np.ndarray) -> np.ndarray:
     """
     arr = bits.detach().cpu().numpy() if isinstance(bits, torch.Tensor) else np.asarray(bits)
     arr = np.ascontiguousarray(arr.reshape(-1) != 0, dtype=np.uint8)
-    from sbnn._native import core
+    from sbnn_runtime.native import core
 
     if core is not None:
         return core.pack_bits(arr)

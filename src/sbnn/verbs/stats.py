@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sbnn.constraint import sb_layers
-from sbnn.primitives import entropy
+from sbnn.method.constraint import sb_layers
+from sbnn.method.primitives import entropy
 
 __all__ = ["layer_stats", "model_bits", "kernel_storage_bits"]
 

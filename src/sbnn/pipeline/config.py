@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sbnn.prune import PruneConfig
+from sbnn.verbs.prune import PruneConfig
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
@@ -78,7 +78,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)  # see sbnn.prune.PruneConfig
+    prune: PruneConfig = field(default_factory=PruneConfig)  # see sbnn.verbs.prune.PruneConfig
     epochs: int = 4
     seed: int = 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N

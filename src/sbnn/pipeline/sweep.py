@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from sbnn.config import Config, load_config
+from sbnn.pipeline.config import Config, load_config
 
 __all__ = ["GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "add_parser"]
 
@@ -68,7 +68,7 @@ def _rank() -> int:
 
 def _train_one(cfg: Config, run_dir: Path) -> dict:
     """Train (or resume, or skip) one run; returns its report."""
-    from sbnn.train import Trainer
+    from sbnn.pipeline.train import Trainer
 
     report_path = run_dir / "report.json"
     if report_path.is_file():
@@ -82,9 +82,10 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
     """Export the run to ``model.sbnn``; bits in the file, its size and engine latency."""
     import numpy as np
 
-    from sbnn import engine, fileformat
-    from sbnn.evaluate import load_model
-    from sbnn.export import export, graph_stats
+    from sbnn import engine
+    from sbnn.deploy.export import export, graph_stats
+    from sbnn.pipeline.runs import load_model
+    from sbnn_runtime import fileformat
 
     path = run_dir / "model.sbnn"
     ckpt = run_dir / "last.pt"
@@ -110,7 +111,7 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
               deploy: bool = True, latency: bool = True) -> list[dict]:
     """Train every (domain, EC, seed) combination of ``cfg`` and write the sweep's results."""
     from sbnn import models
-    from sbnn.export import _DATASET_SHAPES
+    from sbnn.deploy.export import _DATASET_SHAPES
 
     for d in domains:
         if d not in DOMAIN_ALIASES:

@@ -1,0 +1,19 @@
+"""sbnn-runtime: run ``.sbnn`` sparse binary networks on CPUs, with numpy and nothing else.
+
+    >>> import sbnn_runtime
+    >>> engine = sbnn_runtime.load("model.sbnn", num_threads=1)
+    >>> logits = engine(x)        # float32 (N, C, H, W): numpy, or DLPack / array-interface
+
+Modules: :mod:`sbnn_runtime.ops` (the graph and the one table of its ops),
+:mod:`sbnn_runtime.fileformat` (the file reader and writer), :mod:`sbnn_runtime.engine`,
+:mod:`sbnn_runtime.kernels` (the binary convs and their reference twins) and
+:mod:`sbnn_runtime.native` (the compiled core, or why it is missing).
+"""
+
+from sbnn_runtime.engine import Engine, load
+from sbnn_runtime.fileformat import SBNNFormatError
+from sbnn_runtime.ops import OPS, Graph, Node, reference_forward
+
+__version__ = "0.1.0"
+
+__all__ = ["Engine", "Graph", "Node", "OPS", "SBNNFormatError", "load", "reference_forward"]

@@ -1,0 +1,154 @@
+"""Run a ``.sbnn`` model: the native sparse-binary CPU engine, or the numpy reference twin.
+
+    >>> engine = sbnn_runtime.load("model.sbnn")           # native engine, all cores
+    >>> logits = engine(x)                                 # x: float32 (N, C, H, W) -> (N, classes)
+    >>> engine.run(x, profile=True)                        # (logits, [(op, seconds), ...])
+
+``backend="native"`` builds ``sbnn_runtime._core.Engine`` from the graph, op by op, as each op's
+entry in :data:`sbnn_runtime.ops.OPS` says; ``"reference"`` runs every op's numpy reference
+(slow, the exact twin of the semantics). ``"auto"`` picks native and falls back to the
+reference with a warning when the extension is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from sbnn_runtime import fileformat, native
+from sbnn_runtime.ops import OPS, Graph, reference_forward
+
+__all__ = ["Engine", "load", "as_input"]
+
+BACKENDS = ("auto", "native", "reference")
+
+
+def as_input(x: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Check a batch against the model's (C, H, W); returns a C-contiguous float32 array.
+
+    Takes a numpy array or any object with ``__dlpack__`` (a CPU torch tensor, a JAX array, ...)
+    or ``__array_interface__``; it must already be float32 (no silent casts) and on the CPU.
+    """
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__dlpack__"):
+            dev = getattr(x, "device", None)
+            if dev is not None and getattr(dev, "type", "cpu") != "cpu":
+                raise ValueError(f"input is on {dev}; the sbnn engine runs on CPU arrays only")
+            try:
+                if getattr(x, "requires_grad", False):
+                    x = x.detach()
+                x = np.from_dlpack(x)
+            except (TypeError, RuntimeError, BufferError) as exc:
+                raise TypeError(f"input of type {type(x).__name__} could not be read through "
+                                f"DLPack: {exc}") from None
+        elif hasattr(x, "__array_interface__"):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"input must be a numpy array or a DLPack / array-interface object "
+                            f"(float32, CPU), got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"input dtype is {x.dtype}; expected float32")
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+        want = ", ".join(map(str, shape))
+        raise ValueError(f"input shape is {tuple(x.shape)}; expected (N, {want})")
+    if x.shape[0] == 0:
+        raise ValueError("input batch is empty (N = 0)")
+    return np.ascontiguousarray(x)  # copies only when strided or not native-endian
+
+
+class Engine:
+    """A loaded model: call it on float32 ``(N, C, H, W)`` batches to get outputs (numpy)."""
+
+    def __init__(self, graph: Graph, num_threads: int | None = None, *, sparse: bool = True,
+                 backend: str = "auto", impl: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        core = native.core
+        usable = core is not None and hasattr(core, "Engine")
+        if backend == "auto":
+            if not usable:
+                warnings.warn(f"native engine unavailable ({native.native_error or 'no Engine'}); "
+                              "running the slow numpy reference", RuntimeWarning, stacklevel=3)
+                backend = "reference"
+            else:
+                backend = "native"
+        if backend == "native" and not usable:
+            raise RuntimeError(native.native_error or "sbnn_runtime._core has no Engine; "
+                               "rebuild the extension")
+        self.graph = graph
+        self.backend = backend
+        self.sparse = bool(sparse)
+        self.impl = impl
+        self.shapes = graph.shapes()
+        self.input_shape = self.shapes[0]
+        self.num_threads = num_threads
+        self._native = None
+        if backend == "native":
+            self._native = self._build(core, num_threads)
+            self.num_threads = self._native.num_threads
+
+    def _build(self, core, num_threads):
+        eng = core.Engine(0 if num_threads is None else int(num_threads))
+        opts = {"sparse": self.sparse, "impl": self.impl}
+        ids: list[int] = []
+        for nd in self.graph.nodes:
+            ids.append(OPS[nd.op].build(eng, nd, [ids[j] for j in nd.inputs], opts))
+        eng.set_output(ids[self.graph.output])
+        return eng
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shapes[self.graph.output]
+
+    def run(self, x, profile: bool = False):
+        """``x (N, C, H, W) float32 -> numpy (N, ...)``; with ``profile`` also per-op seconds."""
+        x = as_input(x, self.input_shape)
+        if self._native is None:
+            return reference_forward(self.graph, x, profile)
+        return self._native.run(x, profile)
+
+    def __call__(self, x) -> np.ndarray:
+        return self.run(x)
+
+    def layer_names(self) -> list[str]:
+        """``op:name`` of each node after the input, in the order the engine runs them."""
+        return [f"{nd.op}:{nd.name}" for nd in self.graph.nodes[1:]]
+
+    def bench(self, batch: int = 1, warmup: int = 3, repeat: int = 20, seed: int = 0) -> dict:
+        """Median whole-model and per-op latency (seconds) on a random batch."""
+        x = np.random.default_rng(seed).standard_normal((batch, *self.input_shape),
+                                                         dtype=np.float32)
+        for _ in range(warmup):
+            self.run(x)
+        totals, per_op = [], []
+        names: list[str] = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            _, times = self.run(x, profile=True)
+            totals.append(time.perf_counter() - t0)
+            per_op.append([float(s) for _, s in times])
+            names = [n for n, _ in times]
+        return {"batch": batch, "median_s": float(np.median(totals)),
+                "layers": [{"name": n, "median_s": float(np.median([r[i] for r in per_op]))}
+                           for i, n in enumerate(names)]}
+
+    def __repr__(self) -> str:
+        return (f"sbnn_runtime.Engine(backend={self.backend!r}, input={self.input_shape}, "
+                f"output={self.output_shape}, sparse={self.sparse}, "
+                f"num_threads={self.num_threads})")
+
+
+def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: bool = True,
+         backend: str = "auto", impl: str = "auto") -> Engine:
+    """Load a ``.sbnn`` file into a callable :class:`Engine`.
+
+    ``num_threads=None`` uses every core. ``sparse=False`` runs the binary convs with the dense
+    bit-packed XNOR/popcount kernel (the BNN baseline) instead of the sparse one. ``impl``
+    forces a kernel ISA (``"ref"``, ``"scalar"``, ``"avx2"``, ``"avx512"``; default: the best
+    this CPU runs, or ``$SBNN_ISA``).
+    """
+    return Engine(fileformat.load(path), num_threads, sparse=sparse, backend=backend, impl=impl)

@@ -1,0 +1,562 @@
+"""The graph of a ``.sbnn`` model and the one table of its operations.
+
+A model is a :class:`Graph`: a list of :class:`Node` in topological order (node ``i`` produces
+tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a node may name is one
+:class:`OpSpec` in :data:`OPS`, which says everything sbnn knows about it:
+
+* ``inputs``, ``attrs`` (name -> type) and ``params`` (name -> (dtype, required));
+* ``shape(node, input_shapes, where)``: the output shape of one image, checking the node's
+  parameters against its inputs (raises :class:`SBNNFormatError`);
+* ``reference(node, inputs)``: the numpy float32 semantics (the reference twin of the engine);
+* ``build(native_engine, node, input_ids, options)``: how the native engine runs it;
+* ``onnx(ctx, node, inputs, output)``: its lowering to standard ONNX operators, written against a
+  small builder (``ctx.node``, ``ctx.const``, ``ctx.chan``) so that this module never imports onnx;
+* ``macs(node, input_shapes, output_shape)``: multiply-accumulates (binary ones for binary
+  convs) per image, for summaries and for the loader's work limit.
+
+Adding an op means one entry here plus its C++ in ``runtime/csrc``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sbnn_runtime import kernels
+
+__all__ = [
+    "SBNNFormatError",
+    "Node",
+    "Graph",
+    "OpSpec",
+    "OPS",
+    "DTYPES",
+    "MAX_ELEMS",
+    "infer_shapes",
+    "reference_forward",
+    "graph_macs",
+]
+
+DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1")}
+MAX_ELEMS = 1 << 28  # per tensor: guards allocations driven by header numbers
+
+Shape = tuple[int, ...]
+
+
+class SBNNFormatError(ValueError):
+    """A ``.sbnn`` file, bytes or graph is not a valid model; the message says what is wrong."""
+
+
+@dataclass
+class Node:
+    """One operation. ``inputs`` are indices of earlier nodes; ``params`` are numpy arrays."""
+
+    op: str
+    inputs: list[int] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    name: str = ""
+
+
+@dataclass
+class Graph:
+    """A model as a DAG of :class:`Node` in topological order; node 0 is the input."""
+
+    nodes: list[Node]
+    output: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.nodes[0].attrs["shape"])  # type: ignore[return-value]
+
+    def shapes(self) -> list[Shape]:
+        """Per-node output shape without the batch dimension (checks the graph)."""
+        return infer_shapes(self)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything about one op; see the module docstring."""
+
+    name: str
+    inputs: int
+    attrs: dict[str, type]
+    params: dict[str, tuple[str, bool]]
+    shape: Callable[[Node, list[Shape], str], Shape]
+    reference: Callable[[Node, list[np.ndarray]], np.ndarray]
+    build: Callable[[Any, Node, list[int], dict], int]
+    onnx: Callable[[Any, Node, list[str], str], None]
+    macs: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def _register(spec: OpSpec) -> OpSpec:
+    if spec.name in OPS:
+        raise ValueError(f"op {spec.name!r} is already registered")
+    OPS[spec.name] = spec
+    return spec
+
+
+def _err(msg: str) -> SBNNFormatError:
+    return SBNNFormatError(msg)
+
+
+def _expect(where: str, name: str, arr: np.ndarray, shape: Shape) -> None:
+    if tuple(arr.shape) != tuple(shape):
+        raise _err(f"{where}: param {name!r} has shape {tuple(arr.shape)}, expected {shape}")
+
+
+def _spatial(where: str, s: Shape) -> tuple[int, int, int]:
+    if len(s) != 3:
+        raise _err(f"{where}: needs a (C, H, W) input, got {s}")
+    return s  # type: ignore[return-value]
+
+
+def _cview(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    # per-channel vector (C,) against x: (N, C, H, W) or (N, F)
+    return np.asarray(v, np.float32).reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+_I, _F, _B = int, float, bool
+
+
+# -- conv2d / sbconv2d ------------------------------------------------------------------------
+
+def _conv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    c, h, w = _spatial(where, ins[0])
+    P = nd.params
+    wt = P["weight"] if nd.op == "conv2d" else P["bits"]
+    if wt.ndim != 4 or wt.shape[1] != c:
+        raise _err(f"{where}: weight shape {wt.shape} does not take {c} input channels")
+    co, _, kh, kw = wt.shape
+    st, pad = nd.attrs["stride"], nd.attrs["padding"]
+    if co < 1 or st < 1 or not 0 <= pad < max(kh, kw, 1) or min(kh, kw) < 1:
+        raise _err(f"{where}: bad kernel {kh}x{kw}, stride {st} or padding {pad}")
+    oh, ow = (h + 2 * pad - kh) // st + 1, (w + 2 * pad - kw) // st + 1
+    if min(oh, ow) < 1:
+        raise _err(f"{where}: kernel {kh}x{kw} pad {pad} does not fit input {h}x{w}")
+    for p in (["bias"] if nd.op == "conv2d" else ["eta", "xi", "bias"]):
+        if p in P:
+            _expect(where, p, P[p], (co,))
+    if nd.op == "sbconv2d":
+        if P["bits"].size and int(P["bits"].max()) > 1:
+            raise _err(f"{where}: bits must be 0/1")
+        if "thr" in P:
+            _expect(where, "thr", P["thr"], (c,))
+    return (co, oh, ow)
+
+
+def _conv_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
+    wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
+    return int(np.prod(out)) * int(np.prod(wt.shape[1:]))
+
+
+def _onnx_conv(ctx, nd: Node, ins: list[str], out: str, w: np.ndarray, x: str) -> None:
+    P, A = nd.params, nd.attrs
+    args = [x, ctx.const("w", w)]
+    if "bias" in P:
+        args.append(ctx.const("b", P["bias"]))
+    p = A["padding"]
+    ctx.node("Conv", args, [out], kernel_shape=list(w.shape[2:]), strides=[A["stride"]] * 2,
+             pads=[p] * 4)
+
+
+_register(OpSpec(
+    "conv2d", 1, {"stride": _I, "padding": _I},
+    {"weight": ("f32", True), "bias": ("f32", False)},
+    shape=_conv_shape,
+    reference=lambda nd, x: kernels.conv2d_reference(
+        x[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
+        nd.attrs["padding"]),
+    build=lambda eng, nd, src, opt: eng.conv2d(
+        src[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
+        nd.attrs["padding"]),
+    onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
+    macs=_conv_macs,
+))
+
+
+def _sbconv_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    P, A = nd.params, nd.attrs
+    if not A["binary_input"]:  # real activations: a float conv with the folded weight
+        w = kernels.dequantized_weight(P["bits"], P["eta"], P["xi"])
+        return kernels.conv2d_reference(x[0], w, P["bias"], A["stride"], A["padding"])
+    return kernels.bconv2d_reference(x[0], P["bits"], P["eta"], P["xi"], P["bias"], A["stride"],
+                                     A["padding"], P.get("thr"))
+
+
+def _sbconv_build(eng, nd: Node, src: list[int], opt: dict) -> int:
+    P, A = nd.params, nd.attrs
+    if not A["binary_input"]:
+        w = kernels.dequantized_weight(P["bits"], P["eta"], P["xi"])
+        return eng.conv2d(src[0], w, P["bias"], A["stride"], A["padding"])
+    return eng.sbconv2d(src[0], P["bits"], P["eta"], P["xi"], P["bias"], A["stride"],
+                        A["padding"], P.get("thr"), opt.get("sparse", True),
+                        opt.get("impl", "auto"))
+
+
+def _sbconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    # sign(0) = +1, so Where(x >= thr, 1, -1) rather than Sign; zero padding then stays 0
+    P = nd.params
+    x = ins[0]
+    if nd.attrs["binary_input"]:
+        c = P["bits"].shape[1]
+        thr = P.get("thr", np.zeros(c, np.float32))
+        ge = ctx.tmp("ge")
+        ctx.node("GreaterOrEqual", [x, ctx.const("thr", thr.reshape(1, -1, 1, 1))], [ge])
+        x = ctx.tmp("xb")
+        ctx.node("Where", [ge, ctx.const("one", np.float32(1)), ctx.const("mone", np.float32(-1))],
+                 [x])
+    _onnx_conv(ctx, nd, ins, out, kernels.dequantized_weight(P["bits"], P["eta"], P["xi"]), x)
+
+
+_register(OpSpec(
+    "sbconv2d", 1, {"stride": _I, "padding": _I, "binary_input": _B},
+    {"bits": ("u8", True), "eta": ("f32", True), "xi": ("f32", True), "bias": ("f32", True),
+     "thr": ("f32", False)},
+    shape=_conv_shape, reference=_sbconv_reference, build=_sbconv_build, onnx=_sbconv_onnx,
+    macs=_conv_macs,
+))
+
+
+# -- per-channel and element-wise ops --------------------------------------------------------
+
+def _same_channels(nd: Node, ins: list[Shape], where: str) -> Shape:
+    c = ins[0][0]
+    for p, arr in nd.params.items():
+        _expect(where, p, arr, (c,))
+    return ins[0]
+
+
+def _same(nd: Node, ins: list[Shape], where: str) -> Shape:
+    return ins[0]
+
+
+def _elementwise(nd: Node, ins: list[Shape], out: Shape) -> int:
+    return int(np.prod(out))
+
+
+def _affine_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    m = ctx.tmp("mul")
+    ctx.node("Mul", [ins[0], ctx.chan("s", nd.params["scale"])], [m])
+    ctx.node("Add", [m, ctx.chan("t", nd.params["shift"])], [out])
+
+
+_register(OpSpec(
+    "affine", 1, {}, {"scale": ("f32", True), "shift": ("f32", True)},
+    shape=_same_channels,
+    reference=lambda nd, x: (x[0] * _cview(nd.params["scale"], x[0])
+                             + _cview(nd.params["shift"], x[0])),
+    build=lambda eng, nd, src, opt: eng.affine(src[0], nd.params["scale"], nd.params["shift"]),
+    onnx=_affine_onnx, macs=_elementwise,
+))
+
+
+def _hardtanh_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    if not nd.attrs["lo"] <= nd.attrs["hi"]:
+        raise _err(f"{where}: lo > hi")
+    return ins[0]
+
+
+_register(OpSpec(
+    "hardtanh", 1, {"lo": _F, "hi": _F}, {},
+    shape=_hardtanh_shape,
+    reference=lambda nd, x: np.clip(x[0], np.float32(nd.attrs["lo"]), np.float32(nd.attrs["hi"])),
+    build=lambda eng, nd, src, opt: eng.hardtanh(src[0], nd.attrs["lo"], nd.attrs["hi"]),
+    onnx=lambda ctx, nd, ins, out: ctx.node(
+        "Clip", [ins[0], ctx.const("lo", np.float32(nd.attrs["lo"])),
+                 ctx.const("hi", np.float32(nd.attrs["hi"]))], [out]),
+    macs=_elementwise,
+))
+
+_register(OpSpec(
+    "relu", 1, {}, {},
+    shape=_same,
+    reference=lambda nd, x: np.maximum(x[0], np.float32(0)),
+    build=lambda eng, nd, src, opt: eng.relu(src[0]),
+    onnx=lambda ctx, nd, ins, out: ctx.node("Relu", ins, [out]),
+    macs=_elementwise,
+))
+
+
+def _rprelu_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    P = nd.params
+    z = x[0] - _cview(P["shift_in"], x[0])
+    return np.where(z >= 0, z, z * _cview(P["slope"], x[0])) + _cview(P["shift_out"], x[0])
+
+
+def _rprelu_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    P = nd.params
+    z, pz = ctx.tmp("z"), ctx.tmp("pz")
+    ctx.node("Sub", [ins[0], ctx.chan("si", P["shift_in"])], [z])
+    ctx.node("PRelu", [z, ctx.chan("sl", P["slope"])], [pz])
+    ctx.node("Add", [pz, ctx.chan("so", P["shift_out"])], [out])
+
+
+_register(OpSpec(
+    "rprelu", 1, {},
+    {"shift_in": ("f32", True), "slope": ("f32", True), "shift_out": ("f32", True)},
+    shape=_same_channels, reference=_rprelu_reference,
+    build=lambda eng, nd, src, opt: eng.rprelu(src[0], nd.params["shift_in"], nd.params["slope"],
+                                               nd.params["shift_out"]),
+    onnx=_rprelu_onnx, macs=_elementwise,
+))
+
+
+def _add_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    if ins[0] != ins[1]:
+        raise _err(f"{where}: adds shapes {ins[0]} and {ins[1]}")
+    return ins[0]
+
+
+_register(OpSpec(
+    "add", 2, {}, {},
+    shape=_add_shape,
+    reference=lambda nd, x: x[0] + x[1],
+    build=lambda eng, nd, src, opt: eng.add(src[0], src[1]),
+    onnx=lambda ctx, nd, ins, out: ctx.node("Add", ins, [out]),
+    macs=_elementwise,
+))
+
+
+# -- pooling ---------------------------------------------------------------------------------
+
+def _pool_out(n: int, k: int, s: int, p: int, where: str) -> int:
+    if k < 1 or s < 1 or p < 0 or 2 * p > k:
+        raise _err(f"{where}: bad window k={k} stride={s} pad={p}")
+    out = (n + 2 * p - k) // s + 1
+    if out < 1:
+        raise _err(f"{where}: window {k} with pad {p} does not fit input size {n}")
+    return out
+
+
+def _pool_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    c, h, w = _spatial(where, ins[0])
+    k, st, pad = nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"]
+    return (c, _pool_out(h, k, st, pad, where), _pool_out(w, k, st, pad, where))
+
+
+def _pool_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
+    return int(np.prod(out)) * nd.attrs["k"] ** 2
+
+
+def _pool_windows(x: np.ndarray, k: int, s: int, p: int, fill: float) -> np.ndarray:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    if p:
+        x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
+    return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+
+
+def _avgpool_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    A = nd.attrs
+    k, s, p = A["k"], A["stride"], A["pad"]
+    tot = _pool_windows(x[0], k, s, p, 0.0).sum(axis=(4, 5), dtype=np.float32)
+    if A["count_include_pad"] or not p:
+        return (tot / np.float32(k * k)).astype(np.float32)
+    ones = np.ones((1, 1) + x[0].shape[2:], np.float32)
+    cnt = _pool_windows(ones, k, s, p, 0.0).sum(axis=(4, 5))
+    return (tot / cnt).astype(np.float32)
+
+
+def _maxpool_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    A = nd.attrs
+    return _pool_windows(x[0], A["k"], A["stride"], A["pad"], -np.inf).max(axis=(4, 5))
+
+
+def _pool_onnx(op_type: str):
+    def lower(ctx, nd: Node, ins: list[str], out: str) -> None:
+        A = nd.attrs
+        kw = dict(kernel_shape=[A["k"]] * 2, strides=[A["stride"]] * 2, pads=[A["pad"]] * 4)
+        if "count_include_pad" in A:
+            kw["count_include_pad"] = int(A["count_include_pad"])
+        ctx.node(op_type, ins, [out], **kw)
+    return lower
+
+
+_register(OpSpec(
+    "avgpool", 1, {"k": _I, "stride": _I, "pad": _I, "count_include_pad": _B}, {},
+    shape=_pool_shape, reference=_avgpool_reference,
+    build=lambda eng, nd, src, opt: eng.avgpool(src[0], nd.attrs["k"], nd.attrs["stride"],
+                                                nd.attrs["pad"], nd.attrs["count_include_pad"]),
+    onnx=_pool_onnx("AveragePool"), macs=_pool_macs,
+))
+
+_register(OpSpec(
+    "maxpool", 1, {"k": _I, "stride": _I, "pad": _I}, {},
+    shape=_pool_shape, reference=_maxpool_reference,
+    build=lambda eng, nd, src, opt: eng.maxpool(src[0], nd.attrs["k"], nd.attrs["stride"],
+                                                nd.attrs["pad"]),
+    onnx=_pool_onnx("MaxPool"), macs=_pool_macs,
+))
+
+
+def _gap_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    return (_spatial(where, ins[0])[0], 1, 1)
+
+
+_register(OpSpec(
+    "global_avgpool", 1, {}, {},
+    shape=_gap_shape,
+    reference=lambda nd, x: x[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32),
+    build=lambda eng, nd, src, opt: eng.global_avgpool(src[0]),
+    onnx=lambda ctx, nd, ins, out: ctx.node("GlobalAveragePool", ins, [out]),
+    macs=lambda nd, ins, out: int(np.prod(ins[0])),
+))
+
+_register(OpSpec(
+    "flatten", 1, {}, {},
+    shape=lambda nd, ins, where: (int(np.prod(ins[0])),),
+    reference=lambda nd, x: x[0].reshape(x[0].shape[0], -1),
+    build=lambda eng, nd, src, opt: eng.flatten(src[0]),
+    onnx=lambda ctx, nd, ins, out: ctx.node("Flatten", ins, [out], axis=1),
+))
+
+
+def _linear_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    wt = nd.params["weight"]
+    if len(ins[0]) != 1 or wt.ndim != 2 or wt.shape[1] != ins[0][0] or wt.shape[0] < 1:
+        raise _err(f"{where}: weight {wt.shape} does not fit a flat input {ins[0]}")
+    if "bias" in nd.params:
+        _expect(where, "bias", nd.params["bias"], (wt.shape[0],))
+    return (wt.shape[0],)
+
+
+def _linear_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    y = x[0] @ nd.params["weight"].T
+    if "bias" in nd.params:
+        y = y + nd.params["bias"]
+    return y.astype(np.float32)
+
+
+def _linear_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    args = [ins[0], ctx.const("w", nd.params["weight"])]
+    if "bias" in nd.params:
+        args.append(ctx.const("b", nd.params["bias"]))
+    ctx.node("Gemm", args, [out], transB=1)
+
+
+_register(OpSpec(
+    "linear", 1, {}, {"weight": ("f32", True), "bias": ("f32", False)},
+    shape=_linear_shape, reference=_linear_reference,
+    build=lambda eng, nd, src, opt: eng.linear(src[0], nd.params["weight"],
+                                               nd.params.get("bias")),
+    onnx=_linear_onnx,
+    macs=lambda nd, ins, out: int(nd.params["weight"].size),
+))
+
+
+def _input_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    s = nd.attrs["shape"]
+    if len(s) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
+                              and 1 <= v <= 1 << 16 for v in s):
+        raise _err(f"{where}: input shape must be 3 positive ints (C, H, W), got {s}")
+    return tuple(s)
+
+
+def _no_lowering(ctx, nd, ins, out):  # pragma: no cover - the input is the graph's input
+    raise ValueError("the input node has no lowering")
+
+
+_register(OpSpec(
+    "input", 0, {"shape": list}, {},
+    shape=_input_shape,
+    reference=lambda nd, x: x[0],
+    build=lambda eng, nd, src, opt: eng.input(*nd.attrs["shape"]),
+    onnx=_no_lowering,
+))
+
+
+# -- checking and running a graph ------------------------------------------------------------
+
+def _check_node(i: int, nd: Node) -> OpSpec:
+    """The checks every op shares: inputs, attribute types, parameter dtypes."""
+    where = f"node {i} ({nd.op} {nd.name!r})"
+    spec = OPS.get(nd.op)
+    if spec is None:
+        raise _err(f"{where}: unknown op; known ops: {', '.join(OPS)}")
+    if (i == 0) != (nd.op == "input"):
+        raise _err(f"{where}: node 0 and only node 0 is the input")
+    if len(nd.inputs) != spec.inputs or any(
+        not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i for j in nd.inputs
+    ):
+        raise _err(f"{where}: needs {spec.inputs} input(s) among earlier nodes, got {nd.inputs}")
+    for a, t in spec.attrs.items():
+        v = nd.attrs.get(a)
+        ok = isinstance(v, t) and not (t is int and isinstance(v, bool))
+        if t is float and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+        if ok and t is int and not 0 <= v <= 1 << 16:
+            ok = False  # strides, paddings, windows: small non-negative ints
+        if not ok or (t is float and not math.isfinite(v)):
+            raise _err(f"{where}: attribute {a!r} must be {t.__name__}, got {v!r}")
+    for p, (dt, required) in spec.params.items():
+        arr = nd.params.get(p)
+        if arr is None:
+            if required:
+                raise _err(f"{where}: missing param {p!r}")
+            continue
+        if not isinstance(arr, np.ndarray) or arr.dtype != DTYPES[dt]:
+            raise _err(f"{where}: param {p!r} must be a {dt} array")
+    extra = set(nd.params) - set(spec.params)
+    if extra:
+        raise _err(f"{where}: unexpected params {sorted(extra)}")
+    return spec
+
+
+def infer_shapes(graph: Graph) -> list[Shape]:
+    """Check every node against its inputs and return the per-node shapes (no batch dim).
+
+    Raises :class:`SBNNFormatError` naming the node when anything is inconsistent, so the
+    native engine only ever sees graphs whose parameter shapes match their inputs.
+    """
+    nodes = graph.nodes
+    if not nodes:
+        raise _err("graph has no nodes")
+    shapes: list[Shape] = []
+    for i, nd in enumerate(nodes):
+        spec = _check_node(i, nd)
+        out = spec.shape(nd, [shapes[j] for j in nd.inputs], f"node {i} ({nd.op} {nd.name!r})")
+        if int(np.prod(out)) > MAX_ELEMS:
+            raise _err(f"node {i} ({nd.op} {nd.name!r}): output of {out} elements is too large")
+        shapes.append(tuple(out))
+    if not isinstance(graph.output, int) or isinstance(graph.output, bool) or \
+            not 0 <= graph.output < len(nodes):
+        raise _err(f"output {graph.output!r} is not a node index")
+    return shapes
+
+
+def graph_macs(graph: Graph) -> list[int]:
+    """Multiply-accumulates per image of every node (binary ones for binary convs)."""
+    shapes = infer_shapes(graph)
+    return [OPS[nd.op].macs(nd, [shapes[j] for j in nd.inputs], shapes[i])
+            for i, nd in enumerate(graph.nodes)]
+
+
+def reference_forward(graph: Graph, x: np.ndarray, profile: bool = False):
+    """Run ``graph`` with the numpy reference of every op: ``x (N, C, H, W) -> (N, ...)``.
+
+    With ``profile``, returns ``(y, [(op:name, seconds), ...])``.
+    """
+    import time
+
+    vals: list[np.ndarray | None] = [np.ascontiguousarray(x, dtype=np.float32)]
+    last_use = {j: i for i, nd in enumerate(graph.nodes) for j in nd.inputs}
+    times = []
+    for i, nd in enumerate(graph.nodes[1:], start=1):
+        t0 = time.perf_counter()
+        y = OPS[nd.op].reference(nd, [vals[j] for j in nd.inputs])
+        vals.append(np.ascontiguousarray(y, dtype=np.float32))
+        times.append((f"{nd.op}:{nd.name}", time.perf_counter() - t0))
+        for j in nd.inputs:  # free activations nobody reads again
+            if last_use.get(j) == i and j != graph.output:
+                vals[j] = None
+    y = vals[graph.output]
+    return (y, times) if profile else y
