@@ -222,18 +222,23 @@ class PyEngine {
                                   "), got " + shape_of(x));
     float* y;
     auto out = new_array<float>(out_dims(x.shape(0)), &y);
+    // Per-call timings: other Python threads may run this engine while the GIL is released.
+    sbnn::Engine::LayerTimes times;
     {
       nb::gil_scoped_release rel;
-      eng_.run(x.data(), as_int(x.shape(0)), y);
+      eng_.run(x.data(), as_int(x.shape(0)), y, profile ? &times : nullptr);
     }
-    if (profile) return nb::make_tuple(out, eng_.layer_times());
-    return nb::cast(out);
+    if (!profile) return nb::cast(out);
+    last_times_ = times;  // GIL held again: the last profiled run's, for layer_times()
+    return nb::make_tuple(out, times);
   }
 
   sbnn::Engine& eng() { return eng_; }
+  const sbnn::Engine::LayerTimes& last_times() const { return last_times_; }
 
  private:
   sbnn::Engine eng_;
+  sbnn::Engine::LayerTimes last_times_;
 };
 
 std::vector<int> shape_vec(const sbnn::TensorShape& s) {
@@ -394,6 +399,6 @@ NB_MODULE(_core, m) {
            "x: float32 (N, C, H, W) -> numpy float32 (N, ...); with profile=True returns "
            "(y, layer_times).")
       .def(
-          "layer_times", [](PyEngine& e) { return e.eng().layer_times(); },
-          "[(op name, seconds)] of the last run, in op order.");
+          "layer_times", [](PyEngine& e) { return e.last_times(); },
+          "[(op name, seconds)] of the last run with profile=True, in op order.");
 }

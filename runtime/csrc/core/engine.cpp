@@ -306,11 +306,12 @@ void Engine::set_output(int t) {
   output_ = t;
 }
 
-void Engine::run(const float* x, int N, float* y) {
+void Engine::run(const float* x, int N, float* y, LayerTimes* times) const {
   const TensorShape& out_shape = output_shape();
   input_shape();
   const int nt = static_cast<int>(shapes_.size());
-  // Last op reading each tensor, so that buffers go back to the free list early.
+  // Last op reading each tensor, so that buffers go back to the free list early. (The loader's
+  // memory limit simulates this reuse: sbnn_runtime.ops._activation_elems.)
   std::vector<int> last_use(nt, -1);
   for (int i = 0; i < static_cast<int>(ops_.size()); ++i)
     for (int t : ops_[i].inputs) last_use[t] = i;
@@ -318,7 +319,7 @@ void Engine::run(const float* x, int N, float* y) {
   std::vector<std::vector<float>> free_list;
   std::vector<const float*> ptr(nt, nullptr);
   ptr[input_] = x;
-  times_.clear();
+  if (times) times->clear();
   for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
     const Op& op = ops_[i];
     const size_t need = static_cast<size_t>(N) * shapes_[op.output].numel();
@@ -332,10 +333,14 @@ void Engine::run(const float* x, int N, float* y) {
     buf.resize(need);
     std::vector<const float*> ins;
     for (int t : op.inputs) ins.push_back(ptr[t]);
-    const auto t0 = std::chrono::steady_clock::now();
-    op.fn(ins, buf.data(), N);
-    const auto t1 = std::chrono::steady_clock::now();
-    times_.emplace_back(op.name, std::chrono::duration<double>(t1 - t0).count());
+    if (times) {
+      const auto t0 = std::chrono::steady_clock::now();
+      op.fn(ins, buf.data(), N);
+      const auto t1 = std::chrono::steady_clock::now();
+      times->emplace_back(op.name, std::chrono::duration<double>(t1 - t0).count());
+    } else {
+      op.fn(ins, buf.data(), N);
+    }
     bufs[op.output].swap(buf);
     ptr[op.output] = bufs[op.output].data();
     for (int t : op.inputs)

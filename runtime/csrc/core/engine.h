@@ -50,10 +50,12 @@ class Engine {
   int num_threads() const { return pool_.size(); }
   int num_ops() const { return static_cast<int>(ops_.size()); }
 
-  // x: (N, C, H, W) matching input(); y: N * output numel floats.
-  void run(const float* x, int N, float* y);
-  // Per-op (name, seconds) of the last run.
-  const std::vector<std::pair<std::string, double>>& layer_times() const { return times_; }
+  using LayerTimes = std::vector<std::pair<std::string, double>>;
+  // x: (N, C, H, W) matching input(); y: N * output numel floats; times, when given, gets the
+  // per-op (name, seconds) of this run. A run keeps all its state (buffers, timings) to itself,
+  // so one built engine may run on many threads at once; they share the thread pool, one
+  // parallel section at a time. Adding ops while a run is in flight is not allowed.
+  void run(const float* x, int N, float* y, LayerTimes* times = nullptr) const;
 
  private:
   using Fn = std::function<void(const std::vector<const float*>&, float*, int)>;
@@ -71,7 +73,6 @@ class Engine {
   std::vector<TensorShape> shapes_;
   std::vector<Op> ops_;
   int input_ = -1, output_ = -1;
-  std::vector<std::pair<std::string, double>> times_;
 };
 
 }  // namespace sbnn

@@ -1,21 +1,48 @@
 #include "core/threadpool.h"
 
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
 namespace sbnn {
 
 ThreadPool::ThreadPool(int num_threads) {
+  if (num_threads > kMaxThreads)
+    throw std::invalid_argument("num_threads=" + std::to_string(num_threads) +
+                                " exceeds the limit of " + std::to_string(kMaxThreads));
   int n = num_threads;
   if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
   if (n <= 0) n = 1;
-  for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+  if (n > kMaxThreads) n = kMaxThreads;
+  std::string why;
+  try {
+    workers_.reserve(static_cast<size_t>(n - 1));
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+    return;
+  } catch (const std::system_error& e) {
+    why = e.what();
+  } catch (const std::bad_alloc&) {
+    why = "out of memory";
+  }
+  // Joinable threads must not be destroyed (std::terminate): stop the ones that did start.
+  const size_t started = workers_.size();
+  stop_and_join();
+  throw std::runtime_error("thread pool: could not start thread " + std::to_string(started + 2) +
+                           " of " + std::to_string(n) + " (" + why +
+                           "); the system is out of memory or threads: use fewer num_threads");
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_and_join(); }
+
+void ThreadPool::stop_and_join() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stop_ = true;
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::drain() {

@@ -12,9 +12,15 @@
 
 namespace sbnn {
 
+// The most threads a pool runs (the caller's included); more is refused, not clamped.
+constexpr int kMaxThreads = 256;
+
 class ThreadPool {
  public:
-  // num_threads <= 0 -> std::thread::hardware_concurrency().
+  // num_threads <= 0 -> std::thread::hardware_concurrency() (at most kMaxThreads).
+  // num_threads > kMaxThreads throws std::invalid_argument. When a thread cannot be started
+  // (std::thread throws, e.g. under a memory or process limit) the threads already started are
+  // stopped and joined, and std::runtime_error says so: never a hang or std::terminate.
   explicit ThreadPool(int num_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -28,6 +34,7 @@ class ThreadPool {
  private:
   void worker_loop();
   void drain();
+  void stop_and_join();
 
   std::vector<std::thread> workers_;
   std::mutex mu_;

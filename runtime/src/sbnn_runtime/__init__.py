@@ -12,8 +12,10 @@ Modules: :mod:`sbnn_runtime.ops` (the graph and the one table of its ops),
 
 from sbnn_runtime.engine import Engine, load
 from sbnn_runtime.fileformat import SBNNFormatError
-from sbnn_runtime.ops import OPS, Graph, Node, reference_forward
+from sbnn_runtime.ops import OPS, Graph, Limits, Node, SBNNLimitError, reference_forward
+from sbnn_runtime.summary import summarize
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "Graph", "Node", "OPS", "SBNNFormatError", "load", "reference_forward"]
+__all__ = ["Engine", "Graph", "Limits", "Node", "OPS", "SBNNFormatError", "SBNNLimitError",
+           "load", "reference_forward", "summarize"]

@@ -8,6 +8,12 @@
 entry in :data:`sbnn_runtime.ops.OPS` says; ``"reference"`` runs every op's numpy reference
 (slow, the exact twin of the semantics). ``"auto"`` picks native and falls back to the
 reference with a warning when the extension is missing.
+
+Guarantees: a graph is held to :class:`sbnn_runtime.ops.Limits` (work per image, and memory at
+the batch being run) before anything is built or run; one :class:`Engine` may be called from
+many Python threads at once (each call has its own buffers and timings; the calls share the
+engine's thread pool, so they take turns inside each op: for throughput give each thread its
+own engine with ``num_threads=1``).
 """
 
 from __future__ import annotations
@@ -20,11 +26,24 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime import fileformat, native
-from sbnn_runtime.ops import OPS, Graph, reference_forward
+from sbnn_runtime.ops import OPS, Graph, Limits, graph_cost, reference_forward
 
-__all__ = ["Engine", "load", "as_input"]
+__all__ = ["Engine", "load", "as_input", "MAX_THREADS"]
 
 BACKENDS = ("auto", "native", "reference")
+MAX_THREADS = 256  # the native thread pool's bound (runtime/csrc/core/threadpool.h)
+
+
+def _check_threads(num_threads: Any) -> int:
+    """``None`` (or 0): every core -> 0 for the core; else an int in [1, MAX_THREADS]."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or not (
+        0 <= num_threads <= MAX_THREADS
+    ):
+        raise ValueError(f"num_threads={num_threads!r}: must be None (every core) or an int in "
+                         f"[1, {MAX_THREADS}]")
+    return int(num_threads)
 
 
 def as_input(x: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -61,10 +80,23 @@ def as_input(x: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Engine:
-    """A loaded model: call it on float32 ``(N, C, H, W)`` batches to get outputs (numpy)."""
+    """A loaded model: call it on float32 ``(N, C, H, W)`` batches to get outputs (numpy).
+
+    ``num_threads``: None (every core) or 1 to :data:`MAX_THREADS` (256), else ``ValueError``;
+    a pool whose threads cannot be started (e.g. under a memory limit) raises ``RuntimeError``.
+    ``max_macs`` / ``max_memory``: see :class:`sbnn_runtime.ops.Limits` (defaults 20 GMACs per
+    image and 4 GiB; ``$SBNN_MAX_MACS`` / ``$SBNN_MAX_MEMORY``); a graph past them, or a batch
+    whose activations would pass ``max_memory``, raises :class:`sbnn_runtime.SBNNLimitError`.
+
+    Thread safety: one engine may be called from many Python threads at once; each call gets
+    its own activation buffers and per-op timings (the GIL is released while it runs), and the
+    calls share the engine's thread pool, taking turns inside each op.
+    """
 
     def __init__(self, graph: Graph, num_threads: int | None = None, *, sparse: bool = True,
-                 backend: str = "auto", impl: str = "auto"):
+                 backend: str = "auto", impl: str = "auto", max_macs: Any = None,
+                 max_memory: Any = None):
+        nt = _check_threads(num_threads)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         core = native.core
@@ -85,14 +117,18 @@ class Engine:
         self.impl = impl
         self.shapes = graph.shapes()
         self.input_shape = self.shapes[0]
+        self.limits = Limits.resolve(max_macs, max_memory)
+        self.cost = graph_cost(graph, self.shapes)
+        threads = nt or os.cpu_count() or 1
+        self.limits.check(self.cost, 1, threads)
         self.num_threads = num_threads
         self._native = None
         if backend == "native":
-            self._native = self._build(core, num_threads)
+            self._native = self._build(core, nt)
             self.num_threads = self._native.num_threads
 
-    def _build(self, core, num_threads):
-        eng = core.Engine(0 if num_threads is None else int(num_threads))
+    def _build(self, core, num_threads: int):
+        eng = core.Engine(num_threads)
         opts = {"sparse": self.sparse, "impl": self.impl}
         ids: list[int] = []
         for nd in self.graph.nodes:
@@ -107,6 +143,7 @@ class Engine:
     def run(self, x, profile: bool = False):
         """``x (N, C, H, W) float32 -> numpy (N, ...)``; with ``profile`` also per-op seconds."""
         x = as_input(x, self.input_shape)
+        self.limits.check(self.cost, x.shape[0], self.num_threads or os.cpu_count() or 1)
         if self._native is None:
             return reference_forward(self.graph, x, profile)
         return self._native.run(x, profile)
@@ -143,12 +180,19 @@ class Engine:
 
 
 def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: bool = True,
-         backend: str = "auto", impl: str = "auto") -> Engine:
+         backend: str = "auto", impl: str = "auto", max_macs: Any = None,
+         max_memory: Any = None) -> Engine:
     """Load a ``.sbnn`` file into a callable :class:`Engine`.
+
+    The file is checked whole from its header, and held to ``max_macs`` (per image, default
+    20 G) and ``max_memory`` (bytes, default 4 GiB), before anything is decoded or built; see
+    :class:`sbnn_runtime.ops.Limits` to raise them for a model you trust.
 
     ``num_threads=None`` uses every core. ``sparse=False`` runs the binary convs with the dense
     bit-packed XNOR/popcount kernel (the BNN baseline) instead of the sparse one. ``impl``
     forces a kernel ISA (``"ref"``, ``"scalar"``, ``"avx2"``, ``"avx512"``; default: the best
     this CPU runs, or ``$SBNN_ISA``).
     """
-    return Engine(fileformat.load(path), num_threads, sparse=sparse, backend=backend, impl=impl)
+    graph = fileformat.load(path, max_macs=max_macs, max_memory=max_memory)
+    return Engine(graph, num_threads, sparse=sparse, backend=backend, impl=impl,
+                  max_macs=max_macs, max_memory=max_memory)

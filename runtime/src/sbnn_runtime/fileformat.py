@@ -52,12 +52,25 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime.files import atomic_write
-from sbnn_runtime.ops import DTYPES, MAX_ELEMS, OPS, Graph, Node, SBNNFormatError, infer_shapes
+from sbnn_runtime.ops import (
+    DTYPES,
+    MAX_ELEMS,
+    OPS,
+    Graph,
+    Limits,
+    Node,
+    SBNNFormatError,
+    SBNNLimitError,
+    graph_cost,
+    infer_shapes,
+    shape_only,
+)
 
 __all__ = [
     "MAGIC",
     "VERSION",
     "SBNNFormatError",
+    "SBNNLimitError",
     "Graph",
     "Node",
     "OPS",
@@ -68,6 +81,7 @@ __all__ = [
     "encode_bits",
     "decode_bits",
     "infer_shapes",
+    "stored_sizes",
 ]
 
 MAGIC = b"\x89SBNN\r\n\x1a"
@@ -113,17 +127,8 @@ def encode_bits(bits: np.ndarray) -> tuple[bytes, dict[str, Any]]:
 
 def decode_bits(blob: bytes, shape: tuple[int, ...], fields: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`encode_bits`; raises :class:`SBNNFormatError` on inconsistent data."""
-    n = int(np.prod(shape)) if shape else 1
-    k, ones, flip, ub = (fields.get(f) for f in ("k", "ones", "flip", "unary_bytes"))
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (k, ones, ub)) or not (
-        isinstance(flip, bool)
-    ):
-        raise _err("rice_gaps blob: 'k', 'ones', 'unary_bytes' must be ints and 'flip' a bool")
-    if not 0 <= k < 40 or not 0 <= ones <= n or not 0 <= ub <= len(blob):
-        raise _err(f"rice_gaps blob: bad k={k}, ones={ones} or unary_bytes={ub} for {n} bits")
-    if len(blob) - ub != (ones * k + 7) // 8:
-        raise _err(f"rice_gaps blob: remainder stream is {len(blob) - ub} bytes, "
-                   f"expected {(ones * k + 7) // 8}")
+    n = math.prod(shape)
+    k, ones, flip, ub = _check_rice(n, len(blob), fields)
     unary = np.unpackbits(np.frombuffer(blob, np.uint8, ub), bitorder="little")
     zeros = np.flatnonzero(unary == 0)
     if zeros.size < ones:
@@ -133,6 +138,8 @@ def decode_bits(blob: bytes, shape: tuple[int, ...], fields: dict[str, Any]) -> 
     rem_bits = rem_bits[: ones * k].reshape(ones, k).astype(np.int64)
     r = rem_bits @ (np.int64(1) << np.arange(k, dtype=np.int64)) if k else 0
     gaps = (q.astype(np.int64) << k) + r
+    if ones and int(gaps.max()) >= n:  # also keeps the cumulative sum below from overflowing
+        raise _err(f"rice_gaps blob: a run of {int(gaps.max())} 0-bits in a {n}-bit tensor")
     pos = np.cumsum(gaps + 1) - 1
     if ones and (pos[-1] >= n or pos[-1] < 0):
         raise _err(f"rice_gaps blob: runs reach bit {int(pos[-1])} of a {n}-bit tensor")
@@ -187,7 +194,11 @@ def save(graph: Graph, path: str | os.PathLike) -> None:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _parse_ref(ref: Any, payload: memoryview, where: str):
+def _check_ref(ref: Any, plen: int, where: str) -> tuple[tuple[int, ...], str, int, int]:
+    """Check a blob reference against the payload and its encoding, decoding nothing.
+
+    Returns ``(shape, dtype, offset, length)``.
+    """
     if not isinstance(ref, dict):
         raise _err(f"{where}: blob reference must be an object")
     shape, off, length = ref.get("shape"), ref.get("offset"), ref.get("length")
@@ -200,25 +211,55 @@ def _parse_ref(ref: Any, payload: memoryview, where: str):
     if n > MAX_ELEMS:
         raise _err(f"{where}: {n} elements exceed the limit of {MAX_ELEMS}")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (off, length)) or not (
-        0 <= off and 0 <= length and off + length <= len(payload)
+        0 <= off and 0 <= length and off + length <= plen
     ):
-        raise _err(f"{where}: blob [{off!r}, +{length!r}) lies outside the {len(payload)}-byte "
+        raise _err(f"{where}: blob [{off!r}, +{length!r}) lies outside the {plen}-byte "
                    "payload")
     if not isinstance(dt, str) or dt not in _DTYPES:
         raise _err(f"{where}: unknown dtype {dt!r}; known: {', '.join(_DTYPES)}")
-    blob = payload[off: off + length]
     if enc == "raw":
         if length != n * _DTYPES[dt].itemsize:
             raise _err(f"{where}: raw blob of {length} bytes for shape {shape} {dt}")
+    elif enc == "rice_gaps" and dt == "u8":
+        try:
+            _check_rice(n, length, ref)
+        except SBNNFormatError as exc:
+            raise _err(f"{where}: {exc}") from None
+    else:
+        raise _err(f"{where}: unknown encoding {enc!r} for dtype {dt!r}")
+    return tuple(shape), dt, off, length
+
+
+def _check_rice(n: int, length: int, fields: dict[str, Any]) -> tuple[int, int, bool, int]:
+    """The fields of an ``n``-bit rice_gaps blob of ``length`` bytes, checked before decoding.
+
+    The unary stream of ``ones`` runs whose gaps add up to at most ``n - ones`` holds at most
+    ``((n - ones) >> k) + ones`` bits, and at least ``ones`` (one 0-bit per run).
+    """
+    k, ones, flip, ub = (fields.get(f) for f in ("k", "ones", "flip", "unary_bytes"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (k, ones, ub)) or not (
+        isinstance(flip, bool)
+    ):
+        raise _err("rice_gaps blob: 'k', 'ones', 'unary_bytes' must be ints and 'flip' a bool")
+    if not 0 <= k < 40 or not 0 <= ones <= n or not 0 <= ub <= length:
+        raise _err(f"rice_gaps blob: bad k={k}, ones={ones} or unary_bytes={ub} for {n} bits")
+    if length - ub != (ones * k + 7) // 8:
+        raise _err(f"rice_gaps blob: remainder stream is {length - ub} bytes, "
+                   f"expected {(ones * k + 7) // 8}")
+    most = (((n - ones) >> k) + ones + 7) // 8 if ones else 0
+    if not (ones + 7) // 8 <= ub <= most:
+        raise _err(f"rice_gaps blob: unary stream of {ub} bytes for {ones} runs in {n} bits "
+                   f"(k={k}) must be {(ones + 7) // 8} to {most} bytes")
+    return k, ones, flip, ub
+
+
+def _decode(ref: dict, shape: tuple[int, ...], dt: str, blob: memoryview) -> np.ndarray:
+    if ref["encoding"] == "raw":
         return np.frombuffer(blob, _DTYPES[dt]).reshape(shape).copy()
-    if enc == "rice_gaps" and dt == "u8":
-        return decode_bits(bytes(blob), tuple(shape), ref)
-    raise _err(f"{where}: unknown encoding {enc!r} for dtype {dt!r}")
+    return decode_bits(bytes(blob), shape, ref)
 
 
-def loads(data: bytes | bytearray | memoryview) -> Graph:
-    """Parse and check the bytes of a ``.sbnn`` file; see :class:`SBNNFormatError`."""
-    mv = memoryview(data).cast("B")
+def _read_header(mv: memoryview) -> tuple[dict, memoryview]:
     if len(mv) < _PREFIX.size:
         if bytes(mv[: len(MAGIC)]) != MAGIC[: len(mv)]:
             raise _err("not an sbnn file (bad magic)")
@@ -244,11 +285,37 @@ def loads(data: bytes | bytearray | memoryview) -> Graph:
         raise _err(f"header is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(head, dict) or head.get("format") != "sbnn":
         raise _err("header is not an sbnn graph object")
-    payload = body[hlen:]
+    return head, body[hlen:]
+
+
+def _check_aliasing(blobs: list[tuple[int, int, str]]) -> None:
+    """No two blobs may share a byte (an empty blob shares none)."""
+    spans = sorted((off, off + length, where) for off, length, where in blobs if length)
+    end, last = 0, ""
+    for start, stop, where in spans:  # sorted by start: each must begin after every earlier end
+        if start < end:
+            raise _err(f"{where}: its blob overlaps the blob of {last} (blobs may not alias)")
+        if stop > end:
+            end, last = stop, where
+
+
+def loads(data: bytes | bytearray | memoryview, *, max_macs: Any = None,
+          max_memory: Any = None) -> Graph:
+    """Parse and check the bytes of a ``.sbnn`` file; see :class:`SBNNFormatError`.
+
+    The whole graph is checked from the header before any parameter is decoded: every node's
+    op, inputs, attributes and params (names, dtypes and declared shapes against the shapes
+    inferred from its inputs), every blob against the payload, its encoding and every other
+    blob (no aliasing), and the graph's work and memory against ``max_macs`` / ``max_memory``
+    (see :class:`sbnn_runtime.ops.Limits`; exceeding them raises :class:`SBNNLimitError`, an
+    :class:`SBNNFormatError`). Only then are the blobs decoded, at most the checked sizes.
+    """
+    limits = Limits.resolve(max_macs, max_memory)
+    head, payload = _read_header(memoryview(data).cast("B"))
     jnodes = head.get("nodes")
     if not isinstance(jnodes, list) or not jnodes or len(jnodes) > MAX_NODES:
         raise _err("header 'nodes' must be a non-empty list")
-    nodes = []
+    nodes, refs, blobs = [], [], []
     for i, jn in enumerate(jnodes):
         if not isinstance(jn, dict):
             raise _err(f"node {i} is not an object")
@@ -259,19 +326,43 @@ def loads(data: bytes | bytearray | memoryview) -> Graph:
             raise _err(f"node {i}: needs 'op' (str), 'inputs' (list), 'attrs' and 'params'")
         if op not in OPS:
             raise _err(f"node {i}: unknown op {op!r}; known ops: {', '.join(OPS)}")
-        arrays = {p: _parse_ref(ref, payload, f"node {i} ({op}) param {p!r}")
-                  for p, ref in params.items()}
-        nodes.append(Node(op, inputs, attrs, arrays, name))
+        stand_ins, node_refs = {}, {}
+        for p, ref in params.items():
+            where = f"node {i} ({op}) param {p!r}"
+            shape, dt, off, length = _check_ref(ref, len(payload), where)
+            stand_ins[p] = shape_only(shape, _DTYPES[dt])
+            node_refs[p] = (ref, shape, dt, off, length)
+            blobs.append((off, length, where))
+        nodes.append(Node(op, inputs, attrs, stand_ins, name))
+        refs.append(node_refs)
     metadata = head.get("metadata", {})
     if not isinstance(metadata, dict):
         raise _err("header 'metadata' must be an object")
     graph = Graph(nodes, head.get("output"), metadata)  # type: ignore[arg-type]
-    infer_shapes(graph)
+    shapes = infer_shapes(graph)  # ops, params allowed, declared against inferred shapes
+    _check_aliasing(blobs)
+    limits.check(graph_cost(graph, shapes), what="this model")
+    for nd, node_refs in zip(nodes, refs, strict=True):
+        nd.params = {p: _decode(ref, shape, dt, payload[off: off + length])
+                     for p, (ref, shape, dt, off, length) in node_refs.items()}
+    infer_shapes(graph)  # the values now: bits 0/1
     return graph
 
 
-def load(path: str | os.PathLike) -> Graph:
-    """Read and check a ``.sbnn`` file."""
+def stored_sizes(data: bytes | bytearray | memoryview) -> list[dict[str, int]]:
+    """Per node, the blob bytes of each param as the file stores them (checks the prefix and
+    checksum only; call :func:`loads` for the rest)."""
+    head, _ = _read_header(memoryview(data).cast("B"))
+    out = []
+    for jn in head.get("nodes") or []:
+        params = jn.get("params") if isinstance(jn, dict) else None
+        out.append({p: int(ref.get("length", 0)) for p, ref in params.items()
+                    if isinstance(ref, dict)} if isinstance(params, dict) else {})
+    return out
+
+
+def load(path: str | os.PathLike, *, max_macs: Any = None, max_memory: Any = None) -> Graph:
+    """Read and check a ``.sbnn`` file (see :func:`loads` for the checks and the limits)."""
     with open(path, "rb") as f:
         head = f.read(_PREFIX.size)
         if len(head) == _PREFIX.size and head[:8] == MAGIC:
@@ -282,4 +373,4 @@ def load(path: str | os.PathLike) -> Graph:
                 raise _err(f"{what}: {path} has {size} bytes, its prefix says "
                            f"{_PREFIX.size + hlen + plen}")
         data = head + f.read()
-    return loads(data)
+    return loads(data, max_macs=max_macs, max_memory=max_memory)

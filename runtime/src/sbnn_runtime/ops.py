@@ -12,7 +12,13 @@ tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a no
 * ``onnx(ctx, node, inputs, output)``: its lowering to standard ONNX operators, written against a
   small builder (``ctx.node``, ``ctx.const``, ``ctx.chan``) so that this module never imports onnx;
 * ``macs(node, input_shapes, output_shape)``: multiply-accumulates (binary ones for binary
-  convs) per image, for summaries and for the loader's work limit.
+  convs) per image, for summaries and for the loader's work limit;
+* ``workspace(node, input_shapes, output_shape)``: bytes of scratch the native kernel allocates
+  per image it works on at once (im2col columns, bit planes), for the loader's memory limit.
+
+Shape rules read only the shapes and dtypes of the parameters (the 0/1 check of ``bits`` aside,
+which :class:`ShapeOnly` stand-ins skip), so that :func:`infer_shapes` and :func:`graph_cost`
+can check a graph read from a file header before a single parameter is decoded.
 
 Adding an op means one entry here plus its C++ in ``runtime/csrc``.
 """
@@ -39,6 +45,14 @@ __all__ = [
     "infer_shapes",
     "reference_forward",
     "graph_macs",
+    "ShapeOnly",
+    "shape_only",
+    "GraphCost",
+    "graph_cost",
+    "SBNNLimitError",
+    "Limits",
+    "DEFAULT_MAX_MACS",
+    "DEFAULT_MAX_MEMORY",
 ]
 
 DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1")}
@@ -49,6 +63,23 @@ Shape = tuple[int, ...]
 
 class SBNNFormatError(ValueError):
     """A ``.sbnn`` file, bytes or graph is not a valid model; the message says what is wrong."""
+
+
+class SBNNLimitError(SBNNFormatError):
+    """A valid model needs more work or memory than the limits allow (see :class:`Limits`)."""
+
+
+class ShapeOnly(np.ndarray):
+    """A zero-byte stand-in for a parameter whose values are not read yet (see :func:`shape_only`).
+
+    It has the shape and dtype the file declares, so the shape rules and the cost of a graph can
+    be checked from the header alone; its values (all zero, one shared element) mean nothing.
+    """
+
+
+def shape_only(shape: tuple[int, ...], dtype) -> ShapeOnly:
+    """A :class:`ShapeOnly` array of ``shape`` and ``dtype`` that allocates one element."""
+    return np.broadcast_to(np.zeros((), dtype), tuple(shape)).view(ShapeOnly)
 
 
 @dataclass
@@ -92,6 +123,7 @@ class OpSpec:
     build: Callable[[Any, Node, list[int], dict], int]
     onnx: Callable[[Any, Node, list[str], str], None]
     macs: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
+    workspace: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
 
 
 OPS: dict[str, OpSpec] = {}
@@ -146,7 +178,7 @@ def _conv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
         if p in P:
             _expect(where, p, P[p], (co,))
     if nd.op == "sbconv2d":
-        if P["bits"].size and int(P["bits"].max()) > 1:
+        if P["bits"].size and not isinstance(P["bits"], ShapeOnly) and int(P["bits"].max()) > 1:
             raise _err(f"{where}: bits must be 0/1")
         if "thr" in P:
             _expect(where, "thr", P["thr"], (c,))
@@ -156,6 +188,20 @@ def _conv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
 def _conv_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
     return int(np.prod(out)) * int(np.prod(wt.shape[1:]))
+
+
+def _conv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
+    # float conv (and sbconv2d on real inputs): im2col columns (Ci kh kw, Ho Wo) float32, unless
+    # the conv is a plain 1x1; binary conv: the input's bit planes and channel sums, padded
+    wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
+    ci, kh, kw = wt.shape[1:]
+    st, pad = nd.attrs["stride"], nd.attrs["padding"]
+    p = out[1] * out[2]
+    if nd.op == "conv2d" or not nd.attrs["binary_input"]:
+        direct = kh == kw == 1 and st == 1 and pad == 0
+        return 0 if direct else 4 * ci * kh * kw * p
+    hp, wp = ins[0][1] + 2 * pad + st, ins[0][2] + 2 * pad + st
+    return 2 * (ci + 4) * hp * wp + 16 * p + 4096
 
 
 def _onnx_conv(ctx, nd: Node, ins: list[str], out: str, w: np.ndarray, x: str) -> None:
@@ -179,7 +225,7 @@ _register(OpSpec(
         src[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
         nd.attrs["padding"]),
     onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
-    macs=_conv_macs,
+    macs=_conv_macs, workspace=_conv_workspace,
 ))
 
 
@@ -222,7 +268,7 @@ _register(OpSpec(
     {"bits": ("u8", True), "eta": ("f32", True), "xi": ("f32", True), "bias": ("f32", True),
      "thr": ("f32", False)},
     shape=_conv_shape, reference=_sbconv_reference, build=_sbconv_build, onnx=_sbconv_onnx,
-    macs=_conv_macs,
+    macs=_conv_macs, workspace=_conv_workspace,
 ))
 
 
@@ -560,3 +606,149 @@ def reference_forward(graph: Graph, x: np.ndarray, profile: bool = False):
                 vals[j] = None
     y = vals[graph.output]
     return (y, times) if profile else y
+
+
+# -- what a graph costs, and the limits a loader holds it to ---------------------------------
+
+DEFAULT_MAX_MACS = 20 * 10**9  # per image: 11x ResNet-18 at 224x224 (1.8 G), 5x ResNet-50
+DEFAULT_MAX_MEMORY = 4 << 30  # bytes, at the batch being run
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """What running a graph costs, from its shapes alone (see :func:`graph_cost`).
+
+    ``macs``: multiply-accumulates per image (``node_macs`` per node); ``param_bytes``: the
+    decoded parameters; ``engine_param_bytes``: the parameters once an engine holds them (the
+    decoded arrays, the native engine's copy and, per bit, up to 8 bytes of sparse indices or
+    dequantized weights); ``activation_bytes``: per image, the native engine's activation
+    buffers (its reuse of freed buffers simulated exactly) plus the output; ``workspace_bytes``:
+    the largest kernel scratch, per image worked on at once.
+    """
+
+    macs: int
+    node_macs: tuple[int, ...]
+    param_bytes: int
+    engine_param_bytes: int
+    activation_bytes: int
+    workspace_bytes: int
+
+    def memory(self, batch: int = 1, threads: int = 1) -> int:
+        """Bytes an engine needs to run ``batch`` images with ``threads`` threads (an estimate)."""
+        return (self.engine_param_bytes + batch * self.activation_bytes
+                + min(batch, max(threads, 1)) * self.workspace_bytes)
+
+
+def _activation_elems(graph: Graph, shapes: list[Shape]) -> int:
+    # The buffers of sbnn::Engine::run (runtime/csrc/core/engine.cpp) for one image: each op's
+    # output takes the first free buffer big enough or a new one; a tensor's buffer goes back to
+    # the free list after its last reader. Every size scales with the batch, so the choices (and
+    # the total, times N) are the same for any batch.
+    nodes = graph.nodes
+    last_use: dict[int, int] = {}
+    for i, nd in enumerate(nodes):
+        for j in nd.inputs:
+            last_use[j] = i
+    cap: dict[int, int] = {}
+    free: list[int] = []
+    total = 0
+    for i in range(1, len(nodes)):
+        need = math.prod(shapes[i])
+        for f, c in enumerate(free):
+            if c >= need:
+                cap[i] = free.pop(f)
+                break
+        else:
+            cap[i] = need
+            total += need
+        for j in nodes[i].inputs:
+            if last_use[j] == i and j not in (0, graph.output) and j in cap:
+                free.append(cap.pop(j))
+    return total + math.prod(shapes[graph.output])  # + the output array handed back
+
+
+def graph_cost(graph: Graph, shapes: list[Shape] | None = None) -> GraphCost:
+    """The :class:`GraphCost` of ``graph`` (checks it first unless ``shapes`` is given).
+
+    Reads only shapes, so it works on a graph of :class:`ShapeOnly` parameters.
+    """
+    if shapes is None:
+        shapes = infer_shapes(graph)
+    macs, work, pbytes, ebytes = [], 0, 0, 0
+    for i, nd in enumerate(graph.nodes):
+        spec = OPS[nd.op]
+        ins = [shapes[j] for j in nd.inputs]
+        macs.append(int(spec.macs(nd, ins, shapes[i])))
+        work = max(work, int(spec.workspace(nd, ins, shapes[i])))
+        for p, arr in nd.params.items():
+            nb = int(arr.size) * arr.dtype.itemsize
+            pbytes += nb
+            ebytes += 2 * nb + (8 * int(arr.size) if (nd.op, p) == ("sbconv2d", "bits") else 0)
+    act = 4 * _activation_elems(graph, shapes)
+    return GraphCost(sum(macs), tuple(macs), pbytes, ebytes, act, work)
+
+
+def _amount(value: Any, name: str, unit: int) -> float:
+    """A positive limit: a number, ``math.inf`` (no limit) or a string such as ``"8G"``."""
+    if isinstance(value, str):
+        text = value.strip().upper().removesuffix("B").removesuffix("I")
+        scale = 1
+        if text[-1:] in "KMGT" and text:
+            scale = unit ** ("KMGT".index(text[-1]) + 1)
+            text = text[:-1]
+        try:
+            value = float(text) * scale
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not a number (e.g. 8e9, 8G or inf)") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}={value!r}: must be a positive number (math.inf: no limit)")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most work and memory a loader lets one model take; past them it raises
+    :class:`SBNNLimitError` before decoding or allocating anything.
+
+    ``max_macs``: multiply-accumulates per image (default :data:`DEFAULT_MAX_MACS`, 20 G);
+    ``max_memory``: bytes for parameters, activations and kernel scratch at the batch being run
+    (default :data:`DEFAULT_MAX_MEMORY`, 4 GiB). Both defaults fit ResNet-18 at 224x224 with
+    room to spare (1.8 GMACs, about 0.2 GiB at batch 1). Raise them on purpose for a model you
+    trust: ``sbnn_runtime.load(path, max_macs=1e11, max_memory="16G")``, or ``$SBNN_MAX_MACS``
+    / ``$SBNN_MAX_MEMORY`` (numbers, ``K/M/G/T`` suffixes, ``inf`` for no limit).
+    """
+
+    max_macs: float = DEFAULT_MAX_MACS
+    max_memory: float = DEFAULT_MAX_MEMORY
+
+    @classmethod
+    def resolve(cls, max_macs: Any = None, max_memory: Any = None) -> Limits:
+        """Arguments first, then ``$SBNN_MAX_MACS`` / ``$SBNN_MAX_MEMORY``, then the defaults."""
+        import os
+
+        macs = max_macs if max_macs is not None else os.environ.get("SBNN_MAX_MACS")
+        mem = max_memory if max_memory is not None else os.environ.get("SBNN_MAX_MEMORY")
+        return cls(DEFAULT_MAX_MACS if macs is None else _amount(macs, "max_macs", 1000),
+                   DEFAULT_MAX_MEMORY if mem is None else _amount(mem, "max_memory", 1024))
+
+    def check(self, cost: GraphCost, batch: int = 1, threads: int = 1,
+              what: str = "the model") -> None:
+        """Raise :class:`SBNNLimitError` when ``cost`` at ``batch`` exceeds a limit."""
+        if cost.macs > self.max_macs:
+            top = max(range(len(cost.node_macs)), key=cost.node_macs.__getitem__)
+            raise SBNNLimitError(
+                f"{what} needs {cost.macs / 1e9:.4g} GMACs per image (node {top}: "
+                f"{cost.node_macs[top] / 1e9:.4g} G), above the limit of "
+                f"{self.max_macs / 1e9:.4g} G; if you trust it, raise max_macs (e.g. "
+                "sbnn_runtime.load(path, max_macs=...)) or $SBNN_MAX_MACS")
+        need = cost.memory(batch, threads)
+        if need > self.max_memory:
+            mib = 1 << 20
+            raise SBNNLimitError(
+                f"{what} needs about {need / mib:.1f} MiB at batch {batch} (parameters "
+                f"{cost.engine_param_bytes / mib:.1f}, activations "
+                f"{batch * cost.activation_bytes / mib:.1f}, kernel scratch "
+                f"{min(batch, max(threads, 1)) * cost.workspace_bytes / mib:.1f}), above the "
+                f"limit of {self.max_memory / mib:.1f} MiB; run smaller batches or, if you trust "
+                "it, raise max_memory (e.g. sbnn_runtime.load(path, max_memory=...)) or "
+                "$SBNN_MAX_MEMORY")
