@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Builds the standalone C++ kernel test driver (runtime/csrc/tests/kernel_test.cpp, no Python) with
 # AddressSanitizer + UndefinedBehaviorSanitizer and runs it: every ISA path this CPU runs against
-# the reference kernels on a few shapes. Usage: scripts/sanitize.sh [build-dir] [driver args]
-# SBNN_SANITIZE=0 builds the same driver optimised and without sanitizers (for timing: --bench).
+# the reference kernels on a few shapes, and one engine run by several threads at once.
+# Usage: scripts/sanitize.sh [build-dir] [driver args]
+# SBNN_SANITIZE=thread builds it with ThreadSanitizer instead (data races; default build dir
+# build/sanitize-thread). SBNN_SANITIZE=0 builds the same driver optimised and without
+# sanitizers (for timing: --bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-build/sanitize}"
+mode="${SBNN_SANITIZE:-1}"
+case "$mode" in
+  1) flags=(-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
+     default_out=build/sanitize ;;
+  thread) flags=(-O1 -g -fsanitize=thread -fno-omit-frame-pointer)
+     default_out=build/sanitize-thread ;;
+  0) flags=(-O3 -DNDEBUG)
+     default_out=build/sanitize ;;
+  *) echo "sanitize.sh: SBNN_SANITIZE must be 1 (ASan+UBSan), thread (TSan) or 0, got '$mode'" >&2
+     exit 2 ;;
+esac
+out="${1:-$default_out}"
 shift || true
 mkdir -p "$out"
 CXX="${CXX:-g++}"
-if [ "${SBNN_SANITIZE:-1}" = 1 ]; then
-  flags=(-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
-else
-  flags=(-O3 -DNDEBUG)
-fi
 common=(-std=c++17 -Wall -Wextra -Wpedantic -Wshadow -Werror -Iruntime/csrc -DSBNN_HAVE_X86_KERNELS
         "${flags[@]}")
 avx2=(-mavx2 -mfma -mpopcnt -mbmi -mbmi2)
@@ -36,4 +45,5 @@ for pid in "${pids[@]}"; do wait "$pid"; done  # fails the script when any compi
 "$CXX" "${flags[@]}" "${objs[@]}" -o "$out/kernel_test" -lpthread ${SBNN_LDFLAGS:-}
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
 "$out/kernel_test" "$@"

@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 
 import sbnn_runtime.fileformat as ff
-from sbnn.method.primitives import entropy
 from sbnn_runtime.fileformat import Graph, Node, SBNNFormatError
+
+
+def entropy(p: float) -> float:
+    """H(p) in bits (numpy only: runtime tests import no torch)."""
+    return 0.0 if p <= 0 or p >= 1 else float(-p * np.log2(p) - (1 - p) * np.log2(1 - p))
 
 
 def _bits(rng, shape, p):
@@ -153,7 +157,7 @@ def _native_runner():
 
     if core is None or not hasattr(core, "Engine"):
         return None
-    from sbnn.engine import Engine
+    from sbnn_runtime.engine import Engine
 
     return lambda g, x: Engine(g, 1, backend="native")(x)
 

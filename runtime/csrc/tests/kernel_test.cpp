@@ -1,6 +1,8 @@
 // Standalone test driver of the binary-conv kernels (no Python): every optimised ISA path this
 // CPU runs against the reference twin, exact on the integer counts, close on the float output;
-// plus a small engine graph. Built by scripts/sanitize.sh under ASan/UBSan.
+// plus a small engine graph, and one engine run by several std::threads at once (the race
+// ThreadSanitizer looks for: SBNN_SANITIZE=thread scripts/sanitize.sh). Built by
+// scripts/sanitize.sh under ASan/UBSan (or TSan).
 //   kernel_test            run the checks, exit status 0 when all pass
 //   kernel_test --bench    time 256->256 3x3 on 14x14 per ISA (dense p=0.5, sparse p=0.05/0.01)
 #include <algorithm>
@@ -10,6 +12,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "core/bconv.h"
@@ -95,6 +99,58 @@ void check_engine() {
     }
 }
 
+// One engine (a pool of 2) over a 300-op graph, run by 4 threads at once, profiled: every run
+// must give the single-threaded output and its own 300 timings.
+void check_engine_threads() {
+  const int C = 6, H = 7, N = 2, kOps = 300;
+  std::vector<uint8_t> bits(C * C * 9);
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = (i * 5) % 3 == 0;
+  std::vector<float> eta(C, 0.05f), zero(C, 0.0f), x(static_cast<size_t>(N) * C * H * H);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.37f * static_cast<float>(i));
+  Engine e(2);
+  int t = e.input(C, H, H);
+  for (int i = 0; i < kOps; ++i) {
+    if (i % 30 == 10)
+      t = e.sbconv2d(t, bits.data(), C, C, 3, 3, eta.data(), zero.data(), zero.data(), 1, 1,
+                     nullptr, i % 60 == 10, default_isa());
+    else if (i % 2)
+      t = e.hardtanh(t, -1.0f, 1.0f);
+    else
+      t = e.relu(t);
+  }
+  e.set_output(t);
+  const size_t n_out = static_cast<size_t>(N) * C * H * H;
+  std::vector<float> want(n_out);
+  e.run(x.data(), N, want.data());
+  std::vector<int> bad(4, 0);
+  std::vector<std::thread> ts;
+  for (int k = 0; k < 4; ++k)
+    ts.emplace_back([&, k] {
+      std::vector<float> y(n_out);
+      Engine::LayerTimes times;
+      for (int r = 0; r < 10; ++r) {
+        e.run(x.data(), N, y.data(), &times);
+        if (y != want || static_cast<int>(times.size()) != kOps) ++bad[k];
+      }
+    });
+  for (auto& th : ts) th.join();
+  for (int k = 0; k < 4; ++k)
+    if (bad[k]) {
+      ++g_fail;
+      std::printf("FAIL engine shared by threads: thread %d, %d bad runs\n", k, bad[k]);
+    }
+  bool refused = false;
+  try {
+    ThreadPool p(kMaxThreads + 1);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  if (!refused) {
+    ++g_fail;
+    std::printf("FAIL ThreadPool(%d) was not refused\n", kMaxThreads + 1);
+  }
+}
+
 double time_us(const BConvLayer& l, const std::vector<float>& x, std::vector<float>& y) {
   for (int i = 0; i < 20; ++i) l.forward(x.data(), 1, y.data(), nullptr);
   std::vector<double> ts;
@@ -161,6 +217,7 @@ int main(int argc, char** argv) {
           }
   }
   check_engine();
+  check_engine_threads();
   std::printf("%d cases, %d failures\n", n, g_fail);
   return g_fail == 0 ? 0 : 1;
 }
