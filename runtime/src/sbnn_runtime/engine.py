@@ -84,7 +84,7 @@ class Engine:
 
     ``num_threads``: None (every core) or 1 to :data:`MAX_THREADS` (256), else ``ValueError``;
     a pool whose threads cannot be started (e.g. under a memory limit) raises ``RuntimeError``.
-    ``max_macs`` / ``max_memory``: see :class:`sbnn_runtime.ops.Limits` (defaults 20 GMACs per
+    ``max_macs`` / ``max_memory``: see :class:`sbnn_runtime.ops.Limits` (defaults 1e11 MACs per
     image and 4 GiB; ``$SBNN_MAX_MACS`` / ``$SBNN_MAX_MEMORY``); a graph past them, or a batch
     whose activations would pass ``max_memory``, raises :class:`sbnn_runtime.SBNNLimitError`.
 
@@ -185,7 +185,7 @@ def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: boo
     """Load a ``.sbnn`` file into a callable :class:`Engine`.
 
     The file is checked whole from its header, and held to ``max_macs`` (per image, default
-    20 G) and ``max_memory`` (bytes, default 4 GiB), before anything is decoded or built; see
+    1e11) and ``max_memory`` (bytes, default 4 GiB), before anything is decoded or built; see
     :class:`sbnn_runtime.ops.Limits` to raise them for a model you trust.
 
     ``num_threads=None`` uses every core. ``sparse=False`` runs the binary convs with the dense

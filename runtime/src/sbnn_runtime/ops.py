@@ -710,11 +710,12 @@ class Limits:
     """The most work and memory a loader lets one model take; past them it raises
     :class:`SBNNLimitError` before decoding or allocating anything.
 
-    ``max_macs``: multiply-accumulates per image (default :data:`DEFAULT_MAX_MACS`, 20 G);
+    ``max_macs``: multiply-accumulates per image (default :data:`DEFAULT_MAX_MACS`, 1e11);
     ``max_memory``: bytes for parameters, activations and kernel scratch at the batch being run
-    (default :data:`DEFAULT_MAX_MEMORY`, 4 GiB). Both defaults fit ResNet-18 at 224x224 with
-    room to spare (1.8 GMACs, about 0.2 GiB at batch 1). Raise them on purpose for a model you
-    trust: ``sbnn_runtime.load(path, max_macs=1e11, max_memory="16G")``, or ``$SBNN_MAX_MACS``
+    (default :data:`DEFAULT_MAX_MEMORY`, 4 GiB). Both defaults fit our CIFAR-style ResNet-18
+    (``resnet18_irnet``) at 224x224 with room to spare (27.3 GMACs, about 154 MiB at batch 1,
+    37 MiB more per image). Raise them on purpose for a model you
+    trust: ``sbnn_runtime.load(path, max_macs=1e12, max_memory="16G")``, or ``$SBNN_MAX_MACS``
     / ``$SBNN_MAX_MEMORY`` (numbers, ``K/M/G/T`` suffixes, ``inf`` for no limit).
     """
 
