@@ -338,3 +338,17 @@ def test_a_thread_pool_that_cannot_start_fails_cleanly():
         pytest.skip("RLIMIT_AS did not stop 256 thread stacks here")
     assert "thread pool: could not start thread" in out[0] and "fewer num_threads" in out[0]
     assert out[1] == "1"
+
+
+def test_activation_estimate_stays_linear_on_a_deep_growing_graph():
+    # 12000 growing avg pools keep every buffer on the free list: past 4096 of them the
+    # estimate is the no-reuse bound (the simulation would be quadratic)
+    nodes = [Node("input", [], {"shape": [1, 1, 1]})]
+    for i in range(12000):
+        nodes.append(Node("avgpool", [i], {"k": 2, "stride": 1, "pad": 1,
+                                           "count_include_pad": True}))
+    g = Graph(nodes, len(nodes) - 1)
+    shapes = infer_shapes(g)
+    cost = graph_cost(g, shapes)
+    assert cost.activation_bytes == 4 * (sum(math.prod(s) for s in shapes[1:])
+                                         + math.prod(shapes[-1]))

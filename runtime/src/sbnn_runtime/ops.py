@@ -639,11 +639,16 @@ class GraphCost:
                 + min(batch, max(threads, 1)) * self.workspace_bytes)
 
 
+_MAX_FREE = 4096
+
+
 def _activation_elems(graph: Graph, shapes: list[Shape]) -> int:
     # The buffers of sbnn::Engine::run (runtime/csrc/core/engine.cpp) for one image: each op's
     # output takes the first free buffer big enough or a new one; a tensor's buffer goes back to
     # the free list after its last reader. Every size scales with the batch, so the choices (and
-    # the total, times N) are the same for any batch.
+    # the total, times N) are the same for any batch. A graph that would keep more than
+    # _MAX_FREE buffers at once (no real network does) gets the no-reuse bound instead, so that
+    # the simulation stays linear in the number of nodes.
     nodes = graph.nodes
     last_use: dict[int, int] = {}
     for i, nd in enumerate(nodes):
@@ -664,6 +669,9 @@ def _activation_elems(graph: Graph, shapes: list[Shape]) -> int:
         for j in nodes[i].inputs:
             if last_use[j] == i and j not in (0, graph.output) and j in cap:
                 free.append(cap.pop(j))
+        if len(free) > _MAX_FREE:
+            total = sum(math.prod(s) for s in shapes[1:])
+            break
     return total + math.prod(shapes[graph.output])  # + the output array handed back
 
 
