@@ -35,9 +35,13 @@ Encodings:
     (Rice codes are near-optimal for geometric run lengths, Gallager & Van Voorhis 1975).
 
 Reading never trusts the file: sizes are checked against the bytes actually present, the
-checksum is verified before the header is parsed, and every node is checked against the
-shapes of its inputs, so that a truncated, bit-flipped, wrong-version or foreign file raises
-:class:`SBNNFormatError` (a ``ValueError``) saying what is wrong.
+checksum is verified before the header is parsed, and the whole graph is checked from the
+header before any blob is decoded (every node against the shapes of its inputs, with
+:class:`~sbnn_runtime.ops.ShapeOnly` stand-ins for its params; every blob against the payload,
+its encoding and the other blobs; the graph's work and memory against
+:class:`~sbnn_runtime.ops.Limits`), so that a truncated, bit-flipped, wrong-version, foreign
+or hostile file raises :class:`SBNNFormatError` (a ``ValueError``; :class:`SBNNLimitError`
+past a limit) saying what is wrong, having allocated no more than the checked sizes.
 """
 
 from __future__ import annotations
