@@ -7,7 +7,9 @@
 Modules: :mod:`sbnn_runtime.ops` (the graph and the one table of its ops),
 :mod:`sbnn_runtime.fileformat` (the file reader and writer), :mod:`sbnn_runtime.engine`,
 :mod:`sbnn_runtime.kernels` (the binary convs and their reference twins) and
-:mod:`sbnn_runtime.native` (the compiled core, or why it is missing).
+:mod:`sbnn_runtime.native` (the compiled core, or why it is missing) and
+:mod:`sbnn_runtime.summary` (``summarize(model)``: per-node shapes, params, bits, MACs).
+Loading checks a file whole before decoding it and holds it to :class:`Limits` (work, memory).
 """
 
 from sbnn_runtime.engine import Engine, load
