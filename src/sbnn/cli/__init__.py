@@ -22,13 +22,14 @@ SUBCOMMANDS: list[str] = [
     "sbnn.pipeline.sweep",
     "sbnn.deploy.export",
     "sbnn.deploy.bench",
+    "sbnn.cli.summary",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sbnn", description="Sparse binary neural networks: train, evaluate, plot, convert, "
-                                   "sweep, export, bench.")
+                                   "sweep, export, bench, summary.")
     try:
         from sbnn import __version__
     except ImportError:  # pragma: no cover
@@ -54,14 +55,32 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from sbnn.pipeline.config import ConfigError
-    from sbnn.pipeline.data import DatasetNotFoundError
-
+    errors = _user_errors()
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as e:
-        print(f"sbnn {args.command}: error: {e}", file=sys.stderr)
+    except errors as e:
+        print(f"sbnn {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.strerror}: '{e.filename}'"
+    return " ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input causes (bad config, data, checkpoint, .sbnn file, path): one line on
+    stderr and exit code 2 instead of a traceback."""
+    from sbnn.pipeline.config import ConfigError
+    from sbnn.pipeline.data import DatasetNotFoundError
+    from sbnn.pipeline.runs import CheckpointError, RunExistsError
+    from sbnn.verbs.convert import ConversionError
+    from sbnn_runtime.ops import SBNNFormatError
+
+    return (ConfigError, DatasetNotFoundError, CheckpointError, RunExistsError, SBNNFormatError,
+            ConversionError, OSError)
 
 
 if __name__ == "__main__":

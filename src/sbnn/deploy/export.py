@@ -506,12 +506,24 @@ def _cmd(args) -> int:
             cfg.get("model", {}).get("kwargs", {}), "dataset": dataset,
             "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
             "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
+    for target in [args.output] + ([args.onnx] if args.onnx else []):
+        folder = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(folder):
+            print(f"sbnn export: error: the folder of '{target}' does not exist", file=sys.stderr)
+            return 2
+    # a failed export leaves neither file behind (an older file of the same name stays)
+    existed = {t: os.path.exists(t) for t in [args.output, args.onnx] if t}
     try:
         graph = export(model, args.output, shape, metadata=meta, onnx_path=args.onnx,
                        check=not args.no_check)
-    except (ExportError, SBNNFormatError) as exc:
-        print(f"sbnn export: error: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:
+        for t, was in existed.items():
+            if not was and os.path.exists(t):
+                os.unlink(t)
+        if isinstance(exc, (ExportError, SBNNFormatError, OSError)):
+            print(f"sbnn export: error: {exc}", file=sys.stderr)
+            return 2
+        raise
     print(format_bits_table(graph))
     size = os.path.getsize(args.output)
     print(f"wrote {args.output} ({size / 1024:.1f} KiB)"

@@ -335,8 +335,10 @@ def _finetune(model, cfg, loader, test_loader, info, granularity, make_optimizer
 
 def _shrink_copy(model: nn.Module, x: torch.Tensor, path) -> dict:
     """Physically remove the dead filters of a copy, check its outputs equal the original's on
-    ``x`` and save the whole module (its shapes differ from the registry's: evaluate and
-    export keep using last.pt, which keeps dead filters as all-zero ones)."""
+    ``x`` and save its tensors (:func:`sbnn.pipeline.runs.save_shrunk`; read back with
+    :func:`sbnn.pipeline.runs.load_shrunk`). Its shapes differ from the registry's: evaluate and
+    export keep using last.pt, which keeps dead filters as all-zero ones."""
+    from sbnn.pipeline.runs import save_shrunk
     from sbnn.verbs.prune import detach_, prune_stats, shrink_
 
     small = copy.deepcopy(model).eval()
@@ -345,7 +347,7 @@ def _shrink_copy(model: nn.Module, x: torch.Tensor, path) -> dict:
         y0 = model.eval()(x)
         removed = shrink_(small, x)
         y1 = small(x)
-    torch.save(small, path)
+    save_shrunk(small, path, removed)
     return {"removed_filters": removed, "max_abs_output_diff": float((y0 - y1).abs().max()),
             "file": path.name, "pruning_after": prune_stats(small, x)["total"]}
 
