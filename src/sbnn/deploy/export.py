@@ -471,7 +471,8 @@ def add_parser(subparsers) -> None:
                     "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
                     "entropy-coded.")
     p.add_argument("path", help="run folder or .pt checkpoint")
-    p.add_argument("-o", "--output", required=True, help="output .sbnn file")
+    p.add_argument("-o", "--out", "--output", dest="output", required=True,
+                   help="output .sbnn file")
     p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")

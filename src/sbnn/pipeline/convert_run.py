@@ -382,6 +382,11 @@ def format_comparison(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _domain_name(text: str) -> str:
+    """``ab`` (the sweep's name of the learned {alpha, beta} domain) is ``learned``."""
+    return "learned" if text == "ab" else text
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="convert a trained full-precision model to sparse-binary in closed form",
@@ -390,11 +395,13 @@ def add_parser(subparsers) -> None:
                     "pruning and fine-tuning; writes a run folder like `sbnn train`'s.")
     p.add_argument("checkpoint", help="last.pt/best.pt of a full-precision `sbnn train` run")
     g = p.add_argument_group("conversion")
-    g.add_argument("--ones", type=float, required=True, help="target ones fraction in (0, 1)")
+    g.add_argument("--ec", "--ones", dest="ones", type=float, required=True, metavar="EC",
+                   help="target ones fraction (EC, as in sbnn train's sparsity.ec) in (0, 1)")
     g.add_argument("--granularity", choices=GRANULARITIES, default="layer")
     g.add_argument("--allocation", choices=ALLOCATIONS, default="uniform")
-    g.add_argument("--domain", default=None,
-                   help="domain of the binary twin (default: the checkpoint's, usually learned)")
+    g.add_argument("--domain", default=None, type=_domain_name,
+                   help="domain of the binary twin: learned (alias ab), closed_form, pm1, 01 "
+                        "(default: the checkpoint's, usually learned)")
     g = p.add_argument_group("pruning (sbnn.verbs.prune)")
     g.add_argument("--prune-magnitude", type=float, default=0.0, metavar="SHARE")
     g.add_argument("--prune-filters", type=float, default=0.0, metavar="SHARE")
@@ -415,7 +422,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--train-subset", type=int, default=None)
     g.add_argument("--test-subset", type=int, default=None)
     g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--out", "-o", required=True, help="new run folder")
     p.set_defaults(func=_cmd)
