@@ -44,3 +44,19 @@ def test_names_agree_across_subcommands():
     for flag in ("-o", "--out", "--output"):
         assert p.parse_args(["export", "run", flag, "m.sbnn"]).output == "m.sbnn"
     assert p.parse_args(["evaluate", "run"]).device == "auto"
+
+
+def test_readme_convert_examples_say_how_to_get_a_working_model():
+    """Issue 13 item 14: a conversion without BatchNorm recalibration and fine-tuning is at
+    chance; every README example either asks for both or says so next to it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cmds = re.findall(r"^(sbnn convert .*?)(?<!\\)$", text.replace("\\\n", " "), flags=re.M)
+    assert cmds
+    for c in cmds:
+        assert re.search(r"--bn-batches [1-9]", c) and re.search(r"--finetune-epochs [1-9]", c), c
+    p = cli.build_parser()
+    for c in cmds:  # and they parse
+        p.parse_args(c.split("#")[0].split()[1:])
