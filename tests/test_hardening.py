@@ -336,3 +336,18 @@ def test_resume_tolerates_a_torn_metrics_line(tmp_path, data_root):
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
+
+
+def test_stale_convert_tmp_folders_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".conv.tmp-{dead}"
+    stale.mkdir()
+    (stale / "config.yaml").write_text("x")
+    live = tmp_path / f".conv.tmp-{__import__('os').getpid()}"
+    live.mkdir()
+    assert runs.clean_stale_tmp_dirs(tmp_path / "conv") == [stale]
+    assert not stale.exists() and live.exists()

@@ -431,6 +431,9 @@ def add_parser(subparsers) -> None:
 def _cmd(args) -> int:
     import sys
 
+    from sbnn.pipeline.runs import clean_stale_tmp_dirs
+
+    clean_stale_tmp_dirs(args.out)  # left by a convert killed before its final rename
     try:
         prune = PruneConfig(magnitude=args.prune_magnitude, filters=args.prune_filters,
                             kernels=args.prune_kernels, patterns=args.patterns,

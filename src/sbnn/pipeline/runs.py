@@ -71,6 +71,7 @@ __all__ = [
     "check_run_dir",
     "create_run_dir",
     "clean_tmp_files",
+    "clean_stale_tmp_dirs",
     "save_shrunk",
     "load_shrunk",
 ]
@@ -111,6 +112,33 @@ def clean_tmp_files(path: str | os.PathLike) -> list[Path]:
             if f.is_file():
                 f.unlink()
                 removed.append(f)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_stale_tmp_dirs(out: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.tmp-PID`` folders next to ``out`` that ``sbnn convert`` builds a run
+    in, when process PID is gone (it was killed before renaming the folder to ``out``)."""
+    import shutil
+
+    p = Path(out)
+    removed = []
+    if not p.parent.is_dir():
+        return removed
+    for d in p.parent.glob(f".{p.name}.tmp-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
     return removed
 
 
