@@ -107,6 +107,18 @@ def test_malicious_checkpoint_runs_no_code_anywhere(tmp_path, capsys, data_root,
     assert not (tmp_path / "x.sbnn").exists() and not (tmp_path / "conv").exists()
 
 
+def test_malicious_checkpoint_in_a_real_process_prints_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "PWNED"
+    _evil_checkpoint(tmp_path / "run" / "last.pt", marker, legacy=True)
+    r = subprocess.run([sys.executable, "-m", "sbnn.cli", "evaluate", str(tmp_path / "run")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "could run code" in r.stderr and not marker.exists()
+
+
 def test_shrunk_model_is_tensors_only_and_loads_back(tmp_path):
     from sbnn.verbs.prune import detach_, shrink_
 

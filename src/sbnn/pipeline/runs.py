@@ -268,8 +268,12 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
 
 def _safe_load(p: Path):
     """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
+    import warnings
+
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: our error says it
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, refused globals
         lines = [ln for ln in str(exc).splitlines() if ln.strip()]
         why = lines[0] if lines else type(exc).__name__
