@@ -363,3 +363,14 @@ def test_stale_convert_tmp_folders_are_removed(tmp_path):
     live.mkdir()
     assert runs.clean_stale_tmp_dirs(tmp_path / "conv") == [stale]
     assert not stale.exists() and live.exists()
+
+
+def test_bad_input_shape_and_unknown_dataset_exit_2(tmp_path, capsys, good_sbnn):
+    from sbnn.deploy.export import export
+    from sbnn.pipeline.data import write_synthetic_idx
+
+    root = write_synthetic_idx(tmp_path / "d", n_train=16, n_test=16)
+    nodata = tmp_path / "nodata.sbnn"
+    export(models.create("fmnist_cnn", width=8).eval(), nodata, (1, 28, 28), check=False)
+    _exit2_one_line(["evaluate", "--engine", nodata, "--data", root], capsys)  # no dataset
+    _exit2_one_line(["summary", good_sbnn.parent, "--input-shape", "1,x"], capsys)

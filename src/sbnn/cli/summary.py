@@ -51,12 +51,18 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd(args) -> int:
-    shape = None
-    if args.input_shape:
-        from sbnn.deploy.export import _parse_shape
+    import sys
 
-        shape = _parse_shape(args.input_shape)
-    s = run_summary(args.path, shape)
+    from sbnn.deploy.export import ExportError, _parse_shape
+
+    try:
+        shape = _parse_shape(args.input_shape) if args.input_shape else None
+        s = run_summary(args.path, shape)
+    except (ValueError, ExportError) as e:  # bad --input-shape, unknown dataset, untraceable
+        if isinstance(e, OSError):
+            raise
+        print(f"sbnn summary: error: {e}", file=sys.stderr)
+        return 2
     print(s)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(s.to_dict(), indent=2) + "\n")

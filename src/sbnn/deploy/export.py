@@ -493,7 +493,11 @@ def _cmd(args) -> int:
     cfg = ckpt.get("config", {})
     dataset = cfg.get("data", {}).get("name")
     if args.input_shape:
-        shape = _parse_shape(args.input_shape)
+        try:
+            shape = _parse_shape(args.input_shape)
+        except ValueError as exc:
+            print(f"sbnn export: error: {exc}", file=sys.stderr)
+            return 2
     elif dataset in _DATASET_SHAPES:
         shape = (int(ckpt.get("in_chans", _DATASET_SHAPES[dataset][0])),
                  *_DATASET_SHAPES[dataset][1:])
