@@ -276,7 +276,7 @@ def add_parser(subparsers) -> None:
                               description="Latent-weight histograms, ones fraction and accuracy "
                                           "over epochs, accuracy against bits per weight.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="folder for the cross-run plot (default: the first run)")
+    p.add_argument("--out", "-o", help="folder for the cross-run plot (default: the first run)")
     p.set_defaults(func=_cmd)
 
 
