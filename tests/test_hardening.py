@@ -374,3 +374,21 @@ def test_bad_input_shape_and_unknown_dataset_exit_2(tmp_path, capsys, good_sbnn)
     export(models.create("fmnist_cnn", width=8).eval(), nodata, (1, 28, 28), check=False)
     _exit2_one_line(["evaluate", "--engine", nodata, "--data", root], capsys)  # no dataset
     _exit2_one_line(["summary", good_sbnn.parent, "--input-shape", "1,x"], capsys)
+
+
+def test_create_run_dir_rules(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    for f in ("config.yaml", "metrics.jsonl", "best.pt", ".last.pt.x1.tmp", "notes.txt"):
+        (run / f).write_text("x")
+    assert not runs.holds_run(run)  # killed inside its first epoch: nothing to lose
+    runs.create_run_dir(run)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only the run's own files go
+    (run / "last.pt").write_text("x")
+    with pytest.raises(runs.RunExistsError, match="--overwrite"):
+        runs.create_run_dir(run)
+    runs.create_run_dir(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        runs.check_run_dir(tmp_path / "file")

@@ -11,7 +11,7 @@ A run folder (``sbnn train``, ``sbnn convert``) holds::
 What is guaranteed:
 
 * an existing run is never touched unless asked: :func:`create_run_dir` refuses a folder that
-  holds a run (a checkpoint or ``report.json``) unless ``resume`` or ``overwrite`` is given;
+  holds a run (``last.pt`` or ``report.json``) unless ``resume`` or ``overwrite`` is given;
 * every file is written atomically (a kill leaves the old file or the new one), ``best.pt`` is
   written before ``last.pt`` and both before ``report.json``, and each records its ``epoch``,
   so ``report.json`` never names an epoch newer than the checkpoints it sits beside;
@@ -93,12 +93,13 @@ class RunExistsError(ValueError):
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "report.json",
              "shrunk_model.pt", "weights.png", "curves.png", "layers.png",
              "accuracy_vs_bits.png")
-# what a user would lose: a folder holding one of these is a run
-_RUN_MARKERS = ("last.pt", "best.pt", "report.json")
+# what a user would lose: a folder holding one of these is a run. A best.pt alone is not: it is
+# what a kill between the first epoch's best.pt and last.pt leaves, and a rerun rewrites it.
+_RUN_MARKERS = ("last.pt", "report.json")
 
 
 def holds_run(path: str | os.PathLike) -> bool:
-    """Does the folder hold a run (a checkpoint or a report) that overwriting would lose?"""
+    """Does the folder hold a run (``last.pt`` or ``report.json``) that overwriting would lose?"""
     p = Path(path)
     return p.is_dir() and any((p / f).exists() for f in _RUN_MARKERS)
 
