@@ -143,6 +143,8 @@ def _ddp_worker(rank, world, port, root, out, result_dir):
     trainer.fit()
     torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
                os.path.join(result_dir, f"rank{rank}.pt"))
+    with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(trainer.local_row, f)  # this rank's share of the last epoch
     torch.distributed.destroy_process_group()
 
 
@@ -160,6 +162,15 @@ def test_ddp_two_gloo_processes_keep_parameters_identical(toy_root, tmp_path):
     assert (out / "report.json").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
+    # the log is the mean over both ranks, and the run says it was distributed
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    local = [json.loads((res / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for k in ("train_loss", "train_accuracy", "penalty"):
+        assert logged[k] == pytest.approx((local[0][k] + local[1][k]) / 2, rel=1e-12), k
+    assert local[0]["train_loss"] != local[1]["train_loss"]  # so rank 0's share would differ
+    rep = json.loads((out / "report.json").read_text())
+    assert (rep["world_size"], rep["batch_size_per_rank"], rep["global_batch_size"]) == (2, 64, 128)
+    assert "world size 2" in (out / "config.yaml").read_text().splitlines()[0]
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ _LAZY = {
     # deployment and pipeline
     "SBNNFormatError": "sbnn_runtime.ops",
     "load_model": "sbnn.pipeline.runs",
+    "summary": "sbnn.deploy.summary",
 }
 # subpackages and modules reachable as attributes (sbnn.models, sbnn.engine, ...)
 _MODULES = {

@@ -471,7 +471,8 @@ def add_parser(subparsers) -> None:
                     "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
                     "entropy-coded.")
     p.add_argument("path", help="run folder or .pt checkpoint")
-    p.add_argument("-o", "--output", required=True, help="output .sbnn file")
+    p.add_argument("-o", "--out", "--output", dest="output", required=True,
+                   help="output .sbnn file")
     p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
@@ -492,7 +493,11 @@ def _cmd(args) -> int:
     cfg = ckpt.get("config", {})
     dataset = cfg.get("data", {}).get("name")
     if args.input_shape:
-        shape = _parse_shape(args.input_shape)
+        try:
+            shape = _parse_shape(args.input_shape)
+        except ValueError as exc:
+            print(f"sbnn export: error: {exc}", file=sys.stderr)
+            return 2
     elif dataset in _DATASET_SHAPES:
         shape = (int(ckpt.get("in_chans", _DATASET_SHAPES[dataset][0])),
                  *_DATASET_SHAPES[dataset][1:])
@@ -506,12 +511,24 @@ def _cmd(args) -> int:
             cfg.get("model", {}).get("kwargs", {}), "dataset": dataset,
             "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
             "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
+    for target in [args.output] + ([args.onnx] if args.onnx else []):
+        folder = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(folder):
+            print(f"sbnn export: error: the folder of '{target}' does not exist", file=sys.stderr)
+            return 2
+    # a failed export leaves neither file behind (an older file of the same name stays)
+    existed = {t: os.path.exists(t) for t in [args.output, args.onnx] if t}
     try:
         graph = export(model, args.output, shape, metadata=meta, onnx_path=args.onnx,
                        check=not args.no_check)
-    except (ExportError, SBNNFormatError) as exc:
-        print(f"sbnn export: error: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:
+        for t, was in existed.items():
+            if not was and os.path.exists(t):
+                os.unlink(t)
+        if isinstance(exc, (ExportError, SBNNFormatError, OSError)):
+            print(f"sbnn export: error: {exc}", file=sys.stderr)
+            return 2
+        raise
     print(format_bits_table(graph))
     size = os.path.getsize(args.output)
     print(f"wrote {args.output} ({size / 1024:.1f} KiB)"

@@ -23,11 +23,13 @@ from sbnn.verbs.prune import PruneConfig
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
     "ConfigError", "load_config", "save_config", "apply_overrides", "from_dict", "to_dict",
+    "validate", "config_keys",
 ]
 
 
 class ConfigError(ValueError):
-    """A config file or override names an unknown key or gives a value of the wrong type."""
+    """A config file or override names an unknown key, or gives a value of the wrong type or
+    outside what the key allows; the message names the key, the value and what is allowed."""
 
 
 @dataclass
@@ -176,7 +178,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at the top level")
     cfg = from_dict(Config, data)
-    return apply_overrides(cfg, overrides or [])
+    return validate(apply_overrides(cfg, overrides or []))
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -215,6 +217,109 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return from_dict(Config, d)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+def save_config(cfg: Config, path: str | Path, header: str | None = None) -> None:
+    """Write ``cfg`` as YAML (atomically); ``header`` lines go first as ``#`` comments (e.g. the
+    world size of a torchrun run), which loading ignores."""
+    from sbnn_runtime.files import atomic_write
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if header:
+        text = "".join(f"# {ln}\n" for ln in header.splitlines()) + text
+    atomic_write(path, text)
+
+
+# --------------------------------------------------------------------------------------------
+# values, not only types
+# --------------------------------------------------------------------------------------------
+
+def _bad(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+
+
+def _choice(key: str, value: Any, valid) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise _bad(key, value, "one of " + ", ".join(str(v) for v in valid))
+
+
+def _positive(key: str, value, integer: bool = True, zero: bool = False) -> None:
+    import math
+
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value >= 0 if zero else value > 0)
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        raise _bad(key, value, f"{what} {'>= 0' if zero else '> 0'}")
+
+
+def validate(cfg: Config, training: bool = True) -> Config:
+    """Check the values of ``cfg`` (types are checked by :func:`from_dict`); raise a
+    :class:`ConfigError` naming the key, the value and what is allowed. ``training``: also
+    require what a training run needs (``epochs >= 1``). Returns ``cfg``."""
+    import math
+
+    import torch
+
+    from sbnn import models
+    from sbnn.method import estimators
+    from sbnn.method.layers import DOMAINS
+    from sbnn.pipeline.data import DATASETS
+
+    d, m, o, sp = cfg.data, cfg.model, cfg.optim, cfg.sparsity
+    _choice("data.name", d.name, DATASETS)
+    _positive("data.batch_size", d.batch_size)
+    _positive("data.eval_batch_size", d.eval_batch_size)
+    _positive("data.crop_padding", d.crop_padding, zero=True)
+    _positive("data.rotation", d.rotation, integer=False, zero=True)
+    _positive("data.mixup_alpha", d.mixup_alpha, integer=False, zero=True)
+    _positive("data.train_subset", d.train_subset)
+    _positive("data.test_subset", d.test_subset)
+    if not models.is_registered(m.name):
+        raise _bad("model.name", m.name, "a registered model: " + ", ".join(models.list_models()))
+    _choice("model.domain", m.domain, DOMAINS)
+    _choice("model.weight_estimator", m.weight_estimator, estimators.names())
+    if m.act is not None:
+        _choice("model.act", m.act, estimators.names() + ["null (float inputs)"])
+    _choice("optim.name", o.name, ("adam", "adamw", "sgd"))
+    _positive("optim.lr", o.lr, integer=False)
+    _positive("optim.weight_decay", o.weight_decay, integer=False, zero=True)
+    if not (math.isfinite(o.momentum) and 0.0 <= o.momentum < 1.0):
+        raise _bad("optim.momentum", o.momentum, "a number in [0, 1)")
+    _choice("optim.schedule", o.schedule, ("cosine", "constant"))
+    _positive("optim.warmup_epochs", o.warmup_epochs, zero=True)
+    if not (math.isfinite(sp.ec) and 0.0 < sp.ec <= 0.5):
+        raise _bad("sparsity.ec", sp.ec, "a ones fraction in (0, 0.5] (0.5: the dense BNN)")
+    if not (math.isfinite(sp.gamma) and 0.0 <= sp.gamma < 1.0):
+        raise _bad("sparsity.gamma", sp.gamma, "a share of the loss in [0, 1)")
+    _choice("sparsity.init", sp.init, ("closed_form", "none"))
+    if training:
+        _positive("epochs", cfg.epochs)
+    else:
+        _positive("epochs", cfg.epochs, zero=True)
+    _positive("threads", cfg.threads)
+    _positive("eval_every", cfg.eval_every, zero=True)
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            raise _bad("device", cfg.device, "auto, cpu, cuda or cuda:N") from None
+    return cfg
+
+
+def config_keys() -> list[tuple[str, str, Any]]:
+    """Every ``--set`` key: ``(dotted key, type, default)``, from the dataclasses."""
+    out = []
+
+    def walk(cls, obj, prefix):
+        for f in dataclasses.fields(cls):
+            tp = _hints(cls)[f.name]
+            v = getattr(obj, f.name)
+            if _is_dataclass_type(tp):
+                walk(tp, v, prefix + f.name + ".")
+            else:
+                name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+                out.append((prefix + f.name, name, v))
+
+    walk(Config, Config(), "")
+    return out

@@ -335,8 +335,10 @@ def _finetune(model, cfg, loader, test_loader, info, granularity, make_optimizer
 
 def _shrink_copy(model: nn.Module, x: torch.Tensor, path) -> dict:
     """Physically remove the dead filters of a copy, check its outputs equal the original's on
-    ``x`` and save the whole module (its shapes differ from the registry's: evaluate and
-    export keep using last.pt, which keeps dead filters as all-zero ones)."""
+    ``x`` and save its tensors (:func:`sbnn.pipeline.runs.save_shrunk`; read back with
+    :func:`sbnn.pipeline.runs.load_shrunk`). Its shapes differ from the registry's: evaluate and
+    export keep using last.pt, which keeps dead filters as all-zero ones."""
+    from sbnn.pipeline.runs import save_shrunk
     from sbnn.verbs.prune import detach_, prune_stats, shrink_
 
     small = copy.deepcopy(model).eval()
@@ -345,7 +347,7 @@ def _shrink_copy(model: nn.Module, x: torch.Tensor, path) -> dict:
         y0 = model.eval()(x)
         removed = shrink_(small, x)
         y1 = small(x)
-    torch.save(small, path)
+    save_shrunk(small, path, removed)
     return {"removed_filters": removed, "max_abs_output_diff": float((y0 - y1).abs().max()),
             "file": path.name, "pruning_after": prune_stats(small, x)["total"]}
 
@@ -380,6 +382,11 @@ def format_comparison(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _domain_name(text: str) -> str:
+    """``ab`` (the sweep's name of the learned {alpha, beta} domain) is ``learned``."""
+    return "learned" if text == "ab" else text
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="convert a trained full-precision model to sparse-binary in closed form",
@@ -388,11 +395,13 @@ def add_parser(subparsers) -> None:
                     "pruning and fine-tuning; writes a run folder like `sbnn train`'s.")
     p.add_argument("checkpoint", help="last.pt/best.pt of a full-precision `sbnn train` run")
     g = p.add_argument_group("conversion")
-    g.add_argument("--ones", type=float, required=True, help="target ones fraction in (0, 1)")
+    g.add_argument("--ec", "--ones", dest="ones", type=float, required=True, metavar="EC",
+                   help="target ones fraction (EC, as in sbnn train's sparsity.ec) in (0, 1)")
     g.add_argument("--granularity", choices=GRANULARITIES, default="layer")
     g.add_argument("--allocation", choices=ALLOCATIONS, default="uniform")
-    g.add_argument("--domain", default=None,
-                   help="domain of the binary twin (default: the checkpoint's, usually learned)")
+    g.add_argument("--domain", default=None, type=_domain_name,
+                   help="domain of the binary twin: learned (alias ab), closed_form, pm1, 01 "
+                        "(default: the checkpoint's, usually learned)")
     g = p.add_argument_group("pruning (sbnn.verbs.prune)")
     g.add_argument("--prune-magnitude", type=float, default=0.0, metavar="SHARE")
     g.add_argument("--prune-filters", type=float, default=0.0, metavar="SHARE")
@@ -413,7 +422,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--train-subset", type=int, default=None)
     g.add_argument("--test-subset", type=int, default=None)
     g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--out", "-o", required=True, help="new run folder")
     p.set_defaults(func=_cmd)
@@ -422,6 +431,9 @@ def add_parser(subparsers) -> None:
 def _cmd(args) -> int:
     import sys
 
+    from sbnn.pipeline.runs import clean_stale_tmp_dirs
+
+    clean_stale_tmp_dirs(args.out)  # left by a convert killed before its final rename
     try:
         prune = PruneConfig(magnitude=args.prune_magnitude, filters=args.prune_filters,
                             kernels=args.prune_kernels, patterns=args.patterns,

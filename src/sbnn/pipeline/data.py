@@ -201,9 +201,36 @@ def _load_idx_dataset(name: str, root: Path, train: bool) -> tuple[torch.Tensor,
 # CIFAR (python pickle version)
 # --------------------------------------------------------------------------------------------
 
+# The only globals the official CIFAR pickles (and numpy arrays pickled by numpy 1.x or 2.x)
+# refer to: rebuilding an ndarray, its dtype, numpy scalars, and bytes from str. Anything else
+# is refused, so a crafted file cannot run code (plain pickle.load calls whatever it names).
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol 2 stores bytes written by Python 3: str -> bytes
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Dicts, lists, tuples, bytes/str, numbers and numpy arrays; every other global refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refused global '{module}.{name}': a CIFAR batch file holds only dicts, lists, "
+            "bytes and numpy arrays (loading anything else could run code)")
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+        d = _CifarUnpickler(f, encoding="bytes").load()
+    if not isinstance(d, dict):
+        raise pickle.UnpicklingError(f"expected a dict, got {type(d).__name__}")
+    for v in d.values():
+        if isinstance(v, np.ndarray) and v.dtype.hasobject:
+            raise pickle.UnpicklingError("refused an object array (CIFAR data is uint8)")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 

@@ -221,6 +221,16 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd(args) -> int:
+    import sys
+
+    try:
+        return _run_cmd(args)
+    except ValueError as e:  # a corrupt checkpoint or .sbnn, one without its dataset, ...
+        print(f"sbnn evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def _run_cmd(args) -> int:
     if args.engine:
         report = evaluate_engine(args.engine, dataset=args.dataset, root=args.data_root,
                                  batch_size=args.batch_size, compare_with=args.path,

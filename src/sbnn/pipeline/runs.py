@@ -8,6 +8,16 @@ A run folder (``sbnn train``, ``sbnn convert``) holds::
     best.pt         the checkpoint of the best test accuracy so far
     report.json     the final report (accuracy, ones fraction, bits, ...)
 
+What is guaranteed:
+
+* an existing run is never touched unless asked: :func:`create_run_dir` refuses a folder that
+  holds a run (``last.pt`` or ``report.json``) unless ``resume`` or ``overwrite`` is given;
+* every file is written atomically (a kill leaves the old file or the new one), ``best.pt`` is
+  written before ``last.pt`` and both before ``report.json``, and each records its ``epoch``,
+  so ``report.json`` never names an epoch newer than the checkpoints it sits beside;
+* leftovers of interrupted writes (``.NAME.*.tmp`` files) are removed when a run folder is
+  created or resumed.
+
 A checkpoint is a dict written by :func:`save_checkpoint` (atomically) and read by
 :func:`load_checkpoint`, with the keys of :data:`CHECKPOINT_KEYS`:
 
@@ -55,6 +65,15 @@ __all__ = [
     "set_rng_state",
     "atomic_save",
     "resolve_device",
+    "RunExistsError",
+    "RUN_FILES",
+    "holds_run",
+    "check_run_dir",
+    "create_run_dir",
+    "clean_tmp_files",
+    "clean_stale_tmp_dirs",
+    "save_shrunk",
+    "load_shrunk",
 ]
 
 CHECKPOINT_FORMAT = 2
@@ -64,6 +83,98 @@ CHECKPOINT_KEYS = ("model", "config", "num_classes", "in_chans", "epoch", "best_
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or not an sbnn checkpoint; the message says why."""
+
+
+class RunExistsError(ValueError):
+    """The run folder already holds a run and neither resume nor overwrite was asked for."""
+
+
+# the files a run folder's format defines (removed by ``overwrite``; nothing else is)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "report.json",
+             "shrunk_model.pt", "weights.png", "curves.png", "layers.png",
+             "accuracy_vs_bits.png")
+# what a user would lose: a folder holding one of these is a run. A best.pt alone is not: it is
+# what a kill between the first epoch's best.pt and last.pt leaves, and a rerun rewrites it.
+_RUN_MARKERS = ("last.pt", "report.json")
+
+
+def holds_run(path: str | os.PathLike) -> bool:
+    """Does the folder hold a run (``last.pt`` or ``report.json``) that overwriting would lose?"""
+    p = Path(path)
+    return p.is_dir() and any((p / f).exists() for f in _RUN_MARKERS)
+
+
+def clean_tmp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.*.tmp`` leftovers of interrupted atomic writes in a run folder."""
+    p = Path(path)
+    removed = []
+    if p.is_dir():
+        for f in p.glob(".*.tmp"):
+            if f.is_file():
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_stale_tmp_dirs(out: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.tmp-PID`` folders next to ``out`` that ``sbnn convert`` builds a run
+    in, when process PID is gone (it was killed before renaming the folder to ``out``)."""
+    import shutil
+
+    p = Path(out)
+    removed = []
+    if not p.parent.is_dir():
+        return removed
+    for d in p.parent.glob(f".{p.name}.tmp-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def check_run_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check that ``out`` may become a new run folder, touching nothing.
+
+    Raises :class:`RunExistsError` when ``out`` holds a run and ``overwrite`` is false, and a
+    ``ValueError`` when ``out`` is a file. Returns ``out`` as a ``Path``.
+    """
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"run folder '{p}' exists and is not a folder")
+    if not overwrite and holds_run(p):
+        held = [f for f in _RUN_MARKERS if (p / f).exists()]
+        raise RunExistsError(
+            f"'{p}' already holds a run ({', '.join(held)}); pass --resume {p} to continue it, "
+            "--overwrite to replace it, or --out NEW_FOLDER for a new run")
+    return p
+
+
+def create_run_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Make ``out`` a fresh run folder (see :func:`check_run_dir`) and return it.
+
+    With ``overwrite``, the files of :data:`RUN_FILES` are removed (other files are left). A
+    folder without a checkpoint or report (a run killed in its first epoch) is reused: its stale
+    ``config.yaml`` / ``metrics.jsonl`` are removed so two runs never mix.
+    """
+    p = check_run_dir(out, overwrite)
+    p.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        f = p / name
+        if f.is_file():
+            f.unlink()
+    clean_tmp_files(p)
+    return p
 
 
 def checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
@@ -156,6 +267,25 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     atomic_save(ckpt, path)
 
 
+def _safe_load(p: Path):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: our error says it
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, refused globals
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        why = lines[0] if lines else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            glob = [ln.strip() for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln]
+            why = ("it holds something other than tensors and plain containers, which sbnn "
+                   "refuses to load because unpickling it could run code"
+                   + (f" ({glob[0]})" if glob else ""))
+        raise CheckpointError(f"cannot read checkpoint '{p}': {why}") from None
+
+
 def load_checkpoint(path: str | os.PathLike, which: str = "last") -> dict:
     """The checkpoint dict of a run folder or ``.pt`` file, on the CPU, never running code.
 
@@ -163,11 +293,7 @@ def load_checkpoint(path: str | os.PathLike, which: str = "last") -> dict:
     come back in this format's layout.
     """
     p = checkpoint_path(path, which)
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, refused globals
-        raise CheckpointError(f"cannot read checkpoint '{p}': {str(exc).splitlines()[0]}"
-                              ) from None
+    ckpt = _safe_load(p)
     need = ("model", "config", "num_classes", "in_chans")
     missing = [k for k in need if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
@@ -207,11 +333,76 @@ def reattach_masks(model: nn.Module, ckpt: dict) -> None:
 def load_model(path: str | os.PathLike, which: str = "last", device: str = "cpu") -> nn.Module:
     """The trained model of a run folder (``which``: ``last`` or ``best``) or checkpoint file,
     in eval mode on ``device``."""
-    from sbnn.pipeline.config import Config, from_dict
+    from sbnn.pipeline.config import Config, ConfigError, from_dict
 
     ckpt = load_checkpoint(path, which)
-    cfg = from_dict(Config, ckpt["config"])
-    model = build_model(cfg, ckpt["num_classes"], ckpt["in_chans"])
-    model.load_state_dict(ckpt["model"])
-    reattach_masks(model, ckpt)
+    p = checkpoint_path(path, which)
+    try:
+        cfg = from_dict(Config, ckpt["config"])
+        model = build_model(cfg, ckpt["num_classes"], ckpt["in_chans"])
+        model.load_state_dict(ckpt["model"])
+        reattach_masks(model, ckpt)
+    except (ConfigError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise CheckpointError(f"checkpoint '{p}' does not load: "
+                              f"{lines[0] if lines else type(e).__name__}") from None
+    return model.to(device).eval()
+
+
+def save_shrunk(model: nn.Module, path: str | os.PathLike, removed: dict[str, int]) -> None:
+    """Save a physically shrunk model (:func:`sbnn.verbs.prune.shrink_`) as tensors only.
+
+    The file holds its ``state_dict`` (whose shapes differ from the registry's) and the filters
+    removed per layer; :func:`load_shrunk` rebuilds the module from the run's ``last.pt``.
+    Nothing in it needs code to unpickle (``torch.load(weights_only=True)`` reads it).
+    """
+    model = model.module if hasattr(model, "module") else model
+    atomic_save({"state_dict": model.state_dict(), "removed_filters": dict(removed),
+                 "sbnn_shrunk": 1}, path)
+
+
+def _resize_to(model: nn.Module, state: dict) -> None:
+    """Give every parameter/buffer of ``model`` the shape ``state`` has, and fix the layer
+    attributes that describe those shapes (channels, features)."""
+    for key, t in state.items():
+        mod_name, _, attr = key.rpartition(".")
+        mod = model.get_submodule(mod_name) if mod_name else model
+        cur = getattr(mod, attr, None)
+        if not isinstance(cur, torch.Tensor) or cur.shape == t.shape:
+            continue
+        new = torch.empty_like(t)
+        if isinstance(cur, nn.Parameter):
+            setattr(mod, attr, nn.Parameter(new, requires_grad=cur.requires_grad))
+        else:
+            setattr(mod, attr, new)
+        w = getattr(mod, "weight", None)
+        if attr == "weight" and isinstance(mod, nn.Conv2d):
+            mod.out_channels, mod.in_channels = w.shape[0], w.shape[1] * mod.groups
+        elif attr == "weight" and isinstance(mod, nn.Linear):
+            mod.out_features, mod.in_features = w.shape
+        elif attr in ("running_mean", "weight") and hasattr(mod, "num_features"):
+            mod.num_features = t.shape[0]
+
+
+def load_shrunk(run: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """The shrunk model a ``sbnn convert --prune-filters`` run saved as ``shrunk_model.pt``,
+    in eval mode (rebuilt from ``last.pt``'s architecture, then given the shrunk tensors)."""
+    from sbnn.verbs.prune import detach_
+
+    run = Path(run)
+    p = run / "shrunk_model.pt" if run.is_dir() else run
+    if not p.is_file():
+        raise FileNotFoundError(f"no shrunk model at '{p}' (written by `sbnn convert "
+                                "--prune-filters`)")
+    d = _safe_load(p)
+    if not isinstance(d, dict) or not isinstance(d.get("state_dict"), dict):
+        raise CheckpointError(f"'{p}' is not a shrunk model written by sbnn convert")
+    model = load_model(p.parent, "last")
+    detach_(model)
+    try:
+        _resize_to(model, d["state_dict"])
+        model.load_state_dict(d["state_dict"])
+    except (RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"'{p}' does not fit the model of '{p.parent / 'last.pt'}': "
+                              f"{str(e).splitlines()[0]}") from None
     return model.to(device).eval()

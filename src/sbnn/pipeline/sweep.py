@@ -205,42 +205,71 @@ def write_results(rows: list[dict], out: str | os.PathLike) -> None:
     plot_results(rows, out)
 
 
+def _mean_sd(rs: list[dict], key: str, scale: float = 1.0) -> tuple[float | None, float]:
+    vals = [scale * r[key] for r in rs if r.get(key) is not None]
+    if not vals:
+        return None, 0.0
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def sweep_figure(rows: list[dict], key: str, label: str):
+    """One sweep plot: test accuracy (%) against ``key``, one curve per domain, a point per EC
+    (labelled with it) at the mean over seeds, the seeds' standard deviation as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["domain"], r["ec"]), []).append(r)
+    fp = [100 * r["test_accuracy"] for r in rows
+          if r["domain"] == "fp" and r.get("test_accuracy") is not None]
+    bnn = [100 * r["test_accuracy"] for r in rows if r["domain"] in ("ab", "learned")
+           and r["ec"] == 0.5 and r.get("test_accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for d in sorted({dd for dd, _ in groups if dd != "fp"}):
+        pts = []
+        for (dd, ec), rs in groups.items():
+            if dd != d:
+                continue
+            (x, xs), (y, ys) = _mean_sd(rs, key), _mean_sd(rs, "test_accuracy", 100.0)
+            if x is not None and y is not None:
+                pts.append((x, y, xs, ys, ec))
+        pts.sort()
+        if not pts:
+            continue
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts],
+                    xerr=[p[2] for p in pts], fmt="o-", capsize=3, label=d)
+        for x, y, _, _, ec in pts:
+            ax.annotate(f"EC {100 * ec:g}%", (x, y), xytext=(4, 4), textcoords="offset points",
+                        fontsize=6)
+    if fp:
+        ax.axhline(statistics.mean(fp), color="k", ls="--", label="full precision")
+    if bnn:
+        ax.axhline(statistics.mean(bnn), color="gray", ls=":", label="dense BNN (EC 50%)")
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_results(rows: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def mean(rs, key):
-        vals = [r[key] for r in rs if r.get(key) is not None]
-        return statistics.mean(vals) if vals else None
-
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["domain"], r["ec"]), []).append(r)
-    fp = [r["test_accuracy"] for r in rows if r["domain"] == "fp"]
-    bnn = [r["test_accuracy"] for r in rows if r["domain"] == "ab" and r["ec"] == 0.5]
     for key, label, fname in (("bits_per_binary_weight", "bits per binary weight (file)",
                                "accuracy_vs_bits.png"),
                               ("latency_b1_ms", "engine latency, batch 1, 1 thread (ms)",
                                "accuracy_vs_latency.png")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for d in sorted({dd for dd, _ in groups if dd != "fp"}):
-            pts = sorted((mean(rs, key), mean(rs, "test_accuracy"))
-                         for (dd, _), rs in groups.items() if dd == d)
-            pts = [p for p in pts if p[0] is not None and p[1] is not None]
-            if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=d)
-        if fp:
-            ax.axhline(100 * statistics.mean(fp), color="k", ls="--", label="full precision")
-        if bnn:
-            ax.axhline(100 * statistics.mean(bnn), color="gray", ls=":", label="dense BNN (EC 0.5)")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
+        fig = sweep_figure(rows, key, label)
         fig.savefig(out / fname, dpi=120)
         plt.close(fig)
 

@@ -34,10 +34,23 @@ from torch import nn
 
 import sbnn.pipeline.data as sdata
 from sbnn import models
-from sbnn.pipeline.config import Config, from_dict, load_config, save_config, to_dict
+from sbnn.pipeline.config import (
+    Config,
+    ConfigError,
+    config_keys,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+    validate,
+)
 from sbnn.pipeline.evaluate import evaluate_loader
 from sbnn.pipeline.runs import (
+    CheckpointError,
     build_model,
+    check_run_dir,
+    clean_tmp_files,
+    create_run_dir,
     load_checkpoint,
     make_checkpoint,
     reattach_masks,
@@ -96,6 +109,23 @@ def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, steps_per_epoch: int
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _check_input_size(model: nn.Module, data, cfg: Config, device) -> None:
+    """Run two training images through the model once, so an image size the model does not
+    take fails here, before the run folder exists, with a message that says so."""
+    x = data.images[:2].to(device).float()
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"data: images of shape {tuple(data.images.shape[1:])} (C, H, W) from '{cfg.data.name}'"
+            f" do not fit model.name {cfg.model.name!r}: {str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was)
+
+
 def has_sb_layers(model: nn.Module) -> bool:
     from sbnn.method.constraint import sb_layers
 
@@ -116,7 +146,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config | None = None, out: str | os.PathLike | None = None,
-                 resume: str | os.PathLike | None = None, stop_after: int | None = None):
+                 resume: str | os.PathLike | None = None, stop_after: int | None = None,
+                 overwrite: bool = False):
+        # Everything is checked (config values, checkpoint, data, model) before the run folder
+        # is created or touched, so a bad value never leaves a half-made run behind.
         ckpt = None
         if resume is not None:
             rpath = Path(resume)
@@ -127,7 +160,7 @@ class Trainer:
             if cfg is None:
                 cfg = from_dict(Config, ckpt["config"])
             out = out or ckpt_path.parent
-        cfg = cfg if cfg is not None else Config()
+        cfg = validate(cfg if cfg is not None else Config())
         self.stop_after = stop_after
 
         # -- distributed ---------------------------------------------------------------------
@@ -147,19 +180,25 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest
 
-        # -- run folder ----------------------------------------------------------------------
+        # -- run folder: checked now, created once everything else is known to work ---------
         if out is None:
             out = cfg.out or f"runs/{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out = Path(out)
+        self.resuming = ckpt is not None and self.out.resolve() == ckpt_path.parent.resolve()
+        if not self.resuming:
+            check_run_dir(self.out, overwrite)
+        self.overwrite = overwrite
         self.cfg = replace(cfg, out=str(self.out))
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / "config.yaml")
 
         # -- data ------------------------------------------------------------------------------
         d = self.cfg.data
         train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
         test_set = sdata.load_dataset(d.name, d.root, train=False).subset(d.test_subset)
+        for split, ds in (("train", train_set), ("test", test_set)):
+            if len(ds) == 0:
+                raise ConfigError(f"data: the {split} split of '{d.name}' at "
+                                  f"{d.root or 'its default folder'} is empty; expected at "
+                                  "least one sample")
         self.num_classes = train_set.num_classes
         self.in_chans = train_set.images.shape[1]
         augment = sdata.Augment(d.crop_padding, d.hflip, d.rotation)
@@ -171,11 +210,10 @@ class Trainer:
         # -- model, constraint, optimiser ----------------------------------------------------
         _seed_all(self.cfg.seed)
         model = build_model(self.cfg, self.num_classes, self.in_chans).to(self.device)
+        _check_input_size(model, train_set, self.cfg, self.device)
         arch = models.architecture_kwargs(model, self.cfg.model.kwargs)
         if arch != self.cfg.model.kwargs:  # record the defaults too: see architecture_kwargs
             self.cfg = replace(self.cfg, model=replace(self.cfg.model, kwargs=arch))
-            if self.is_main:
-                save_config(self.cfg, self.out / "config.yaml")
         self.binary = has_sb_layers(model)
         s = self.cfg.sparsity
         self.constraint = None
@@ -199,21 +237,47 @@ class Trainer:
         self.scheduler = make_scheduler(self.cfg, self.optimizer, len(self.train_loader))
         self.start_epoch = 0
         self.best_acc = -1.0
+        self.best_epoch = None
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            reattach_masks(model, ckpt)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+            try:
+                model.load_state_dict(ckpt["model"])
+                reattach_masks(model, ckpt)
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+                set_rng_state(ckpt["rng"])
+            except (RuntimeError, KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"cannot resume from '{ckpt_path}': "
+                                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                      ) from None
             self.start_epoch = int(ckpt["epoch"])
             self.best_acc = float(ckpt.get("best_acc", -1.0))
-            set_rng_state(ckpt["rng"])
+            self.best_epoch = ckpt.get("best_epoch")
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         else:
             self.ddp = model
-        if self.is_main and ckpt is not None:
-            self._truncate_metrics(self.start_epoch)
+
+        # -- now the run folder ----------------------------------------------------------------
+        self.global_batch = d.batch_size * self.world
+        self._made_dir = False
+        if self.is_main:
+            if self.resuming:
+                clean_tmp_files(self.out)
+            else:
+                self._made_dir = not self.out.exists()
+                create_run_dir(self.out, overwrite)
+            save_config(self.cfg, self.out / "config.yaml", header=self._run_header())
+            if self.resuming:
+                self._truncate_metrics(self.start_epoch)
+            if self.distributed:
+                print(self._run_header(), flush=True)
+
+    def _run_header(self) -> str | None:
+        if not self.distributed:
+            return None
+        return (f"torchrun: world size {self.world}, data.batch_size {self.cfg.data.batch_size} "
+                f"per rank, global batch {self.global_batch}")
 
     # ----------------------------------------------------------------------------------------
     def _truncate_metrics(self, epochs_done: int) -> None:
@@ -221,8 +285,14 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                row = json.loads(ln)
+            except json.JSONDecodeError:  # a line torn by a kill mid-append
+                continue
+            if isinstance(row, dict) and row.get("epoch", epochs_done + 1) <= epochs_done:
+                keep.append(ln)
         atomic_write(path, "".join(ln + "\n" for ln in keep))
 
     def ones_fraction(self) -> float | None:
@@ -232,9 +302,24 @@ class Trainer:
             return float(self.constraint.ones_fraction())
 
     def checkpoint(self, epoch: int) -> dict:
-        return make_checkpoint(self.model, to_dict(self.cfg), self.num_classes, self.in_chans,
+        ckpt = make_checkpoint(self.model, to_dict(self.cfg), self.num_classes, self.in_chans,
                                epoch, self.best_acc, optimizer=self.optimizer,
                                scheduler=self.scheduler, rng=rng_state())
+        ckpt["best_epoch"] = self.best_epoch
+        ckpt["world_size"] = self.world
+        return ckpt
+
+    def _reduce(self, row: dict) -> dict:
+        """Train loss / accuracy / penalty averaged over every rank (each rank sees the same
+        number of samples, so the plain mean is the mean over all samples)."""
+        if not self.distributed:
+            return row
+        keys = [k for k in ("train_loss", "train_accuracy", "penalty") if k in row]
+        t = torch.tensor([float(row[k]) for k in keys], dtype=torch.float64,
+                         device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return {**row, **{k: float(v) / self.world for k, v in zip(keys, t.tolist(),
+                                                                    strict=True)}}
 
     def train_epoch(self, epoch: int, bar=None) -> dict:
         cfg, model = self.cfg, self.ddp
@@ -283,6 +368,26 @@ class Trainer:
                 "penalty": pen_sum / max(1, seen)}
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        except BaseException:
+            self._cleanup_failed_start()
+            raise
+
+    def _cleanup_failed_start(self) -> None:
+        """A fresh run that fails before its first checkpoint leaves nothing behind."""
+        if not self.is_main or self.resuming or (self.out / "last.pt").exists():
+            return
+        for name in ("config.yaml", "metrics.jsonl", "best.pt"):
+            (self.out / name).unlink(missing_ok=True)
+        clean_tmp_files(self.out)
+        if self._made_dir:
+            try:
+                self.out.rmdir()
+            except OSError:  # something else is in there: leave it
+                pass
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         bar = None
         if self.is_main and cfg.progress:
@@ -297,6 +402,8 @@ class Trainer:
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             t0 = time.perf_counter()
             row = self.train_epoch(epoch, bar)
+            self.local_row = dict(row)  # this rank's share, before averaging over ranks
+            row = self._reduce(row)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             row["epoch_time_s"] = time.perf_counter() - t0
@@ -314,11 +421,13 @@ class Trainer:
                 acc = row.get("test_accuracy")
                 is_best = acc is not None and acc > self.best_acc
                 if is_best:
-                    self.best_acc = acc
+                    self.best_acc, self.best_epoch = acc, done
                 ckpt = self.checkpoint(done)
-                save_checkpoint(ckpt, self.out / "last.pt")
+                # best.pt first: a kill between the two leaves last.pt one epoch older, and
+                # resuming from it rewrites the same best.pt
                 if is_best:
                     save_checkpoint(ckpt, self.out / "best.pt")
+                save_checkpoint(ckpt, self.out / "last.pt")
                 msg = f"epoch {done}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
                 if acc is not None:
                     msg += f", test acc {acc:.4f}"
@@ -345,6 +454,11 @@ class Trainer:
             report["train_wall_time_s"] = wall
             report["epoch_times_s"] = epoch_times
             report["epochs"] = cfg.epochs
+            report["last_epoch"] = cfg.epochs  # the epoch last.pt holds
+            report["best_epoch"] = self.best_epoch  # the epoch best.pt holds
+            report["world_size"] = self.world
+            report["batch_size_per_rank"] = cfg.data.batch_size
+            report["global_batch_size"] = self.global_batch
             atomic_write(self.out / "report.json", json.dumps(report, indent=2) + "\n")
             print(format_report(report, title=f"run {self.out}"))
         if self.distributed:
@@ -352,10 +466,21 @@ class Trainer:
         return report or {}
 
 
-def train(cfg: Config | None = None, out=None, resume=None, stop_after: int | None = None
-          ) -> dict:
-    """Train a model as ``cfg`` says (default: the main job); returns the report dict."""
-    return Trainer(cfg, out=out, resume=resume, stop_after=stop_after).fit()
+def train(cfg: Config | None = None, out=None, resume=None, stop_after: int | None = None,
+          overwrite: bool = False) -> dict:
+    """Train a model as ``cfg`` says (default: the main job); returns the report dict.
+    An ``out`` that already holds a run is refused unless ``resume`` or ``overwrite``."""
+    return Trainer(cfg, out=out, resume=resume, stop_after=stop_after,
+                   overwrite=overwrite).fit()
+
+
+def set_keys_help() -> str:
+    """The ``--set`` keys of ``sbnn train --help``, generated from the config dataclasses."""
+    rows = config_keys()
+    w = max(len(k) for k, _, _ in rows)
+    lines = ["config keys for --set KEY=VALUE (type, default):"]
+    lines += [f"  {k:<{w}}  {t}, {v!r}" for k, t, v in rows]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +491,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (no --config: the main Fashion-MNIST job)",
         description="Train a sparse binary network. Without --config, runs the embedded default: "
-                    "the main job (Fashion-MNIST, small sparse-binary CNN, EC=0.05).")
+                    "the main job (Fashion-MNIST, small sparse-binary CNN, EC=0.05). An --out "
+                    "that already holds a run is refused unless --resume or --overwrite.",
+        epilog=set_keys_help())
     g = p.add_argument_group("what to train")
     g.add_argument("--config", "-c", help="YAML config file (defaults for every key)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -374,6 +501,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--out", "-o", help="run folder (default: config 'out' or runs/<model>-<time>)")
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from RUN_DIR/last.pt (uses its config.yaml)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, an existing run is "
+                        "refused)")
     g.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit")
     p.set_defaults(func=_cmd)
@@ -390,11 +520,11 @@ def _cmd(args) -> int:
         if args.print_config:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             return 0
-        Trainer(cfg, out=args.out or rdir, resume=args.resume).fit()
+        Trainer(cfg, out=args.out or rdir, resume=args.resume, overwrite=args.overwrite).fit()
         return 0
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    Trainer(cfg, out=args.out).fit()
+    Trainer(cfg, out=args.out, overwrite=args.overwrite).fit()
     return 0

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import math
+import operator
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from sbnn.method import estimators
 from sbnn.method.constraint import sb_layers
 from sbnn.method.layers import DOMAINS, SBConv2d, SBLayer, SBLinear
 from sbnn.method.primitives import closed_form
 
-__all__ = ["BinarizeConfig", "binarize_", "init_closed_form_"]
+__all__ = ["BinarizeConfig", "binarize_", "init_closed_form_", "ReLUBeforeBinaryWarning",
+           "relus_feeding"]
 
 
 @dataclass
@@ -73,6 +77,105 @@ def _swap(module: nn.Module, config: BinarizeConfig) -> nn.Module:
     return new
 
 
+class ReLUBeforeBinaryWarning(UserWarning):
+    """A ReLU feeds a binary layer whose inputs are binarised by sign: every input is +1."""
+
+
+# what a ReLU's output goes through and stays >= 0 (so sign() still gives +1 everywhere)
+_KEEP_NONNEG_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d,
+                        nn.AdaptiveAvgPool2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
+                        nn.ReLU, nn.ReLU6)
+_KEEP_NONNEG_FUNCS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                      F.dropout, torch.flatten, F.relu, torch.relu, F.relu6, operator.getitem}
+_KEEP_NONNEG_METHODS = {"view", "reshape", "flatten", "contiguous", "relu", "relu_", "clone"}
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCS = {F.relu, torch.relu, F.relu6, torch.relu_}
+_RELU_METHODS = {"relu", "relu_"}
+
+
+class _LeafTracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, SBLayer) or super().is_leaf_module(m, qualname)
+
+
+def _is_relu(node: fx.Node, mods: dict) -> bool:
+    if node.op == "call_module":
+        return isinstance(mods.get(node.target), _RELU_MODULES)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target in _RELU_METHODS
+
+
+def _keeps_nonneg(node: fx.Node, mods: dict) -> bool:
+    if node.op == "call_module":
+        return isinstance(mods.get(node.target), _KEEP_NONNEG_MODULES)
+    if node.op == "call_function":
+        return node.target in _KEEP_NONNEG_FUNCS
+    return node.op == "call_method" and node.target in _KEEP_NONNEG_METHODS
+
+
+def _relus_by_graph(model: nn.Module, targets: set[str]) -> list[tuple[str, str]]:
+    graph = _LeafTracer().trace(model)
+    mods = dict(model.named_modules())
+    found = []
+    for node in graph.nodes:
+        if not _is_relu(node, mods):
+            continue
+        relu = node.target if node.op == "call_module" else node.name
+        todo, seen = list(node.users), set()
+        while todo:
+            u = todo.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            if u.op == "call_module" and u.target in targets:
+                found.append((relu, u.target))
+            elif _keeps_nonneg(u, mods):
+                todo.extend(u.users)
+    return found
+
+
+def _relus_by_order(model: nn.Module, targets: set[str]) -> list[tuple[str, str]]:
+    """Without a graph: a ReLU module followed, in registration order, by a target layer."""
+    found, pending = [], None
+    for name, m in model.named_modules():
+        if list(m.children()):
+            continue
+        if isinstance(m, _RELU_MODULES):
+            pending = name
+        elif name in targets:
+            if pending is not None:
+                found.append((pending, name))
+            pending = None
+        elif not isinstance(m, _KEEP_NONNEG_MODULES):
+            pending = None
+    return found
+
+
+def relus_feeding(model: nn.Module, targets: set[str]) -> tuple[list[tuple[str, str]], str]:
+    """``([(relu, layer), ...], how)``: ReLUs (modules, ``F.relu``, ``.relu()``) whose output
+    reaches one of the ``targets`` layers through ops that keep it >= 0 (pooling, dropout,
+    flatten). ``how`` is ``"graph"`` (torch.fx) or ``"module order"`` when fx cannot trace."""
+    try:
+        return _relus_by_graph(model, targets), "graph"
+    except Exception:  # noqa: BLE001 - fx cannot trace data-dependent control flow
+        return _relus_by_order(model, targets), "module order"
+
+
+def _warn_relus(model: nn.Module, targets: set[str]) -> None:
+    pairs, how = relus_feeding(model, targets)
+    if not pairs:
+        return
+    shown = ", ".join(f"{r} -> {c}" for r, c in pairs[:8]) + (" ..." if len(pairs) > 8 else "")
+    warnings.warn(
+        f"binarize_: {len(pairs)} ReLU(s) feed binary layers whose inputs are binarised by sign "
+        f"({shown}; found by {how}). A ReLU's output is >= 0 and sign(0) = +1, so every input "
+        "bit of those layers is +1 and the model cannot learn. Replace the ReLU by nn.Hardtanh, "
+        "put a learnable shift (sbnn.RSign) before the layer, or keep that layer in float "
+        "(filter_fn, or BinarizeConfig(act=None) for float inputs).",
+        ReLUBeforeBinaryWarning, stacklevel=3)
+
+
 def binarize_(
     model: nn.Module,
     config: BinarizeConfig | None = None,
@@ -99,9 +202,11 @@ def binarize_(
         skip.add(linears[-1])
     if not config.linear:
         skip.update(linears)
-    for name, m in candidates:
-        if name in skip or (filter_fn is not None and not filter_fn(name, m)):
-            continue
+    swap = [(name, m) for name, m in candidates
+            if name not in skip and (filter_fn is None or filter_fn(name, m))]
+    if config.act is not None and swap:
+        _warn_relus(model, {name for name, _ in swap})
+    for name, m in swap:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, _swap(m, config))
