@@ -189,7 +189,8 @@ void build(const Dump& d, Engine& e, Isa isa, bool sparse) {
       if (s.size() != 4) throw std::runtime_error("conv2d weight must be 4-D");
       t = e.conv2d(T(A[0]), F(A[1]), as_int(s[0]), as_int(s[1]), as_int(s[2]), as_int(s[3]),
                    F(A[2]), I(A[3]), I(A[4]));
-    } else if (c.method == "sbconv2d") {  // (t, bits, eta, xi, bias, stride, pad, thr, sparse, impl)
+    } else if (c.method == "sbconv2d") {
+      // (t, bits, eta, xi, bias, stride, pad, thr, sparse, impl): sparse and impl replaced
       need(10);
       const auto& s = A[1].a.shape;
       if (s.size() != 4) throw std::runtime_error("sbconv2d bits must be 4-D");
@@ -317,16 +318,18 @@ int main(int argc, char** argv) {
             const float* want = d.data<float>(arr, "f32");
             double scale = 1.0, gap = 0.0;
             size_t same = 0;
-            for (size_t j = 0; j < y.size(); ++j) scale = std::max(scale, std::fabs(double(want[j])));
+            for (size_t j = 0; j < y.size(); ++j)
+              scale = std::max(scale, std::fabs(static_cast<double>(want[j])));
             for (size_t j = 0; j < y.size(); ++j) {
-              const double g = std::fabs(double(y[j]) - double(want[j]));
+              const double g = std::fabs(static_cast<double>(y[j]) - want[j]);
               gap = std::isnan(g) ? INFINITY : std::max(gap, g);
               same += std::memcmp(&y[j], &want[j], sizeof(float)) == 0;
             }
             // the first expected output is the x86 portable path's: the one to reproduce
             if (k == 0) ok = gap <= tol * scale;
             char buf[160];
-            std::snprintf(buf, sizeof buf, "  vs x86 %s: max |gap| %.3g (scale %.3g), %zu/%zu identical",
+            std::snprintf(buf, sizeof buf,
+                          "  vs x86 %s: max |gap| %.3g (scale %.3g), %zu/%zu identical",
                           tag.c_str(), gap, scale, same, y.size());
             line += buf;
           }

@@ -70,6 +70,23 @@ void check_case(const Case& c, double frac, unsigned seed, Isa isa, BConvKind ki
   }
 }
 
+// parse_isa: every ISA this CPU runs by name, the others refused with an error.
+void check_isa_names() {
+  for (Isa isa : {Isa::Ref, Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+    bool ok;
+    try {
+      const Isa got = parse_isa(isa_name(isa));
+      ok = isa_supported(isa) && got == isa;
+    } catch (const std::invalid_argument&) {
+      ok = !isa_supported(isa);
+    }
+    if (!ok) {
+      ++g_fail;
+      std::printf("FAIL parse_isa(\"%s\")\n", isa_name(isa));
+    }
+  }
+}
+
 void check_engine() {
   // input -> sbconv (sparse) -> add skip -> global avg pool -> flatten -> linear, against the
   // same graph with a dense conv.
@@ -240,6 +257,7 @@ int main(int argc, char** argv) {
             ++n;
           }
   }
+  check_isa_names();
   check_float_conv();
   check_engine();
   std::printf("%d cases, %d failures\n", n, g_fail);
