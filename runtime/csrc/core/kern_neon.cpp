@@ -11,8 +11,9 @@
 //   dense_gemm                    AND + per-byte popcount (vcnt) accumulated in bytes, folded
 //                                 by pairwise widening adds (vpadal) and one vaddv per output.
 // Every other entry (sparse_prep, dense_pack, dense_im2col, dense_epilogue: preparation and
-// gathers, linear in the input) is the portable body of kernels_impl.inc compiled here with no
-// ISA macro, so an entry without a NEON version falls back to portable code.
+// gathers, linear in the input) is taken from kernels_scalar() (kern_scalar.cpp, the portable
+// bodies, which GCC vectorises for NEON), so an entry without a NEON version, including any
+// entry added to the table later, falls back to portable code.
 //
 // Floats: multiplies and adds are kept separate and in the portable code's order (no fused
 // multiply-add; the aarch64 build also passes -ffp-contract=off), so the outputs equal the
@@ -20,11 +21,10 @@
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 
-// The portable bodies; the ones replaced below are then unused.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#include "core/kernels_impl.inc"
-#pragma GCC diagnostic pop
+#include <cstddef>
+#include <cstring>
+
+#include "core/kernels.h"
 
 namespace sbnn {
 namespace {
@@ -263,10 +263,17 @@ void neon_dense_gemm(const uint64_t* patches, int P, const uint64_t* w, int nco,
 }  // namespace
 
 const KernelTable& kernels_neon() {
-  static const KernelTable table = {
-      "neon",           sparse_prep,        neon_sparse_accum,     neon_sparse_accum8,
-      neon_window_sum,  neon_affine_epilogue, neon_affine_epilogue8, dense_pack,
-      dense_im2col,     neon_dense_gemm,    dense_epilogue};
+  static const KernelTable table = [] {
+    KernelTable t = kernels_scalar();  // portable entries, replaced below where NEON pays
+    t.name = "neon";
+    t.sparse_accum = neon_sparse_accum;
+    t.sparse_accum8 = neon_sparse_accum8;
+    t.window_sum = neon_window_sum;
+    t.affine_epilogue = neon_affine_epilogue;
+    t.affine_epilogue8 = neon_affine_epilogue8;
+    t.dense_gemm = neon_dense_gemm;
+    return t;
+  }();
   return table;
 }
 
