@@ -12,7 +12,9 @@
 #   scripts/cross_test.sh [build-dir]        (default build/cross-aarch64)
 # Environment: PYTHON (with sbnn and sbnn-runtime installed; default python3), CXX_AARCH64
 # (default aarch64-linux-gnu-g++), QEMU_AARCH64 (default qemu-aarch64), SBNN_CROSS_MODELS
-# (dump_graph.py --models; default fmnist_cnn,resnet18_irnet).
+# (dump_graph.py --models; default fmnist_cnn,resnet18_irnet), SBNN_CROSS_SANITIZE=1 (also build
+# both drivers with ASan + UBSan and run them under qemu: about a minute more; leak checks off,
+# LeakSanitizer does not run under qemu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-build/cross-aarch64}"
@@ -87,6 +89,29 @@ if SBNN_ISA=avx2 "$qemu" "$out/engine_test" "$one" >/dev/null 2>&1; then
 fi
 say "engine on exported models (qemu-aarch64), against the x86 outputs:"
 SBNN_ISA=neon "$qemu" "$out/engine_test" --isa neon,scalar "$out"/dumps/*.dump || fail=1
+if [ "${SBNN_CROSS_SANITIZE:-0}" = 1 ]; then
+  say "ASan + UBSan build (qemu-aarch64, dynamic: -L /usr/aarch64-linux-gnu):"
+  san=(-std=c++17 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+       -fno-sanitize-recover=all -ffp-contract=off -Wall -Wextra -Werror -Iruntime/csrc)
+  mkdir -p "$out/san"
+  sobjs=()
+  pids=()
+  for src in runtime/csrc/core/*.cpp runtime/csrc/tests/{kernel,engine}_test.cpp; do
+    name="$(basename "$src" .cpp)"
+    case "$name" in kern_avx2 | kern_avx512) continue ;; esac
+    "$cxx" "${san[@]}" -c "$src" -o "$out/san/$name.o" &
+    pids+=($!)
+    case "$name" in kernel_test | engine_test) ;; *) sobjs+=("$out/san/$name.o") ;; esac
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  for drv in kernel_test engine_test; do
+    "$cxx" -fsanitize=address,undefined "${sobjs[@]}" "$out/san/$drv.o" -o "$out/san/$drv" -lpthread
+  done
+  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1"
+  sysroot="${AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}"
+  "$qemu" -L "$sysroot" "$out/san/kernel_test" | grep -v "^ok" || fail=1
+  "$qemu" -L "$sysroot" "$out/san/engine_test" --isa neon "$out"/dumps/*.dump || fail=1
+fi
 if [ "$fail" = 0 ]; then
   say "PASS: aarch64 (qemu), ISAs ref, scalar, neon, in $((SECONDS - t0)) s"
 else
