@@ -5,17 +5,18 @@
 #   1. runtime/csrc/tests/kernel_test.cpp: every kernel ISA of the target (ref, scalar, neon)
 #      against the reference twin on many shapes, integer counts bit-identical; the float conv;
 #   2. runtime/csrc/tests/engine_test.cpp: the whole engine on exported models (the main job's
-#      fmnist_cnn and resnet18_irnet at 5 % ones, dumped on this x86 host by scripts/dump_graph.py
-#      with the x86 engine's outputs), sparse and dense kernels, within 1e-5 of x86.
+#      fmnist_cnn, resnet18_irnet and reactnet18 at 5 % ones, dumped on this x86 host by
+#      scripts/dump_graph.py with the x86 engine's outputs), sparse and dense kernels, within
+#      1e-5 of x86.
 # Installs the Debian packages it needs when run as root where apt exists. Prints the target
 # and ISAs it ran; exits non-zero on any failure.
 #   scripts/cross_test.sh [build-dir]        (default build/cross-aarch64)
 # Environment: PYTHON (with sbnn and sbnn-runtime installed; default python3), CXX_AARCH64
 # (default aarch64-linux-gnu-g++), QEMU_AARCH64 (default qemu-aarch64), QEMU_CPU (default
-# cortex-a53), SBNN_CROSS_MODELS
-# (dump_graph.py --models; default fmnist_cnn,resnet18_irnet), SBNN_CROSS_SANITIZE=1 (also build
-# both drivers with ASan + UBSan and run them under qemu: about a minute more; leak checks off,
-# LeakSanitizer does not run under qemu).
+# cortex-a53), SBNN_CROSS_MODELS (dump_graph.py --models; default
+# fmnist_cnn,resnet18_irnet,reactnet18), SBNN_CROSS_SANITIZE=1 (also build both drivers with
+# ASan + UBSan and run them under qemu: about a minute more; leak checks off, LeakSanitizer does
+# not run under qemu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-build/cross-aarch64}"
@@ -55,7 +56,7 @@ say "emulator: $("$qemu" --version | head -1)"
 mkdir -p "$out/obj" "$out/dumps"
 rm -f "$out"/dumps/*.dump
 "$py" scripts/dump_graph.py --out "$out/dumps" \
-  --models "${SBNN_CROSS_MODELS:-fmnist_cnn,resnet18_irnet}"
+  --models "${SBNN_CROSS_MODELS:-fmnist_cnn,resnet18_irnet,reactnet18}"
 
 # ---- cross-build: the same warnings as CI (-Werror); -ffp-contract=off as runtime/CMakeLists.txt
 flags=(-std=c++17 -O3 -ffp-contract=off -Wall -Wextra -Wpedantic -Wshadow -Werror -Iruntime/csrc)

@@ -51,7 +51,7 @@ MAGIC = "sbnn-dump 1"
 # the builder methods of sbnn_runtime._core.Engine that OPS[...].build may call
 BUILDERS = ("input", "conv2d", "sbconv2d", "affine", "hardtanh", "relu", "rprelu", "add",
             "avgpool", "maxpool", "global_avgpool", "flatten", "linear")
-DEFAULT_MODELS = ("fmnist_cnn", "resnet18_irnet")
+DEFAULT_MODELS = ("fmnist_cnn", "resnet18_irnet", "reactnet18")
 
 
 class _Tensor:

@@ -35,4 +35,4 @@ def test_cross_aarch64_under_qemu(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "default ISA neon" in out and " 0 failures" in out
-    assert "engine_test: 8 runs, 0 failures" in out  # 2 models x {neon, scalar} x {sparse, dense}
+    assert "engine_test: 12 runs, 0 failures" in out  # 3 models x {neon, scalar} x {sparse, dense}
