@@ -274,11 +274,13 @@ NB_MODULE(_core, m) {
         d["avx512bw"] = f.avx512bw;
         d["avx512vl"] = f.avx512vl;
         d["avx512vpopcntdq"] = f.avx512vpopcntdq;
+        d["neon"] = f.neon;
         return d;
       },
       "CPU features seen by the runtime dispatch.");
   m.def("available_impls", &sbnn::available_isas,
-        "Kernel implementations this CPU can run: ref, scalar, avx2, avx512.");
+        "Kernel implementations this CPU can run: ref, scalar, avx2 / avx512 (x86), neon "
+        "(aarch64).");
   m.def(
       "default_impl", [] { return std::string(sbnn::isa_name(sbnn::default_isa())); },
       "What impl='auto' picks (the best ISA, or the SBNN_ISA environment variable).");

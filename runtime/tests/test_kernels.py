@@ -14,7 +14,7 @@ def assert_close(a, b, rtol, atol):
 
 needs_core = pytest.mark.skipif(core is None, reason=f"no native core: {native_error}")
 
-IMPLS = ["ref", "scalar", "avx2", "avx512"]
+IMPLS = ["ref", "scalar", "avx2", "avx512", "neon"]
 KINDS = ["sparse", "dense"]
 
 # (N, Ci, Co, H, W, k, stride, pad)

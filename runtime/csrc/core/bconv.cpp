@@ -19,6 +19,9 @@ const KernelTable& table_for(Isa isa) {
     case Isa::Avx512: return kernels_avx512();
     case Isa::Avx2: return kernels_avx2();
 #endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+    case Isa::Neon: return kernels_neon();
+#endif
     default: return kernels_scalar();
   }
 }

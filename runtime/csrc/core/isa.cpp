@@ -17,6 +17,9 @@ CpuFeatures cpu_features() {
   f.avx512vl = __builtin_cpu_supports("avx512vl");
   f.avx512vpopcntdq = __builtin_cpu_supports("avx512vpopcntdq");
 #endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+  f.neon = true;  // mandatory in AArch64: no run-time check needed
+#endif
   return f;
 }
 
@@ -38,6 +41,12 @@ bool isa_supported(Isa isa) {
 #else
       return false;
 #endif
+    case Isa::Neon:
+#if defined(__aarch64__) && defined(__ARM_NEON)
+      return f.neon;
+#else
+      return false;
+#endif
   }
   return false;
 }
@@ -48,19 +57,20 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Neon: return "neon";
   }
   return "?";
 }
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
-  for (Isa i : {Isa::Ref, Isa::Scalar, Isa::Avx2, Isa::Avx512})
+  for (Isa i : {Isa::Ref, Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
     if (isa_supported(i)) out.emplace_back(isa_name(i));
   return out;
 }
 
 static Isa parse_named(const std::string& name) {
-  for (Isa i : {Isa::Ref, Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+  for (Isa i : {Isa::Ref, Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
     if (name == isa_name(i)) {
       if (!isa_supported(i))
         throw std::invalid_argument("impl '" + name + "' is not supported by this CPU");
@@ -68,7 +78,7 @@ static Isa parse_named(const std::string& name) {
     }
   }
   throw std::invalid_argument("unknown impl '" + name +
-                              "'; expected one of auto, ref, scalar, avx2, avx512");
+                              "'; expected one of auto, ref, scalar, avx2, avx512, neon");
 }
 
 Isa default_isa() {
@@ -76,6 +86,7 @@ Isa default_isa() {
   if (env && *env && std::string(env) != "auto") return parse_named(env);
   if (isa_supported(Isa::Avx512)) return Isa::Avx512;
   if (isa_supported(Isa::Avx2)) return Isa::Avx2;
+  if (isa_supported(Isa::Neon)) return Isa::Neon;
   return Isa::Scalar;
 }
 

@@ -8,11 +8,13 @@ namespace sbnn {
 // Ref: plain loops straight from the definition (the reference twin).
 // Scalar: the optimised algorithms, portable C++ (no -m flags).
 // Avx2: AVX2 + FMA + POPCNT.  Avx512: AVX-512 F/BW/VL + VPOPCNTDQ.
-enum class Isa { Ref = 0, Scalar = 1, Avx2 = 2, Avx512 = 3 };
+// Neon: AArch64 Advanced SIMD (every AArch64 CPU has it; kern_neon.cpp).
+enum class Isa { Ref = 0, Scalar = 1, Avx2 = 2, Avx512 = 3, Neon = 4 };
 
 struct CpuFeatures {
   bool popcnt = false, avx2 = false, fma = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512vpopcntdq = false;
+  bool neon = false;  // AArch64 Advanced SIMD
 };
 
 CpuFeatures cpu_features();

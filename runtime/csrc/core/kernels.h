@@ -78,5 +78,8 @@ const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
 #endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+const KernelTable& kernels_neon();  // kern_neon.cpp
+#endif
 
 }  // namespace sbnn

@@ -1,8 +1,10 @@
 // Standalone test driver of the binary-conv kernels (no Python): every optimised ISA path this
-// CPU runs against the reference twin, exact on the integer counts, close on the float output;
+// CPU runs (scalar, avx2, avx512 on x86; scalar, neon on aarch64) against the reference twin,
+// exact on the integer counts, close on the float output; the float conv against a plain loop;
 // plus a small engine graph, and one engine run by several std::threads at once (the race
 // ThreadSanitizer looks for: SBNN_SANITIZE=thread scripts/sanitize.sh). Built by
-// scripts/sanitize.sh under ASan/UBSan (or TSan).
+// scripts/sanitize.sh under ASan/UBSan (or TSan), and cross-built for aarch64 and run under qemu
+// by scripts/cross_test.sh.
 //   kernel_test            run the checks, exit status 0 when all pass
 //   kernel_test --bench    time 256->256 3x3 on 14x14 per ISA (dense p=0.5, sparse p=0.05/0.01)
 #include <algorithm>
@@ -18,6 +20,7 @@
 
 #include "core/bconv.h"
 #include "core/engine.h"
+#include "core/floatops.h"
 #include "core/isa.h"
 
 using namespace sbnn;
@@ -68,6 +71,23 @@ void check_case(const Case& c, double frac, unsigned seed, Isa isa, BConvKind ki
     std::printf("FAIL %s %s N=%d Ci=%d Co=%d %dx%d k=%d s=%d p=%d frac=%.2f thr=%d\n",
                 isa_name(isa), kind == BConvKind::Sparse ? "sparse" : "dense", c.N, c.Ci, c.Co,
                 c.H, c.W, c.k, c.s, c.p, frac, thr_on);
+  }
+}
+
+// parse_isa: every ISA this CPU runs by name, the others refused with an error.
+void check_isa_names() {
+  for (Isa isa : {Isa::Ref, Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+    bool ok;
+    try {
+      const Isa got = parse_isa(isa_name(isa));
+      ok = isa_supported(isa) && got == isa;
+    } catch (const std::invalid_argument&) {
+      ok = !isa_supported(isa);
+    }
+    if (!ok) {
+      ++g_fail;
+      std::printf("FAIL parse_isa(\"%s\")\n", isa_name(isa));
+    }
   }
 }
 
@@ -151,6 +171,66 @@ void check_engine_threads() {
   }
 }
 
+// FloatConv (im2col + gemm_f32, NEON on aarch64) against a plain loop that sums in the same
+// order (bias, then (ci, ky, kx)): equal bit for bit where gemm_f32 keeps that order without fused
+// multiply-adds (the portable and the NEON GEMM do), else within float rounding.
+void check_float_conv() {
+  struct FCase { int N, Ci, Co, H, W, k, s, p; bool bias; };
+  const FCase cases[] = {{1, 1, 16, 28, 28, 3, 1, 1, false}, {2, 3, 5, 7, 9, 3, 2, 1, true},
+                         {1, 4, 7, 5, 6, 1, 1, 0, true},     {1, 9, 3, 11, 13, 5, 2, 2, false},
+                         {2, 6, 33, 17, 19, 3, 1, 0, true},  {1, 2, 1, 1, 1, 1, 1, 0, false}};
+  std::mt19937 rng(123);
+  std::normal_distribution<float> nd;
+  int n_exact = 0;
+  for (const FCase& c : cases) {
+    std::vector<float> x(static_cast<size_t>(c.N) * c.Ci * c.H * c.W),
+        w(static_cast<size_t>(c.Co) * c.Ci * c.k * c.k), b(c.Co);
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : w) v = nd(rng);
+    for (auto& v : b) v = nd(rng);
+    FloatConv conv(w.data(), c.Co, c.Ci, c.k, c.k, c.bias ? b.data() : nullptr, c.s, c.p, c.H,
+                   c.W);
+    const int Ho = conv.Ho(), Wo = conv.Wo();
+    std::vector<float> y(static_cast<size_t>(c.N) * c.Co * Ho * Wo), want(y.size());
+    ThreadPool pool(2);
+    conv.forward(x.data(), c.N, y.data(), &pool);
+    for (int n = 0; n < c.N; ++n)
+      for (int co = 0; co < c.Co; ++co)
+        for (int oh = 0; oh < Ho; ++oh)
+          for (int ow = 0; ow < Wo; ++ow) {
+            float a = c.bias ? b[co] : 0.0f;
+            for (int ci = 0; ci < c.Ci; ++ci)
+              for (int ky = 0; ky < c.k; ++ky)
+                for (int kx = 0; kx < c.k; ++kx) {
+                  const int h = oh * c.s + ky - c.p, ww = ow * c.s + kx - c.p;
+                  const bool in = h >= 0 && h < c.H && ww >= 0 && ww < c.W;
+                  const size_t xrow = (static_cast<size_t>(n) * c.Ci + ci) * c.H;
+                  const float xv = in ? x[(xrow + h) * c.W + ww] : 0.0f;
+                  const float prod =
+                      w[((static_cast<size_t>(co) * c.Ci + ci) * c.k + ky) * c.k + kx] * xv;
+                  a = a + prod;
+                }
+            want[((static_cast<size_t>(n) * c.Co + co) * Ho + oh) * Wo + ow] = a;
+          }
+    bool ok = true, exact = true;
+    for (size_t i = 0; i < y.size(); ++i) {
+      exact = exact && y[i] == want[i];
+      ok = ok && std::fabs(y[i] - want[i]) <= 1e-5f * (1.0f + std::fabs(want[i])) * c.Ci * c.k;
+    }
+#if defined(__aarch64__)
+    ok = ok && exact;  // the NEON GEMM must keep the portable rounding (x86 outputs)
+#endif
+    n_exact += exact;
+    if (!ok) {
+      ++g_fail;
+      std::printf("FAIL float conv N=%d Ci=%d Co=%d %dx%d k=%d s=%d p=%d bias=%d exact=%d\n", c.N,
+                  c.Ci, c.Co, c.H, c.W, c.k, c.s, c.p, c.bias, exact);
+    }
+  }
+  std::printf("float conv: %d cases, %d bit-identical to the plain loop\n",
+              static_cast<int>(sizeof(cases) / sizeof(cases[0])), n_exact);
+}
+
 double time_us(const BConvLayer& l, const std::vector<float>& x, std::vector<float>& y) {
   for (int i = 0; i < 20; ++i) l.forward(x.data(), 1, y.data(), nullptr);
   std::vector<double> ts;
@@ -171,7 +251,7 @@ void bench() {
   std::uniform_real_distribution<double> ud;
   std::vector<float> x(C * H * H), y(C * H * H), one(C, 1.0f);
   for (auto& v : x) v = nd(rng);
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
     if (!isa_supported(isa)) continue;
     for (double p : {0.5, 0.05, 0.01}) {
       std::vector<uint8_t> bits(static_cast<size_t>(C) * C * 9);
@@ -201,9 +281,26 @@ int main(int argc, char** argv) {
                         {2, 3, 40, 11, 13, 3, 2, 1}, {1, 200, 3, 12, 12, 3, 1, 1},
                         // small maps stacked into shared grids, partial last groups
                         {5, 33, 19, 4, 4, 3, 1, 1}, {3, 70, 9, 8, 8, 3, 2, 1},
-                        {4, 5, 7, 2, 3, 3, 1, 1},   {5, 70, 6, 1, 1, 1, 1, 0}};
+                        {4, 5, 7, 2, 3, 3, 1, 1},   {5, 70, 6, 1, 1, 1, 1, 0},
+                        // long grids (several 256-byte tiles + a remainder), wide rows with a
+                        // shifted-back last vector, 5x5, and > 62 words per dense patch (the
+                        // NEON GEMM's byte accumulators fold more than once)
+                        {1, 4, 6, 30, 33, 3, 1, 1}, {2, 8, 5, 17, 19, 5, 1, 2},
+                        {1, 520, 5, 6, 6, 3, 1, 1}, {3, 17, 4, 15, 11, 3, 2, 0},
+                        {2, 12, 5, 16, 16, 3, 1, 1}, {1, 7, 4, 8, 8, 3, 1, 1}};
+  const char* target =
+#if defined(__aarch64__)
+      "aarch64";
+#elif defined(__x86_64__)
+      "x86_64";
+#else
+      "other";
+#endif
+  std::printf("target %s, default ISA %s, available:", target, isa_name(default_isa()));
+  for (const auto& name : available_isas()) std::printf(" %s", name.c_str());
+  std::printf("\n");
   int n = 0;
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
     if (!isa_supported(isa)) {
       std::printf("skip %s (not on this CPU)\n", isa_name(isa));
       continue;
@@ -216,6 +313,8 @@ int main(int argc, char** argv) {
             ++n;
           }
   }
+  check_isa_names();
+  check_float_conv();
   check_engine();
   check_engine_threads();
   std::printf("%d cases, %d failures\n", n, g_fail);

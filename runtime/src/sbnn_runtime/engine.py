@@ -190,8 +190,8 @@ def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: boo
 
     ``num_threads=None`` uses every core. ``sparse=False`` runs the binary convs with the dense
     bit-packed XNOR/popcount kernel (the BNN baseline) instead of the sparse one. ``impl``
-    forces a kernel ISA (``"ref"``, ``"scalar"``, ``"avx2"``, ``"avx512"``; default: the best
-    this CPU runs, or ``$SBNN_ISA``).
+    forces a kernel ISA (``"ref"``, ``"scalar"``, ``"avx2"``, ``"avx512"`` on x86, ``"neon"`` on
+    aarch64; default: the best this CPU runs, or ``$SBNN_ISA``).
     """
     graph = fileformat.load(path, max_macs=max_macs, max_memory=max_memory)
     return Engine(graph, num_threads, sparse=sparse, backend=backend, impl=impl,

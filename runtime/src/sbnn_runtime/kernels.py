@@ -34,7 +34,7 @@ __all__ = [
     "dequantized_weight",
 ]
 
-IMPLS = ("auto", "ref", "scalar", "avx2", "avx512")
+IMPLS = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
 KINDS = ("sparse", "dense")
 
 
