@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
+from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
+from sbnn_runtime.kernels import dequantized_weight
 
 __all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "add_parser"]
 
@@ -84,18 +86,12 @@ def fold_sbconv(m: SBLayer, bn: nn.Module | None = None, where: str = "") -> dic
     ``y_c = eta'_c conv(x, b_c) + xi'_c conv(x, 1) + bias'_c`` equals ``BN(conv(x, q) + bias)``.
     """
     co = m.weight.shape[0]
-    alpha, beta = (t.detach().double().reshape(-1).expand(co) for t in m.alpha_beta())
-    b0 = m.bias.detach().double() if m.bias is not None else torch.zeros(co, dtype=torch.float64)
-    if bn is not None:
-        s, t = _bn_scale_shift(bn, where)
-    else:
-        s, t = torch.ones(co, dtype=torch.float64), torch.zeros(co, dtype=torch.float64)
-    return {
-        "bits": m.bits().to(torch.uint8).cpu().numpy(),
-        "eta": _f32(s * (beta - alpha)),
-        "xi": _f32(s * alpha),
-        "bias": _f32(s * b0 + t),
-    }
+    alpha, beta = m.alpha_beta()
+    s, t = _bn_scale_shift(bn, where) if bn is not None else (None, None)
+    bias = m.bias.detach().cpu() if m.bias is not None else None
+    eta, xi, bias = fold_levels(alpha.cpu(), beta.cpu(), bias, s, t, channels=co)
+    return {"bits": m.bits().to(torch.uint8).cpu().numpy(), "eta": _f32(eta), "xi": _f32(xi),
+            "bias": _f32(bias)}
 
 
 def _pair(v, where: str, what: str) -> int:
@@ -265,9 +261,9 @@ class _Converter:
                 raise ExportError(f"layer {where!r} (SBLinear with binary activations) is not "
                                   "supported by the sbnn engine; use act=None or a 1x1 SBConv2d")
             p = fold_sbconv(m, None, where)
-            w = p["eta"][:, None] * p["bits"] + p["xi"][:, None]
+            w = dequantized_weight(p["bits"], p["eta"], p["xi"])  # (out, in) float32
             return self.emit("linear", [self.tensor(self.inp(node), where)], where,
-                             params={"weight": w.astype(np.float32), "bias": p["bias"]})
+                             params={"weight": w, "bias": p["bias"]})
         if type(m) is nn.Conv2d:
             stride, pad = _check_conv(m, where)
             bn, bn_node = self.bn_after(node)
@@ -375,7 +371,7 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
 
 def graph_stats(graph: Graph) -> list[dict[str, Any]]:
     """Per sparse-binary layer: weights, ones fraction, H(p) bits and stored bits."""
-    from sbnn.method.primitives import entropy
+    from sbnn.method.primitives import entropy, kernel_stats
     from sbnn_runtime.fileformat import encode_bits
 
     rows = []
@@ -385,10 +381,10 @@ def graph_stats(graph: Graph) -> list[dict[str, Any]]:
         bits = nd.params["bits"]
         blob, _ = encode_bits(bits)
         p = float(bits.mean())
+        ks = kernel_stats(bits)
         rows.append({"layer": nd.name, "shape": list(bits.shape), "weights": int(bits.size),
                      "ones": p, "h_bits": entropy(p) * bits.size, "stored_bits": 8 * len(blob),
-                     "zero_kernels": float((bits.reshape(bits.shape[0] * bits.shape[1], -1)
-                                            .max(1) == 0).mean())})
+                     "zero_kernels": ks["zero_kernels"] / ks["kernels"]})
     return rows
 
 

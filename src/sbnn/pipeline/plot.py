@@ -34,6 +34,7 @@ def _metrics(run: Path) -> list[dict]:
 def plot_weights(run: str | Path, out: str | Path | None = None) -> Path | None:
     """Latent-weight histograms, one panel per binary layer; None for a model without any."""
     from sbnn.method.constraint import sb_layers
+    from sbnn.method.primitives import to_bits
     from sbnn.pipeline.runs import load_model
 
     run = Path(run)
@@ -47,9 +48,10 @@ def plot_weights(run: str | Path, out: str | Path | None = None) -> Path | None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, (name, m) in zip(axes.flat, layers, strict=False):
         w = m.weight.detach().float().flatten().cpu().numpy()
-        p = float((w >= 0).mean())
-        ax.hist(w[w < 0], bins=60, color="tab:blue", alpha=0.8, label="bit 0 (alpha)")
-        ax.hist(w[w >= 0], bins=60, color="tab:red", alpha=0.8, label="bit 1 (beta)")
+        b = to_bits(w)
+        p = float(b.mean())
+        ax.hist(w[~b], bins=60, color="tab:blue", alpha=0.8, label="bit 0 (alpha)")
+        ax.hist(w[b], bins=60, color="tab:red", alpha=0.8, label="bit 1 (beta)")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yscale("log")
         ax.set_title(f"{name}\nones {p:.3f}", fontsize=8)
