@@ -388,10 +388,6 @@ def graph_stats(graph: Graph) -> list[dict[str, Any]]:
     return rows
 
 
-_DATASET_SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-                   "cifar100": (3, 32, 32)}
-
-
 def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
@@ -479,6 +475,8 @@ def add_parser(subparsers) -> None:
 def _cmd(args) -> int:
     import sys
 
+    # a command reads a run folder: through its one owner (the only pipeline imports here)
+    from sbnn.pipeline.data import DATASET_SHAPES
     from sbnn.pipeline.runs import load_checkpoint, load_model
     from sbnn_runtime.fileformat import SBNNFormatError
 
@@ -489,9 +487,9 @@ def _cmd(args) -> int:
     dataset = cfg.get("data", {}).get("name")
     if args.input_shape:
         shape = _parse_shape(args.input_shape)
-    elif dataset in _DATASET_SHAPES:
-        shape = (int(ckpt.get("in_chans", _DATASET_SHAPES[dataset][0])),
-                 *_DATASET_SHAPES[dataset][1:])
+    elif dataset in DATASET_SHAPES:
+        shape = (int(ckpt.get("in_chans", DATASET_SHAPES[dataset][0])),
+                 *DATASET_SHAPES[dataset][1:])
     else:
         print(f"sbnn export: error: unknown input size for dataset {dataset!r}; pass "
               "--input-shape C,H,W", file=sys.stderr)

@@ -54,6 +54,7 @@ from sbnn.verbs.prune import (
     LayerMasks,
     PruneConfig,
     attach_,
+    attached_masks,
     filter_mask,
     following_batchnorm,
     kernel_mask,
@@ -471,8 +472,8 @@ def enforce_budget_(model: nn.Module, budgets: dict[str, list[int]], granularity
         m = mods[name]
         w = m.weight
         rows = _rows(w, granularity)  # a view: edits land in w
-        state = getattr(m, "_sbnn_prune", None)
-        patterned = state is not None and state["masks"].codebook is not None
+        masks = attached_masks(m)
+        patterned = masks is not None and masks.codebook is not None
         for r, k in enumerate(ks):
             row = rows[r]
             pos = to_bits(row)

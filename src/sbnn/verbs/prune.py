@@ -65,6 +65,7 @@ __all__ = [
     "attach_",
     "detach_",
     "project_",
+    "attached_masks",
     "prune_state",
     "prune_stats",
     "shrink_",
@@ -445,15 +446,20 @@ def detach_(model: nn.Module) -> nn.Module:
     return model
 
 
+def attached_masks(layer: nn.Module) -> LayerMasks | None:
+    """The masks :func:`attach_` keeps on one sparse-binary ``layer``, or None (not pruned)."""
+    state = layer.__dict__.get("_sbnn_prune")
+    return None if state is None else state["masks"]
+
+
 def prune_state(model: nn.Module) -> dict[str, dict]:
     """The attached masks as plain tensors (``{layer: {"zero", "dead", "codebook"}}``), for a
     checkpoint; :func:`attach_` with ``LayerMasks.from_dict`` restores them."""
     out = {}
     for name, m in sb_layers(model):
-        state = getattr(m, "_sbnn_prune", None)
-        if state is not None:
-            out[name] = {k: (None if v is None else v.cpu())
-                         for k, v in state["masks"].to_dict().items()}
+        lm = attached_masks(m)
+        if lm is not None:
+            out[name] = {k: (None if v is None else v.cpu()) for k, v in lm.to_dict().items()}
     return out
 
 
@@ -508,9 +514,9 @@ def prune_stats(model: nn.Module, example: torch.Tensor | None = None) -> dict:
             codes = (kern.long() * (2 ** torch.arange(taps, device=kern.device))).sum(1)
             uniq, counts = torch.unique(codes, return_counts=True)
             row["distinct_patterns"] = int(uniq.numel())
-            state = getattr(m, "_sbnn_prune", None)
-            if state is not None and state["masks"].codebook is not None:
-                size = state["masks"].codebook.shape[0]
+            lm = attached_masks(m)
+            if lm is not None and lm.codebook is not None:
+                size = lm.codebook.shape[0]
                 probs = counts.double() / counts.sum()
                 h = float(-(probs * probs.log2()).sum())
                 row["patterns"] = size
