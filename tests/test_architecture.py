@@ -196,6 +196,20 @@ def test_runtime_imports_only_stdlib_numpy_and_itself():
     assert not bad, "\n".join(bad)
 
 
+def test_runtime_tests_import_only_stdlib_numpy_pytest_and_the_runtime():
+    """runtime/tests run in a venv with numpy alone (.ci/run): no torch, no sbnn there."""
+    bad = []
+    tests = sorted((REPO / "runtime" / "tests").rglob("*.py"))
+    assert tests
+    for path in tests:
+        for target, _, line in imports_of(path.stem, path.read_text(encoding="utf-8")):
+            top = target.split(".")[0]
+            if top in sys.stdlib_module_names or top in RUNTIME_THIRD_PARTY | {"pytest"}:
+                continue
+            bad.append(f"{path.relative_to(REPO)}:{line}: imports {target}")
+    assert not bad, "\n".join(bad)
+
+
 def test_no_private_name_crosses_modules():
     """``from sbnn.x import _y`` or ``x._y`` on an imported sbnn module: use a public name."""
     bad = []
