@@ -290,9 +290,11 @@ def test_fold_levels_equals_the_binary_conv_with_batchnorm(per_channel, with_bn,
 
 def _kernel_stats_brute(bits):
     b = np.asarray(bits) != 0
+    filters = {"filters": b.shape[0],
+               "zero_filters": sum(not b[o].any() for o in range(b.shape[0]))}
     if b.ndim != 4:
         return {"kernels": None, "zero_kernels": None, "taps": 1, "spatial": False,
-                "storage_bits": b.size}
+                "storage_bits": b.size, **filters}
     kernels = zero = 0
     storage = 0
     taps = b.shape[2] * b.shape[3]
@@ -304,7 +306,7 @@ def _kernel_stats_brute(bits):
             storage += 1 + (0 if empty else taps)
     spatial = taps > 1
     return {"kernels": kernels, "zero_kernels": zero, "taps": taps, "spatial": spatial,
-            "storage_bits": storage if spatial else b.size}
+            "storage_bits": storage if spatial else b.size, **filters}
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 3, 3), (5, 2, 1, 1), (3, 7, 5, 5), (2, 1, 2, 3),

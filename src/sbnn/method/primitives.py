@@ -171,13 +171,18 @@ def kernel_stats(bits) -> dict:
     (kernels with no 1-bit), ``taps = kh * kw`` and ``spatial = taps > 1``. ``storage_bits``
     is kernel-level storage: one presence bit per kernel plus its ``taps`` bits if any is 1,
     for spatial kernels; one bit per weight otherwise (1x1 convs, linear). Other shapes have
-    ``kernels = zero_kernels = None``, ``taps = 1``.
+    ``kernels = zero_kernels = None``, ``taps = 1``. Every shape with a first dimension also
+    gets ``filters = C_out`` and ``zero_filters`` (output filters with no 1-bit).
     """
     b = torch.as_tensor(bits)
     b = b if b.dtype == torch.bool else b != 0
+    filters = {}
+    if b.dim() >= 1:
+        filters = {"filters": b.shape[0],
+                   "zero_filters": int((~b.reshape(b.shape[0], -1).any(1)).sum())}
     if b.dim() != 4:
         return {"kernels": None, "zero_kernels": None, "taps": 1, "spatial": False,
-                "storage_bits": b.numel()}
+                "storage_bits": b.numel(), **filters}
     taps = b.shape[2] * b.shape[3]
     nonzero = b.reshape(b.shape[0] * b.shape[1], taps).any(1)
     kernels = nonzero.numel()
@@ -185,7 +190,7 @@ def kernel_stats(bits) -> dict:
     spatial = taps > 1
     storage = kernels + taps * (kernels - zero) if spatial else b.numel()
     return {"kernels": kernels, "zero_kernels": zero, "taps": taps, "spatial": spatial,
-            "storage_bits": storage}
+            "storage_bits": storage, **filters}
 
 
 def closed_form(

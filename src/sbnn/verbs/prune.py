@@ -501,10 +501,9 @@ def prune_stats(model: nn.Module, example: torch.Tensor | None = None) -> dict:
     for name, m in sb_layers(model):
         bits = m.bits()
         n, ones = bits.numel(), int(bits.sum())
-        row = {"name": name, "n": n, "ones": ones, "ones_fraction": ones / n,
-               "filters": bits.shape[0],
-               "dead_filters": int((~bits.reshape(bits.shape[0], -1).any(1)).sum())}
         ks = kernel_stats(bits)
+        row = {"name": name, "n": n, "ones": ones, "ones_fraction": ones / n,
+               "filters": ks["filters"], "dead_filters": ks["zero_filters"]}
         bits_kernel = ks["storage_bits"]
         if ks["spatial"]:
             kern = _kernels(bits)

@@ -51,7 +51,7 @@ def layer_stats(model: nn.Module) -> list[dict]:
                 "ones_fraction": p,
                 "entropy": entropy(p),
                 "zero_kernels": ks["zero_kernels"] / ks["kernels"] if ks["spatial"] else None,
-                "zero_filters": float((~bits.reshape(bits.shape[0], -1).any(1)).float().mean()),
+                "zero_filters": ks["zero_filters"] / ks["filters"],
                 "alpha": _as_list_or_float(alpha),
                 "beta": _as_list_or_float(beta),
                 "domain": m.domain,
