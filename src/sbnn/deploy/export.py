@@ -88,8 +88,7 @@ def fold_sbconv(m: SBLayer, bn: nn.Module | None = None, where: str = "") -> dic
     co = m.weight.shape[0]
     alpha, beta = m.alpha_beta()
     s, t = _bn_scale_shift(bn, where) if bn is not None else (None, None)
-    bias = m.bias.detach().cpu() if m.bias is not None else None
-    eta, xi, bias = fold_levels(alpha.cpu(), beta.cpu(), bias, s, t, channels=co)
+    eta, xi, bias = fold_levels(alpha, beta, m.bias, s, t, channels=co)
     return {"bits": m.bits().to(torch.uint8).cpu().numpy(), "eta": _f32(eta), "xi": _f32(xi),
             "bias": _f32(bias)}
 

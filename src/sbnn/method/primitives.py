@@ -145,7 +145,7 @@ def fold_levels(alpha: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor | No
         channels: ``C`` (default: the largest length given).
 
     Returns:
-        ``(eta, xi, bias')``, each ``(C,)`` float64.
+        ``(eta, xi, bias')``, each ``(C,)`` float64 on the CPU (inputs may be on any device).
     """
     parts = [torch.as_tensor(t).detach().reshape(-1)
              for t in (alpha, beta, bias, bn_scale, bn_shift) if t is not None]
@@ -157,7 +157,7 @@ def fold_levels(alpha: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor | No
     def vec(t, fill: float) -> torch.Tensor:
         if t is None:
             return torch.full((c,), fill, dtype=torch.float64)
-        return torch.as_tensor(t).detach().double().reshape(-1).expand(c)
+        return torch.as_tensor(t).detach().cpu().double().reshape(-1).expand(c)
 
     a, b = vec(alpha, 0.0), vec(beta, 0.0)
     s, t = vec(bn_scale, 1.0), vec(bn_shift, 0.0)
