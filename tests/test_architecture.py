@@ -313,3 +313,16 @@ def test_runtime_import_does_not_touch_torch():
     names = [ln.rsplit("|", 1)[-1].strip() for ln in err.splitlines() if "|" in ln]
     assert "sbnn_runtime" in names
     assert not [n for n in names if n.split(".")[0] == "torch"], "sbnn_runtime imported torch"
+
+
+def test_the_lazy_package_top_names_real_definitions():
+    """Every ``sbnn.NAME`` of the lazy table is defined where the table says."""
+    import importlib
+
+    import sbnn
+
+    for name, module in sbnn._LAZY.items():
+        assert hasattr(importlib.import_module(module), name), f"{module} has no {name}"
+    for name, module in sbnn._MODULES.items():
+        assert importlib.import_module(module).__name__ == module, name
+    assert sorted(sbnn.__all__) == sorted(set(sbnn._LAZY) | set(sbnn._MODULES))
