@@ -364,3 +364,46 @@ def test_cli_channel_granularity_run_loads_with_load_run(fp_checkpoint, capsys):
     assert shrink["max_abs_output_diff"] < 1e-4
     for (_, a), (_, b) in zip(sb_layers(model), sb_layers(load_run(out)), strict=True):
         assert torch.equal(a.bits(), b.bits())
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("ones", 1.0, "open interval"), ("ones", True, "open interval"),
+    ("granularity", "row", "--granularity must be one of layer, channel"),
+    ("allocation", "best", "--allocation must be one of uniform, global"),
+    ("finetune_epochs", -1, "--finetune-epochs must be an integer >= 0"),
+    ("bn_batches", 1.5, "--bn-batches must be an integer >= 0"),
+    ("train_subset", 0, "--train-subset must be an integer >= 1"),
+    ("threads", 0, "--threads must be an integer >= 1"),
+    ("gamma", 1.0, "--gamma must be a share in [0, 1)"),
+    ("lr", 0.0, "--lr must be > 0"),
+    ("prune", {"kernels": 0.5}, "prune must be a PruneConfig"),
+])
+def test_convert_job_validates_each_field(field, value, match):
+    from sbnn.pipeline.convert_run import ConvertJob
+
+    with pytest.raises(ConversionError, match=match.replace("[", r"\[").replace(")", r"\)")):
+        ConvertJob("fp.pt", "out", **{"ones": 0.05, field: value})
+    job = ConvertJob("fp.pt", "out", 0.05)  # the defaults are valid and match the CLI's
+    assert (job.granularity, job.allocation, job.finetune_epochs, job.gamma) == (
+        "layer", "uniform", 0, 0.07)
+
+
+def test_run_convert_from_python_matches_the_cli(fp_checkpoint, capsys):
+    from sbnn.pipeline.convert_run import ConvertJob, run_convert
+    from sbnn.verbs.prune import PruneConfig
+
+    root, path, _ = fp_checkpoint
+    rep = run_convert(ConvertJob(path, root / "py", 0.1, prune=PruneConfig(kernels=0.5),
+                                 finetune_epochs=1, threads=1, progress=False))
+    assert _cli(path, "--ones", 0.1, "--prune-kernels", 0.5, "--finetune-epochs", 1,
+                "--threads", 1, "--no-progress", "--out", root / "cli") == 0
+    a = torch.load(root / "py" / "last.pt", weights_only=False)["model"]
+    b = torch.load(root / "cli" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [__import__("json").loads(x) for x in (root / "py" / "metrics.jsonl").read_text()
+            .splitlines()]
+    # the fine-tuning epoch went through the trainer's loop: its row has the trainer's keys
+    assert {"train_loss", "train_accuracy", "penalty"} <= set(rows[1])
+    assert rep["convert"]["finetune_epochs"] == 1
+    with pytest.raises(TypeError, match="ConvertJob"):
+        run_convert(path)

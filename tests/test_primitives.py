@@ -197,3 +197,127 @@ def test_pack_bits_native_and_numpy_agree(n):
 
     assert core is not None, native_error
     assert np.array_equal(core.pack_bits(bits), packed)
+
+
+# --------------------------------------------------------------------------------------------
+# the shared binary-weight math: to_bits, group_means, fold_levels, kernel_stats
+# --------------------------------------------------------------------------------------------
+
+def test_to_bits_sign_rule_on_torch_and_numpy():
+    w = torch.tensor([-1.0, -0.0, 0.0, 1e-30, -1e-30, 2.0])
+    want = [False, True, True, True, False, True]  # -0.0 >= 0 too: sign(0) = +1
+    assert to_bits(w).tolist() == want
+    assert to_bits(w).dtype == torch.bool
+    assert to_bits(w.numpy()).tolist() == want and to_bits(w.numpy()).dtype == np.bool_
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_means_match_per_row_brute_force(seed):
+    from sbnn.method.primitives import group_means
+
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(5, 1 + seed * 3, generator=g)
+    bits = torch.rand(rows.shape, generator=g) < 0.3
+    bits[0] = False  # an empty 1-group
+    bits[1] = True  # an empty 0-group
+    alpha, beta = group_means(rows, bits)
+    assert alpha.dtype == torch.float64 and alpha.shape == (5,)
+    for r in range(5):
+        v, b = rows[r].double(), bits[r]
+        a = float(v[~b].mean()) if (~b).any() else float(v[b].mean())
+        bb = float(v[b].mean()) if b.any() else a
+        assert math.isclose(float(alpha[r]), a, rel_tol=1e-12, abs_tol=1e-12)
+        assert math.isclose(float(beta[r]), bb, rel_tol=1e-12, abs_tol=1e-12)
+    assert torch.equal(alpha[0], beta[0]) and torch.equal(alpha[1], beta[1])  # exactly
+    # no other levels fit a split better: the SSE at the means is the brute-force minimum
+    for r in range(2, 5):
+        v, b = rows[r].double(), bits[r].double()
+        best = sse(rows[r], bits[r])
+        q = alpha[r] + (beta[r] - alpha[r]) * b
+        assert math.isclose(float(((v - q) ** 2).sum()), best, rel_tol=1e-9, abs_tol=1e-12)
+    # one row (1-D) gives 0-dim levels; dtype keeps the caller's precision
+    a1, b1 = group_means(rows[2], bits[2], dtype=torch.float32)
+    assert a1.shape == () and a1.dtype == torch.float32
+    torch.testing.assert_close(a1.double(), alpha[2], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="differ in shape"):
+        group_means(rows, bits[:2])
+
+
+def test_closed_form_levels_are_the_group_means_of_its_split():
+    from sbnn.method.primitives import group_means
+
+    w = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(3))
+    for ones, dim in ((None, None), (0.1, None), (0.2, 0), (None, 0)):
+        alpha, beta, bits = closed_form(w, ones, dim)
+        rows = w.reshape(1, -1) if dim is None else w.reshape(6, -1)
+        a, b = group_means(rows, bits.reshape(rows.shape))
+        assert torch.equal(alpha.reshape(-1), a.float()) and torch.equal(beta.reshape(-1),
+                                                                          b.float())
+
+
+@pytest.mark.parametrize("per_channel,with_bn,with_bias",
+                         list(itertools.product([False, True], repeat=3)))
+def test_fold_levels_equals_the_binary_conv_with_batchnorm(per_channel, with_bn, with_bias):
+    """eta * conv(x, b) + xi * conv(x, 1) + bias' == BN(conv(x, q) + bias), brute force."""
+    import torch.nn.functional as F
+
+    from sbnn.method.primitives import fold_levels
+
+    g = torch.Generator().manual_seed(int(per_channel) * 4 + int(with_bn) * 2 + int(with_bias))
+    co, ci = 5, 3
+    bits = torch.rand(co, ci, 3, 3, generator=g) < 0.2
+    alpha = torch.randn(co if per_channel else (), generator=g, dtype=torch.float64)
+    beta = alpha + torch.rand(alpha.shape, generator=g, dtype=torch.float64)
+    bias = torch.randn(co, generator=g, dtype=torch.float64) if with_bias else None
+    s = torch.rand(co, generator=g, dtype=torch.float64) + 0.5 if with_bn else None
+    t = torch.randn(co, generator=g, dtype=torch.float64) if with_bn else None
+    eta, xi, b2 = fold_levels(alpha, beta, bias, s, t, channels=co)
+    assert eta.shape == xi.shape == b2.shape == (co,) and eta.dtype == torch.float64
+    x = torch.randn(2, ci, 7, 7, generator=g, dtype=torch.float64)
+    view = (-1, 1, 1, 1)
+    a4, d4 = alpha.reshape(-1).expand(co).reshape(view), (beta - alpha).reshape(-1).expand(co)
+    q = a4 + d4.reshape(view) * bits
+    want = F.conv2d(x, q, bias, padding=1)
+    if with_bn:
+        want = want * s.view(1, -1, 1, 1) + t.view(1, -1, 1, 1)
+    ones = torch.ones(1, ci, 3, 3, dtype=torch.float64)
+    got = (eta.view(1, -1, 1, 1) * F.conv2d(x, bits.double(), padding=1)
+           + xi.view(1, -1, 1, 1) * F.conv2d(x, ones, padding=1) + b2.view(1, -1, 1, 1))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="lengths differ"):
+        fold_levels(torch.zeros(3), torch.zeros(4))
+
+
+def _kernel_stats_brute(bits):
+    b = np.asarray(bits) != 0
+    filters = {"filters": b.shape[0],
+               "zero_filters": sum(not b[o].any() for o in range(b.shape[0]))}
+    if b.ndim != 4:
+        return {"kernels": None, "zero_kernels": None, "taps": 1, "spatial": False,
+                "storage_bits": b.size, **filters}
+    kernels = zero = 0
+    storage = 0
+    taps = b.shape[2] * b.shape[3]
+    for o in range(b.shape[0]):
+        for i in range(b.shape[1]):
+            kernels += 1
+            empty = not b[o, i].any()
+            zero += empty
+            storage += 1 + (0 if empty else taps)
+    spatial = taps > 1
+    return {"kernels": kernels, "zero_kernels": zero, "taps": taps, "spatial": spatial,
+            "storage_bits": storage if spatial else b.size, **filters}
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (5, 2, 1, 1), (3, 7, 5, 5), (2, 1, 2, 3),
+                                   (6, 9), (8,)])
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.5, 1.0])
+def test_kernel_stats_match_brute_force(shape, p):
+    from sbnn.method.primitives import kernel_stats
+
+    g = torch.Generator().manual_seed(len(shape) * 100 + int(p * 10))
+    bits = torch.rand(shape, generator=g) < p
+    want = _kernel_stats_brute(bits.numpy())
+    assert kernel_stats(bits) == want
+    assert kernel_stats(bits.numpy().astype(np.uint8)) == want  # numpy 0/1 (export's bits)
+    assert kernel_stats(bits.to(torch.uint8)) == want

@@ -53,10 +53,10 @@ def add_parser(subparsers) -> None:
 def _cmd(args) -> int:
     import sys
 
-    from sbnn.deploy.export import ExportError, _parse_shape
+    from sbnn.deploy.export import ExportError, parse_shape
 
     try:
-        shape = _parse_shape(args.input_shape) if args.input_shape else None
+        shape = parse_shape(args.input_shape) if args.input_shape else None
         s = run_summary(args.path, shape)
     except (ValueError, ExportError) as e:  # bad --input-shape, unknown dataset, untraceable
         if isinstance(e, OSError):

@@ -35,9 +35,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
+from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
+from sbnn_runtime.kernels import dequantized_weight
 
-__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "add_parser"]
+__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "parse_shape",
+           "add_parser"]
 
 
 class ExportError(ValueError):
@@ -84,18 +87,11 @@ def fold_sbconv(m: SBLayer, bn: nn.Module | None = None, where: str = "") -> dic
     ``y_c = eta'_c conv(x, b_c) + xi'_c conv(x, 1) + bias'_c`` equals ``BN(conv(x, q) + bias)``.
     """
     co = m.weight.shape[0]
-    alpha, beta = (t.detach().double().reshape(-1).expand(co) for t in m.alpha_beta())
-    b0 = m.bias.detach().double() if m.bias is not None else torch.zeros(co, dtype=torch.float64)
-    if bn is not None:
-        s, t = _bn_scale_shift(bn, where)
-    else:
-        s, t = torch.ones(co, dtype=torch.float64), torch.zeros(co, dtype=torch.float64)
-    return {
-        "bits": m.bits().to(torch.uint8).cpu().numpy(),
-        "eta": _f32(s * (beta - alpha)),
-        "xi": _f32(s * alpha),
-        "bias": _f32(s * b0 + t),
-    }
+    alpha, beta = m.alpha_beta()
+    s, t = _bn_scale_shift(bn, where) if bn is not None else (None, None)
+    eta, xi, bias = fold_levels(alpha, beta, m.bias, s, t, channels=co)
+    return {"bits": m.bits().to(torch.uint8).cpu().numpy(), "eta": _f32(eta), "xi": _f32(xi),
+            "bias": _f32(bias)}
 
 
 def _pair(v, where: str, what: str) -> int:
@@ -265,9 +261,9 @@ class _Converter:
                 raise ExportError(f"layer {where!r} (SBLinear with binary activations) is not "
                                   "supported by the sbnn engine; use act=None or a 1x1 SBConv2d")
             p = fold_sbconv(m, None, where)
-            w = p["eta"][:, None] * p["bits"] + p["xi"][:, None]
+            w = dequantized_weight(p["bits"], p["eta"], p["xi"])  # (out, in) float32
             return self.emit("linear", [self.tensor(self.inp(node), where)], where,
-                             params={"weight": w.astype(np.float32), "bias": p["bias"]})
+                             params={"weight": w, "bias": p["bias"]})
         if type(m) is nn.Conv2d:
             stride, pad = _check_conv(m, where)
             bn, bn_node = self.bn_after(node)
@@ -375,7 +371,7 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
 
 def graph_stats(graph: Graph) -> list[dict[str, Any]]:
     """Per sparse-binary layer: weights, ones fraction, H(p) bits and stored bits."""
-    from sbnn.method.primitives import entropy
+    from sbnn.method.primitives import entropy, kernel_stats
     from sbnn_runtime.fileformat import encode_bits
 
     rows = []
@@ -385,15 +381,11 @@ def graph_stats(graph: Graph) -> list[dict[str, Any]]:
         bits = nd.params["bits"]
         blob, _ = encode_bits(bits)
         p = float(bits.mean())
+        ks = kernel_stats(bits)
         rows.append({"layer": nd.name, "shape": list(bits.shape), "weights": int(bits.size),
                      "ones": p, "h_bits": entropy(p) * bits.size, "stored_bits": 8 * len(blob),
-                     "zero_kernels": float((bits.reshape(bits.shape[0] * bits.shape[1], -1)
-                                            .max(1) == 0).mean())})
+                     "zero_kernels": ks["zero_kernels"] / ks["kernels"]})
     return rows
-
-
-_DATASET_SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-                   "cifar100": (3, 32, 32)}
 
 
 def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -438,7 +430,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
 # -- command line ------------------------------------------------------------------------------
 
 
-def _parse_shape(text: str) -> tuple[int, int, int]:
+def parse_shape(text: str) -> tuple[int, int, int]:
     parts = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     if len(parts) != 3 or min(parts) < 1:
         raise ValueError(f"--input-shape expects C,H,W (e.g. 1,28,28), got {text!r}")
@@ -484,6 +476,8 @@ def add_parser(subparsers) -> None:
 def _cmd(args) -> int:
     import sys
 
+    # a command reads a run folder: through its one owner (the only pipeline imports here)
+    from sbnn.pipeline.data import DATASET_SHAPES
     from sbnn.pipeline.runs import load_checkpoint, load_model
     from sbnn_runtime.fileformat import SBNNFormatError
 
@@ -494,13 +488,13 @@ def _cmd(args) -> int:
     dataset = cfg.get("data", {}).get("name")
     if args.input_shape:
         try:
-            shape = _parse_shape(args.input_shape)
+            shape = parse_shape(args.input_shape)
         except ValueError as exc:
             print(f"sbnn export: error: {exc}", file=sys.stderr)
             return 2
-    elif dataset in _DATASET_SHAPES:
-        shape = (int(ckpt.get("in_chans", _DATASET_SHAPES[dataset][0])),
-                 *_DATASET_SHAPES[dataset][1:])
+    elif dataset in DATASET_SHAPES:
+        shape = (int(ckpt.get("in_chans", DATASET_SHAPES[dataset][0])),
+                 *DATASET_SHAPES[dataset][1:])
     else:
         print(f"sbnn export: error: unknown input size for dataset {dataset!r}; pass "
               "--input-shape C,H,W", file=sys.stderr)

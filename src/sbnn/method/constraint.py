@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sbnn.method.layers import SBLayer
+from sbnn.method.primitives import to_bits
 
 __all__ = ["SparsityConstraint", "sb_layers"]
 
@@ -23,7 +24,7 @@ class _BitsSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w):
-        return (w >= 0).to(w.dtype)
+        return to_bits(w).to(w.dtype)
 
     @staticmethod
     def backward(ctx, g):

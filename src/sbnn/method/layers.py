@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbnn.method import estimators
-from sbnn.method.primitives import dequantize
+from sbnn.method.primitives import dequantize, group_means, to_bits
 
 __all__ = ["DOMAINS", "SBLayer", "SBConv2d", "SBLinear", "LearnableBias", "RSign", "RPReLU"]
 
@@ -59,30 +59,22 @@ class SBLayer:
     # -- the binary domain -------------------------------------------------------------------
     def bits(self) -> torch.Tensor:
         """Bool tensor of the weight's shape: ``True`` where the latent weight is ``>= 0``."""
-        return self.weight.detach() >= 0
+        return to_bits(self.weight.detach())
 
     def _levels(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, beta): 0-dim or per output channel ``(C_out,)``; ``b`` is the hard bit mask."""
         if self.domain == "learned":
             return self.phi - self.tau, self.phi + self.tau
         w = w.detach()
-        bf = b.to(w.dtype)
         if self.domain == "closed_form":
-            n1 = bf.sum()
-            n0 = bf.numel() - n1
-            s1 = (w * bf).sum()
-            s0 = w.sum() - s1
-            mean = w.mean()
-            alpha = torch.where(n0 > 0, s0 / n0.clamp(min=1), mean)
-            beta = torch.where(n1 > 0, s1 / n1.clamp(min=1), mean)
-            return alpha, beta
-        flat_w, flat_b = w.reshape(w.shape[0], -1), bf.reshape(w.shape[0], -1)
+            return group_means(w.reshape(-1), b.reshape(-1), dtype=w.dtype)
+        flat_w, flat_b = w.reshape(w.shape[0], -1), b.reshape(w.shape[0], -1)
         scale = flat_w.abs().mean(1)
         if self.domain == "pm1":
             return -scale, scale
-        n1 = flat_b.sum(1)
-        s1 = (flat_w * flat_b).sum(1)
-        return torch.zeros_like(scale), torch.where(n1 > 0, s1 / n1.clamp(min=1), scale)
+        # 01: {0, mean of w over the channel's 1-bits}; a channel without 1-bits keeps mean|w|
+        _, beta = group_means(flat_w, flat_b, dtype=w.dtype)
+        return torch.zeros_like(scale), torch.where(flat_b.any(1), beta, scale)
 
     def alpha_beta(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The two levels, detached: 0-dim tensors, or ``(C_out,)`` for pm1 and 01."""
@@ -95,7 +87,7 @@ class SBLayer:
         s = self.weight_estimator(w)  # {-1, +1}, pseudo-gradient to w
         if self.domain == "learned":
             return self.tau * s + self.phi
-        alpha, beta = self._levels(w, w.detach() >= 0)
+        alpha, beta = self._levels(w, to_bits(w.detach()))
         return dequantize(alpha, beta, (s + 1) / 2)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from sbnn.verbs.convert import (
 )
 from sbnn.verbs.prune import PruneConfig
 
-__all__ = ["load_run", "run_convert", "format_comparison", "add_parser"]
+__all__ = ["ConvertJob", "load_run", "run_convert", "format_comparison", "add_parser"]
 
 
 def load_run(path, which: str = "last", device: str = "cpu") -> nn.Module:
@@ -44,29 +46,19 @@ def load_run(path, which: str = "last", device: str = "cpu") -> nn.Module:
 # sbnn convert: checkpoint in, run folder out
 # --------------------------------------------------------------------------------------------
 
-_CKPT_KEYS = ("model", "config", "num_classes", "in_chans")
-
-
 def _load_float_model(path: str, domain: str | None):
     """(float model, binary twin holding the float weights, twin Config, checkpoint) or a
     ConversionError that says what is wrong with the checkpoint."""
-    import os
-
     from sbnn import models
     from sbnn.pipeline.config import Config, ConfigError, from_dict
     from sbnn.pipeline.runs import CheckpointError, build_model, load_checkpoint
 
     if not os.path.isfile(path):
         raise ConversionError(f"no checkpoint at '{path}' (give a .pt written by `sbnn train`)")
-    try:
+    try:  # the checkpoint's owner checks its keys
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise ConversionError(str(e)) from None
-    missing = [k for k in _CKPT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ConversionError(
-            f"checkpoint '{path}' lacks the key(s) {missing}; expected a checkpoint written by "
-            f"`sbnn train` with {list(_CKPT_KEYS)}")
     try:
         cfg = from_dict(Config, ckpt["config"])
     except ConfigError as e:
@@ -131,17 +123,93 @@ def _atomic_json(path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "layer",
-                allocation: str = "uniform", prune: PruneConfig | None = None,
-                finetune_epochs: int = 0, from_scratch: str | None = None,
-                domain: str | None = None, gamma: float = 0.07, lr: float | None = None,
-                data_root: str | None = None, train_subset: int | None = None,
-                test_subset: int | None = None, threads: int | None = None,
-                device: str = "cpu", progress: bool = True, bn_batches: int = 0) -> dict:
+@dataclass
+class ConvertJob:
+    """One ``sbnn convert`` run: what :func:`run_convert` does, checked on construction.
+
+    Attributes:
+        checkpoint: ``last.pt`` / ``best.pt`` of a full-precision ``sbnn train`` run.
+        out: the new run folder (must not exist, or be empty).
+        ones: target ones fraction in (0, 1).
+        granularity: ``"layer"`` or ``"channel"`` (see :func:`sbnn.verbs.convert.convert`).
+        allocation: ``"uniform"`` or ``"global"``.
+        prune: pruning applied with the conversion (default: none).
+        finetune_epochs: epochs of fine-tuning under the sparsity constraint (0: none).
+        from_scratch: a ``sbnn train`` run folder of the same network, for the report.
+        domain: the binary twin's domain (None: the checkpoint's).
+        gamma: the sparsity penalty's share of the loss in fine-tuning, in [0, 1).
+        lr: fine-tuning learning rate (None: the checkpoint's ``optim.lr``).
+        data_root, train_subset, test_subset: override the checkpoint's data settings.
+        threads: ``torch.set_num_threads`` (None: torch's default).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        progress: show a progress bar while fine-tuning.
+        bn_batches: re-estimate BatchNorm statistics on this many training batches.
+
+    Raises:
+        ConversionError: a value out of range, with the option it came from.
+    """
+
+    checkpoint: str
+    out: str
+    ones: float
+    granularity: str = "layer"
+    allocation: str = "uniform"
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune_epochs: int = 0
+    from_scratch: str | None = None
+    domain: str | None = None
+    gamma: float = 0.07
+    lr: float | None = None
+    data_root: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    progress: bool = True
+    bn_batches: int = 0
+
+    def __post_init__(self):
+        self.checkpoint, self.out = os.fspath(self.checkpoint), os.fspath(self.out)
+        if self.from_scratch is not None:
+            self.from_scratch = os.fspath(self.from_scratch)
+        o = self.ones
+        if isinstance(o, bool) or not isinstance(o, (int, float)) or not 0.0 < o < 1.0:
+            raise ConversionError(f"--ones must be a fraction in the open interval (0, 1), "
+                                  f"got {o}")
+        self.ones = float(o)
+        if self.granularity not in GRANULARITIES:
+            raise ConversionError(f"--granularity must be one of {', '.join(GRANULARITIES)}, "
+                                  f"got {self.granularity!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConversionError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, "
+                                  f"got {self.allocation!r}")
+        if self.prune is None:
+            self.prune = PruneConfig()
+        if not isinstance(self.prune, PruneConfig):
+            raise ConversionError(f"prune must be a PruneConfig, got {type(self.prune).__name__}")
+        for name in ("finetune_epochs", "bn_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConversionError(f"--{name.replace('_', '-')} must be an integer >= 0, "
+                                      f"got {v!r}")
+        for name in ("train_subset", "test_subset", "threads"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConversionError(f"--{name.replace('_', '-')} must be an integer >= 1, "
+                                      f"got {v!r}")
+        g = self.gamma
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= g < 1.0:
+            raise ConversionError(f"--gamma must be a share in [0, 1), got {g}")
+        self.gamma = float(g)
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(
+                self.lr, (int, float)) or not self.lr > 0):
+            raise ConversionError(f"--lr must be > 0, got {self.lr}")
+
+
+def run_convert(job: ConvertJob) -> dict:
     """What ``sbnn convert`` does; returns the report dict. Everything is written to a temporary
-    folder next to ``out`` and renamed to ``out`` at the end, so a failure leaves no ``out``."""
+    folder next to ``job.out`` and renamed to it at the end, so a failure leaves no ``out``."""
     import json
-    import os
     import shutil
     import time
     from dataclasses import replace
@@ -151,37 +219,36 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
     from sbnn.pipeline.config import save_config, to_dict
     from sbnn.pipeline.evaluate import evaluate_loader, format_report, make_report
     from sbnn.pipeline.runs import make_checkpoint, resolve_device, save_checkpoint
-    from sbnn.pipeline.train import make_optimizer, make_scheduler
 
-    # -- validate everything before touching the disk --------------------------------------
-    if isinstance(ones, bool) or not isinstance(ones, (int, float)) or not 0.0 < ones < 1.0:
-        raise ConversionError(f"--ones must be a fraction in the open interval (0, 1), got {ones}")
-    if bn_batches < 0:
-        raise ConversionError(f"--bn-batches must be >= 0, got {bn_batches}")
-    if finetune_epochs < 0:
-        raise ConversionError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    outp = Path(out)
+    if not isinstance(job, ConvertJob):
+        raise TypeError(f"run_convert takes a ConvertJob, got {type(job).__name__}")
+    # -- check the disk before writing anything ----------------------------------------------
+    outp = Path(job.out)
     if outp.exists() and (not outp.is_dir() or any(outp.iterdir())):
-        raise ConversionError(f"--out '{out}' exists and is not empty; choose a new run folder")
-    prune = prune or PruneConfig()
-    scratch = _scratch_summary(from_scratch) if from_scratch else None
-    if threads:
-        torch.set_num_threads(threads)
-    fp, model, cfg, ckpt = _load_float_model(checkpoint, domain)
-    dev = resolve_device(device)
-    model, info = convert(model, ones, granularity, allocation, prune=prune, inplace=True,
-                          return_info=True)
+        raise ConversionError(f"--out '{job.out}' exists and is not empty; choose a new run "
+                              "folder")
+    prune = job.prune
+    scratch = _scratch_summary(job.from_scratch) if job.from_scratch else None
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    fp, model, cfg, ckpt = _load_float_model(job.checkpoint, job.domain)
+    dev = resolve_device(job.device)
+    model, info = convert(model, job.ones, job.granularity, job.allocation, prune=prune,
+                          inplace=True, return_info=True)
     q_before = quantization_errors(info["float_weights"], model)
 
     d = cfg.data
     cfg = replace(
-        cfg, epochs=finetune_epochs, out=str(outp), device=str(dev), threads=threads,
-        progress=progress,
-        data=replace(d, root=data_root if data_root is not None else d.root,
-                     train_subset=train_subset if train_subset is not None else d.train_subset,
-                     test_subset=test_subset if test_subset is not None else d.test_subset),
-        optim=replace(cfg.optim, lr=lr if lr is not None else cfg.optim.lr),
-        sparsity=replace(cfg.sparsity, ec=float(ones), gamma=gamma, init="none"))
+        cfg, epochs=job.finetune_epochs, out=str(outp), device=str(dev), threads=job.threads,
+        progress=job.progress,
+        data=replace(d, root=job.data_root if job.data_root is not None else d.root,
+                     train_subset=job.train_subset if job.train_subset is not None
+                     else d.train_subset,
+                     test_subset=job.test_subset if job.test_subset is not None
+                     else d.test_subset),
+        optim=replace(cfg.optim, lr=job.lr if job.lr is not None else cfg.optim.lr),
+        # fine-tuning always clamps (the budget trim after each step assumes it)
+        sparsity=replace(cfg.sparsity, ec=job.ones, gamma=job.gamma, init="none", clamp=True))
     d = cfg.data
     test_set = sdata.load_dataset(d.name, d.root, train=False).subset(d.test_subset)
     test_loader = sdata.BatchLoader(test_set, d.eval_batch_size, device=dev)
@@ -190,26 +257,28 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
     acc_conv = evaluate_loader(model, test_loader)["accuracy"]
     acc_recal = None
     train_set = None
-    if bn_batches or finetune_epochs:
+    if job.bn_batches or job.finetune_epochs:
         train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
-    if bn_batches:
+    if job.bn_batches:
         calib = sdata.BatchLoader(train_set, d.batch_size, shuffle=True, device=dev,
                                   seed=cfg.seed + 12345)
-        recalibrate_batchnorm_(model, itertools.islice(iter(calib), bn_batches))
+        recalibrate_batchnorm_(model, itertools.islice(iter(calib), job.bn_batches))
         acc_recal = evaluate_loader(model, test_loader)["accuracy"]
 
+    source = os.path.abspath(job.checkpoint)
     tmp = outp.parent / f".{outp.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         save_config(cfg, tmp / "config.yaml")
+
         def checkpoint_dict(epoch: int, best: float) -> dict:
             return make_checkpoint(
                 model, to_dict(cfg), ckpt["num_classes"], ckpt["in_chans"], epoch, best,
-                convert={"source": os.path.abspath(checkpoint), "ones": ones,
-                         "granularity": granularity, "allocation": allocation,
-                         "prune": prune.to_dict(), "budgets": info["budgets"]})
+                convert={"source": source, "ones": job.ones, "granularity": job.granularity,
+                         "allocation": job.allocation, "prune": prune.to_dict(),
+                         "budgets": info["budgets"]})
 
         acc0 = acc_conv if acc_recal is None else acc_recal
         metrics = [{"epoch": 0, "test_accuracy": acc0, "ones_fraction": _ones(model),
@@ -217,17 +286,17 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
         best = acc0
         save_checkpoint(checkpoint_dict(0, best), tmp / "best.pt")
         t0 = time.perf_counter()
-        if finetune_epochs:
+        if job.finetune_epochs:
             loader = sdata.BatchLoader(
                 train_set, d.batch_size, shuffle=True, device=dev, seed=cfg.seed,
                 augment=sdata.Augment(d.crop_padding, d.hflip, d.rotation))
-            metrics += _finetune(model, cfg, loader, test_loader, info, granularity,
-                                 make_optimizer, make_scheduler, evaluate_loader, progress)
+            metrics += _finetune(model, cfg, loader, test_loader, info["budgets"],
+                                 job.granularity, evaluate_loader, job.progress)
             for row in metrics[1:]:
                 if row["test_accuracy"] > best:
                     best = row["test_accuracy"]
                     save_checkpoint(checkpoint_dict(row["epoch"], best), tmp / "best.pt")
-        save_checkpoint(checkpoint_dict(finetune_epochs, best), tmp / "last.pt")
+        save_checkpoint(checkpoint_dict(job.finetune_epochs, best), tmp / "last.pt")
         with open(tmp / "metrics.jsonl", "w") as f:
             for row in metrics:
                 f.write(json.dumps(row) + "\n")
@@ -235,19 +304,19 @@ def run_convert(checkpoint: str, out: str, ones: float, granularity: str = "laye
         model.eval()
         report = make_report(model, test_loader, cfg=cfg)
         report["best_test_accuracy"] = best
-        report["epochs"] = finetune_epochs
+        report["epochs"] = job.finetune_epochs
         report["train_wall_time_s"] = time.perf_counter() - t0
         x = next(iter(test_loader))[0][:8]
         from sbnn.verbs.prune import prune_stats
 
         conv = {
-            "source": os.path.abspath(checkpoint), "ones": ones, "granularity": granularity,
-            "allocation": allocation, "domain": cfg.model.domain, "prune": prune.to_dict(),
-            "finetune_epochs": finetune_epochs, "gamma": gamma, "lr": cfg.optim.lr,
-            "bn_batches": bn_batches,
+            "source": source, "ones": job.ones, "granularity": job.granularity,
+            "allocation": job.allocation, "domain": cfg.model.domain, "prune": prune.to_dict(),
+            "finetune_epochs": job.finetune_epochs, "gamma": job.gamma, "lr": cfg.optim.lr,
+            "bn_batches": job.bn_batches,
             "accuracy": {"full_precision": acc_fp, "converted": acc_conv,
                          "converted_bn_recalibrated": acc_recal,
-                         "finetuned": report["test_accuracy"] if finetune_epochs else None,
+                         "finetuned": report["test_accuracy"] if job.finetune_epochs else None,
                          "from_scratch": scratch["test_accuracy"] if scratch else None},
             "from_scratch": scratch,
             "quantization_error_converted": q_before,
@@ -275,21 +344,24 @@ def _ones(model: nn.Module) -> float:
     return sum(int(m.bits().sum()) for _, m in layers) / n
 
 
-def _finetune(model, cfg, loader, test_loader, info, granularity, make_optimizer,
-              make_scheduler, evaluate_loader, progress) -> list[dict]:
-    """Fine-tune with the sparsity constraint; after every step the latent weights are clamped
-    and every group is trimmed back to its converted budget of ones (so p never exceeds it)."""
+def _finetune(model, cfg, loader, test_loader, budgets, granularity, evaluate_loader,
+              progress) -> list[dict]:
+    """Fine-tune with the sparsity constraint through the trainer's epoch loop
+    (:func:`sbnn.pipeline.train.run_epoch`); after every step the latent weights are clamped and
+    every group is trimmed back to its converted budget of ones (so p never exceeds it)."""
     import time
 
-    import torch.nn.functional as F
-
-    from sbnn.method import estimators
     from sbnn.method.constraint import SparsityConstraint
+    from sbnn.pipeline.train import make_optimizer, make_scheduler, run_epoch
     from sbnn.verbs.prune import project_
 
     cons = SparsityConstraint(model, ec=cfg.sparsity.ec, gamma=cfg.sparsity.gamma)
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt, len(loader))
+
+    def trim() -> None:
+        enforce_budget_(model, budgets, granularity)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -297,31 +369,12 @@ def _finetune(model, cfg, loader, test_loader, info, granularity, make_optimizer
         bar = tqdm(total=cfg.epochs * len(loader), dynamic_ncols=True, desc="fine-tune")
     rows = []
     for epoch in range(cfg.epochs):
-        model.train()
-        loader.set_epoch(epoch)
-        if cfg.sparsity.ede_schedule:
-            estimators.set_progress(model, epoch, cfg.epochs)
         t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            (loss + cons(loss)).backward()
-            opt.step()
-            sched.step()
-            cons.clamp_()
-            enforce_budget_(model, info["budgets"], granularity)
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
-            if bar is not None:
-                bar.set_postfix({"loss": f"{loss_sum / seen:.3f}",
-                                 "ones": f"{cons.last.get('ones_fraction', 0):.4f}"},
-                                refresh=False)
-                bar.update(1)
+        tr = run_epoch(model, loader, opt, sched, cons, cfg, epoch, after_step=trim, bar=bar)
         project_(model)
-        enforce_budget_(model, info["budgets"], granularity)
+        trim()
         ev = evaluate_loader(model, test_loader)
-        rows.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
+        rows.append({"epoch": epoch + 1, **tr,
                      "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
                      "ones_fraction": _ones(model), "lr": opt.param_groups[0]["lr"],
                      "epoch_time_s": time.perf_counter() - t0, "stage": "finetune"})
@@ -438,10 +491,15 @@ def _cmd(args) -> int:
         prune = PruneConfig(magnitude=args.prune_magnitude, filters=args.prune_filters,
                             kernels=args.prune_kernels, patterns=args.patterns,
                             shrink=not args.no_shrink)
-        run_convert(args.checkpoint, args.out, args.ones, args.granularity, args.allocation,
-                    prune, args.finetune_epochs, args.from_scratch, args.domain, args.gamma,
-                    args.lr, args.data_root, args.train_subset, args.test_subset, args.threads,
-                    args.device, not args.no_progress, args.bn_batches)
+        job = ConvertJob(
+            checkpoint=args.checkpoint, out=args.out, ones=args.ones,
+            granularity=args.granularity, allocation=args.allocation, prune=prune,
+            finetune_epochs=args.finetune_epochs, from_scratch=args.from_scratch,
+            domain=args.domain, gamma=args.gamma, lr=args.lr, data_root=args.data_root,
+            train_subset=args.train_subset, test_subset=args.test_subset,
+            threads=args.threads, device=args.device, progress=not args.no_progress,
+            bn_batches=args.bn_batches)
+        run_convert(job)
     except (ConversionError, ValueError) as e:
         print(f"sbnn convert: error: {e}", file=sys.stderr)
         return 2

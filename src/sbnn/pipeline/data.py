@@ -29,6 +29,7 @@ import torch.nn.functional as F
 __all__ = [
     "DEFAULT_FASHION_MNIST",
     "DATASETS",
+    "DATASET_SHAPES",
     "DatasetNotFoundError",
     "ImageDataset",
     "BatchLoader",
@@ -66,6 +67,12 @@ DATASETS: dict[str, dict] = {
         "channels": 3, "classes": 100, "mean": (0.5071, 0.4865, 0.4409),
         "std": (0.2673, 0.2564, 0.2762), "default_root": None,
     },
+}
+
+# name -> (C, H, W) of one sample, as the models see it (export's input shape, the sweep's)
+DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
+    "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
 }
 
 _IDX_FILES = {

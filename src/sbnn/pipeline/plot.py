@@ -62,6 +62,7 @@ def _run_config(run: Path) -> dict:
 
 def _weights_figure(run: Path):
     from sbnn.method.constraint import sb_layers
+    from sbnn.method.primitives import to_bits
     from sbnn.pipeline.runs import load_model
 
     model = load_model(run)
@@ -74,9 +75,10 @@ def _weights_figure(run: Path):
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax, (name, m) in zip(axes.flat, layers, strict=False):
         w = m.weight.detach().float().flatten().cpu().numpy()
-        p = float((w >= 0).mean())
-        ax.hist(w[w < 0], bins=60, color="tab:blue", alpha=0.8, label="bit 0 (alpha)")
-        ax.hist(w[w >= 0], bins=60, color="tab:red", alpha=0.8, label="bit 1 (beta)")
+        b = to_bits(w)
+        p = float(b.mean())
+        ax.hist(w[~b], bins=60, color="tab:blue", alpha=0.8, label="bit 0 (alpha)")
+        ax.hist(w[b], bins=60, color="tab:red", alpha=0.8, label="bit 1 (beta)")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yscale("log")
         ax.set_title(f"{name}\nones {100 * p:.2f}%", fontsize=8)

@@ -111,7 +111,7 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
               deploy: bool = True, latency: bool = True) -> list[dict]:
     """Train every (domain, EC, seed) combination of ``cfg`` and write the sweep's results."""
     from sbnn import models
-    from sbnn.deploy.export import _DATASET_SHAPES
+    from sbnn.pipeline.data import DATASET_SHAPES
 
     for d in domains:
         if d not in DOMAIN_ALIASES:
@@ -140,7 +140,7 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
                     sparsity=replace(cfg.sparsity, ec=ec, gamma=gamma))
                 plan.append((d, ec, seed, run_cfg))
 
-    shape = _DATASET_SHAPES.get(cfg.data.name)
+    shape = DATASET_SHAPES.get(cfg.data.name)
     rows = []
     for k, (d, ec, seed, run_cfg) in enumerate(plan, 1):
         run_dir = out / "runs" / _run_name(d, ec, seed)

@@ -61,7 +61,7 @@ from sbnn.pipeline.runs import (
 )
 from sbnn_runtime.files import atomic_write
 
-__all__ = ["Trainer", "train", "make_optimizer", "make_scheduler"]
+__all__ = ["Trainer", "train", "run_epoch", "make_optimizer", "make_scheduler"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +130,67 @@ def has_sb_layers(model: nn.Module) -> bool:
     from sbnn.method.constraint import sb_layers
 
     return bool(sb_layers(model))
+
+
+def run_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler,
+              constraint, cfg: Config, epoch: int, *, after_step=None, bar=None,
+              rank: int = 0) -> dict:
+    """One training epoch over ``loader``; the loop of ``sbnn train`` and of ``sbnn convert``'s
+    fine-tuning.
+
+    Per batch: ``loss = CE(model(x), y)`` (mixed up when ``cfg.data.mixup_alpha`` > 0), plus the
+    penalty of ``constraint`` (a :class:`sbnn.method.constraint.SparsityConstraint`, or None for
+    a float model), backward, ``optimizer.step()``, ``scheduler.step()`` (per step), the clamp of
+    the latent weights when ``cfg.sparsity.clamp``, then ``after_step()`` if given (convert trims
+    every group back to its budget of ones there). ``model`` may be DDP-wrapped. The data order,
+    augmentation and mixup draws are functions of ``(cfg.seed, epoch, rank)``, so a resumed run
+    repeats them. ``bar``: a tqdm bar advanced per batch. Returns ``train_loss``,
+    ``train_accuracy`` and ``penalty`` (means over the samples seen).
+    """
+    model.train()
+    loader.set_epoch(epoch)
+    if cfg.sparsity.ede_schedule:
+        from sbnn.method import estimators
+
+        estimators.set_progress(_unwrap(model), epoch, cfg.epochs)
+    mix_rng = np.random.default_rng([cfg.seed, epoch, rank])
+    mix_g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
+    alpha = cfg.data.mixup_alpha
+    loss_sum, correct, seen, pen_sum = 0.0, 0.0, 0, 0.0
+    for x, y in loader:
+        if alpha > 0:
+            x, ya, yb, lam = sdata.mixup(x, y, alpha, g=mix_g, rng=mix_rng)
+            out = model(x)
+            loss = lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb)
+            pred = out.argmax(1)
+            correct += float(lam * (pred == ya).sum() + (1 - lam) * (pred == yb).sum())
+        else:
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            correct += float((out.argmax(1) == y).sum())
+        total = loss
+        if constraint is not None:
+            penalty = constraint(loss)
+            total = loss + penalty
+            pen_sum += float(penalty.detach()) * len(y)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        if constraint is not None and cfg.sparsity.clamp:
+            constraint.clamp_()
+        if after_step is not None:
+            after_step()
+        loss_sum += float(loss.detach()) * len(y)
+        seen += len(y)
+        if bar is not None:
+            post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
+            if constraint is not None:
+                post["ones"] = f"{constraint.last.get('ones_fraction', 0):.4f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+    return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "penalty": pen_sum / max(1, seen)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,50 +383,8 @@ class Trainer:
                                                                     strict=True)}}
 
     def train_epoch(self, epoch: int, bar=None) -> dict:
-        cfg, model = self.cfg, self.ddp
-        model.train()
-        loader = self.train_loader
-        loader.set_epoch(epoch)
-        if cfg.sparsity.ede_schedule:
-            from sbnn.method import estimators
-
-            estimators.set_progress(_unwrap(model), epoch, cfg.epochs)
-        mix_rng = np.random.default_rng([cfg.seed, epoch, self.rank])
-        mix_g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + self.rank)
-        alpha = cfg.data.mixup_alpha
-        loss_sum, correct, seen, pen_sum = 0.0, 0.0, 0, 0.0
-        for x, y in loader:
-            if alpha > 0:
-                x, ya, yb, lam = sdata.mixup(x, y, alpha, g=mix_g, rng=mix_rng)
-                out = model(x)
-                loss = lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb)
-                pred = out.argmax(1)
-                correct += float(lam * (pred == ya).sum() + (1 - lam) * (pred == yb).sum())
-            else:
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                correct += float((out.argmax(1) == y).sum())
-            total = loss
-            if self.constraint is not None:
-                penalty = self.constraint(loss)
-                total = loss + penalty
-                pen_sum += float(penalty.detach()) * len(y)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            if self.constraint is not None and cfg.sparsity.clamp:
-                self.constraint.clamp_()
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
-            if bar is not None:
-                post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
-                if self.constraint is not None:
-                    post["ones"] = f"{self.constraint.last.get('ones_fraction', 0):.4f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
-        return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-                "penalty": pen_sum / max(1, seen)}
+        return run_epoch(self.ddp, self.train_loader, self.optimizer, self.scheduler,
+                         self.constraint, self.cfg, epoch, bar=bar, rank=self.rank)
 
     def fit(self) -> dict:
         try:

@@ -48,11 +48,13 @@ import torch
 from torch import nn
 
 from sbnn.method.constraint import sb_layers
+from sbnn.method.primitives import group_means, to_bits
 from sbnn.verbs.binarize import BinarizeConfig, binarize_
 from sbnn.verbs.prune import (
     LayerMasks,
     PruneConfig,
     attach_,
+    attached_masks,
     filter_mask,
     following_batchnorm,
     kernel_mask,
@@ -250,19 +252,6 @@ def _fill_kernels(bits: torch.Tensor, values: torch.Tensor, forced: torch.Tensor
     b[recv[order], best_val.indices[order]] = True
 
 
-def _group_means(rows: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    v, b = rows.double(), bits.double()
-    n1 = b.sum(1)
-    n0 = b.shape[1] - n1
-    s1 = (v * b).sum(1)
-    s0 = v.sum(1) - s1
-    mean = v.mean(1)
-    alpha = torch.where(n0 > 0, s0 / n0.clamp(min=1), mean)
-    beta = torch.where(n1 > 0, s1 / n1.clamp(min=1), mean)
-    alpha = torch.where(n0 > 0, alpha, beta)
-    return alpha, beta
-
-
 def _set_levels(m: nn.Module, alpha: torch.Tensor, beta: torch.Tensor, granularity: str) -> None:
     if m.domain != "learned":
         return
@@ -431,8 +420,8 @@ def convert(
             cb = learn_patterns(lat4, prune.patterns, forced=zero)
             masks[name].codebook = cb
             latent = _rows(project_patterns(lat4, cb, zero), granularity)
-            bits = latent >= 0
-        alpha, beta = _group_means(_rows(float_w[name], granularity), bits)
+            bits = to_bits(latent)
+        alpha, beta = group_means(_rows(float_w[name], granularity), bits)
         w.copy_(latent.reshape(w.shape).to(w.dtype))
         _set_levels(m, alpha, beta, granularity)
         if not bool(masks[name].zero.any()):
@@ -483,11 +472,11 @@ def enforce_budget_(model: nn.Module, budgets: dict[str, list[int]], granularity
         m = mods[name]
         w = m.weight
         rows = _rows(w, granularity)  # a view: edits land in w
-        state = getattr(m, "_sbnn_prune", None)
-        patterned = state is not None and state["masks"].codebook is not None
+        masks = attached_masks(m)
+        patterned = masks is not None and masks.codebook is not None
         for r, k in enumerate(ks):
             row = rows[r]
-            pos = row >= 0
+            pos = to_bits(row)
             extra = int(pos.sum()) - k
             if extra <= 0:
                 continue
@@ -495,12 +484,12 @@ def enforce_budget_(model: nn.Module, budgets: dict[str, list[int]], granularity
                 taps = w.shape[2] * w.shape[3]
                 kern = row.view(-1, taps)
                 score = torch.relu(kern).sum(1)
-                nz = (kern >= 0).any(1)
+                nz = to_bits(kern).any(1)
                 score = torch.where(nz, score, torch.full_like(score, math.inf))
                 for i in torch.sort(score, stable=True).indices.tolist():
                     if extra <= 0 or not bool(nz[i]):
                         break
-                    cnt = int((kern[i] >= 0).sum())
+                    cnt = int(to_bits(kern[i]).sum())
                     kern[i] = -kern[i].abs().clamp(min=_TINY)
                     extra -= cnt
                     off += cnt

@@ -47,7 +47,7 @@ from torch import nn
 
 from sbnn.method.constraint import sb_layers
 from sbnn.method.layers import SBConv2d, SBLayer
-from sbnn.method.primitives import entropy
+from sbnn.method.primitives import entropy, kernel_stats, to_bits
 
 __all__ = [
     "PruneConfig",
@@ -65,6 +65,7 @@ __all__ = [
     "attach_",
     "detach_",
     "project_",
+    "attached_masks",
     "prune_state",
     "prune_stats",
     "shrink_",
@@ -217,7 +218,7 @@ def _pattern_costs(v: torch.Tensor, codebook: torch.Tensor, forced: torch.Tensor
     (the smallest latent change that moves kernel i onto pattern p); ``inf`` where the pattern
     sets a forced-0 bit."""
     a = v.abs().double()
-    b = (v >= 0).double()
+    b = to_bits(v).double()
     cb = codebook.double()
     cost = (a * b) @ (1 - cb).T + (a * (1 - b)) @ cb.T
     if forced is not None:
@@ -248,7 +249,7 @@ def learn_patterns(w: torch.Tensor, k: int, iters: int = 10,
     f = None if forced is None else _kernels(forced)
     taps = v.shape[1]
     size = min(2 ** k, 2 ** taps)
-    bits = v >= 0
+    bits = to_bits(v)
     weights = 2 ** torch.arange(taps, device=v.device)
     codes = (bits.long() * weights).sum(1)
     uniq, counts = torch.unique(codes, return_counts=True)
@@ -261,7 +262,7 @@ def learn_patterns(w: torch.Tensor, k: int, iters: int = 10,
         sums = torch.zeros(cb.shape[0], taps, dtype=torch.float64, device=v.device)
         sums.index_add_(0, idx, v.double())
         used = torch.bincount(idx, minlength=cb.shape[0]) > 0
-        new = torch.where(used.unsqueeze(1), sums >= 0, cb)
+        new = torch.where(used.unsqueeze(1), to_bits(sums), cb)
         new[0] = False
         if torch.equal(new, cb):
             break
@@ -445,15 +446,20 @@ def detach_(model: nn.Module) -> nn.Module:
     return model
 
 
+def attached_masks(layer: nn.Module) -> LayerMasks | None:
+    """The masks :func:`attach_` keeps on one sparse-binary ``layer``, or None (not pruned)."""
+    state = layer.__dict__.get("_sbnn_prune")
+    return None if state is None else state["masks"]
+
+
 def prune_state(model: nn.Module) -> dict[str, dict]:
     """The attached masks as plain tensors (``{layer: {"zero", "dead", "codebook"}}``), for a
     checkpoint; :func:`attach_` with ``LayerMasks.from_dict`` restores them."""
     out = {}
     for name, m in sb_layers(model):
-        state = getattr(m, "_sbnn_prune", None)
-        if state is not None:
-            out[name] = {k: (None if v is None else v.cpu())
-                         for k, v in state["masks"].to_dict().items()}
+        lm = attached_masks(m)
+        if lm is not None:
+            out[name] = {k: (None if v is None else v.cpu()) for k, v in lm.to_dict().items()}
     return out
 
 
@@ -495,24 +501,21 @@ def prune_stats(model: nn.Module, example: torch.Tensor | None = None) -> dict:
     for name, m in sb_layers(model):
         bits = m.bits()
         n, ones = bits.numel(), int(bits.sum())
+        ks = kernel_stats(bits)
         row = {"name": name, "n": n, "ones": ones, "ones_fraction": ones / n,
-               "filters": bits.shape[0],
-               "dead_filters": int((~bits.reshape(bits.shape[0], -1).any(1)).sum())}
-        spatial = bits.dim() == 4 and bits.shape[2] * bits.shape[3] > 1
-        bits_kernel = n
-        if spatial:
+               "filters": ks["filters"], "dead_filters": ks["zero_filters"]}
+        bits_kernel = ks["storage_bits"]
+        if ks["spatial"]:
             kern = _kernels(bits)
-            nz = kern.any(1)
-            taps = kern.shape[1]
-            row["kernels"] = kern.shape[0]
-            row["zero_kernels"] = int((~nz).sum())
-            codes = (kern.long() * (2 ** torch.arange(taps))).sum(1)
+            taps = ks["taps"]
+            row["kernels"] = ks["kernels"]
+            row["zero_kernels"] = ks["zero_kernels"]
+            codes = (kern.long() * (2 ** torch.arange(taps, device=kern.device))).sum(1)
             uniq, counts = torch.unique(codes, return_counts=True)
             row["distinct_patterns"] = int(uniq.numel())
-            bits_kernel = kern.shape[0] + taps * int(nz.sum())
-            state = getattr(m, "_sbnn_prune", None)
-            if state is not None and state["masks"].codebook is not None:
-                size = state["masks"].codebook.shape[0]
+            lm = attached_masks(m)
+            if lm is not None and lm.codebook is not None:
+                size = lm.codebook.shape[0]
                 probs = counts.double() / counts.sum()
                 h = float(-(probs * probs.log2()).sum())
                 row["patterns"] = size

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sbnn.method.constraint import sb_layers
-from sbnn.method.primitives import entropy
+from sbnn.method.primitives import entropy, kernel_stats
 
 __all__ = ["layer_stats", "model_bits", "kernel_storage_bits"]
 
@@ -16,25 +16,13 @@ def _as_list_or_float(t: torch.Tensor):
     return float(t) if t.dim() == 0 else [float(v) for v in t]
 
 
-def _kernel_counts(bits: torch.Tensor) -> tuple[int, int] | None:
-    """(kernels, all-zero kernels) for a conv weight with spatial kernels of > 1 tap."""
-    if bits.dim() != 4 or bits.shape[2] * bits.shape[3] == 1:
-        return None
-    per_kernel = bits.reshape(bits.shape[0] * bits.shape[1], -1).any(1)
-    return per_kernel.numel(), int((~per_kernel).sum())
-
-
 def kernel_storage_bits(bits: torch.Tensor) -> int:
     """Bits of kernel-level storage: a presence bit per kernel plus its taps if any is 1.
 
-    For layers without spatial kernels (1x1 convs, linear) this is one bit per weight.
+    For layers without spatial kernels (1x1 convs, linear) this is one bit per weight
+    (:func:`sbnn.method.primitives.kernel_stats`).
     """
-    counts = _kernel_counts(bits)
-    if counts is None:
-        return bits.numel()
-    kernels, zero = counts
-    taps = bits.shape[2] * bits.shape[3]
-    return kernels + taps * (kernels - zero)
+    return kernel_stats(bits)["storage_bits"]
 
 
 def layer_stats(model: nn.Module) -> list[dict]:
@@ -51,7 +39,7 @@ def layer_stats(model: nn.Module) -> list[dict]:
         n = bits.numel()
         ones = int(bits.sum())
         p = ones / n
-        counts = _kernel_counts(bits)
+        ks = kernel_stats(bits)
         alpha, beta = m.alpha_beta()
         rows.append(
             {
@@ -62,8 +50,8 @@ def layer_stats(model: nn.Module) -> list[dict]:
                 "ones": ones,
                 "ones_fraction": p,
                 "entropy": entropy(p),
-                "zero_kernels": None if counts is None else counts[1] / counts[0],
-                "zero_filters": float((~bits.reshape(bits.shape[0], -1).any(1)).float().mean()),
+                "zero_kernels": ks["zero_kernels"] / ks["kernels"] if ks["spatial"] else None,
+                "zero_filters": ks["zero_filters"] / ks["filters"],
                 "alpha": _as_list_or_float(alpha),
                 "beta": _as_list_or_float(beta),
                 "domain": m.domain,
