@@ -69,7 +69,7 @@ step arm-none-eabi-size "$out/model.o" "$out/fw.elf"
 echo "--- qemu"
 t_q=$(date +%s)
 (cd "$out" && step timeout 600 qemu-system-arm -M mps2-an386 -nographic -monitor none \
-    -serial none -semihosting-config enable=on,target=native -kernel fw.elf) | tee "$out/qemu.log"
+    -serial none -semihosting-config enable=on,target=native -kernel fw.elf) 2>&1 | tee "$out/qemu.log"
 echo "qemu ran $((  $(date +%s) - t_q )) s"
 grep -q "mcu: images $n_images " "$out/qemu.log" || { echo "mcu_test: firmware did not run all images" >&2; exit 1; }
 

@@ -4,7 +4,7 @@
 
 #include "semihost.h"
 
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _sstack, _estack;
+extern uint32_t _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _sstack[], _estack[];
 int main(void);
 
 #define STACK_PAINT 0xA5A5A5A5u
@@ -13,7 +13,7 @@ void Reset_Handler(void);
 void Fault_Handler(void);
 
 __attribute__((section(".vectors"), used)) const uint32_t sbnn_vectors[16] = {
-    (uint32_t)&_estack,
+    (uint32_t)_estack,
     (uint32_t)Reset_Handler,
     (uint32_t)Fault_Handler, /* NMI */
     (uint32_t)Fault_Handler, /* HardFault */
@@ -37,24 +37,25 @@ void Fault_Handler(void)
 /* bytes of stack used so far: the painted words that were overwritten */
 uint32_t stack_used(void)
 {
-    const uint32_t *p = &_sstack;
-    while (p < &_estack && *p == STACK_PAINT)
+    const uint32_t *p = _sstack;
+    while (p < _estack && *p == STACK_PAINT)
         ++p;
-    return (uint32_t)((const char *)&_estack - (const char *)p);
+    return (uint32_t)((const char *)_estack - (const char *)p);
 }
 
 void Reset_Handler(void)
 {
-    uint32_t *src = &_sidata, *dst = &_sdata, *p;
+    uint32_t *src = _sidata, *dst = _sdata, *p, sp;
     volatile uint32_t *cpacr = (volatile uint32_t *)0xE000ED88u;
     *cpacr |= 0xFu << 20; /* CP10, CP11: full access to the FPU */
     __asm__ volatile("dsb\n\tisb" ::: "memory");
-    while (dst < &_edata)
+    while (dst < _edata)
         *dst++ = *src++;
-    for (dst = &_sbss; dst < &_ebss; ++dst)
+    for (dst = _sbss; dst < _ebss; ++dst)
         *dst = 0;
-    /* paint the stack up to 256 bytes under the top (this function's frame lives there) */
-    for (p = &_sstack; p < &_estack - 64; ++p)
+    /* paint the stack up to 16 bytes under this function's frame */
+    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    for (p = _sstack; p < (uint32_t *)sp - 4; ++p)
         *p = STACK_PAINT;
     sh_exit(main());
 }
