@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_export import randomize_, safe_inputs, sparsify_
 from torch import nn
 
 import sbnn
@@ -19,6 +18,7 @@ from sbnn.deploy.cexport import CExportError, export_c, generate_c
 from sbnn.deploy.export import to_graph
 from sbnn_runtime.engine import Engine
 from sbnn_runtime.ops import Graph, Node, reference_forward
+from test_export import randomize_, safe_inputs, sparsify_
 
 # the engine is held to 1e-4 against PyTorch (tests/test_export.py); the C model to the engine
 RTOL = 1e-5
@@ -319,3 +319,30 @@ def test_bad_input():
                  Node("linear", [0], {}, {"weight": np.zeros((2, 3), np.float32)})], 1)
     with pytest.raises(CExportError, match="node 1"):
         generate_c(bad)
+
+
+def test_cli_export_c(tmp_path, capsys):
+    # sbnn train (tiny) -> sbnn export RUN --c DIR -> compile -> the engine's logits
+    from sbnn.cli import main
+    from sbnn.pipeline.data import write_synthetic_idx
+    from sbnn.pipeline.runs import load_model
+
+    root = write_synthetic_idx(tmp_path / "fmnist", n_train=128, n_test=16)
+    run = tmp_path / "run"
+    assert main(["train", "--set", f"data.root={root}", "--set", "model.kwargs={width: 8}",
+                 "--set", "epochs=1", "--set", "progress=false", "--set", "device=cpu",
+                 "--set", "data.batch_size=64", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 2
+    assert "--c DIR" in capsys.readouterr().err
+    out = tmp_path / "c"
+    assert main(["export", str(run), "--c", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "format" in text and (out / "model.c").is_file() and (out / "model.h").is_file()
+    graph = to_graph(load_model(run).eval(), (1, 28, 28))
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    want = Engine(graph, num_threads=1)(x)
+    assert export_c(graph, tmp_path / "again").model_c == (out / "model.c").read_text()
+    for got in run_c(graph, x, tmp_path / "run_c").values():
+        assert rel_err(got, want) < 1e-3
+        np.testing.assert_array_equal(got.argmax(1), want.argmax(1))

@@ -471,8 +471,11 @@ def add_parser(subparsers) -> None:
                     "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
                     "entropy-coded.")
     p.add_argument("path", help="run folder or .pt checkpoint")
-    p.add_argument("-o", "--output", required=True, help="output .sbnn file")
+    p.add_argument("-o", "--output", help="output .sbnn file")
     p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
+    p.add_argument("--c", metavar="DIR", dest="c_dir",
+                   help="also write a dependency-free C99 translation to DIR/model.c and "
+                        "DIR/model.h (for microcontrollers; see docs/DEPLOY.md)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
     p.add_argument("--no-check", action="store_true",
@@ -486,6 +489,9 @@ def _cmd(args) -> int:
     from sbnn.pipeline.runs import load_checkpoint, load_model
     from sbnn_runtime.fileformat import SBNNFormatError
 
+    if not args.output and not args.c_dir:
+        print("sbnn export: error: give -o FILE.sbnn and/or --c DIR", file=sys.stderr)
+        return 2
     which = "best" if args.best else "last"
     ckpt = load_checkpoint(args.path, which)
     model = load_model(args.path, which)
@@ -506,15 +512,25 @@ def _cmd(args) -> int:
             cfg.get("model", {}).get("kwargs", {}), "dataset": dataset,
             "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
             "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
+    import tempfile
+
+    from sbnn.deploy.cexport import CExportError, export_c, format_summary
+
     try:
-        graph = export(model, args.output, shape, metadata=meta, onnx_path=args.onnx,
-                       check=not args.no_check)
-    except (ExportError, SBNNFormatError) as exc:
+        with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
+            graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
+                           metadata=meta, onnx_path=args.onnx, check=not args.no_check)
+        cmodel = export_c(graph, args.c_dir) if args.c_dir else None
+    except (ExportError, SBNNFormatError, CExportError) as exc:
         print(f"sbnn export: error: {exc}", file=sys.stderr)
         return 2
     print(format_bits_table(graph))
-    size = os.path.getsize(args.output)
-    print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
-          + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
-             if args.onnx else ""))
+    if args.output:
+        size = os.path.getsize(args.output)
+        print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
+              + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
+                 if args.onnx else ""))
+    if cmodel is not None:
+        print(format_summary(cmodel))
+        print(f"wrote {os.path.join(args.c_dir, 'model.c')} and model.h")
     return 0
