@@ -252,6 +252,31 @@ def test_every_op_both_formats(seed, tmp_path):
         assert rel_err(got, want) < RTOL
 
 
+def test_conv_pool_fusion(tmp_path):
+    # every conv kind followed by a pooling (max/avg, padded, both divisors) runs fused
+    rng = np.random.default_rng(5)
+
+    def sb(src, co, ci, binary):
+        prm = {"bits": (rng.random((co, ci, 3, 3)) < 0.3).astype(np.uint8),
+               "eta": _chan(co, 0.5, 1.5, rng), "xi": _chan(co, -0.3, 0.3, rng),
+               "bias": _chan(co, -1, 1, rng)}
+        if binary:
+            prm["thr"] = _chan(ci, -0.2, 0.2, rng)
+        return Node("sbconv2d", [src], {"stride": 1, "padding": 1, "binary_input": binary}, prm)
+
+    nodes = [Node("input", [], {"shape": [2, 10, 9]}), sb(0, 5, 2, False),
+             Node("avgpool", [1], {"k": 3, "stride": 2, "pad": 1, "count_include_pad": False}),
+             sb(2, 6, 5, True), Node("maxpool", [3], {"k": 2, "stride": 1, "pad": 1}),
+             Node("conv2d", [4], {"stride": 2, "padding": 0},
+                  {"weight": rng.standard_normal((4, 6, 2, 2)).astype(np.float32)}),
+             Node("avgpool", [5], {"k": 2, "stride": 1, "pad": 1, "count_include_pad": True})]
+    graph = Graph(nodes, 6)
+    cm = generate_c(graph)
+    assert cm.model_c.count("fused into node") == 3
+    x = far_inputs(graph, rng)
+    check_against_engine(graph, x, tmp_path, formats=("sparse", "packed"))
+
+
 def test_format_choice_and_sizes():
     rng = np.random.default_rng(0)
     sparse = generate_c(op_graph(rng, ones=0.02))

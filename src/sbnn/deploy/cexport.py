@@ -131,14 +131,53 @@ def _plan(bufs: list[_Buf]) -> int:
 # -- the generator -----------------------------------------------------------------------------
 
 _KERNELS = {
+    "pool": r"""
+/* A pooling that follows a conv, fused: the conv writes one channel plane, this pools it. */
+typedef struct {
+    int k, s, p, oh, ow, is_max, cip;
+} sb_pool;
+
+/* max (is_max) or average pooling, k x k window, zero/ignored padding.
+   x: (c, h, w) -> y: (c, oh, ow); cip: average counts padded taps */
+static void k_pool(const float *x, float *y, int c, int h, int w, int k, int s, int p,
+                   int oh, int ow, int is_max, int cip)
+{
+    int i, oy, ox, ky, kx;
+    for (i = 0; i < c; ++i) {
+        for (oy = 0; oy < oh; ++oy) {
+            const int iy = oy * s - p;
+            const int ky0 = iy < 0 ? -iy : 0, ky1 = iy + k > h ? h - iy : k;
+            for (ox = 0; ox < ow; ++ox) {
+                const int ix = ox * s - p;
+                const int kx0 = ix < 0 ? -ix : 0, kx1 = ix + k > w ? w - ix : k;
+                float acc = is_max ? x[(i * h + iy + ky0) * w + ix + kx0] : 0.0f;
+                for (ky = ky0; ky < ky1; ++ky) {
+                    for (kx = kx0; kx < kx1; ++kx) {
+                        const float v = x[(i * h + iy + ky) * w + ix + kx];
+                        if (is_max)
+                            acc = v > acc ? v : acc;
+                        else
+                            acc += v;
+                    }
+                }
+                if (!is_max)
+                    acc = acc / (float)(cip ? k * k : (ky1 - ky0) * (kx1 - kx0));
+                y[(i * oh + oy) * ow + ox] = acc;
+            }
+        }
+    }
+}
+""",
     "conv2d": r"""
-/* float conv, zero padding. x: (ci, h, w) -> y: (co, oh, ow) */
+/* float conv, zero padding. x: (ci, h, w) -> y: (co, oh, ow), or with a fused pool, each
+   channel into plane (oh, ow) and pooled into y */
 static void k_conv2d(const float *x, float *y, const float *wt, const float *bias,
                      int ci, int h, int w, int co, int kh, int kw, int s, int p,
-                     int oh, int ow)
+                     int oh, int ow, float *plane, const sb_pool *pool)
 {
     int o, oy, ox, c, ky, kx;
     for (o = 0; o < co; ++o) {
+        float *yo = pool ? plane : y + o * oh * ow;
         for (oy = 0; oy < oh; ++oy) {
             const int iy = oy * s - p;
             const int ky0 = iy < 0 ? -iy : 0, ky1 = iy + kh > h ? h - iy : kh;
@@ -154,9 +193,12 @@ static void k_conv2d(const float *x, float *y, const float *wt, const float *bia
                             acc += wr[kx] * xr[kx];
                     }
                 }
-                y[(o * oh + oy) * ow + ox] = bias ? acc + bias[o] : acc;
+                yo[oy * ow + ox] = bias ? acc + bias[o] : acc;
             }
         }
+        if (pool)
+            k_pool(plane, y + o * pool->oh * pool->ow, 1, oh, ow, pool->k, pool->s, pool->p,
+                   pool->oh, pool->ow, pool->is_max, pool->cip);
     }
 }
 """,
@@ -212,7 +254,7 @@ static int sb_offsets(const sb_layer *L, int o, int32_t *offs)
 /* Binary conv on binarised inputs. x: (ci, h, w) -> y: (co, oh, ow).
    xp: (ci, h+2p, w+2p) int8 scratch, ws: (oh, ow) float scratch, offs: int32 scratch. */
 static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp, float *ws,
-                         int32_t *offs)
+                          int32_t *offs, float *plane, const sb_pool *pool)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
     int c, i, j, o, oy, ox, k, n;
@@ -237,7 +279,7 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
     }
     for (o = 0; o < L->co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
-        float *yo = y + o * L->oh * L->ow;
+        float *yo = pool ? plane : y + o * L->oh * L->ow;
         n = sb_offsets(L, o, offs);
         for (oy = 0; oy < L->oh; ++oy) {
             for (ox = 0; ox < L->ow; ++ox) {
@@ -248,6 +290,9 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
                 yo[oy * L->ow + ox] = eta * (float)acc + (xi * ws[oy * L->ow + ox] + b);
             }
         }
+        if (pool)
+            k_pool(plane, y + o * pool->oh * pool->ow, 1, L->oh, L->ow, pool->k, pool->s,
+                   pool->p, pool->oh, pool->ow, pool->is_max, pool->cip);
     }
 }
 """,
@@ -255,7 +300,7 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
 /* Binary weights on real inputs: y = eta * sum over the 1-bits + xi * window sum + bias.
    x: (ci, h, w) -> y: (co, oh, ow); xp: (ci, h+2p, w+2p) float scratch, ws: (oh, ow). */
 static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp, float *ws,
-                          int32_t *offs)
+                          int32_t *offs, float *plane, const sb_pool *pool)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
     int c, i, j, o, oy, ox, k, n;
@@ -276,7 +321,7 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
     }
     for (o = 0; o < L->co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
-        float *yo = y + o * L->oh * L->ow;
+        float *yo = pool ? plane : y + o * L->oh * L->ow;
         n = sb_offsets(L, o, offs);
         for (oy = 0; oy < L->oh; ++oy) {
             for (ox = 0; ox < L->ow; ++ox) {
@@ -287,6 +332,9 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
                 yo[oy * L->ow + ox] = eta * acc + (xi * ws[oy * L->ow + ox] + b);
             }
         }
+        if (pool)
+            k_pool(plane, y + o * pool->oh * pool->ow, 1, L->oh, L->ow, pool->k, pool->s,
+                   pool->p, pool->oh, pool->ow, pool->is_max, pool->cip);
     }
 }
 """,
@@ -337,38 +385,6 @@ static void k_add(const float *a, const float *b, float *y, int n)
     int i;
     for (i = 0; i < n; ++i)
         y[i] = a[i] + b[i];
-}
-""",
-    "pool": r"""
-/* max (is_max) or average pooling, k x k window, zero/ignored padding.
-   x: (c, h, w) -> y: (c, oh, ow); cip: average counts padded taps */
-static void k_pool(const float *x, float *y, int c, int h, int w, int k, int s, int p,
-                   int oh, int ow, int is_max, int cip)
-{
-    int i, oy, ox, ky, kx;
-    for (i = 0; i < c; ++i) {
-        for (oy = 0; oy < oh; ++oy) {
-            const int iy = oy * s - p;
-            const int ky0 = iy < 0 ? -iy : 0, ky1 = iy + k > h ? h - iy : k;
-            for (ox = 0; ox < ow; ++ox) {
-                const int ix = ox * s - p;
-                const int kx0 = ix < 0 ? -ix : 0, kx1 = ix + k > w ? w - ix : k;
-                float acc = is_max ? x[(i * h + iy + ky0) * w + ix + kx0] : 0.0f;
-                for (ky = ky0; ky < ky1; ++ky) {
-                    for (kx = kx0; kx < kx1; ++kx) {
-                        const float v = x[(i * h + iy + ky) * w + ix + kx];
-                        if (is_max)
-                            acc = v > acc ? v : acc;
-                        else
-                            acc += v;
-                    }
-                }
-                if (!is_max)
-                    acc = acc / (float)(cip ? k * k : (ky1 - ky0) * (kx1 - kx0));
-                y[(i * oh + oy) * ow + ox] = acc;
-            }
-        }
-    }
 }
 """,
     "global_avgpool": r"""
@@ -464,7 +480,20 @@ class _Gen:
                 "bits": self.uarr(f"L{i}_bits", "uint8_t", 1, packed)}
 
     # one node -> C statements + scratch needs -------------------------------------------------
-    def node(self, i: int, x: list[str], y: str, scratch: list[str]) -> str:
+    def pool_arg(self, j: int | None, plane: str | None) -> str:
+        """The fused pooling node ``j`` as ``plane, &P{j}`` (``0, 0`` when none)."""
+        self.kernels.add("pool")
+        if j is None:
+            return "0, 0"
+        A, out = self.g.nodes[j].attrs, self.shapes[j]
+        fields = [A["k"], A["stride"], A["pad"], out[1], out[2],
+                  int(self.g.nodes[j].op == "maxpool"), int(bool(A.get("count_include_pad", 1)))]
+        self.data.append(f"static const sb_pool P{j} = {{" + ", ".join(map(str, fields)) + "};")
+        return f"{plane}, &P{j}"
+
+    def node(self, i: int, x: list[str], y: str, scratch: list[str], pool: int | None = None
+             ) -> str:
+        """C statement of node ``i``; with ``pool``, the pooling node fused after it."""
         nd = self.g.nodes[i]
         P, A = nd.params, nd.attrs
         ins = [self.shapes[j] for j in nd.inputs]
@@ -476,8 +505,9 @@ class _Gen:
             ci, h, w = ins[0]
             co, _, kh, kw = P["weight"].shape
             wt, b = self.farr(f"L{i}_w", P["weight"]), self.farr(f"L{i}_b", P.get("bias"))
+            pa = self.pool_arg(pool, scratch[0] if scratch else None)
             return (f"k_conv2d({x[0]}, {y}, {wt}, {b}, {ci}, {h}, {w}, {co}, {kh}, {kw}, "
-                    f"{A['stride']}, {A['padding']}, {out[1]}, {out[2]});")
+                    f"{A['stride']}, {A['padding']}, {out[1]}, {out[2]}, {pa});")
         if op == "sbconv2d":
             self.kernels.add("sb_common")
             ci, h, w = ins[0]
@@ -493,7 +523,8 @@ class _Gen:
             kind = "bin" if A["binary_input"] else "real"
             self.kernels.add("sbconv_" + kind)
             xp = f"(int8_t *)({scratch[0]})" if kind == "bin" else scratch[0]
-            return f"k_sbconv_{kind}(&L{i}, {x[0]}, {y}, {xp}, {scratch[1]}, sbnn_offs);"
+            pa = self.pool_arg(pool, scratch[2] if len(scratch) > 2 else None)
+            return f"k_sbconv_{kind}(&L{i}, {x[0]}, {y}, {xp}, {scratch[1]}, sbnn_offs, {pa});"
         if op in ("affine", "rprelu"):
             self.kernels.add(op)
             c = out[0]
@@ -527,15 +558,18 @@ class _Gen:
             return f"k_linear({x[0]}, {y}, {wt}, {b}, {o}, {n});"
         raise CExportError(f"node {i} ({op} {nd.name!r}): op has no C translation")
 
-    def scratch_cells(self, i: int) -> list[int]:
+    def scratch_cells(self, i: int, fused: bool) -> list[int]:
+        """Scratch buffers of node ``i`` (4-byte cells): a binary conv's padded input planes
+        and window sums, then a fused pool's channel plane."""
         nd = self.g.nodes[i]
+        plane = [self.shapes[i][1] * self.shapes[i][2]] if fused else []
         if nd.op != "sbconv2d":
-            return []
+            return plane
         ci, h, w = self.shapes[nd.inputs[0]]
         p = nd.attrs["padding"]
         planes = ci * (h + 2 * p) * (w + 2 * p)
         cells = (planes + 3) // 4 if nd.attrs["binary_input"] else planes
-        return [cells, self.shapes[i][1] * self.shapes[i][2]]
+        return [cells, self.shapes[i][1] * self.shapes[i][2]] + plane
 
     # the whole graph --------------------------------------------------------------------------
     def run(self) -> CModel:
@@ -548,6 +582,17 @@ class _Gen:
         order = [i for i in range(1, n) if i in need]
         last = {j: i for i in order for j in g.nodes[i].inputs}
         last[g.output] = n  # read by the final copy
+        users: dict[int, list[int]] = {}
+        for i in order:
+            for j in g.nodes[i].inputs:
+                users.setdefault(j, []).append(i)
+        # a conv whose only reader is a pooling is fused with it: conv and pool run channel by
+        # channel through one plane, and the conv's full output never exists
+        fused = {i: users[i][0] for i in order
+                 if g.nodes[i].op in ("conv2d", "sbconv2d") and i != g.output
+                 and len(users.get(i, [])) == 1
+                 and g.nodes[users[i][0]].op in ("maxpool", "avgpool")}
+        fused_into = {j: i for i, j in fused.items()}
         # storage: -1 is the caller's input; flatten aliases; element-wise ops reuse a dying input
         store: dict[int, int] = {0: -1}
         bufs: dict[int, _Buf] = {}
@@ -555,6 +600,13 @@ class _Gen:
         for i in order:
             nd = g.nodes[i]
             size = int(np.prod(shapes[i]))
+            if i in fused:
+                store[i] = -2  # never materialised
+                continue
+            if i in fused_into:  # produced when its conv runs
+                store[i] = i
+                bufs[i] = _Buf(size, fused_into[i], i)
+                continue
             if nd.op == "flatten":
                 store[i] = store[nd.inputs[0]]
                 continue
@@ -569,7 +621,7 @@ class _Gen:
             if s >= 0:
                 bufs[s].end = max(bufs[s].end, last.get(t, t))
         scratch: dict[int, list[_Buf]] = {
-            i: [_Buf(c, i, i) for c in self.scratch_cells(i)] for i in order}
+            i: [_Buf(c, i, i) for c in self.scratch_cells(i, i in fused)] for i in order}
         arena = _plan(list(bufs.values()) + [b for bs in scratch.values() for b in bs])
         arena = max(arena, 1)
 
@@ -584,9 +636,16 @@ class _Gen:
             if nd.op == "flatten":
                 body.append(desc + ", aliases its input */")
                 continue
-            desc += " */"
+            if i in fused_into:
+                body.append(desc + f", fused into node {fused_into[i]} */")
+                continue
             sc = [f"(sbnn_arena + {b.offset})" for b in scratch[i]]
-            stmt = self.node(i, [ptr(j) for j in nd.inputs], ptr(i), sc)
+            if i in fused:
+                j = fused[i]
+                desc += f" + node {j}: {g.nodes[j].op} {_comment(g.nodes[j].name)} -> {shapes[j]}"
+            desc += " */"
+            out_t = fused.get(i, i)
+            stmt = self.node(i, [ptr(j) for j in nd.inputs], ptr(out_t), sc, fused.get(i))
             body += [desc, "    " + stmt]
         n_out = int(np.prod(shapes[g.output]))
         src = ptr(g.output)
