@@ -277,6 +277,29 @@ def test_conv_pool_fusion(tmp_path):
     check_against_engine(graph, x, tmp_path, formats=("sparse", "packed"))
 
 
+def test_gap_encoding_with_long_gaps(tmp_path):
+    # 64 x 3 x 3 = 576 taps: gaps beyond 255 need the escape byte, indices need 16 bits
+    rng = np.random.default_rng(7)
+    co, ci = 5, 64
+    bits = np.zeros((co, ci, 3, 3), np.uint8)
+    flat = bits.reshape(co, -1)
+    flat[0, [0, 1, 300, 575]] = 1      # gaps 0, 0, 298, 274: 1 + 1 + 2 + 2 bytes
+    flat[1, 575] = 1                   # gap 575 = 255 + 255 + 65
+    flat[2, 255] = 1                   # gap exactly 255: bytes 255, 0
+    flat[3, 510] = 1                   # gap 510: 255, 255, 0
+    # channel 4: all zero
+    nodes = [Node("input", [], {"shape": [ci, 5, 4]}),
+             Node("sbconv2d", [0], {"stride": 1, "padding": 1, "binary_input": True},
+                  {"bits": bits, "eta": _chan(co, .5, 1.5, rng), "xi": _chan(co, -.3, .3, rng),
+                   "bias": _chan(co, -1, 1, rng), "thr": _chan(ci, -.2, .2, rng)})]
+    graph = Graph(nodes, 1)
+    cm = generate_c(graph)
+    assert cm.layers[0]["encoding"] == "gap8"
+    assert cm.layers[0]["sparse_bytes"] == (6 + 3 + 2 + 3) + (co + 1) * 1
+    x = far_inputs(graph, rng)
+    check_against_engine(graph, x, tmp_path, formats=("sparse", "packed"))
+
+
 def test_format_choice_and_sizes():
     rng = np.random.default_rng(0)
     sparse = generate_c(op_graph(rng, ones=0.02))
@@ -291,7 +314,7 @@ def test_format_choice_and_sizes():
     # all-zero kernels cost nothing in the sparse form: bytes = ones * index + starts
     r = sparse.layers[0]
     co = r["shape"][0]
-    assert r["sparse_bytes"] == r["ones"] * 1 + (co + 1) * 1  # 54 taps, few ones: uint8
+    assert r["sparse_bytes"] == r["ones"] * 1 + (co + 1) * 1  # 54 taps, few ones: 1 byte each
     forced = generate_c(op_graph(np.random.default_rng(0), ones=0.6), "sparse")
     assert {r["format"] for r in forced.layers} == {"sparse"}
     assert forced.const_bytes > dense.const_bytes

@@ -206,7 +206,8 @@ static void k_conv2d(const float *x, float *y, const float *wt, const float *bia
 /* One binary conv layer: its shape and its weights in flash. */
 typedef struct {
     int ci, h, w, co, kh, kw, s, p, oh, ow;
-    int fmt;             /* 0: packed bits, 1/2/4: sparse tap indices of 1, 2 or 4 bytes */
+    int fmt;             /* 0: packed bits; 1/2/4: sparse tap indices of 1, 2 or 4 bytes;
+                            8: sparse gaps, one byte each (255: add 255 and read on) */
     int start_bytes;     /* 1, 2 or 4: the type of the sparse start table */
     const void *idx;     /* sparse: tap indices ci*kh*kw + ky*kw + kx, channel by channel */
     const void *start;   /* sparse: co + 1 starts into idx */
@@ -237,6 +238,20 @@ static int sb_offsets(const sb_layer *L, int o, int32_t *offs)
     } else {
         k0 = (int)((const uint32_t *)L->start)[o];
         k1 = (int)((const uint32_t *)L->start)[o + 1];
+    }
+    if (L->fmt == 8) {
+        const uint8_t *g = (const uint8_t *)L->idx;
+        int d = 0;
+        t = -1;
+        for (k = k0; k < k1; ++k) {
+            d += g[k];
+            if (g[k] < 255) {
+                t += 1 + d;
+                d = 0;
+                offs[n++] = (t / kk) * plane + (t % kk) / L->kw * wp + (t % kk) % L->kw;
+            }
+        }
+        return n;
     }
     for (k = k0; k < k1; ++k) {
         if (L->fmt == 1)
@@ -454,27 +469,46 @@ class _Gen:
         co = bits.shape[0]
         rows = bits.reshape(co, -1).astype(bool)
         n_taps = rows.shape[1]
-        ch, tap = np.nonzero(rows)
+        ch, tap = np.nonzero(rows)  # row-major: taps ascending within each channel
         ones = int(tap.size)
+        per_ch = rows.sum(1)
+        # sparse, as indices: ones x (1, 2 or 4 bytes) + a start per channel
         idx_t, idx_b = _uint_type(max(n_taps - 1, 0))
         start_t, start_b = _uint_type(ones)
-        sparse_bytes = ones * idx_b + (co + 1) * start_b
+        index_bytes = ones * idx_b + (co + 1) * start_b
+        # sparse, as gaps: the zeros before each 1-bit in bytes, 255 meaning "255 more"
+        prev = np.where(np.r_[True, ch[1:] != ch[:-1]], -1, np.r_[-1, tap[:-1]])
+        gap = tap - prev - 1
+        nbytes = gap // 255 + 1
+        gstream = np.full(int(nbytes.sum()), 255, np.int64)
+        gstream[np.cumsum(nbytes) - 1] = gap % 255
+        gper_ch = np.bincount(ch, weights=nbytes, minlength=co).astype(np.int64)
+        gstart_t, gstart_b = _uint_type(gstream.size)
+        gap_bytes = gstream.size + (co + 1) * gstart_b
+        sparse_bytes = min(index_bytes, gap_bytes)
         packed_bytes = (bits.size + 7) // 8
         fmt = self.fmt if self.fmt != "auto" else (
             "sparse" if sparse_bytes <= packed_bytes else "packed")
-        per_ch = rows.sum(1)
         self.max_ones = max(self.max_ones, int(per_ch.max()) if co else 1)
         zero_k = float((bits.reshape(co * bits.shape[1], -1).max(1) == 0).mean())
         row = {"node": i, "layer": self.g.nodes[i].name, "shape": list(bits.shape),
                "weights": int(bits.size), "ones": ones, "zero_kernels": zero_k,
                "format": fmt, "sparse_bytes": sparse_bytes, "packed_bytes": packed_bytes}
         self.layers.append(row)
+        if fmt == "sparse" and gap_bytes < index_bytes:
+            row["encoding"] = "gap8"
+            starts = np.concatenate([[0], np.cumsum(gper_ch)])
+            idx = self.uarr(f"L{i}_gap", "uint8_t", 1, gstream) if ones else "0"
+            start = self.uarr(f"L{i}_start", gstart_t, gstart_b, starts)
+            return {"fmt": 8, "start_bytes": gstart_b, "idx": idx, "start": start, "bits": "0"}
         if fmt == "sparse":
+            row["encoding"] = f"idx{8 * idx_b}"
             starts = np.concatenate([[0], np.cumsum(per_ch)])
             idx = self.uarr(f"L{i}_idx", idx_t, idx_b, tap) if ones else "0"
             start = self.uarr(f"L{i}_start", start_t, start_b, starts)
             return {"fmt": idx_b, "start_bytes": start_b, "idx": idx, "start": start,
                     "bits": "0"}
+        row["encoding"] = "packed"
         packed = np.packbits(bits.reshape(-1).astype(np.uint8), bitorder="little")
         return {"fmt": 0, "start_bytes": 2, "idx": "0", "start": "0",
                 "bits": self.uarr(f"L{i}_bits", "uint8_t", 1, packed)}
@@ -737,7 +771,7 @@ def format_summary(cm: CModel) -> str:
              f"{'sparse B':>9} {'packed B':>9}"]
     for r in cm.layers:
         lines.append(f"{r['layer']:<28} {r['weights']:>9} {r['ones']:>7} "
-                     f"{r['zero_kernels']:>7.3f} {r['format']:>7} {r['sparse_bytes']:>9} "
+                     f"{r['zero_kernels']:>7.3f} {r['encoding']:>7} {r['sparse_bytes']:>9} "
                      f"{r['packed_bytes']:>9}")
     lines.append(f"C model: weights {cm.const_bytes} B (const), arena {cm.arena_bytes} B, "
                  f"input {cm.input_size} floats, output {cm.output_size} floats")
