@@ -287,7 +287,7 @@ def test_gap_encoding_with_long_gaps(tmp_path):
     flat[1, 575] = 1                   # gap 575 = 255 + 255 + 65
     flat[2, 255] = 1                   # gap exactly 255: bytes 255, 0
     flat[3, 510] = 1                   # gap 510: 255, 255, 0
-    # channel 4: all zero
+    flat[4, 100:140] = 1               # 40 gaps of 0
     nodes = [Node("input", [], {"shape": [ci, 5, 4]}),
              Node("sbconv2d", [0], {"stride": 1, "padding": 1, "binary_input": True},
                   {"bits": bits, "eta": _chan(co, .5, 1.5, rng), "xi": _chan(co, -.3, .3, rng),
@@ -295,7 +295,7 @@ def test_gap_encoding_with_long_gaps(tmp_path):
     graph = Graph(nodes, 1)
     cm = generate_c(graph)
     assert cm.layers[0]["encoding"] == "gap8"
-    assert cm.layers[0]["sparse_bytes"] == (6 + 3 + 2 + 3) + (co + 1) * 1
+    assert cm.layers[0]["sparse_bytes"] == (6 + 3 + 2 + 3 + 40) + (co + 1) * 1
     x = far_inputs(graph, rng)
     check_against_engine(graph, x, tmp_path, formats=("sparse", "packed"))
 
