@@ -127,10 +127,13 @@ def prepared(model: nn.Module, shape, ones=0.05, n=3):
     ("fmnist_cnn", 16, (1, 28, 28)),
     ("resnet18_irnet", 8, (3, 8, 8)),
     ("reactnet18", 8, (3, 8, 8)),
+    ("fmnist_cnn_fp", 16, (1, 28, 28)),  # no binary layer at all
 ])
 def test_registry_models(name, width, shape, tmp_path):
     torch.manual_seed(0)
-    graph, x = prepared(models.create(name, num_classes=10, width=width), shape)
+    model = models.create(name, num_classes=10, width=width)
+    binary = any(isinstance(m, sbnn.SBLayer) for m in model.modules())
+    graph, x = prepared(model, shape, ones=0.05 if binary else None)
     check_against_engine(graph, x.numpy(), tmp_path, formats=("auto", "packed"))
 
 
@@ -273,8 +276,33 @@ def test_conv_pool_fusion(tmp_path):
     graph = Graph(nodes, 6)
     cm = generate_c(graph)
     assert cm.model_c.count("fused into node") == 3
+    assert cm.model_c.count("written as its readers' int8 map") == 1  # the avgpool's output
     x = far_inputs(graph, rng)
     check_against_engine(graph, x, tmp_path, formats=("sparse", "packed"))
+
+
+@pytest.mark.parametrize("same_thr", [True, False])
+def test_binarised_outputs_with_two_readers(same_thr, tmp_path):
+    # a conv read by two binary convs is stored as their int8 map only when they binarise alike
+    rng = np.random.default_rng(9)
+    thr = _chan(4, -0.2, 0.2, rng)
+
+    def sb(src, t):
+        return Node("sbconv2d", [src], {"stride": 1, "padding": 1, "binary_input": True},
+                    {"bits": (rng.random((4, 4, 3, 3)) < 0.3).astype(np.uint8),
+                     "eta": _chan(4, .5, 1.5, rng), "xi": _chan(4, -.3, .3, rng),
+                     "bias": _chan(4, -1, 1, rng), "thr": t})
+
+    nodes = [Node("input", [], {"shape": [2, 7, 6]}),
+             Node("conv2d", [0], {"stride": 1, "padding": 1},
+                  {"weight": rng.standard_normal((4, 2, 3, 3)).astype(np.float32)}),
+             sb(1, thr), sb(1, thr if same_thr else thr + np.float32(0.1)),
+             Node("add", [2, 3])]
+    graph = Graph(nodes, 4)
+    cm = generate_c(graph)
+    assert cm.model_c.count("written as its readers' int8 map") == int(same_thr)
+    x = far_inputs(graph, rng)
+    check_against_engine(graph, x, tmp_path)
 
 
 def test_gap_encoding_with_long_gaps(tmp_path):
@@ -332,7 +360,7 @@ def test_arena_reuses_buffers():
     nodes.append(Node("conv2d", [len(nodes) - 1], {"stride": 1, "padding": 1},
                       {"weight": rng.standard_normal((c, c, 3, 3)).astype(np.float32)}))
     cm = generate_c(Graph(nodes, len(nodes) - 1))
-    assert cm.arena_bytes == 4 * (2 * c * h * w) + 4  # two activations + the offset scratch
+    assert cm.arena_bytes == 4 * (2 * c * h * w)  # two activations (no binary layer: no scratch)
 
 
 def test_no_libc_and_sizes_in_header(tmp_path):

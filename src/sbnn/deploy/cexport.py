@@ -132,10 +132,6 @@ def _plan(bufs: list[_Buf]) -> int:
 
 _KERNELS = {
     "pool": r"""
-/* A pooling that follows a conv, fused: the conv writes one channel plane, this pools it. */
-typedef struct {
-    int k, s, p, oh, ow, is_max, cip;
-} sb_pool;
 
 /* max (is_max) or average pooling, k x k window, zero/ignored padding.
    x: (c, h, w) -> y: (c, oh, ow); cip: average counts padded taps */
@@ -167,17 +163,51 @@ static void k_pool(const float *x, float *y, int c, int h, int w, int k, int s, 
         }
     }
 }
+
+/* What a conv does with each output channel once computed into a plane: an optional fused
+   pooling, then either the float output or, when every reader is a binary conv, the +-1 int8
+   map that reader binarises to (padded by pad, x >= thr[c]): the float tensor never exists. */
+typedef struct {
+    int pool, k, s, p, oh, ow, is_max, cip; /* the fused pooling (pool = 0: none) */
+    int bin, pad;                           /* bin = 1: write the int8 map */
+    const float *thr;
+} sb_epi;
+
+/* channel o, computed into plane (h, w) -> y; tmp: (oh, ow) when pooled and binarised */
+static void sb_finish(const sb_epi *e, const float *plane, int h, int w, int o, float *y,
+                      float *tmp)
+{
+    const float *src = plane;
+    int i, j;
+    if (e->pool) {
+        float *dst = e->bin ? tmp : y + o * e->oh * e->ow;
+        k_pool(plane, dst, 1, h, w, e->k, e->s, e->p, e->oh, e->ow, e->is_max, e->cip);
+        src = dst;
+        h = e->oh;
+        w = e->ow;
+    }
+    if (e->bin) {
+        const int wp = w + 2 * e->pad, hp = h + 2 * e->pad;
+        const float t = e->thr ? e->thr[o] : 0.0f;
+        int8_t *m = (int8_t *)y + o * hp * wp;
+        for (i = 0; i < hp * wp; ++i)
+            m[i] = 0;
+        for (i = 0; i < h; ++i)
+            for (j = 0; j < w; ++j)
+                m[(i + e->pad) * wp + j + e->pad] = (int8_t)(src[i * w + j] >= t ? 1 : -1);
+    }
+}
 """,
     "conv2d": r"""
 /* float conv, zero padding. x: (ci, h, w) -> y: (co, oh, ow), or with a fused pool, each
    channel into plane (oh, ow) and pooled into y */
 static void k_conv2d(const float *x, float *y, const float *wt, const float *bias,
                      int ci, int h, int w, int co, int kh, int kw, int s, int p,
-                     int oh, int ow, float *plane, const sb_pool *pool)
+                     int oh, int ow, float *plane, float *tmp, const sb_epi *e)
 {
     int o, oy, ox, c, ky, kx;
     for (o = 0; o < co; ++o) {
-        float *yo = pool ? plane : y + o * oh * ow;
+        float *yo = e ? plane : y + o * oh * ow;
         for (oy = 0; oy < oh; ++oy) {
             const int iy = oy * s - p;
             const int ky0 = iy < 0 ? -iy : 0, ky1 = iy + kh > h ? h - iy : kh;
@@ -196,9 +226,8 @@ static void k_conv2d(const float *x, float *y, const float *wt, const float *bia
                 yo[oy * ow + ox] = bias ? acc + bias[o] : acc;
             }
         }
-        if (pool)
-            k_pool(plane, y + o * pool->oh * pool->ow, 1, oh, ow, pool->k, pool->s, pool->p,
-                   pool->oh, pool->ow, pool->is_max, pool->cip);
+        if (e)
+            sb_finish(e, plane, oh, ow, o, y, tmp);
     }
 }
 """,
@@ -267,15 +296,16 @@ static int sb_offsets(const sb_layer *L, int o, int32_t *offs)
 """,
     "sbconv_bin": r"""
 /* Binary conv on binarised inputs. x: (ci, h, w) -> y: (co, oh, ow).
-   xp: (ci, h+2p, w+2p) int8 scratch, ws: (oh, ow) float scratch, offs: int32 scratch. */
+   xp: (ci, h+2p, w+2p) int8 scratch (x = 0: xp already holds the map its producer wrote),
+   ws: (oh, ow) float scratch, offs: int32 scratch. */
 static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp, float *ws,
-                          int32_t *offs, float *plane, const sb_pool *pool)
+                          int32_t *offs, float *plane, float *tmp, const sb_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
     int c, i, j, o, oy, ox, k, n;
-    for (i = 0; i < L->ci * hp * wp; ++i)
+    for (i = 0; x && i < L->ci * hp * wp; ++i)
         xp[i] = 0;
-    for (c = 0; c < L->ci; ++c) {
+    for (c = 0; x && c < L->ci; ++c) {
         const float t = L->thr ? L->thr[c] : 0.0f;
         for (i = 0; i < L->h; ++i)
             for (j = 0; j < L->w; ++j)
@@ -294,7 +324,7 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
     }
     for (o = 0; o < L->co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
-        float *yo = pool ? plane : y + o * L->oh * L->ow;
+        float *yo = e ? plane : y + o * L->oh * L->ow;
         n = sb_offsets(L, o, offs);
         for (oy = 0; oy < L->oh; ++oy) {
             for (ox = 0; ox < L->ow; ++ox) {
@@ -305,9 +335,8 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
                 yo[oy * L->ow + ox] = eta * (float)acc + (xi * ws[oy * L->ow + ox] + b);
             }
         }
-        if (pool)
-            k_pool(plane, y + o * pool->oh * pool->ow, 1, L->oh, L->ow, pool->k, pool->s,
-                   pool->p, pool->oh, pool->ow, pool->is_max, pool->cip);
+        if (e)
+            sb_finish(e, plane, L->oh, L->ow, o, y, tmp);
     }
 }
 """,
@@ -315,7 +344,7 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
 /* Binary weights on real inputs: y = eta * sum over the 1-bits + xi * window sum + bias.
    x: (ci, h, w) -> y: (co, oh, ow); xp: (ci, h+2p, w+2p) float scratch, ws: (oh, ow). */
 static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp, float *ws,
-                          int32_t *offs, float *plane, const sb_pool *pool)
+                          int32_t *offs, float *plane, float *tmp, const sb_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
     int c, i, j, o, oy, ox, k, n;
@@ -336,7 +365,7 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
     }
     for (o = 0; o < L->co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
-        float *yo = pool ? plane : y + o * L->oh * L->ow;
+        float *yo = e ? plane : y + o * L->oh * L->ow;
         n = sb_offsets(L, o, offs);
         for (oy = 0; oy < L->oh; ++oy) {
             for (ox = 0; ox < L->ow; ++ox) {
@@ -347,9 +376,8 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
                 yo[oy * L->ow + ox] = eta * acc + (xi * ws[oy * L->ow + ox] + b);
             }
         }
-        if (pool)
-            k_pool(plane, y + o * pool->oh * pool->ow, 1, L->oh, L->ow, pool->k, pool->s,
-                   pool->p, pool->oh, pool->ow, pool->is_max, pool->cip);
+        if (e)
+            sb_finish(e, plane, L->oh, L->ow, o, y, tmp);
     }
 }
 """,
@@ -431,7 +459,7 @@ static void k_linear(const float *x, float *y, const float *wt, const float *bia
 
 
 class _Gen:
-    def __init__(self, graph: Graph, binary_format: str):
+    def __init__(self, graph: Graph, binary_format: str, values: bool = True):
         if binary_format not in BINARY_FORMATS:
             raise ValueError(f"binary_format must be one of {BINARY_FORMATS}, "
                              f"got {binary_format!r}")
@@ -441,6 +469,7 @@ class _Gen:
             raise CExportError(f"invalid graph: {exc}") from None
         self.g = graph
         self.fmt = binary_format
+        self.values = values
         self.data: list[str] = []  # const arrays
         self.const_bytes = 0
         self.kernels: set[str] = set()
@@ -452,9 +481,11 @@ class _Gen:
         if arr is None:
             return "0"
         flat = np.asarray(arr, np.float32).reshape(-1)
+        self.const_bytes += 4 * flat.size
+        if not self.values:
+            return name
         self.data.append(f"static const float {name}[{max(flat.size, 1)}] = {{\n"
                          f"{_rows([_flt(v) for v in flat], 8)}\n}};")
-        self.const_bytes += 4 * flat.size
         return name
 
     def uarr(self, name: str, ctype: str, nbytes: int, vals: np.ndarray) -> str:
@@ -514,20 +545,27 @@ class _Gen:
                 "bits": self.uarr(f"L{i}_bits", "uint8_t", 1, packed)}
 
     # one node -> C statements + scratch needs -------------------------------------------------
-    def pool_arg(self, j: int | None, plane: str | None) -> str:
-        """The fused pooling node ``j`` as ``plane, &P{j}`` (``0, 0`` when none)."""
+    def epi_arg(self, i: int, pool: int | None, binmap, sc: dict[str, str]) -> str:
+        """``plane, tmp, &E{i}``: the fused pooling node ``pool`` and the binarised output
+        ``binmap = (thr, pad)`` of conv ``i`` (``0, 0, 0`` when neither)."""
         self.kernels.add("pool")
-        if j is None:
-            return "0, 0"
-        A, out = self.g.nodes[j].attrs, self.shapes[j]
-        fields = [A["k"], A["stride"], A["pad"], out[1], out[2],
-                  int(self.g.nodes[j].op == "maxpool"), int(bool(A.get("count_include_pad", 1)))]
-        self.data.append(f"static const sb_pool P{j} = {{" + ", ".join(map(str, fields)) + "};")
-        return f"{plane}, &P{j}"
+        if pool is None and binmap is None:
+            return "0, 0, 0"
+        f = [0] * 8
+        if pool is not None:
+            A, out = self.g.nodes[pool].attrs, self.shapes[pool]
+            f = [1, A["k"], A["stride"], A["pad"], out[1], out[2],
+                 int(self.g.nodes[pool].op == "maxpool"),
+                 int(bool(A.get("count_include_pad", 1)))]
+        f += [0, 0, "0"] if binmap is None else [
+            1, binmap[1], self.farr(f"E{i}_thr", binmap[0])]
+        self.data.append(f"static const sb_epi E{i} = {{" + ", ".join(map(str, f)) + "};")
+        return f"{sc['plane']}, {sc.get('tmp', '0')}, &E{i}"
 
-    def node(self, i: int, x: list[str], y: str, scratch: list[str], pool: int | None = None
-             ) -> str:
-        """C statement of node ``i``; with ``pool``, the pooling node fused after it."""
+    def node(self, i: int, x: list[str], y: str, sc: dict[str, str], pool: int | None = None,
+             binmap=None, in_map: bool = False) -> str:
+        """C statement of node ``i``; with ``pool``, the pooling node fused after it; with
+        ``binmap``, writing the int8 map of its readers; ``in_map``: reading one."""
         nd = self.g.nodes[i]
         P, A = nd.params, nd.attrs
         ins = [self.shapes[j] for j in nd.inputs]
@@ -539,7 +577,7 @@ class _Gen:
             ci, h, w = ins[0]
             co, _, kh, kw = P["weight"].shape
             wt, b = self.farr(f"L{i}_w", P["weight"]), self.farr(f"L{i}_b", P.get("bias"))
-            pa = self.pool_arg(pool, scratch[0] if scratch else None)
+            pa = self.epi_arg(i, pool, binmap, sc)
             return (f"k_conv2d({x[0]}, {y}, {wt}, {b}, {ci}, {h}, {w}, {co}, {kh}, {kw}, "
                     f"{A['stride']}, {A['padding']}, {out[1]}, {out[2]}, {pa});")
         if op == "sbconv2d":
@@ -556,9 +594,12 @@ class _Gen:
                              + ", ".join(str(f) for f in fields) + "};")
             kind = "bin" if A["binary_input"] else "real"
             self.kernels.add("sbconv_" + kind)
-            xp = f"(int8_t *)({scratch[0]})" if kind == "bin" else scratch[0]
-            pa = self.pool_arg(pool, scratch[2] if len(scratch) > 2 else None)
-            return f"k_sbconv_{kind}(&L{i}, {x[0]}, {y}, {xp}, {scratch[1]}, sbnn_offs, {pa});"
+            if in_map:
+                src, xp = "0", f"(int8_t *){x[0]}"
+            else:
+                src, xp = x[0], (f"(int8_t *){sc['xp']}" if kind == "bin" else sc["xp"])
+            pa = self.epi_arg(i, pool, binmap, sc)
+            return (f"k_sbconv_{kind}(&L{i}, {src}, {y}, {xp}, {sc['ws']}, sbnn_offs, {pa});")
         if op in ("affine", "rprelu"):
             self.kernels.add(op)
             c = out[0]
@@ -592,18 +633,24 @@ class _Gen:
             return f"k_linear({x[0]}, {y}, {wt}, {b}, {o}, {n});"
         raise CExportError(f"node {i} ({op} {nd.name!r}): op has no C translation")
 
-    def scratch_cells(self, i: int, fused: bool) -> list[int]:
+    def scratch_cells(self, i: int, pool: int | None, binmap, in_map: bool) -> dict[str, int]:
         """Scratch buffers of node ``i`` (4-byte cells): a binary conv's padded input planes
-        and window sums, then a fused pool's channel plane."""
+        (unless its producer wrote them) and window sums; a conv's channel plane when it pools
+        or binarises its output, and the pooled plane when it does both."""
         nd = self.g.nodes[i]
-        plane = [self.shapes[i][1] * self.shapes[i][2]] if fused else []
-        if nd.op != "sbconv2d":
-            return plane
-        ci, h, w = self.shapes[nd.inputs[0]]
-        p = nd.attrs["padding"]
-        planes = ci * (h + 2 * p) * (w + 2 * p)
-        cells = (planes + 3) // 4 if nd.attrs["binary_input"] else planes
-        return [cells, self.shapes[i][1] * self.shapes[i][2]] + plane
+        sc = {}
+        if nd.op in ("conv2d", "sbconv2d") and (pool is not None or binmap is not None):
+            sc["plane"] = self.shapes[i][1] * self.shapes[i][2]
+            if pool is not None and binmap is not None:
+                sc["tmp"] = self.shapes[pool][1] * self.shapes[pool][2]
+        if nd.op == "sbconv2d":
+            ci, h, w = self.shapes[nd.inputs[0]]
+            p = nd.attrs["padding"]
+            planes = ci * (h + 2 * p) * (w + 2 * p)
+            if not in_map:
+                sc["xp"] = (planes + 3) // 4 if nd.attrs["binary_input"] else planes
+            sc["ws"] = self.shapes[i][1] * self.shapes[i][2]
+        return sc
 
     # the whole graph --------------------------------------------------------------------------
     def run(self) -> CModel:
@@ -627,6 +674,23 @@ class _Gen:
                  and len(users.get(i, [])) == 1
                  and g.nodes[users[i][0]].op in ("maxpool", "avgpool")}
         fused_into = {j: i for i, j in fused.items()}
+        # a conv output (after its fused pool) whose every reader is a binary conv binarising
+        # with the same thresholds and padding is stored as that int8 map, a quarter the size
+        binmap: dict[int, tuple] = {}
+        for i in order:
+            t = fused.get(i, i)
+            rd = users.get(t, [])
+            if g.nodes[i].op not in ("conv2d", "sbconv2d") or t == g.output or not rd or \
+                    not all(g.nodes[r].op == "sbconv2d" and g.nodes[r].attrs["binary_input"]
+                            for r in rd):
+                continue
+            thr = [g.nodes[r].params.get("thr") for r in rd]
+            pads = {g.nodes[r].attrs["padding"] for r in rd}
+            same = all((a is None and thr[0] is None) or (a is not None and thr[0] is not None
+                                                          and np.array_equal(a, thr[0]))
+                       for a in thr)
+            if same and len(pads) == 1:
+                binmap[t] = (thr[0], pads.pop())
         # storage: -1 is the caller's input; flatten aliases; element-wise ops reuse a dying input
         store: dict[int, int] = {0: -1}
         bufs: dict[int, _Buf] = {}
@@ -637,6 +701,10 @@ class _Gen:
             if i in fused:
                 store[i] = -2  # never materialised
                 continue
+            if i in binmap:
+                c, h, w = shapes[i]
+                p = binmap[i][1]
+                size = (c * (h + 2 * p) * (w + 2 * p) + 3) // 4
             if i in fused_into:  # produced when its conv runs
                 store[i] = i
                 bufs[i] = _Buf(size, fused_into[i], i)
@@ -654,9 +722,13 @@ class _Gen:
         for t, s in store.items():
             if s >= 0:
                 bufs[s].end = max(bufs[s].end, last.get(t, t))
-        scratch: dict[int, list[_Buf]] = {
-            i: [_Buf(c, i, i) for c in self.scratch_cells(i, i in fused)] for i in order}
-        arena = _plan(list(bufs.values()) + [b for bs in scratch.values() for b in bs])
+        in_map = {i: bool(g.nodes[i].inputs) and g.nodes[i].inputs[0] in binmap
+                  for i in order}
+        scratch: dict[int, dict[str, _Buf]] = {
+            i: {k: _Buf(c, i, i) for k, c in self.scratch_cells(
+                i, fused.get(i), binmap.get(fused.get(i, i)), in_map[i]).items()}
+            for i in order}
+        arena = _plan(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()])
         arena = max(arena, 1)
 
         def ptr(t: int) -> str:
@@ -673,19 +745,23 @@ class _Gen:
             if i in fused_into:
                 body.append(desc + f", fused into node {fused_into[i]} */")
                 continue
-            sc = [f"(sbnn_arena + {b.offset})" for b in scratch[i]]
+            sc = {k: f"(sbnn_arena + {b.offset})" for k, b in scratch[i].items()}
             if i in fused:
                 j = fused[i]
                 desc += f" + node {j}: {g.nodes[j].op} {_comment(g.nodes[j].name)} -> {shapes[j]}"
             desc += " */"
             out_t = fused.get(i, i)
-            stmt = self.node(i, [ptr(j) for j in nd.inputs], ptr(out_t), sc, fused.get(i))
+            if out_t in binmap:
+                desc = desc[:-3] + ", written as its readers' int8 map */"
+            stmt = self.node(i, [ptr(j) for j in nd.inputs], ptr(out_t), sc, fused.get(i),
+                             binmap.get(out_t), in_map[i])
             body += [desc, "    " + stmt]
         n_out = int(np.prod(shapes[g.output]))
         src = ptr(g.output)
         body.append(f"    for (i = 0; i < {n_out}; ++i)\n        output[i] = {src}[i];")
         c, h, w = g.input_shape
-        arena_bytes = 4 * arena + 4 * self.max_ones
+        binary = "sb_common" in self.kernels
+        arena_bytes = 4 * arena + (4 * self.max_ones if binary else 0)
         header = _header(c * h * w, n_out, (c, h, w), arena_bytes, self.const_bytes)
         kernels = [_KERNELS[k] for k in _KERNELS if k in self.kernels]
         model_c = "\n".join([
@@ -700,7 +776,8 @@ class _Gen:
             "#endif",
             "",
             f"static float sbnn_arena[{arena}];   /* activations, reused by liveness */",
-            f"static int32_t sbnn_offs[{self.max_ones}];  /* one channel's 1-bit offsets */",
+            f"static int32_t sbnn_offs[{self.max_ones}];  /* one channel's 1-bit offsets */"
+            if binary else "",
             *kernels,
             "/* -- weights (flash) -- */",
             *self.data,
@@ -748,10 +825,12 @@ int sbnn_run(const float *input, float *output);
 """
 
 
-def generate_c(graph: Graph, binary_format: str = "auto") -> CModel:
+def generate_c(graph: Graph, binary_format: str = "auto", *, values: bool = True) -> CModel:
     """Translate ``graph`` into C99 source (nothing written). ``binary_format``: ``"auto"``
-    (per layer, the smaller of sparse and packed), or force ``"sparse"`` / ``"packed"``."""
-    return _Gen(graph, binary_format).run()
+    (per layer, the smaller of sparse and packed), or force ``"sparse"`` / ``"packed"``.
+    ``values=False`` leaves the float arrays out (the source does not compile): sizes only,
+    fast on large float models."""
+    return _Gen(graph, binary_format, values).run()
 
 
 def export_c(graph: Graph, out_dir: str | os.PathLike, binary_format: str = "auto") -> CModel:
