@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime.files import atomic_write
-from sbnn_runtime.ops import Graph, infer_shapes
+from sbnn_runtime.ops import Graph, Node, infer_shapes
 
 __all__ = ["CExportError", "BINARY_FORMATS", "CModel", "generate_c", "export_c",
            "format_summary"]
@@ -458,6 +458,33 @@ static void k_linear(const float *x, float *y, const float *wt, const float *bia
 }
 
 
+def _fold_affine_linear(graph: Graph, shapes) -> Graph:
+    """A flat ``affine`` (BatchNorm1d) read only by a ``linear`` folds into it:
+    ``W (s x + t) + b = (W s) x + (W t + b)`` (float64, then float32), which saves its vectors
+    and a pass; the affine node is then dead and not emitted."""
+    readers: dict[int, list[int]] = {}
+    for i, nd in enumerate(graph.nodes):
+        for j in nd.inputs:
+            readers.setdefault(j, []).append(i)
+    nodes = list(graph.nodes)
+    for i, nd in enumerate(graph.nodes):
+        if nd.op != "linear":
+            continue
+        a = nd.inputs[0]
+        src = graph.nodes[a]
+        if src.op != "affine" or len(shapes[a]) != 1 or readers[a] != [i] or a == graph.output:
+            continue
+        w = nd.params["weight"].astype(np.float64)
+        scale = src.params["scale"].astype(np.float64)
+        shift = src.params["shift"].astype(np.float64)
+        b = nd.params["bias"].astype(np.float64) if "bias" in nd.params else 0.0
+        params = {"weight": (w * scale[None, :]).astype(np.float32),
+                  "bias": (b + w @ shift).astype(np.float32)}
+        nodes[i] = Node("linear", [src.inputs[0]], dict(nd.attrs), params,
+                        f"{src.name}+{nd.name}")
+    return Graph(nodes, graph.output, graph.metadata)
+
+
 class _Gen:
     def __init__(self, graph: Graph, binary_format: str, values: bool = True):
         if binary_format not in BINARY_FORMATS:
@@ -467,7 +494,7 @@ class _Gen:
             self.shapes = infer_shapes(graph)
         except ValueError as exc:
             raise CExportError(f"invalid graph: {exc}") from None
-        self.g = graph
+        self.g = _fold_affine_linear(graph, self.shapes)
         self.fmt = binary_format
         self.values = values
         self.data: list[str] = []  # const arrays
