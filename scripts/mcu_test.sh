@@ -3,6 +3,7 @@
 # (MPS2 AN386), Fashion-MNIST test images over semihosting, logits compared with the engine.
 #
 #   scripts/mcu_test.sh [RUN_DIR]          # default: closed-form fmnist_cnn (see mcu_check.py)
+#   scripts/mcu_test.sh --train            # train the main job 1 epoch on 2000 images first
 #   MCU_IMAGES=200 MCU_OUT=build/mcu scripts/mcu_test.sh
 #
 # Installs gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm with apt when they are
@@ -45,6 +46,12 @@ echo "qemu:   $(qemu-system-arm --version | head -1)"
 
 rm -rf "$out"
 mkdir -p "$out"
+if [ "$run_dir" = "--train" ]; then
+    run_dir="$out/run"
+    step "$python" -c "import sys; from sbnn.cli import main; sys.exit(main(sys.argv[1:]))" \
+        train --set epochs=1 --set data.train_subset=2000 --set progress=false \
+        --out "$run_dir"
+fi
 if [ -n "$run_dir" ]; then
     step "$python" "$here/mcu/mcu_check.py" prepare "$out" --run "$run_dir" --n "$n_images"
 else

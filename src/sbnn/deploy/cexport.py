@@ -297,11 +297,12 @@ static int sb_offsets(const sb_layer *L, int o, int32_t *offs)
     "sbconv_bin": r"""
 /* Binary conv on binarised inputs. x: (ci, h, w) -> y: (co, oh, ow).
    xp: (ci, h+2p, w+2p) int8 scratch (x = 0: xp already holds the map its producer wrote),
-   ws: (oh, ow) float scratch, offs: int32 scratch. */
+   ws: (oh, ow) + (h+2p, w+2p) float scratch, offs: int32 scratch. */
 static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp, float *ws,
                           int32_t *offs, float *plane, float *tmp, const sb_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
+    float *cs = ws + L->oh * L->ow;
     int c, i, j, o, oy, ox, k, n;
     for (i = 0; x && i < L->ci * hp * wp; ++i)
         xp[i] = 0;
@@ -312,14 +313,20 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
                 xp[(c * hp + i + L->p) * wp + j + L->p] =
                     (int8_t)(x[(c * L->h + i) * L->w + j] >= t ? 1 : -1);
     }
-    /* conv(x, 1): the window sum over all input channels, exact in float (|sum| < 2^24) */
+    /* conv(x, 1): the window sum over all input channels, exact in float (|sum| < 2^24):
+       the channels summed into one plane cs, then a kh x kw box sum of cs */
+    for (i = 0; i < hp * wp; ++i)
+        cs[i] = 0.0f;
+    for (c = 0; c < L->ci; ++c)
+        for (i = 0; i < hp * wp; ++i)
+            cs[i] += (float)xp[c * hp * wp + i];
     for (oy = 0; oy < L->oh; ++oy) {
         for (ox = 0; ox < L->ow; ++ox) {
-            int32_t acc = 0;
-            for (c = 0; c < L->ci; ++c)
-                for (k = 0; k < kk; ++k)
-                    acc += xp[(c * hp + oy * L->s + k / L->kw) * wp + ox * L->s + k % L->kw];
-            ws[oy * L->ow + ox] = (float)acc;
+            const float *r = cs + oy * L->s * wp + ox * L->s;
+            float acc = 0.0f;
+            for (k = 0; k < kk; ++k)
+                acc += r[k / L->kw * wp + k % L->kw];
+            ws[oy * L->ow + ox] = acc;
         }
     }
     for (o = 0; o < L->co; ++o) {
@@ -342,11 +349,13 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
 """,
     "sbconv_real": r"""
 /* Binary weights on real inputs: y = eta * sum over the 1-bits + xi * window sum + bias.
-   x: (ci, h, w) -> y: (co, oh, ow); xp: (ci, h+2p, w+2p) float scratch, ws: (oh, ow). */
+   x: (ci, h, w) -> y: (co, oh, ow); xp: (ci, h+2p, w+2p) float scratch,
+   ws: (oh, ow) + (h+2p, w+2p). */
 static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp, float *ws,
                           int32_t *offs, float *plane, float *tmp, const sb_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
+    float *cs = ws + L->oh * L->ow;
     int c, i, j, o, oy, ox, k, n;
     for (i = 0; i < L->ci * hp * wp; ++i)
         xp[i] = 0.0f;
@@ -354,12 +363,17 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
         for (i = 0; i < L->h; ++i)
             for (j = 0; j < L->w; ++j)
                 xp[(c * hp + i + L->p) * wp + j + L->p] = x[(c * L->h + i) * L->w + j];
+    for (i = 0; i < hp * wp; ++i)
+        cs[i] = 0.0f;
+    for (c = 0; c < L->ci; ++c)
+        for (i = 0; i < hp * wp; ++i)
+            cs[i] += xp[c * hp * wp + i];
     for (oy = 0; oy < L->oh; ++oy) {
         for (ox = 0; ox < L->ow; ++ox) {
+            const float *r = cs + oy * L->s * wp + ox * L->s;
             float acc = 0.0f;
-            for (c = 0; c < L->ci; ++c)
-                for (k = 0; k < kk; ++k)
-                    acc += xp[(c * hp + oy * L->s + k / L->kw) * wp + ox * L->s + k % L->kw];
+            for (k = 0; k < kk; ++k)
+                acc += r[k / L->kw * wp + k % L->kw];
             ws[oy * L->ow + ox] = acc;
         }
     }
@@ -676,7 +690,7 @@ class _Gen:
             planes = ci * (h + 2 * p) * (w + 2 * p)
             if not in_map:
                 sc["xp"] = (planes + 3) // 4 if nd.attrs["binary_input"] else planes
-            sc["ws"] = self.shapes[i][1] * self.shapes[i][2]
+            sc["ws"] = self.shapes[i][1] * self.shapes[i][2] + (h + 2 * p) * (w + 2 * p)
         return sc
 
     # the whole graph --------------------------------------------------------------------------
