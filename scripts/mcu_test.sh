@@ -75,8 +75,8 @@ step arm-none-eabi-size "$out/model.o" "$out/fw.elf"
 
 echo "--- qemu"
 t_q=$(date +%s)
-(cd "$out" && step timeout 600 qemu-system-arm -M mps2-an386 -nographic -monitor none \
-    -serial none -semihosting-config enable=on,target=native -kernel fw.elf) 2>&1 | tee "$out/qemu.log"
+(cd "$out" && step timeout 600 qemu-system-arm -M mps2-an386 -icount shift=0 -nographic \
+    -monitor none -serial none -semihosting-config enable=on,target=native -kernel fw.elf) 2>&1 | tee "$out/qemu.log"
 echo "qemu ran $((  $(date +%s) - t_q )) s"
 grep -q "mcu: images $n_images " "$out/qemu.log" || { echo "mcu_test: firmware did not run all images" >&2; exit 1; }
 
@@ -88,4 +88,7 @@ stack=$(sed -n 's/.*stack_bytes \([0-9]*\) .*/\1/p' "$out/qemu.log")
 echo "--- model on Cortex-M4F (-Os), from arm-none-eabi-size of model.o"
 echo "flash  $((m_text + m_data)) B  (text+rodata $m_text, data $m_data)"
 echo "RAM    $((m_data + m_bss + stack)) B  (arena+scratch bss $m_bss, data $m_data, stack $stack measured under qemu, harness included)"
+ticks=$(sed -n 's/.*systick_ticks \([0-9]*\) .*/\1/p' "$out/qemu.log")
+calib=$(sed -n 's/.*calib_ticks_per_2M_insns \([0-9]*\).*/\1/p' "$out/qemu.log")
+echo "speed  $(( ticks * 2000000 / calib / n_images )) instructions per image (qemu -icount, SysTick calibrated on a 2M-instruction loop: $calib ticks; an instruction count, not cycles: qemu is not timing-accurate)"
 echo "mcu_test: OK in $(( $(date +%s) - t_start )) s"
