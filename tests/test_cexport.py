@@ -3,6 +3,7 @@ outputs: registry models, a user-built model, every op, both weight formats, odd
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -141,7 +142,8 @@ def test_registry_models(name, width, shape, tmp_path):
 @pytest.mark.parametrize("name", ["fmnist_cnn", "resnet18_irnet", "reactnet18"])
 def test_registry_models_full_width(name, tmp_path):
     torch.manual_seed(0)
-    shape = (1, 28, 28) if name.startswith("fmnist") else (3, 32, 32)
+    # CIFAR nets at 8x8, as tests/test_export.py runs them: every channel count, all strides
+    shape = (1, 28, 28) if name.startswith("fmnist") else (3, 8, 8)
     graph, x = prepared(models.create(name, num_classes=10), shape, n=2)
     check_against_engine(graph, x.numpy(), tmp_path)
 
@@ -301,6 +303,36 @@ def test_binarised_outputs_with_two_readers(same_thr, tmp_path):
     graph = Graph(nodes, 4)
     cm = generate_c(graph)
     assert cm.model_c.count("written as its readers' int8 map") == int(same_thr)
+    x = far_inputs(graph, rng)
+    check_against_engine(graph, x, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["conv2d", "sbconv_real", "sbconv_bin"])
+def test_residual_add_fused(kind, tmp_path):
+    # conv(x) + x: the add runs in the conv's epilogue; it may write over x only when the conv
+    # no longer reads x (a binary conv binarises x first), so a float conv keeps its own buffer
+    rng = np.random.default_rng(11)
+    c = 5
+    if kind == "conv2d":
+        conv = Node("conv2d", [1], {"stride": 1, "padding": 1},
+                    {"weight": rng.standard_normal((c, c, 3, 3)).astype(np.float32) * 0.3})
+    else:
+        conv = Node("sbconv2d", [1], {"stride": 1, "padding": 1,
+                                      "binary_input": kind == "sbconv_bin"},
+                    {"bits": (rng.random((c, c, 3, 3)) < 0.3).astype(np.uint8),
+                     "eta": _chan(c, .5, 1.5, rng), "xi": _chan(c, -.3, .3, rng),
+                     "bias": _chan(c, -1, 1, rng)})
+    nodes = [Node("input", [], {"shape": [2, 6, 7]}),
+             Node("conv2d", [0], {"stride": 1, "padding": 1},
+                  {"weight": rng.standard_normal((c, 2, 3, 3)).astype(np.float32)}),
+             conv, Node("add", [2, 1]), Node("relu", [3])]
+    graph = Graph(nodes, 4)
+    cm = generate_c(graph)
+    assert "fused into node 2" in cm.model_c
+    call = next(ln for ln in cm.model_c.splitlines() if "&E2)" in ln)
+    ptrs = re.findall(r"\(sbnn_arena \+ \d+\)", call)
+    y, res = ptrs[1], ptrs[-1]
+    assert (y == res) == (kind == "sbconv_bin"), call
     x = far_inputs(graph, rng)
     check_against_engine(graph, x, tmp_path)
 

@@ -164,27 +164,38 @@ static void k_pool(const float *x, float *y, int c, int h, int w, int k, int s, 
     }
 }
 
-/* What a conv does with each output channel once computed into a plane: an optional fused
-   pooling, then either the float output or, when every reader is a binary conv, the +-1 int8
-   map that reader binarises to (padded by pad, x >= thr[c]): the float tensor never exists. */
+/* What a conv does with each output channel once computed into a plane: a fused residual
+   add (y = conv + res, possibly written over res) or pooling, then either the float output or,
+   when every reader is a binary conv, the +-1 int8 map that reader binarises to (padded by
+   pad, x >= thr[c]): the float tensor never exists. */
 typedef struct {
     int pool, k, s, p, oh, ow, is_max, cip; /* the fused pooling (pool = 0: none) */
+    int add;                                /* add = 1: add the residual res */
     int bin, pad;                           /* bin = 1: write the int8 map */
     const float *thr;
 } sb_epi;
 
 /* channel o, computed into plane (h, w) -> y; tmp: (oh, ow) when pooled and binarised */
-static void sb_finish(const sb_epi *e, const float *plane, int h, int w, int o, float *y,
-                      float *tmp)
+static void sb_finish(const sb_epi *e, float *plane, int h, int w, int o, float *y,
+                      float *tmp, const float *res)
 {
     const float *src = plane;
     int i, j;
+    if (e->add) {
+        const float *r = res + o * h * w;
+        for (i = 0; i < h * w; ++i)
+            plane[i] += r[i];
+    }
     if (e->pool) {
         float *dst = e->bin ? tmp : y + o * e->oh * e->ow;
         k_pool(plane, dst, 1, h, w, e->k, e->s, e->p, e->oh, e->ow, e->is_max, e->cip);
         src = dst;
         h = e->oh;
         w = e->ow;
+    } else if (!e->bin) {
+        float *dst = y + o * h * w;
+        for (i = 0; i < h * w; ++i)
+            dst[i] = plane[i];
     }
     if (e->bin) {
         const int wp = w + 2 * e->pad, hp = h + 2 * e->pad;
@@ -203,7 +214,8 @@ static void sb_finish(const sb_epi *e, const float *plane, int h, int w, int o, 
    channel into plane (oh, ow) and pooled into y */
 static void k_conv2d(const float *x, float *y, const float *wt, const float *bias,
                      int ci, int h, int w, int co, int kh, int kw, int s, int p,
-                     int oh, int ow, float *plane, float *tmp, const sb_epi *e)
+                     int oh, int ow, float *plane, float *tmp, const float *res,
+                     const sb_epi *e)
 {
     int o, oy, ox, c, ky, kx;
     for (o = 0; o < co; ++o) {
@@ -227,7 +239,7 @@ static void k_conv2d(const float *x, float *y, const float *wt, const float *bia
             }
         }
         if (e)
-            sb_finish(e, plane, oh, ow, o, y, tmp);
+            sb_finish(e, plane, oh, ow, o, y, tmp, res);
     }
 }
 """,
@@ -299,7 +311,8 @@ static int sb_offsets(const sb_layer *L, int o, int32_t *offs)
    xp: (ci, h+2p, w+2p) int8 scratch (x = 0: xp already holds the map its producer wrote),
    ws: (oh, ow) + (h+2p, w+2p) float scratch, offs: int32 scratch. */
 static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp, float *ws,
-                          int32_t *offs, float *plane, float *tmp, const sb_epi *e)
+                          int32_t *offs, float *plane, float *tmp, const float *res,
+                          const sb_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
     float *cs = ws + L->oh * L->ow;
@@ -343,7 +356,7 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
             }
         }
         if (e)
-            sb_finish(e, plane, L->oh, L->ow, o, y, tmp);
+            sb_finish(e, plane, L->oh, L->ow, o, y, tmp, res);
     }
 }
 """,
@@ -352,7 +365,8 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
    x: (ci, h, w) -> y: (co, oh, ow); xp: (ci, h+2p, w+2p) float scratch,
    ws: (oh, ow) + (h+2p, w+2p). */
 static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp, float *ws,
-                          int32_t *offs, float *plane, float *tmp, const sb_epi *e)
+                          int32_t *offs, float *plane, float *tmp, const float *res,
+                          const sb_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
     float *cs = ws + L->oh * L->ow;
@@ -391,7 +405,7 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
             }
         }
         if (e)
-            sb_finish(e, plane, L->oh, L->ow, o, y, tmp);
+            sb_finish(e, plane, L->oh, L->ow, o, y, tmp, res);
     }
 }
 """,
@@ -586,27 +600,30 @@ class _Gen:
                 "bits": self.uarr(f"L{i}_bits", "uint8_t", 1, packed)}
 
     # one node -> C statements + scratch needs -------------------------------------------------
-    def epi_arg(self, i: int, pool: int | None, binmap, sc: dict[str, str]) -> str:
-        """``plane, tmp, &E{i}``: the fused pooling node ``pool`` and the binarised output
-        ``binmap = (thr, pad)`` of conv ``i`` (``0, 0, 0`` when neither)."""
+    def epi_arg(self, i: int, pool: int | None, binmap, sc: dict[str, str],
+                res: str | None) -> str:
+        """``plane, tmp, res, &E{i}``: the node fused after conv ``i`` (a pooling, or an add of
+        ``res``) and its binarised output ``binmap = (thr, pad)`` (``0, 0, 0, 0``: none)."""
         self.kernels.add("pool")
         if pool is None and binmap is None:
-            return "0, 0, 0"
-        f = [0] * 8
-        if pool is not None:
+            return "0, 0, 0, 0"
+        f: list = [0] * 8
+        if pool is not None and self.g.nodes[pool].op != "add":
             A, out = self.g.nodes[pool].attrs, self.shapes[pool]
             f = [1, A["k"], A["stride"], A["pad"], out[1], out[2],
                  int(self.g.nodes[pool].op == "maxpool"),
                  int(bool(A.get("count_include_pad", 1)))]
+        f.append(int(res is not None))
         f += [0, 0, "0"] if binmap is None else [
             1, binmap[1], self.farr(f"E{i}_thr", binmap[0])]
         self.data.append(f"static const sb_epi E{i} = {{" + ", ".join(map(str, f)) + "};")
-        return f"{sc['plane']}, {sc.get('tmp', '0')}, &E{i}"
+        return f"{sc['plane']}, {sc.get('tmp', '0')}, {res or '0'}, &E{i}"
 
     def node(self, i: int, x: list[str], y: str, sc: dict[str, str], pool: int | None = None,
-             binmap=None, in_map: bool = False) -> str:
-        """C statement of node ``i``; with ``pool``, the pooling node fused after it; with
-        ``binmap``, writing the int8 map of its readers; ``in_map``: reading one."""
+             binmap=None, in_map: bool = False, res: str | None = None) -> str:
+        """C statement of node ``i``; with ``pool``, the pooling or add node fused after it
+        (``res``: the add's other operand); with ``binmap``, writing the int8 map of its
+        readers; ``in_map``: reading one."""
         nd = self.g.nodes[i]
         P, A = nd.params, nd.attrs
         ins = [self.shapes[j] for j in nd.inputs]
@@ -618,7 +635,7 @@ class _Gen:
             ci, h, w = ins[0]
             co, _, kh, kw = P["weight"].shape
             wt, b = self.farr(f"L{i}_w", P["weight"]), self.farr(f"L{i}_b", P.get("bias"))
-            pa = self.epi_arg(i, pool, binmap, sc)
+            pa = self.epi_arg(i, pool, binmap, sc, res)
             return (f"k_conv2d({x[0]}, {y}, {wt}, {b}, {ci}, {h}, {w}, {co}, {kh}, {kw}, "
                     f"{A['stride']}, {A['padding']}, {out[1]}, {out[2]}, {pa});")
         if op == "sbconv2d":
@@ -639,7 +656,7 @@ class _Gen:
                 src, xp = "0", f"(int8_t *){x[0]}"
             else:
                 src, xp = x[0], (f"(int8_t *){sc['xp']}" if kind == "bin" else sc["xp"])
-            pa = self.epi_arg(i, pool, binmap, sc)
+            pa = self.epi_arg(i, pool, binmap, sc, res)
             return (f"k_sbconv_{kind}(&L{i}, {src}, {y}, {xp}, {sc['ws']}, sbnn_offs, {pa});")
         if op in ("affine", "rprelu"):
             self.kernels.add(op)
@@ -682,7 +699,7 @@ class _Gen:
         sc = {}
         if nd.op in ("conv2d", "sbconv2d") and (pool is not None or binmap is not None):
             sc["plane"] = self.shapes[i][1] * self.shapes[i][2]
-            if pool is not None and binmap is not None:
+            if pool is not None and binmap is not None and self.g.nodes[pool].op != "add":
                 sc["tmp"] = self.shapes[pool][1] * self.shapes[pool][2]
         if nd.op == "sbconv2d":
             ci, h, w = self.shapes[nd.inputs[0]]
@@ -714,6 +731,19 @@ class _Gen:
                  if g.nodes[i].op in ("conv2d", "sbconv2d") and i != g.output
                  and len(users.get(i, [])) == 1
                  and g.nodes[users[i][0]].op in ("maxpool", "avgpool")}
+        # a conv whose only reader is a residual add of an earlier tensor r adds r channel by
+        # channel, writing over r when r dies there (a binary conv reads its input only while
+        # binarising it, so r may even be that input)
+        resid: dict[int, int] = {}
+        for i in order:
+            rd = users.get(i, [])
+            if g.nodes[i].op not in ("conv2d", "sbconv2d") or i in fused or i == g.output or \
+                    len(rd) != 1 or g.nodes[rd[0]].op != "add":
+                continue
+            a, (u, v) = rd[0], g.nodes[rd[0]].inputs
+            r = v if u == i else u
+            if r != i and r < i:
+                fused[i], resid[i] = a, r
         fused_into = {j: i for i, j in fused.items()}
         # a conv output (after its fused pool) whose every reader is a binary conv binarising
         # with the same thresholds and padding is stored as that int8 map, a quarter the size
@@ -747,8 +777,18 @@ class _Gen:
                 p = binmap[i][1]
                 size = (c * (h + 2 * p) * (w + 2 * p) + 3) // 4
             if i in fused_into:  # produced when its conv runs
+                c = fused_into[i]
+                r = resid.get(c)
+                if r is not None and i not in binmap and store[r] >= 0:
+                    sr = store[r]
+                    readers = {k for t, v in store.items() if v == sr for k in users.get(t, [])}
+                    binary = g.nodes[c].op == "sbconv2d" and g.nodes[c].attrs["binary_input"]
+                    if all(k <= c or k == i for k in readers) and (
+                            binary or store[g.nodes[c].inputs[0]] != sr):
+                        store[i] = sr  # over the residual, channel by channel
+                        continue
                 store[i] = i
-                bufs[i] = _Buf(size, fused_into[i], i)
+                bufs[i] = _Buf(size, c, i)
                 continue
             if nd.op == "flatten":
                 store[i] = store[nd.inputs[0]]
@@ -787,6 +827,7 @@ class _Gen:
                 body.append(desc + f", fused into node {fused_into[i]} */")
                 continue
             sc = {k: f"(sbnn_arena + {b.offset})" for k, b in scratch[i].items()}
+            res = ptr(resid[i]) if i in resid else None
             if i in fused:
                 j = fused[i]
                 desc += f" + node {j}: {g.nodes[j].op} {_comment(g.nodes[j].name)} -> {shapes[j]}"
@@ -795,7 +836,7 @@ class _Gen:
             if out_t in binmap:
                 desc = desc[:-3] + ", written as its readers' int8 map */"
             stmt = self.node(i, [ptr(j) for j in nd.inputs], ptr(out_t), sc, fused.get(i),
-                             binmap.get(out_t), in_map[i])
+                             binmap.get(out_t), in_map[i], res)
             body += [desc, "    " + stmt]
         n_out = int(np.prod(shapes[g.output]))
         src = ptr(g.output)
