@@ -408,6 +408,13 @@ def test_no_libc_and_sizes_in_header(tmp_path):
     assert f"#define SBNN_INPUT_SIZE {28 * 28}" in hdr
     assert "#define SBNN_OUTPUT_SIZE 10" in hdr
     assert f"#define SBNN_ARENA_BYTES {cm.arena_bytes}" in hdr
+    # placement hooks for the firmware's linker script
+    obj_s = tmp_path / "s.o"
+    subprocess.run([COMPILERS[0], *CFLAGS, "-DSBNN_ARENA_ATTR=__attribute__((section(\".myram\")))",
+                    "-DSBNN_WEIGHT_ATTR=__attribute__((section(\".myflash\")))", "-c",
+                    str(tmp_path / "model.c"), "-o", str(obj_s)], check=True)
+    sections = obj_s.read_bytes()
+    assert b".myram" in sections and b".myflash" in sections
     cc = COMPILERS[0]
     obj = tmp_path / "m.o"
     subprocess.run([cc, *CFLAGS, "-ffreestanding", "-c", str(tmp_path / "model.c"), "-o",

@@ -539,13 +539,13 @@ class _Gen:
         self.const_bytes += 4 * flat.size
         if not self.values:
             return name
-        self.data.append(f"static const float {name}[{max(flat.size, 1)}] = {{\n"
+        self.data.append(f"SBNN_WEIGHT_ATTR static const float {name}[{max(flat.size, 1)}] = {{\n"
                          f"{_rows([_flt(v) for v in flat], 8)}\n}};")
         return name
 
     def uarr(self, name: str, ctype: str, nbytes: int, vals: np.ndarray) -> str:
         vals = np.asarray(vals).reshape(-1)
-        self.data.append(f"static const {ctype} {name}[{max(vals.size, 1)}] = {{\n"
+        self.data.append(f"SBNN_WEIGHT_ATTR static const {ctype} {name}[{max(vals.size, 1)}] = {{\n"
                          f"{_rows([str(int(v)) for v in vals], 16)}\n}};")
         self.const_bytes += nbytes * vals.size
         return name
@@ -857,8 +857,16 @@ class _Gen:
             "#pragma STDC FP_CONTRACT OFF /* the engine rounds a*b + c as two operations */",
             "#endif",
             "",
-            f"static float sbnn_arena[{arena}];   /* activations, reused by liveness */",
-            f"static int32_t sbnn_offs[{self.max_ones}];  /* one channel's 1-bit offsets */"
+            "/* placement hooks: e.g. -DSBNN_ARENA_ATTR='__attribute__((section(\".dtcm\")))' */",
+            "#ifndef SBNN_ARENA_ATTR",
+            "#define SBNN_ARENA_ATTR",
+            "#endif",
+            "#ifndef SBNN_WEIGHT_ATTR",
+            "#define SBNN_WEIGHT_ATTR",
+            "#endif",
+            "",
+            f"SBNN_ARENA_ATTR static float sbnn_arena[{arena}];  /* activations, by liveness */",
+            f"SBNN_ARENA_ATTR static int32_t sbnn_offs[{self.max_ones}];  /* a channel's offsets */"
             if binary else "",
             *kernels,
             "/* -- weights (flash) -- */",
