@@ -427,6 +427,19 @@ def test_no_libc_and_sizes_in_header(tmp_path):
         assert set(undef[1::2] if "U" in undef else undef) <= {"memset", "memcpy"}, undef
 
 
+def test_tiny_graphs(tmp_path):
+    # the identity, and a linear straight on the caller's input (flatten aliases it)
+    rng = np.random.default_rng(2)
+    ident = Graph([Node("input", [], {"shape": [1, 2, 3]})], 0)
+    x = rng.standard_normal((2, 1, 2, 3)).astype(np.float32)
+    for got in run_c(ident, x, tmp_path / "id").values():
+        np.testing.assert_array_equal(got, x.reshape(2, -1))
+    lin = Graph([Node("input", [], {"shape": [1, 2, 3]}), Node("flatten", [0]),
+                 Node("linear", [1], {}, {"weight": rng.standard_normal((4, 6)).astype(
+                     np.float32)})], 2)
+    check_against_engine(lin, x, tmp_path / "lin")
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="binary_format"):
         generate_c(op_graph(np.random.default_rng(0)), "dense")

@@ -877,6 +877,7 @@ class _Gen:
             "    int i;",
             "    if (!input || !output)",
             "        return -1;",
+            "    (void)sbnn_arena; /* unused when the graph needs no buffer */",
             *body,
             "    return 0;",
             "}",
