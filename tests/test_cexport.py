@@ -69,20 +69,20 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def build(folder: Path, cc: str) -> Path:
+def build(folder: Path, cc: str, extra: tuple[str, ...] = ()) -> Path:
     (folder / "main.c").write_text(MAIN_C)
     exe = folder / f"run_{cc}"
     # the model alone under the strict flags; the test main may use stdio
-    subprocess.run([cc, *CFLAGS, "-c", str(folder / "model.c"), "-o", str(folder / f"m_{cc}.o")],
-                   check=True, capture_output=True, text=True)
-    subprocess.run([cc, "-std=c99", "-O2", "-I", str(folder), str(folder / "main.c"),
+    subprocess.run([cc, *CFLAGS, *extra, "-c", str(folder / "model.c"), "-o",
+                    str(folder / f"m_{cc}.o")], check=True, capture_output=True, text=True)
+    subprocess.run([cc, "-std=c99", "-O2", *extra, "-I", str(folder), str(folder / "main.c"),
                     str(folder / f"m_{cc}.o"), "-lm", "-o", str(exe)],
                    check=True, capture_output=True, text=True)
     return exe
 
 
-def run_c(graph: Graph, x: np.ndarray, folder: Path, binary_format: str = "auto"
-          ) -> dict[str, np.ndarray]:
+def run_c(graph: Graph, x: np.ndarray, folder: Path, binary_format: str = "auto",
+          extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Export, compile with every compiler, run on ``x`` (N, C, H, W); outputs per compiler."""
     folder.mkdir(parents=True, exist_ok=True)
     cm = export_c(graph, folder, binary_format)
@@ -92,7 +92,7 @@ def run_c(graph: Graph, x: np.ndarray, folder: Path, binary_format: str = "auto"
     outs = {}
     for cc in COMPILERS:
         try:
-            exe = build(folder, cc)
+            exe = build(folder, cc, extra)
         except subprocess.CalledProcessError as exc:
             pytest.fail(f"{cc} failed on the generated code:\n{exc.stderr[:4000]}")
         subprocess.run([str(exe), str(folder / "in.bin"), str(folder / "out.bin"),
@@ -358,6 +358,33 @@ def test_gap_encoding_with_long_gaps(tmp_path):
     assert cm.layers[0]["sparse_bytes"] == (6 + 3 + 2 + 3 + 40) + (co + 1) * 1
     x = far_inputs(graph, rng)
     check_against_engine(graph, x, tmp_path, formats=("sparse", "packed"))
+
+
+SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g")
+
+
+@pytest.mark.parametrize("fmt", ["sparse", "packed"])
+def test_under_sanitizers(fmt, tmp_path):
+    # ASan's redzones around every global catch a kernel reading past a weight array or the
+    # arena; UBSan catches overflowing index arithmetic and bad shifts
+    probe = subprocess.run(["gcc", "-fsanitize=address,undefined", "-x", "c", "-", "-o",
+                            str(tmp_path / "probe")], input="int main(void){return 0;}",
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip("gcc has no ASan/UBSan runtime here")
+    rng = np.random.default_rng(4)
+    graph = op_graph(rng)
+    x = far_inputs(graph, rng)
+    want = Engine(graph, num_threads=1)(x)
+    for got in run_c(graph, x, tmp_path / "ops", fmt, SANITIZE).values():
+        assert rel_err(got, want) < RTOL
+    # fused pools, int8 maps between binary convs, residual adds over their inputs
+    torch.manual_seed(0)
+    for name, shape in (("fmnist_cnn", (1, 28, 28)), ("resnet18_irnet", (3, 8, 8))):
+        graph, xt = prepared(models.create(name, num_classes=10, width=8), shape, n=1)
+        want = Engine(graph, num_threads=1)(xt.numpy())
+        for got in run_c(graph, xt.numpy(), tmp_path / name, fmt, SANITIZE).values():
+            assert rel_err(got, want) < RTOL
 
 
 def test_format_choice_and_sizes():
