@@ -63,12 +63,15 @@ cflags=(-std=c99 -Os -Wall -Wextra -Werror -Wdouble-promotion -ffunction-section
         -fdata-sections "${cpu[@]}")
 # the model alone, strict: what goes into a user's firmware
 step arm-none-eabi-gcc "${cflags[@]}" -c "$out/c/model.c" -o "$out/model.o"
-step arm-none-eabi-gcc "${cflags[@]}" -I "$out/c" -I "$here/mcu" -c "$here/mcu/main.c" \
+# the same with the per-layer profiling hook, for the firmware that runs under qemu
+step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE \
+    -c "$out/c/model.c" -o "$out/model_prof.o"
+step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE -I "$out/c" -I "$here/mcu" -c "$here/mcu/main.c" \
     -o "$out/main.o"
 step arm-none-eabi-gcc "${cflags[@]}" -I "$here/mcu" -c "$here/mcu/startup.c" -o "$out/startup.o"
 step arm-none-eabi-gcc "${cpu[@]}" -nostartfiles --specs=nano.specs --specs=nosys.specs \
     -T "$here/mcu/linker.ld" -Wl,--gc-sections -Wl,-Map="$out/fw.map" \
-    "$out/startup.o" "$out/main.o" "$out/model.o" -lm -o "$out/fw.elf"
+    "$out/startup.o" "$out/main.o" "$out/model_prof.o" -lm -o "$out/fw.elf"
 
 echo "--- arm-none-eabi-size (model.o: the model alone; fw.elf: with the test harness)"
 step arm-none-eabi-size "$out/model.o" "$out/fw.elf"
@@ -91,4 +94,9 @@ echo "RAM    $((m_data + m_bss + stack)) B  (arena+scratch bss $m_bss, data $m_d
 ticks=$(sed -n 's/.*systick_ticks \([0-9]*\) .*/\1/p' "$out/qemu.log")
 calib=$(sed -n 's/.*calib_ticks_per_2M_insns \([0-9]*\).*/\1/p' "$out/qemu.log")
 echo "speed  $(( ticks * 2000000 / calib / n_images )) instructions per image (qemu -icount, SysTick calibrated on a 2M-instruction loop: $calib ticks; an instruction count, not cycles: qemu is not timing-accurate)"
+echo "--- instructions per image by node (qemu -icount; 'fused into' nodes are counted with their conv)"
+sed -n 's/^mcu: node \([0-9]*\) ticks \([0-9]*\).*/\1 \2/p' "$out/qemu.log" | while read -r node t; do
+    name=$(grep -m1 "/\* node $node: " "$out/c/model.c" | sed 's|^ */\* node [0-9]*: \(.*\) \*/$|\1|')
+    printf '%10d  node %s: %s\n' $(( t * 2000000 / calib / n_images )) "$node" "$name"
+done
 echo "mcu_test: OK in $(( $(date +%s) - t_start )) s"

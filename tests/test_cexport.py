@@ -442,6 +442,13 @@ def test_no_libc_and_sizes_in_header(tmp_path):
                     str(tmp_path / "model.c"), "-o", str(obj_s)], check=True)
     sections = obj_s.read_bytes()
     assert b".myram" in sections and b".myflash" in sections
+    # the profiling hook: the firmware's sbnn_profile(node) after each layer
+    obj_p = tmp_path / "p.o"
+    subprocess.run([COMPILERS[0], *CFLAGS, "-DSBNN_PROFILE", "-c", str(tmp_path / "model.c"),
+                    "-o", str(obj_p)], check=True)
+    if shutil.which("nm"):
+        assert "sbnn_profile" in subprocess.run(["nm", "-u", str(obj_p)], capture_output=True,
+                                                text=True, check=True).stdout
     cc = COMPILERS[0]
     obj = tmp_path / "m.o"
     subprocess.run([cc, *CFLAGS, "-ffreestanding", "-c", str(tmp_path / "model.c"), "-o",

@@ -7,6 +7,7 @@
 
 uint32_t stack_used(void);
 
+
 /* SysTick on the processor clock. Under qemu -icount shift=0 every instruction advances the
    virtual clock by 1 ns, and the MPS2 processor clock is 25 MHz: one tick = 40 instructions. */
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
@@ -14,6 +15,17 @@ uint32_t stack_used(void);
 #define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
 
 static float x[SBNN_INPUT_SIZE], y[SBNN_OUTPUT_SIZE];
+
+/* per-layer ticks: main.c and model.c are built with -DSBNN_PROFILE */
+#define MAX_NODES 512
+static uint32_t node_ticks[MAX_NODES], last_tick;
+void sbnn_profile(int node)
+{
+    const uint32_t now = SYST_CVR;
+    if (node >= 0 && node < MAX_NODES)
+        node_ticks[node] += (last_tick - now) & 0xFFFFFFu;
+    last_tick = now;
+}
 
 int main(void)
 {
@@ -41,6 +53,7 @@ int main(void)
             return 3;
         }
         t0 = SYST_CVR;
+        last_tick = t0;
         if (sbnn_run(x, y) != 0) {
             sh_puts("mcu: sbnn_run failed\n");
             return 4;
@@ -65,5 +78,14 @@ int main(void)
     sh_puts(" calib_ticks_per_2M_insns ");
     sh_putu(calib);
     sh_puts("\n");
+    for (t0 = 0; t0 < MAX_NODES; ++t0) {
+        if (node_ticks[t0]) {
+            sh_puts("mcu: node ");
+            sh_putu(t0);
+            sh_puts(" ticks ");
+            sh_putu(node_ticks[t0]);
+            sh_puts("\n");
+        }
+    }
     return n ? 0 : 6;
 }

@@ -837,7 +837,7 @@ class _Gen:
                 desc = desc[:-3] + ", written as its readers' int8 map */"
             stmt = self.node(i, [ptr(j) for j in nd.inputs], ptr(out_t), sc, fused.get(i),
                              binmap.get(out_t), in_map[i], res)
-            body += [desc, "    " + stmt]
+            body += [desc, "    " + stmt, f"    SBNN_LAYER_DONE({i});"]
         n_out = int(np.prod(shapes[g.output]))
         src = ptr(g.output)
         body.append(f"    for (i = 0; i < {n_out}; ++i)\n        output[i] = {src}[i];")
@@ -863,6 +863,12 @@ class _Gen:
             "#endif",
             "#ifndef SBNN_WEIGHT_ATTR",
             "#define SBNN_WEIGHT_ATTR",
+            "#endif",
+            "/* with -DSBNN_PROFILE, sbnn_profile(node) (the firmware's) runs after each layer */",
+            "#ifdef SBNN_PROFILE",
+            "#define SBNN_LAYER_DONE(node) sbnn_profile(node)",
+            "#else",
+            "#define SBNN_LAYER_DONE(node) ((void)0)",
             "#endif",
             "",
             f"SBNN_ARENA_ATTR static float sbnn_arena[{arena}];  /* activations, by liveness */",
@@ -907,6 +913,12 @@ extern "C" {{
 /* Runs the model on one image: input[SBNN_INPUT_SIZE] -> output[SBNN_OUTPUT_SIZE].
    Returns 0 on success, -1 on a NULL pointer. Not reentrant (one static arena). */
 int sbnn_run(const float *input, float *output);
+
+#ifdef SBNN_PROFILE
+/* defined by the firmware when model.c is built with -DSBNN_PROFILE: called after each layer
+   with its node number (see the comments in model.c), e.g. to read a cycle counter */
+void sbnn_profile(int node);
+#endif
 
 #ifdef __cplusplus
 }}
