@@ -12,23 +12,28 @@ with ``input`` of ``SBNN_INPUT_SIZE`` floats (one image, NCHW) and ``output`` of
 ``SBNN_OUTPUT_SIZE``. Semantics are each op's numpy ``reference`` in :mod:`sbnn_runtime.ops`.
 
 * **Weights** are ``const`` arrays (flash). A binary conv (``sbconv2d``) stores, per layer,
-  whichever is smaller: the *sparse* form (per output channel, the tap indices
-  ``ci*kh*kw + ky*kw + kx`` of its 1-bits in the narrowest unsigned type, and a start table; an
-  all-zero kernel costs nothing) or the bit-*packed* form (one bit per weight). Either is decoded,
-  one output channel at a time, into a list of offsets into the zero-padded input plane, and the
-  conv visits only the 1-bits::
+  the smallest of: one-byte *gaps* (the 0-bits before each 1-bit, 255 meaning "255 more"), tap
+  *indices* ``ci*kh*kw + ky*kw + kx`` in the narrowest unsigned type (both with a start per
+  output channel, so an all-zero kernel costs nothing), or the bit-*packed* weights. Either is
+  decoded, one output channel at a time, into offsets into the zero-padded input planes, and
+  the conv visits only the 1-bits::
 
       y_c = eta_c * conv(x, b_c) + xi_c * conv(x, 1) + bias_c
 
   with ``x = +1 if input >= thr[ci] else -1`` and padding 0 (binary inputs: exact integer counts,
   then ``eta*count + (xi*wsum + bias)`` in float32, as the engine does), or, for real inputs,
   the float sums over the 1-bits and over the whole window.
-* **Memory**: one static float arena, sized at export, holds every activation, the binarised
-  (int8) padded input planes and the window sums; buffers are reused by liveness (greedy by
-  size), element-wise ops work in place when their input dies with them and ``flatten`` is free.
-  A small int32 array holds one output channel's decoded offsets. No malloc, no libc calls (only
-  ``math.h`` for INFINITY/NAN and the freestanding ``stdint.h``), no threads, no globals written
-  besides the arena.
+* **Memory**: one static float arena, sized at export, holds every activation and scratch
+  buffer; buffers are placed greedy-by-size on their lifetimes. Element-wise ops work in place
+  when their input dies with them, ``flatten`` is free, a conv read only by a pooling or only
+  by a residual add runs it channel by channel in its epilogue (the add over the residual when
+  that dies there), a conv read only by binary convs that binarise alike writes their +-1 int8
+  map instead of floats, and a flat affine (BatchNorm1d) before a linear folds into it. A small
+  int32 array holds one output channel's decoded offsets. No malloc, no libc calls (only
+  ``math.h`` for INFINITY/NAN and the freestanding ``stdint.h``), no threads.
+* Hooks: ``SBNN_ARENA_ATTR`` / ``SBNN_WEIGHT_ATTR`` (e.g. a section attribute) place the arena
+  and the weights; ``-DSBNN_PROFILE`` calls the firmware's ``sbnn_profile(node)`` after each
+  layer.
 * The code compiles warning-free with ``-std=c99 -Wall -Wextra -Werror -pedantic``
   (``tests/test_cexport.py`` compiles it with gcc and clang and compares it with the engine).
 """
