@@ -225,24 +225,32 @@ static void k_conv2d(const float *x, float *y, const float *wt, const float *bia
     int o, oy, ox, c, ky, kx;
     for (o = 0; o < co; ++o) {
         float *yo = e ? plane : y + o * oh * ow;
-        for (oy = 0; oy < oh; ++oy) {
-            const int iy = oy * s - p;
-            const int ky0 = iy < 0 ? -iy : 0, ky1 = iy + kh > h ? h - iy : kh;
-            for (ox = 0; ox < ow; ++ox) {
-                const int ix = ox * s - p;
-                const int kx0 = ix < 0 ? -ix : 0, kx1 = ix + kw > w ? w - ix : kw;
-                float acc = 0.0f;
-                for (c = 0; c < ci; ++c) {
-                    for (ky = ky0; ky < ky1; ++ky) {
-                        const float *xr = x + (c * h + iy + ky) * w + ix;
-                        const float *wr = wt + ((o * ci + c) * kh + ky) * kw;
-                        for (kx = kx0; kx < kx1; ++kx)
-                            acc += wr[kx] * xr[kx];
+        for (oy = 0; oy < oh * ow; ++oy)
+            yo[oy] = 0.0f;
+        /* tap by tap over the output pixels it reaches: the taps of each pixel still add up
+           in (c, ky, kx) order, and no bounds test sits in the inner loop */
+        for (c = 0; c < ci; ++c) {
+            for (ky = 0; ky < kh; ++ky) {
+                /* output rows whose input row oy*s - p + ky lies in [0, h) */
+                const int oy0 = ky >= p ? 0 : (p - ky + s - 1) / s;
+                const int oy1 = (h - 1 + p - ky) < 0 ? 0 : (h - 1 + p - ky) / s + 1;
+                for (kx = 0; kx < kw; ++kx) {
+                    const float wv = wt[((o * ci + c) * kh + ky) * kw + kx];
+                    const int ox0 = kx >= p ? 0 : (p - kx + s - 1) / s;
+                    const int ox1 = (w - 1 + p - kx) < 0 ? 0 : (w - 1 + p - kx) / s + 1;
+                    const int oye = oy1 < oh ? oy1 : oh, oxe = ox1 < ow ? ox1 : ow;
+                    for (oy = oy0; oy < oye; ++oy) {
+                        const int base = (c * h + oy * s - p + ky) * w - p + kx;
+                        float *yr = yo + oy * ow;
+                        for (ox = ox0; ox < oxe; ++ox)
+                            yr[ox] += wv * x[base + ox * s];
                     }
                 }
-                yo[oy * ow + ox] = bias ? acc + bias[o] : acc;
             }
         }
+        if (bias)
+            for (oy = 0; oy < oh * ow; ++oy)
+                yo[oy] += bias[o];
         if (e)
             sb_finish(e, plane, oh, ow, o, y, tmp, res);
     }
