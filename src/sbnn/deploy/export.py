@@ -463,9 +463,12 @@ def add_parser(subparsers) -> None:
                     "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
                     "entropy-coded.")
     p.add_argument("path", help="run folder or .pt checkpoint")
-    p.add_argument("-o", "--out", "--output", dest="output", required=True,
-                   help="output .sbnn file")
+    p.add_argument("-o", "--out", "--output", dest="output",
+                   help="output .sbnn file (one of -o and --c is required)")
     p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
+    p.add_argument("--c", metavar="DIR", dest="c_dir",
+                   help="also write a dependency-free C99 translation to DIR/model.c and "
+                        "DIR/model.h (for microcontrollers; see docs/DEPLOY.md)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
     p.add_argument("--no-check", action="store_true",
@@ -481,6 +484,9 @@ def _cmd(args) -> int:
     from sbnn.pipeline.runs import load_checkpoint, load_model
     from sbnn_runtime.fileformat import SBNNFormatError
 
+    if not args.output and not args.c_dir:
+        print("sbnn export: error: give -o FILE.sbnn and/or --c DIR", file=sys.stderr)
+        return 2
     which = "best" if args.best else "last"
     ckpt = load_checkpoint(args.path, which)
     model = load_model(args.path, which)
@@ -505,7 +511,12 @@ def _cmd(args) -> int:
             cfg.get("model", {}).get("kwargs", {}), "dataset": dataset,
             "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
             "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
-    for target in [args.output] + ([args.onnx] if args.onnx else []):
+    import tempfile
+
+    from sbnn.deploy.cexport import CExportError, export_c, format_summary
+
+    targets = [t for t in (args.output, args.onnx, args.c_dir) if t]
+    for target in targets:
         folder = os.path.dirname(os.path.abspath(target))
         if not os.path.isdir(folder):
             print(f"sbnn export: error: the folder of '{target}' does not exist", file=sys.stderr)
@@ -513,19 +524,25 @@ def _cmd(args) -> int:
     # a failed export leaves neither file behind (an older file of the same name stays)
     existed = {t: os.path.exists(t) for t in [args.output, args.onnx] if t}
     try:
-        graph = export(model, args.output, shape, metadata=meta, onnx_path=args.onnx,
-                       check=not args.no_check)
+        with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
+            graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
+                           metadata=meta, onnx_path=args.onnx, check=not args.no_check)
+        cmodel = export_c(graph, args.c_dir) if args.c_dir else None
     except BaseException as exc:
         for t, was in existed.items():
             if not was and os.path.exists(t):
                 os.unlink(t)
-        if isinstance(exc, (ExportError, SBNNFormatError, OSError)):
+        if isinstance(exc, (ExportError, SBNNFormatError, CExportError, OSError)):
             print(f"sbnn export: error: {exc}", file=sys.stderr)
             return 2
         raise
     print(format_bits_table(graph))
-    size = os.path.getsize(args.output)
-    print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
-          + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
-             if args.onnx else ""))
+    if args.output:
+        size = os.path.getsize(args.output)
+        print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
+              + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
+                 if args.onnx else ""))
+    if cmodel is not None:
+        print(format_summary(cmodel))
+        print(f"wrote {os.path.join(args.c_dir, 'model.c')} and model.h")
     return 0

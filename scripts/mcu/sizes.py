@@ -1,0 +1,118 @@
+"""Flash and RAM of C exports on a Cortex-M4F (-Os), for the table of docs/DEPLOY.md.
+
+    python scripts/mcu/sizes.py [--models main resnet18_ec0.05 resnet18_ec0.01] [--json out.json]
+
+For each model (closed form at its ones fraction from random weights, as docs/DEPLOY.md makes
+them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05):
+
+* **sbnn**: ``sbnn.deploy.cexport`` (per layer the smallest of gaps, indices, packed bits),
+  compiled with ``arm-none-eabi-gcc -Os -mcpu=cortex-m4 -mfpu=fpv4-sp-d16``; flash = text
+  (+ rodata) + data of model.o, RAM = its bss (the arena and the offset scratch);
+* **dense 1-bit BNN**: the same network with every binary layer bit-packed (what a dense BNN
+  stores: 1 bit per weight), compiled the same way;
+* **fp32 float twin**: the registry's ``*_fp`` twin exported through the same generator: for
+  the main job compiled; for ResNet-18 (44 MB of weights) its weights and vectors counted by
+  the generator plus the code size of the compiled fmnist float twin, and its arena planned;
+* **int8 float twin**: an estimate, not compiled: the fp32 twin's weight tensors at 1 byte
+  each (per-channel vectors stay fp32), the code of the fp32 twin, and int8 activations
+  (its arena / 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+CFLAGS = ["-std=c99", "-Os", "-Wall", "-Wextra", "-Werror", "-mcpu=cortex-m4", "-mthumb",
+          "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-ffunction-sections", "-fdata-sections"]
+
+
+def arm_size(cm, tmp: Path) -> dict:
+    (tmp / "model.c").write_text(cm.model_c)
+    (tmp / "model.h").write_text(cm.model_h)
+    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, "-c", str(tmp / "model.c"), "-o",
+                    str(tmp / "model.o")], check=True)
+    out = subprocess.run(["arm-none-eabi-size", str(tmp / "model.o")], check=True,
+                         capture_output=True, text=True).stdout.splitlines()[1].split()
+    text, data, bss = (int(v) for v in out[:3])
+    return {"flash": text + data, "ram": bss, "text": text, "data": data, "bss": bss,
+            "weight_bytes": cm.const_bytes, "arena_bytes": cm.arena_bytes}
+
+
+def make(name: str):
+    import sbnn
+    from sbnn import models
+
+    torch.manual_seed(0)
+    if name == "main":
+        arch, ones, shape, kw = "fmnist_cnn", 0.05, (1, 28, 28), {}
+    else:
+        arch, ones, shape, kw = "resnet18_irnet", float(name.split("ec")[1]), (3, 32, 32), {}
+    m = models.create(arch, num_classes=10, **kw)
+    sbnn.init_closed_form_(m, ones)
+    fp = models.create(arch + "_fp", num_classes=10, **kw)
+    return m.eval(), fp.eval(), shape
+
+
+def weight_tensor_bytes(graph) -> int:
+    """fp32 bytes of the float weight tensors (conv and linear weights), not the vectors."""
+    return sum(4 * nd.params["weight"].size for nd in graph.nodes if "weight" in nd.params)
+
+
+def measure(name: str, code_fp: int | None) -> dict:
+    from sbnn.deploy.cexport import generate_c
+    from sbnn.deploy.export import to_graph
+
+    model, fp, shape = make(name)
+    g, gfp = to_graph(model, shape), to_graph(fp, shape)
+    row = {"model": name}
+    with tempfile.TemporaryDirectory() as d:
+        row["sbnn"] = arm_size(generate_c(g), Path(d))
+        row["sbnn"]["layers"] = generate_c(g, values=False).layers
+        row["dense_bnn"] = arm_size(generate_c(g, "packed"), Path(d))
+        if name == "main":
+            row["fp32"] = arm_size(generate_c(gfp), Path(d))
+            row["fp32"]["code"] = row["fp32"]["flash"] - row["fp32"]["weight_bytes"]
+        else:
+            cm = generate_c(gfp, values=False)
+            row["fp32"] = {"flash": cm.const_bytes + code_fp, "ram": cm.arena_bytes,
+                           "weight_bytes": cm.const_bytes, "code": code_fp,
+                           "arena_bytes": cm.arena_bytes, "counted": True}
+    wt = weight_tensor_bytes(gfp)
+    row["int8"] = {"flash": row["fp32"]["flash"] - wt + wt // 4,
+                   "ram": row["fp32"]["arena_bytes"] // 4, "estimate": True}
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["main", "resnet18_ec0.05", "resnet18_ec0.01"])
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows, code_fp = [], None
+    for name in (["main"] if "main" not in a.models else []) + a.models:
+        r = measure(name, code_fp)
+        if name == "main":
+            code_fp = r["fp32"]["code"]
+        if name in a.models:
+            rows.append(r)
+        kb = lambda v: f"{v / 1024:,.1f} KiB"  # noqa: E731
+        print(f"{name}: sbnn {kb(r['sbnn']['flash'])} / {kb(r['sbnn']['ram'])}, dense BNN "
+              f"{kb(r['dense_bnn']['flash'])} / {kb(r['dense_bnn']['ram'])}, int8 twin (est.) "
+              f"{kb(r['int8']['flash'])} / {kb(r['int8']['ram'])}, fp32 twin "
+              f"{kb(r['fp32']['flash'])} / {kb(r['fp32']['ram'])}  (flash / RAM); fp32 twin "
+              f"flash / sbnn flash = {r['fp32']['flash'] / r['sbnn']['flash']:.1f}x", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The main job's C export on a Cortex-M4F, for real: arm-none-eabi-gcc -Os, qemu-system-arm
+# (MPS2 AN386), Fashion-MNIST test images over semihosting, logits compared with the engine.
+#
+#   scripts/mcu_test.sh [RUN_DIR]          # default: closed-form fmnist_cnn (see mcu_check.py)
+#   scripts/mcu_test.sh --train            # train the main job 1 epoch on 2000 images first
+#   MCU_IMAGES=200 MCU_OUT=build/mcu scripts/mcu_test.sh
+#
+# Installs gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm with apt when they are
+# missing and it runs as root; exits non-zero on any failure. Prints flash (text + rodata + data)
+# and RAM (data + bss: the model's arena; plus the stack measured by painting it) as
+# arm-none-eabi-size reports them.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+run_dir="${1:-}"
+n_images="${MCU_IMAGES:-200}"
+out="$(realpath -m "${MCU_OUT:-$root/build/mcu}")"
+python="${PYTHON:-python}"
+t_start=$(date +%s)
+
+step() { echo "+ $*" >&2; "$@"; }
+
+need=()
+command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
+# newlib's headers (math.h, stdint.h) and libc (memset) for the bare-metal target
+if command -v arm-none-eabi-gcc >/dev/null &&
+   ! echo '#include <math.h>' | arm-none-eabi-gcc -E -x c - >/dev/null 2>&1; then
+    need+=(libnewlib-arm-none-eabi)
+fi
+command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step apt-get update -q
+        step env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "${need[@]}"
+    else
+        echo "mcu_test: missing ${need[*]} (install them, or run as root where apt exists)" >&2
+        exit 1
+    fi
+fi
+
+echo "target: Cortex-M4F (qemu-system-arm -M mps2-an386), $(arm-none-eabi-gcc --version | head -1)"
+echo "qemu:   $(qemu-system-arm --version | head -1)"
+
+rm -rf "$out"
+mkdir -p "$out"
+if [ "$run_dir" = "--train" ]; then
+    run_dir="$out/run"
+    step "$python" -c "import sys; from sbnn.cli import main; sys.exit(main(sys.argv[1:]))" \
+        train --set epochs=1 --set data.train_subset=2000 --set progress=false \
+        --out "$run_dir"
+fi
+if [ -n "$run_dir" ]; then
+    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --run "$run_dir" --n "$n_images"
+else
+    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --n "$n_images"
+fi
+
+cpu=(-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16)
+cflags=(-std=c99 -Os -Wall -Wextra -Werror -Wdouble-promotion -ffunction-sections
+        -fdata-sections "${cpu[@]}")
+# the model alone, strict: what goes into a user's firmware
+step arm-none-eabi-gcc "${cflags[@]}" -c "$out/c/model.c" -o "$out/model.o"
+# the same with the per-layer profiling hook, for the firmware that runs under qemu
+step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE \
+    -c "$out/c/model.c" -o "$out/model_prof.o"
+step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE -I "$out/c" -I "$here/mcu" -c "$here/mcu/main.c" \
+    -o "$out/main.o"
+step arm-none-eabi-gcc "${cflags[@]}" -I "$here/mcu" -c "$here/mcu/startup.c" -o "$out/startup.o"
+step arm-none-eabi-gcc "${cpu[@]}" -nostartfiles --specs=nano.specs --specs=nosys.specs \
+    -T "$here/mcu/linker.ld" -Wl,--gc-sections -Wl,-Map="$out/fw.map" \
+    "$out/startup.o" "$out/main.o" "$out/model_prof.o" -lm -o "$out/fw.elf"
+
+echo "--- arm-none-eabi-size (model.o: the model alone; fw.elf: with the test harness)"
+step arm-none-eabi-size "$out/model.o" "$out/fw.elf"
+
+echo "--- qemu"
+t_q=$(date +%s)
+(cd "$out" && step timeout 600 qemu-system-arm -M mps2-an386 -icount shift=0 -nographic \
+    -monitor none -serial none -semihosting-config enable=on,target=native -kernel fw.elf) 2>&1 | tee "$out/qemu.log"
+echo "qemu ran $((  $(date +%s) - t_q )) s"
+grep -q "mcu: images $n_images " "$out/qemu.log" || { echo "mcu_test: firmware did not run all images" >&2; exit 1; }
+
+echo "--- logits"
+step "$python" "$here/mcu/mcu_check.py" compare "$out"
+
+read -r m_text m_data m_bss _ < <(arm-none-eabi-size "$out/model.o" | awk 'NR==2')
+stack=$(sed -n 's/.*stack_bytes \([0-9]*\) .*/\1/p' "$out/qemu.log")
+echo "--- model on Cortex-M4F (-Os), from arm-none-eabi-size of model.o"
+echo "flash  $((m_text + m_data)) B  (text+rodata $m_text, data $m_data)"
+echo "RAM    $((m_data + m_bss + stack)) B  (arena+scratch bss $m_bss, data $m_data, stack $stack measured under qemu, harness included)"
+ticks=$(sed -n 's/.*systick_ticks \([0-9]*\) .*/\1/p' "$out/qemu.log")
+calib=$(sed -n 's/.*calib_ticks_per_2M_insns \([0-9]*\).*/\1/p' "$out/qemu.log")
+echo "speed  $(( ticks * 2000000 / calib / n_images )) instructions per image (qemu -icount, SysTick calibrated on a 2M-instruction loop: $calib ticks; an instruction count, not cycles: qemu is not timing-accurate)"
+echo "--- instructions per image by node (qemu -icount; 'fused into' nodes are counted with their conv)"
+sed -n 's/^mcu: node \([0-9]*\) ticks \([0-9]*\).*/\1 \2/p' "$out/qemu.log" | while read -r node t; do
+    name=$(grep -m1 "/\* node $node: " "$out/c/model.c" | sed 's|^ */\* node [0-9]*: \(.*\) \*/$|\1|')
+    printf '%10d  node %s: %s\n' $(( t * 2000000 / calib / n_images )) "$node" "$name"
+done
+echo "mcu_test: OK in $(( $(date +%s) - t_start )) s"
