@@ -323,7 +323,8 @@ NB_MODULE(_core, m) {
 
   m.def(
       "conv2d",
-      [](FArr x, FArr w, OptF bias, int stride, int padding, int num_threads) {
+      [](FArr x, FArr w, OptF bias, int stride, int padding, int num_threads,
+         const std::string& impl) {
         expect_ndim(x, 4, "x", "(N, Ci, H, W)");
         expect_ndim(w, 4, "weight", "(Co, Ci, kh, kw)");
         if (x.shape(1) != w.shape(1))
@@ -332,7 +333,8 @@ NB_MODULE(_core, m) {
         const int Co = as_int(w.shape(0));
         sbnn::FloatConv conv(w.data(), Co, as_int(w.shape(1)), as_int(w.shape(2)),
                              as_int(w.shape(3)), vec_or_null(bias, Co, "bias", false), stride,
-                             padding, as_int(x.shape(2)), as_int(x.shape(3)));
+                             padding, as_int(x.shape(2)), as_int(x.shape(3)),
+                             sbnn::parse_isa(impl));
         float* y;
         auto out = new_array<float>({x.shape(0), static_cast<size_t>(Co),
                                      static_cast<size_t>(conv.Ho()), static_cast<size_t>(conv.Wo())},
@@ -345,7 +347,9 @@ NB_MODULE(_core, m) {
         return out;
       },
       "x"_a, "weight"_a, "bias"_a = nb::none(), "stride"_a = 1, "padding"_a = 0,
-      "num_threads"_a = 1, "Float conv2d (im2col + blocked GEMM), as the engine runs it.");
+      "num_threads"_a = 1, "impl"_a = "auto",
+      "Float conv2d (im2col into panels + the ISA's register-tiled FMA GEMM), as the engine "
+      "runs it; impl='ref' runs the plain blocked loops.");
 
   nb::class_<PyEngine>(m, "Engine",
                        "Native inference runtime: build a graph op by op (each returns a tensor "

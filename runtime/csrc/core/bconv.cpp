@@ -1,5 +1,7 @@
 #include "core/bconv.h"
 
+#include "core/floatops.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -11,9 +13,7 @@
 
 namespace sbnn {
 
-namespace {
-
-const KernelTable& table_for(Isa isa) {
+const KernelTable& kernel_table(Isa isa) {
   switch (isa) {
 #ifdef SBNN_HAVE_X86_KERNELS
     case Isa::Avx512: return kernels_avx512();
@@ -22,6 +22,10 @@ const KernelTable& table_for(Isa isa) {
     default: return kernels_scalar();
   }
 }
+
+namespace {
+
+const KernelTable& table_for(Isa isa) { return kernel_table(isa); }
 
 template <typename T>
 std::unique_ptr<T[]> uninit(size_t n) {
