@@ -399,5 +399,33 @@ NB_MODULE(_core, m) {
            "(y, layer_times).")
       .def(
           "layer_times", [](PyEngine& e) { return e.eng().layer_times(); },
-          "[(op name, seconds)] of the last run, in op order.");
+          "[(op name, seconds)] of the last run, in op order.")
+      .def(
+          "layer_info",
+          [](PyEngine& e) {
+            nb::list out;
+            for (const sbnn::LayerInfo& li : e.eng().layer_info()) {
+              nb::dict d;
+              d["name"] = li.name;
+              d["kernel"] = li.kernel;
+              d["isa"] = li.isa;
+              d["sparse_s"] = li.sparse_s;
+              d["dense_s"] = li.dense_s;
+              d["batch"] = li.batch;
+              out.append(d);
+            }
+            return out;
+          },
+          "Per op of the plan the engine runs (fused ops as one, in run order): {name, kernel, "
+          "isa, sparse_s, dense_s, batch}. Binary convs: kernel 'sparse' or 'dense' as chosen "
+          "at the first run of the last batch size (timings of both there, seconds), 'auto' "
+          "before that; float convs: 'gemm:<isa>'.")
+      .def_prop_rw(
+          "fusion", [](PyEngine& e) { return e.eng().fusion(); },
+          [](PyEngine& e, bool on) { e.eng().set_fusion(on); },
+          "Fuse a binary conv with the residual add and hardtanh after it (default True).")
+      .def(
+          "set_choice", [](PyEngine& e, bool on) { e.eng().set_choice(on); }, "on"_a,
+          "Binary convs added after this call: with on (the default) a sparse conv also "
+          "prepares the dense kernel and runs the faster per batch size; off: sparse only.");
 }

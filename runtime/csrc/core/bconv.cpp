@@ -34,6 +34,23 @@ std::unique_ptr<T[]> uninit(size_t n) {
 
 constexpr int kCoBlock = 16;  // output channels per task
 
+// y[i] = clamp(y[i] + res[i], lo, hi) over one output plane (n values).
+void apply_post(float* __restrict y, const float* __restrict res, size_t n, const BConvPost& p) {
+  if (res && p.clamp) {
+    for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(y[i] + res[i], p.lo), p.hi);
+  } else if (res) {
+    for (size_t i = 0; i < n; ++i) y[i] += res[i];
+  } else if (p.clamp) {
+    for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(y[i], p.lo), p.hi);
+  }
+}
+
+BConvPost offset_post(const BConvPost& p, size_t off) {
+  BConvPost q = p;
+  if (q.res) q.res += off;
+  return q;
+}
+
 }  // namespace
 
 ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes) {
@@ -184,19 +201,20 @@ BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, cons
   }
 }
 
-void BConvLayer::forward(const float* x, int N, float* y, ThreadPool* pool) const {
-  run(x, N, y, nullptr, nullptr, pool);
+void BConvLayer::forward(const float* x, int N, float* y, ThreadPool* pool,
+                         const BConvPost& post) const {
+  run(x, N, y, nullptr, nullptr, pool, post);
 }
 
 void BConvLayer::counts(const float* x, int N, int32_t* cnt, int32_t* ws, ThreadPool* pool) const {
-  run(x, N, nullptr, cnt, ws, pool);
+  run(x, N, nullptr, cnt, ws, pool, BConvPost());
 }
 
 void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
-                     ThreadPool* pool) const {
+                     ThreadPool* pool, const BConvPost& post) const {
   if (N < 0) throw std::invalid_argument("bconv: negative batch");
   if (isa_ == Isa::Ref) {
-    run_reference(x, N, y, cnt, ws);
+    run_reference(x, N, y, cnt, ws, post);
     return;
   }
   const ConvGeom& g = g_;
@@ -218,7 +236,7 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
       const size_t n0 = static_cast<size_t>(k) * G;
       group_sparse(x + n0 * in_sz, std::min(G, N - static_cast<int>(n0)),
                    y ? y + n0 * out_sz : nullptr, cnt ? cnt + n0 * out_sz : nullptr,
-                   ws ? ws + n0 * P : nullptr, inner);
+                   ws ? ws + n0 * P : nullptr, inner, offset_post(post, n0 * out_sz));
     };
     if (T > 1 && ngroups >= T)
       pool->parallel_for(ngroups, [&](int k) { grp(k, nullptr); });
@@ -228,7 +246,7 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
   }
   auto one = [&](int n, ThreadPool* inner) {
     image_dense(x + n * in_sz, y ? y + n * out_sz : nullptr, cnt ? cnt + n * out_sz : nullptr,
-                ws ? ws + n * P : nullptr, inner);
+                ws ? ws + n * P : nullptr, inner, offset_post(post, n * out_sz));
   };
   // Whole images per thread when the batch covers the threads, else output channels.
   if (T > 1 && N >= T) {
@@ -239,7 +257,7 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
 }
 
 void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
-                              ThreadPool* pool) const {
+                              ThreadPool* pool, const BConvPost& post) const {
   const ConvGeom& g = g_;
   const int P = g.Ho * g.Wo;
   const size_t rstep = static_cast<size_t>(g.Hs / g.stride) * g.Wph;  // grid offset per image
@@ -294,6 +312,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
           else
             kt_->affine_epilogue8(a8 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
                                   bias_[c], y + o);
+          if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post);
         }
         if (cnt)
           for (int oh = 0; oh < g.Ho; ++oh)
@@ -311,7 +330,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
 }
 
 void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws,
-                             ThreadPool* pool) const {
+                             ThreadPool* pool, const BConvPost& post) const {
   const ConvGeom& g = g_;
   const int P = g.Ho * g.Wo;
   auto plane = uninit<uint64_t>(static_cast<size_t>(g.Hp) * g.Wp * g.Cw);
@@ -335,9 +354,12 @@ void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws
     for (int c = c0; c < c1; ++c) {
       const int32_t* pcc = pc.get() + static_cast<size_t>(c - c0) * P;
       const int32_t* corr = corr_.data() + static_cast<size_t>(c) * nclass_;
-      if (y)
+      if (y) {
+        const size_t o = static_cast<size_t>(c) * P;
         kt_->dense_epilogue(pcc, P, corr, pix_class_.data(), wsf.get(), eta_[c], xi_[c],
-                            bias_[c], y + static_cast<size_t>(c) * P);
+                            bias_[c], y + o);
+        if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post);
+      }
       if (cnt)
         for (int p = 0; p < P; ++p)
           cnt[static_cast<size_t>(c) * P + p] = 2 * pcc[p] - corr[pix_class_[p]];
@@ -350,8 +372,8 @@ void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws
 }
 
 // Straight from the definition: no packing, no phases, no tricks.
-void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt,
-                               int32_t* ws) const {
+void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
+                               const BConvPost& post) const {
   const ConvGeom& g = g_;
   const int kh = g.kh, kw = g.kw;
   const size_t P = static_cast<size_t>(g.Ho) * g.Wo;
@@ -392,9 +414,13 @@ void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt,
       const size_t base = (static_cast<size_t>(n) * Co_ + c) * P;
       for (size_t p = 0; p < P; ++p) {
         if (cnt) cnt[base + p] = c_out[p];
-        if (y)
-          y[base + p] = eta_[c] * static_cast<float>(c_out[p]) +
-                        (xi_[c] * static_cast<float>(wsum[p]) + bias_[c]);
+        if (y) {
+          float v = eta_[c] * static_cast<float>(c_out[p]) +
+                    (xi_[c] * static_cast<float>(wsum[p]) + bias_[c]);
+          if (post.res) v += post.res[base + p];
+          if (post.clamp) v = std::min(std::max(v, post.lo), post.hi);
+          y[base + p] = v;
+        }
       }
     }
   }

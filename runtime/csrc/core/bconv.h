@@ -15,6 +15,15 @@ namespace sbnn {
 
 enum class BConvKind { Sparse, Dense };
 
+// What the epilogue does after the affine, per output value (the engine's fusion of a following
+// residual add and hardtanh): y = clamp(y + res, lo, hi). res: (N, Co, Ho, Wo) or null.
+struct BConvPost {
+  const float* res = nullptr;
+  bool clamp = false;
+  float lo = -1.0f, hi = 1.0f;
+  bool active() const { return res != nullptr || clamp; }
+};
+
 // Fills every field of the geometry; throws std::invalid_argument on an empty output.
 // vec_bytes: the kernel ISA's vector (64 AVX-512, else 32). The sparse path stacks as many
 // images (G) as fit an accumulation grid of 8 vectors (at least one image); the dense patches
@@ -30,8 +39,10 @@ class BConvLayer {
              const float* xi, const float* bias, const float* thr, int stride, int pad, int H,
              int W, BConvKind kind, Isa isa);
 
-  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo).
-  void forward(const float* x, int N, float* y, ThreadPool* pool) const;
+  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo), then post (if any) on each output plane while it is
+  // still in L1.
+  void forward(const float* x, int N, float* y, ThreadPool* pool,
+               const BConvPost& post = BConvPost()) const;
   // The integer parts: cnt (N, Co, Ho, Wo) = conv(x, b), ws (N, Ho, Wo) = conv(x, 1).
   void counts(const float* x, int N, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
 
@@ -42,12 +53,16 @@ class BConvLayer {
   int64_t ones() const { return static_cast<int64_t>(offsets_.size()); }
 
  private:
-  void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
-  void run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws) const;
-  // nimg <= G images stacked in one grid; y, cnt, ws point at the group's first image.
+  void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,
+           const BConvPost& post) const;
+  void run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
+                     const BConvPost& post) const;
+  // nimg <= G images stacked in one grid; y, cnt, ws (and post.res) point at the group's first
+  // image.
   void group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
-                    ThreadPool* pool) const;
-  void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
+                    ThreadPool* pool, const BConvPost& post) const;
+  void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,
+                   const BConvPost& post) const;
 
   int Co_;
   ConvGeom g_;

@@ -20,6 +20,8 @@ class FloatConv {
   void forward(const float* x, int N, float* y, ThreadPool* pool) const;
   int Ho() const { return Ho_; }
   int Wo() const { return Wo_; }
+  // The GEMM that runs it: the table's name (ISA), or "ref".
+  const char* gemm_name() const { return kt_ ? kt_->name : "ref"; }
 
  private:
   void image(const float* x, float* y, ThreadPool* pool) const;
