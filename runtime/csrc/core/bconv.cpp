@@ -53,7 +53,8 @@ BConvPost offset_post(const BConvPost& p, size_t off) {
 
 }  // namespace
 
-ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes) {
+ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes,
+                   int max_group) {
   const int grid_bytes = 8 * vec_bytes;  // one register tile of the sparse kernel
   if (Ci < 1 || H < 1 || W < 1 || kh < 1 || kw < 1)
     throw std::invalid_argument("bconv: channels, spatial size and kernel size must be >= 1");
@@ -80,7 +81,8 @@ ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, in
   // of each SIMD vector (and each per-filter epilogue) to junk.
   const long rows_img = g.Hs / stride, row_bytes = g.Wph;
   g.G = 1;
-  while (g.G < 64 && ((g.G) * rows_img + g.Ho) * row_bytes <= grid_bytes) ++g.G;
+  const int gmax = std::max(1, std::min(64, max_group));
+  while (g.G < gmax && ((g.G) * rows_img + g.Ho) * row_bytes <= grid_bytes) ++g.G;
   g.Hph = g.G * static_cast<int>(rows_img);
   g.L = ((g.G - 1) * static_cast<int>(rows_img) + g.Ho) * g.Wph;
   g.Lr = (g.L + 63) / 64 * 64;
@@ -124,24 +126,15 @@ BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, cons
 
   const int s = stride, ntaps = kh * kw;
   const ConvGeom& g = g_;
-  auto tap_off = [&](int ky, int kx) {
-    return static_cast<int32_t>(((ky % s) * s + kx % s) * g.phase_size +
-                                static_cast<size_t>(ky / s) * g.Wph + kx / s);
-  };
-  for (int ky = 0; ky < kh; ++ky)
-    for (int kx = 0; kx < kw; ++kx) tap_offsets_.push_back(tap_off(ky, kx));
-
-  // Sparse: one offset per 1-bit, in (ci, ky, kx) order so that reads walk forward in memory.
   start_.assign(Co + 1, 0);
   for (int c = 0; c < Co; ++c) {
-    for (int ci = 0; ci < Ci; ++ci)
-      for (int ky = 0; ky < kh; ++ky)
-        for (int kx = 0; kx < kw; ++kx)
-          if (bits_[((static_cast<size_t>(c) * Ci + ci) * kh + ky) * kw + kx])
-            offsets_.push_back(static_cast<int32_t>(ci * s * s * g.phase_size) +
-                               tap_off(ky, kx));
-    start_[c + 1] = static_cast<int64_t>(offsets_.size());
+    int64_t n = 0;
+    for (size_t q = 0; q < static_cast<size_t>(Ci) * ntaps; ++q)
+      n += bits_[static_cast<size_t>(c) * Ci * ntaps + q];
+    start_[c + 1] = start_[c] + n;
   }
+  full_.g = g_;
+  fill_plan(full_);
 
   if (kind_ == BConvKind::Dense) {
     wpacked_.assign(static_cast<size_t>(Co) * g.Kp, 0);
@@ -201,6 +194,41 @@ BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, cons
   }
 }
 
+void BConvLayer::fill_plan(SparsePlan& sp) const {
+  const ConvGeom& g = sp.g;
+  const int s = g.stride, kh = g.kh, kw = g.kw, Ci = g.Ci;
+  auto tap_off = [&](int ky, int kx) {
+    return static_cast<int32_t>(((ky % s) * s + kx % s) * g.phase_size +
+                                static_cast<size_t>(ky / s) * g.Wph + kx / s);
+  };
+  sp.tap_offsets.clear();
+  for (int ky = 0; ky < kh; ++ky)
+    for (int kx = 0; kx < kw; ++kx) sp.tap_offsets.push_back(tap_off(ky, kx));
+  // One offset per 1-bit, in (ci, ky, kx) order so that reads walk forward in memory.
+  sp.offsets.clear();
+  sp.offsets.reserve(static_cast<size_t>(start_[Co_]));
+  for (int c = 0; c < Co_; ++c)
+    for (int ci = 0; ci < Ci; ++ci)
+      for (int ky = 0; ky < kh; ++ky)
+        for (int kx = 0; kx < kw; ++kx)
+          if (bits_[((static_cast<size_t>(c) * Ci + ci) * kh + ky) * kw + kx])
+            sp.offsets.push_back(static_cast<int32_t>(ci * s * s * g.phase_size) +
+                                 tap_off(ky, kx));
+}
+
+const SparsePlan& BConvLayer::plan_for(int G) const {
+  if (G >= g_.G) return full_;
+  std::lock_guard<std::mutex> lk(plans_mu_);
+  auto& p = plans_[G];
+  if (!p) {
+    p.reset(new SparsePlan());
+    p->g = make_geom(g_.Ci, g_.H, g_.W, g_.kh, g_.kw, g_.stride, g_.pad,
+                     isa_ == Isa::Avx512 ? 64 : 32, G);
+    fill_plan(*p);
+  }
+  return *p;
+}
+
 void BConvLayer::forward(const float* x, int N, float* y, ThreadPool* pool,
                          const BConvPost& post) const {
   run(x, N, y, nullptr, nullptr, pool, post);
@@ -226,15 +254,16 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
     // Groups of up to G images share one grid. With several threads, whole groups per thread
     // when there are enough of them (evened out so no thread gets a lone extra group), else
     // output channels.
-    int G = g.G, ngroups = (N + G - 1) / G;
+    int G = std::max(1, std::min(g.G, N)), ngroups = (N + G - 1) / G;
     if (T > 1 && ngroups >= T) {
       ngroups = (ngroups + T - 1) / T * T;
       G = (N + ngroups - 1) / ngroups;
       ngroups = (N + G - 1) / G;
     }
+    const SparsePlan& sp = plan_for(G);
     auto grp = [&](int k, ThreadPool* inner) {
       const size_t n0 = static_cast<size_t>(k) * G;
-      group_sparse(x + n0 * in_sz, std::min(G, N - static_cast<int>(n0)),
+      group_sparse(sp, x + n0 * in_sz, std::min(G, N - static_cast<int>(n0)),
                    y ? y + n0 * out_sz : nullptr, cnt ? cnt + n0 * out_sz : nullptr,
                    ws ? ws + n0 * P : nullptr, inner, offset_post(post, n0 * out_sz));
     };
@@ -256,9 +285,10 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
   }
 }
 
-void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
-                              ThreadPool* pool, const BConvPost& post) const {
-  const ConvGeom& g = g_;
+void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, float* y,
+                              int32_t* cnt, int32_t* ws, ThreadPool* pool,
+                              const BConvPost& post) const {
+  const ConvGeom& g = sp.g;
   const int P = g.Ho * g.Wo;
   const size_t rstep = static_cast<size_t>(g.Hs / g.stride) * g.Wph;  // grid offset per image
   // A partial group only accumulates the rows it needs, in whole vectors of the ISA (64 bytes
@@ -272,7 +302,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
   auto zeros = std::unique_ptr<int8_t[]>(new int8_t[Lr + 64]());
   auto work = uninit<uint64_t>(g.prep_work_bytes / 8 + 1);
   kt_->sparse_prep(x, nimg, thr_.data(), g, planes.get(), ssum.get(), work.get());
-  kt_->window_sum(ssum.get(), tap_offsets_.data(), static_cast<int>(tap_offsets_.size()), Lr,
+  kt_->window_sum(ssum.get(), sp.tap_offsets.data(), static_cast<int>(sp.tap_offsets.size()), Lr,
                   wsg.get());
   for (int n = 0; n < nimg; ++n)
     for (int oh = 0; oh < g.Ho; ++oh)
@@ -290,7 +320,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
     const int c1 = std::min(Co_, (b + 1) * kCoBlock);
     for (int c = b * kCoBlock; c < c1; ++c) {
       const int64_t n = start_[c + 1] - start_[c];
-      const int32_t* of = offsets_.data() + start_[c];
+      const int32_t* of = sp.offsets.data() + start_[c];
       // int8 counts unless the filter has more 1-bits than int8 holds; an all-zero filter
       // accumulates nothing and costs only its epilogue (xi * wsum + bias).
       const int8_t* a8 = zeros.get();

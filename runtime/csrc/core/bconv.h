@@ -5,6 +5,9 @@
 // conv(x, 1) (the window sum over all input channels) is computed once per image and shared.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "core/isa.h"
@@ -29,7 +32,17 @@ struct BConvPost {
 // images (G) as fit an accumulation grid of 8 vectors (at least one image); the dense patches
 // are padded to whole vectors (Kp).
 ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad,
-                   int vec_bytes = 32);
+                   int vec_bytes = 32, int max_group = 64);
+
+// The sparse kernel's layout for one group size: its geometry and the 1-bit offsets into its
+// planes (which depend on the plane size, hence on G). A batch smaller than the full group
+// (batch 1 at 4x4: 1 image, room for 16) gets a plan with G = that batch, so the planes it
+// clears, fills and sums are not mostly empty rows of absent images.
+struct SparsePlan {
+  ConvGeom g;
+  std::vector<int32_t> offsets;      // per filter: offsets[start[c] .. start[c+1])
+  std::vector<int32_t> tap_offsets;  // one per tap, into the channel-sum planes
+};
 
 class BConvLayer {
  public:
@@ -50,7 +63,7 @@ class BConvLayer {
   int out_channels() const { return Co_; }
   Isa isa() const { return isa_; }
   BConvKind kind() const { return kind_; }
-  int64_t ones() const { return static_cast<int64_t>(offsets_.size()); }
+  int64_t ones() const { return static_cast<int64_t>(full_.offsets.size()); }
 
  private:
   void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,
@@ -59,8 +72,11 @@ class BConvLayer {
                      const BConvPost& post) const;
   // nimg <= G images stacked in one grid; y, cnt, ws (and post.res) point at the group's first
   // image.
-  void group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
-                    ThreadPool* pool, const BConvPost& post) const;
+  void group_sparse(const SparsePlan& sp, const float* x, int nimg, float* y, int32_t* cnt,
+                    int32_t* ws, ThreadPool* pool, const BConvPost& post) const;
+  void fill_plan(SparsePlan& sp) const;
+  // The plan for groups of at most G images (G < geom().G: built once, cached).
+  const SparsePlan& plan_for(int G) const;
   void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,
                    const BConvPost& post) const;
 
@@ -72,9 +88,10 @@ class BConvLayer {
   std::vector<uint8_t> bits_;
   std::vector<float> eta_, xi_, bias_, thr_;
   // sparse: offsets of the 1-bits of filter c are offsets_[start_[c] .. start_[c+1])
-  std::vector<int32_t> offsets_;
+  SparsePlan full_;  // G = geom().G
   std::vector<int64_t> start_;
-  std::vector<int32_t> tap_offsets_;  // one per tap, into the channel-sum planes
+  mutable std::mutex plans_mu_;
+  mutable std::map<int, std::unique_ptr<SparsePlan>> plans_;  // smaller G
   // dense: packed filters (Co, Kp), pixel classes (which taps are inside the image) and, per
   // filter and class, the number of 1-bits on the valid taps.
   std::vector<uint64_t> wpacked_;
