@@ -55,7 +55,9 @@ BConvPost offset_post(const BConvPost& p, size_t off) {
 
 ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes,
                    int max_group) {
-  const int grid_bytes = 8 * vec_bytes;  // one register tile of the sparse kernel
+  // One register tile of the sparse kernel: 8 vectors of 32 bytes (every x86 table; the scalar
+  // one runs two tiles of 8 x 16). vec_bytes (64 for AVX-512) only pads the dense patches.
+  const int grid_bytes = 8 * 32;
   if (Ci < 1 || H < 1 || W < 1 || kh < 1 || kw < 1)
     throw std::invalid_argument("bconv: channels, spatial size and kernel size must be >= 1");
   if (stride < 1) throw std::invalid_argument("bconv: stride must be >= 1");
@@ -291,9 +293,9 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
   const ConvGeom& g = sp.g;
   const int P = g.Ho * g.Wo;
   const size_t rstep = static_cast<size_t>(g.Hs / g.stride) * g.Wph;  // grid offset per image
-  // A partial group only accumulates the rows it needs, in whole vectors of the ISA (64 bytes
-  // for AVX-512, 32 otherwise: 224 rather than 256 bytes at 14x14).
-  const int unit = isa_ == Isa::Avx512 ? 64 : 32;
+  // A partial group only accumulates the rows it needs, in whole 32-byte vectors (224 rather
+  // than 256 bytes at 14x14).
+  const int unit = 32;
   const int Lr = (((nimg - 1) * g.Hs / g.stride + g.Ho) * g.Wph + unit - 1) / unit * unit;
   auto planes = uninit<int8_t>(g.plane_alloc);
   auto ssum = uninit<int16_t>(g.ssum_alloc);
