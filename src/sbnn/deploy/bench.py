@@ -286,14 +286,17 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
                                                  for k, v in tot.items()},
                                        "layers": {}}
                 if layers:
+                    # the engine's plan (fused ops as one), the same for both engines; the
+                    # PyTorch graph is unfused, so it has no per-layer column
                     per = _interleaved({
                         "sparse": lambda x=x, e=sparse: e.run(x, profile=True)[1],
                         "dense": lambda x=x, e=dense: e.run(x, profile=True)[1],
-                        "torch": lambda xt=xt: tg.run(xt, profile=True)[1],
                     }, 1, max(3, repeat // 2))
                     run["layers"] = {k: [float(t) for t in np.median(np.array(v), 0)]
                                      for k, v in per.items()}
-                    run["kernels"] = [d.get("kernel", "") for d in layer_info(sparse)]
+                    info = layer_info(sparse)
+                    run["layer_names"] = [d["name"] for d in info] or names
+                    run["kernels"] = [d.get("kernel", "") for d in info]
                 s, c = run["median_s"]["sparse"], run["cpu_s"]["sparse"]
                 run["speedup"] = {k: v / s for k, v in run["median_s"].items() if k != "sparse"}
                 run["cpu_speedup"] = {k: v / c for k, v in run["cpu_s"].items()
@@ -332,19 +335,20 @@ def format_table(res: dict[str, Any], layers: bool = True) -> str:
         for r in res["runs"]:
             if not r["layers"].get("sparse"):
                 continue
-            lines.append(f"\nper layer, batch {r['batch']}, {r['threads']} thread(s) "
-                         "(binary convs; ms)")
-            lines.append(f"{'layer':<32} {'kernel':<14} {'sparse':>9} {'dense':>9} {'torch':>9} "
-                         f"{'dense/sp':>9} {'torch/sp':>9}")
+            lines.append(f"\nper layer, batch {r['batch']}, {r['threads']} thread(s) (convs of "
+                         "the engine's fused plan; kernel = the per-layer choice; ms)")
+            lines.append(f"{'layer':<6} {'op':<24} {'kernel':<12} {'engine':>9} {'dense':>9} "
+                         f"{'dense/eng':>9}")
             L = r["layers"]
             kern = r.get("kernels") or []
-            for i, nm in enumerate(names):
-                if not nm.startswith("sbconv2d") or i >= len(L["sparse"]):
+            lnames = r.get("layer_names") or names
+            for i, nm in enumerate(lnames):
+                if "conv2d" not in nm or i >= len(L["sparse"]):
                     continue
-                sp, de, to = L["sparse"][i], L["dense"][i], L["torch"][i]
+                sp, de = L["sparse"][i], L["dense"][i]
                 k = kern[i] if i < len(kern) else ""
-                lines.append(f"{nm[9:]:<32} {k:<14} {1e3 * sp:>9.3f} {1e3 * de:>9.3f} "
-                             f"{1e3 * to:>9.3f} {de / sp:>8.2f}x {to / sp:>8.2f}x")
+                lines.append(f"{i:<6} {nm[:24]:<24} {k:<12} {1e3 * sp:>9.3f} {1e3 * de:>9.3f} "
+                             f"{de / max(sp, 1e-12):>8.2f}x")
     return "\n".join(lines)
 
 
