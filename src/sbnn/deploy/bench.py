@@ -151,8 +151,12 @@ def _twin_onnx(model: torch.nn.Module, input_shape) -> bytes:
 def _quantize_int8(fp32: bytes, input_shape, seed: int = 0) -> bytes:
     import tempfile
 
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     rng = np.random.default_rng(seed)
