@@ -14,6 +14,7 @@
 
 #include "core/bconv.h"
 #include "core/engine.h"
+#include "core/floatops.h"
 #include "core/isa.h"
 
 using namespace sbnn;
@@ -59,6 +60,19 @@ void check_case(const Case& c, double frac, unsigned seed, Isa isa, BConvKind ki
   bool ok = rc == oc && rw == ow;
   for (size_t i = 0; i < out && ok; ++i)
     ok = std::fabs(ry[i] - oy[i]) <= 1e-4f * (1.0f + std::fabs(ry[i]));
+  // the fused epilogue: + residual, then clamp
+  std::vector<float> res(out);
+  for (auto& v : res) v = nd(rng);
+  BConvPost post;
+  post.res = res.data();
+  post.clamp = true;
+  post.lo = -0.5f;
+  post.hi = 0.75f;
+  ref.forward(x.data(), c.N, ry.data(), nullptr, post);
+  opt.forward(x.data(), c.N, oy.data(), &pool, post);
+  for (size_t i = 0; i < out && ok; ++i)
+    ok = std::fabs(ry[i] - oy[i]) <= 1e-4f * (1.0f + std::fabs(ry[i])) && ry[i] >= -0.5f &&
+         ry[i] <= 0.75f;
   if (!ok) {
     ++g_fail;
     std::printf("FAIL %s %s N=%d Ci=%d Co=%d %dx%d k=%d s=%d p=%d frac=%.2f thr=%d\n",
@@ -93,6 +107,72 @@ void check_engine() {
       std::printf("FAIL engine sparse vs dense\n");
       break;
     }
+}
+
+void check_floatconv(Isa isa) {
+  // (N, Ci, Co, H, W, k, s, p): tiles of 12/6/4 rows and 8/16/32 columns with remainders
+  const Case cases[] = {{1, 3, 64, 32, 32, 3, 1, 1}, {2, 5, 7, 9, 11, 3, 2, 1},
+                        {1, 1, 1, 1, 1, 1, 1, 0},    {2, 13, 25, 4, 4, 3, 1, 1},
+                        {1, 64, 30, 8, 8, 1, 2, 0},  {1, 17, 13, 5, 3, 3, 1, 0}};
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (const Case& c : cases) {
+    std::vector<float> x(static_cast<size_t>(c.N) * c.Ci * c.H * c.W),
+        w(static_cast<size_t>(c.Co) * c.Ci * c.k * c.k), b(c.Co);
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : w) v = nd(rng);
+    for (auto& v : b) v = nd(rng);
+    FloatConv ref(w.data(), c.Co, c.Ci, c.k, c.k, b.data(), c.s, c.p, c.H, c.W, Isa::Ref);
+    FloatConv opt(w.data(), c.Co, c.Ci, c.k, c.k, b.data(), c.s, c.p, c.H, c.W, isa);
+    const size_t out = static_cast<size_t>(c.N) * c.Co * ref.Ho() * ref.Wo();
+    std::vector<float> ry(out), oy(out, -7.0f);
+    ThreadPool pool(2);
+    ref.forward(x.data(), c.N, ry.data(), nullptr);
+    opt.forward(x.data(), c.N, oy.data(), &pool);
+    for (size_t i = 0; i < out; ++i)
+      if (std::fabs(ry[i] - oy[i]) > 1e-4f * (1.0f + std::fabs(ry[i])) * c.k * std::sqrt(c.Ci)) {
+        ++g_fail;
+        std::printf("FAIL %s conv2d Ci=%d Co=%d %dx%d k=%d s=%d\n", isa_name(isa), c.Ci, c.Co,
+                    c.H, c.W, c.k, c.s);
+        break;
+      }
+  }
+}
+
+// sbconv -> add(skip) -> hardtanh -> sbconv s2 -> hardtanh, fused (with the per-layer choice)
+// against the same graph unfused and sparse-only.
+void check_fusion(Isa isa) {
+  const int C = 6, H = 7;
+  std::vector<uint8_t> bits(C * C * 9);
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = (i * 7) % 5 == 0;
+  std::vector<float> one(C, 0.1f), x(3 * C * H * H), y[3];
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(static_cast<float>(i));
+  for (int v = 0; v < 3; ++v) {
+    Engine e(v == 2 ? 1 : 2);
+    e.set_fusion(v != 1);
+    e.set_choice(v != 2);
+    const int t = e.input(C, H, H);
+    int u = e.sbconv2d(t, bits.data(), C, C, 3, 3, one.data(), one.data(), one.data(), 1, 1,
+                       nullptr, true, isa);
+    u = e.hardtanh(e.add(u, t), -1.0f, 1.0f);
+    u = e.sbconv2d(u, bits.data(), C, C, 3, 3, one.data(), one.data(), one.data(), 2, 1,
+                   nullptr, true, isa);
+    e.set_output(e.hardtanh(u, -0.2f, 0.3f));
+    const TensorShape& o = e.output_shape();
+    y[v].resize(3 * o.numel());
+    e.run(x.data(), 3, y[v].data());
+    if ((v != 1) != (e.num_ops() == 2)) {
+      ++g_fail;
+      std::printf("FAIL %s fusion: %d ops\n", isa_name(isa), e.num_ops());
+    }
+  }
+  for (int v = 1; v < 3; ++v)
+    for (size_t i = 0; i < y[0].size(); ++i)
+      if (std::fabs(y[0][i] - y[v][i]) > 1e-5f) {
+        ++g_fail;
+        std::printf("FAIL %s fused vs %s\n", isa_name(isa), v == 1 ? "unfused" : "sparse-only");
+        break;
+      }
 }
 
 double time_us(const BConvLayer& l, const std::vector<float>& x, std::vector<float>& y) {
@@ -145,7 +225,10 @@ int main(int argc, char** argv) {
                         {2, 3, 40, 11, 13, 3, 2, 1}, {1, 200, 3, 12, 12, 3, 1, 1},
                         // small maps stacked into shared grids, partial last groups
                         {5, 33, 19, 4, 4, 3, 1, 1}, {3, 70, 9, 8, 8, 3, 2, 1},
-                        {4, 5, 7, 2, 3, 3, 1, 1},   {5, 70, 6, 1, 1, 1, 1, 0}};
+                        {4, 5, 7, 2, 3, 3, 1, 1},   {5, 70, 6, 1, 1, 1, 1, 0},
+                        // batches smaller than a full group (plans with G = batch)
+                        {1, 33, 19, 4, 4, 3, 1, 1}, {2, 70, 9, 8, 8, 3, 2, 1},
+                        {1, 9, 5, 2, 2, 3, 2, 1},   {3, 17, 4, 5, 5, 3, 2, 0}};
   int n = 0;
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
     if (!isa_supported(isa)) {
@@ -159,7 +242,10 @@ int main(int argc, char** argv) {
             check_case(c, frac, static_cast<unsigned>(n), isa, kind, thr_on);
             ++n;
           }
+    check_floatconv(isa);
+    check_fusion(isa);
   }
+  check_floatconv(Isa::Scalar);
   check_engine();
   std::printf("%d cases, %d failures\n", n, g_fail);
   return g_fail == 0 ? 0 : 1;
