@@ -36,7 +36,7 @@ def _sb(rng, cin, cout, stride, src, name, p=0.1):
 
 def block_net(c: int, h: int, w: int, rng) -> Graph:
     """stem -> hardtanh -> [sbconv -> add -> hardtanh] -> [sbconv s2 + 1x1 s2 shortcut -> add
-    -> hardtanh] -> sbconv -> hardtanh -> global pool -> linear."""
+    -> hardtanh] -> sbconv -> hardtanh -> [sbconv -> add -> rprelu] -> global pool -> linear."""
     N = [Node("input", [], {"shape": [3, h, w]})]
 
     def add(nd):
@@ -58,6 +58,10 @@ def block_net(c: int, h: int, w: int, rng) -> Graph:
     t = add(Node("hardtanh", [t], {"lo": -1.0, "hi": 1.0}))
     s = add(_sb(rng, 2 * c, 2 * c, 1, t, "b3", p=0.05))
     t = add(Node("hardtanh", [s], {"lo": -0.5, "hi": 0.75}))
+    s = add(_sb(rng, 2 * c, 2 * c, 1, t, "b4"))  # a ReActNet block: add, then RPReLU
+    t = add(Node("add", [s, t]))
+    f = lambda: rng.standard_normal(2 * c).astype(np.float32) * 0.2  # noqa: E731
+    t = add(Node("rprelu", [t], {}, {"shift_in": f(), "slope": f() + 0.25, "shift_out": f()}))
     t = add(Node("global_avgpool", [t]))
     t = add(Node("flatten", [t]))
     t = add(Node("linear", [t], {}, {"weight": rng.standard_normal((4, 2 * c))
@@ -96,11 +100,12 @@ def test_layer_info_reports_fusion_and_choice():
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     eng = Engine(g, 1, backend="native")
     before = eng.layer_info()
-    assert [d["kernel"] for d in before if d["name"].startswith("sbconv2d")] == ["auto"] * 3
+    assert [d["kernel"] for d in before if d["name"].startswith("sbconv2d")] == ["auto"] * 4
     eng.run(x)
     info = eng.layer_info()
     names = [d["name"] for d in info]
     assert names.count("sbconv2d+add+hardtanh") == 2 and "sbconv2d+hardtanh" in names
+    assert "sbconv2d+add+rprelu" in names and "rprelu" not in names
     assert "add" not in names and "hardtanh" in names  # the stem's hardtanh stays separate
     assert len(info) == eng._native.num_ops == len(eng.run(x, profile=True)[1])
     for d in info:

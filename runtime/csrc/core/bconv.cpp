@@ -34,14 +34,22 @@ std::unique_ptr<T[]> uninit(size_t n) {
 
 constexpr int kCoBlock = 16;  // output channels per task
 
-// y[i] = clamp(y[i] + res[i], lo, hi) over one output plane (n values).
-void apply_post(float* __restrict y, const float* __restrict res, size_t n, const BConvPost& p) {
+// The post-ops of BConvPost over one output plane (n values) of channel c.
+void apply_post(float* __restrict y, const float* __restrict res, size_t n, const BConvPost& p,
+                int c) {
   if (res && p.clamp) {
     for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(y[i] + res[i], p.lo), p.hi);
   } else if (res) {
     for (size_t i = 0; i < n; ++i) y[i] += res[i];
   } else if (p.clamp) {
     for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(y[i], p.lo), p.hi);
+  }
+  if (p.rp_in) {
+    const float s1 = p.rp_in[c], a = p.rp_slope[c], s2 = p.rp_out[c];
+    for (size_t i = 0; i < n; ++i) {
+      const float v = y[i] - s1;
+      y[i] = (v >= 0.0f ? v : a * v) + s2;
+    }
   }
 }
 
@@ -344,7 +352,7 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
           else
             kt_->affine_epilogue8(a8 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
                                   bias_[c], y + o);
-          if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post);
+          if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
         }
         if (cnt)
           for (int oh = 0; oh < g.Ho; ++oh)
@@ -390,7 +398,7 @@ void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws
         const size_t o = static_cast<size_t>(c) * P;
         kt_->dense_epilogue(pcc, P, corr, pix_class_.data(), wsf.get(), eta_[c], xi_[c],
                             bias_[c], y + o);
-        if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post);
+        if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
       }
       if (cnt)
         for (int p = 0; p < P; ++p)
@@ -451,6 +459,10 @@ void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt, in
                     (xi_[c] * static_cast<float>(wsum[p]) + bias_[c]);
           if (post.res) v += post.res[base + p];
           if (post.clamp) v = std::min(std::max(v, post.lo), post.hi);
+          if (post.rp_in) {
+            const float u = v - post.rp_in[c];
+            v = (u >= 0.0f ? u : post.rp_slope[c] * u) + post.rp_out[c];
+          }
           y[base + p] = v;
         }
       }

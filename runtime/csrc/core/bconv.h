@@ -19,12 +19,15 @@ namespace sbnn {
 enum class BConvKind { Sparse, Dense };
 
 // What the epilogue does after the affine, per output value (the engine's fusion of a following
-// residual add and hardtanh): y = clamp(y + res, lo, hi). res: (N, Co, Ho, Wo) or null.
+// residual add and hardtanh or RPReLU): y += res; y = clamp(y, lo, hi); then, per channel c,
+// v = y - rp_in[c], y = (v >= 0 ? v : rp_slope[c] * v) + rp_out[c]. Each step only when set;
+// res: (N, Co, Ho, Wo), rp_*: (Co).
 struct BConvPost {
   const float* res = nullptr;
   bool clamp = false;
   float lo = -1.0f, hi = 1.0f;
-  bool active() const { return res != nullptr || clamp; }
+  const float *rp_in = nullptr, *rp_slope = nullptr, *rp_out = nullptr;
+  bool active() const { return res != nullptr || clamp || rp_in != nullptr; }
 };
 
 // Fills every field of the geometry; throws std::invalid_argument on an empty output.

@@ -91,6 +91,10 @@ int Engine::push(std::string name, std::vector<int> inputs, const TensorShape& o
 }
 
 // ------------------------------------------------------------------ binary conv: kernel choice
+// Rounds of (sparse, dense) timing calls; the best of each decides, so a choice survives up to
+// kChoiceRounds - 1 preempted calls of the faster kernel on a shared machine.
+constexpr int kChoiceRounds = 5;
+
 void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post) {
   if (!sparse || !dense) {
     (sparse ? sparse : dense)->forward(x, N, y, pool, post);
@@ -105,7 +109,7 @@ void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConv
       // the full (correct) output, so the last one leaves y right whichever wins.
       using clk = std::chrono::steady_clock;
       double ts = 1e30, td = 1e30;
-      for (int r = 0; r < 3; ++r) {
+      for (int r = 0; r < kChoiceRounds; ++r) {
         auto t0 = clk::now();
         sparse->forward(x, N, y, pool, post);
         auto t1 = clk::now();
@@ -192,19 +196,34 @@ const std::vector<Engine::Op>& Engine::plan() {
         t = ops_[h].output;
         name += "+hardtanh";
       }
+      std::shared_ptr<const std::vector<float>> rp;
+      const int r = h >= 0 ? -1 : sole(t, Kind::RPReLU);
+      if (r >= 0) {
+        rp = ops_[r].rp;
+        removed[r] = true;
+        pos = r;
+        t = ops_[r].output;
+        name += "+rprelu";
+      }
       if (pos != i) {
         std::shared_ptr<BConvOp> b = op.bconv;
         op.name = name;
         op.output = t;
         if (res >= 0) op.inputs.push_back(res);
         const bool has_res = res >= 0;
-        op.fn = [b, pool, has_res, clamp, lo, hi](const std::vector<const float*>& in,
-                                                   float* out, int N) {
+        const int C = shapes_[t].C;
+        op.fn = [b, pool, has_res, clamp, lo, hi, rp, C](const std::vector<const float*>& in,
+                                                       float* out, int N) {
           BConvPost p;
           p.res = has_res ? in[1] : nullptr;
           p.clamp = clamp;
           p.lo = lo;
           p.hi = hi;
+          if (rp) {
+            p.rp_in = rp->data();
+            p.rp_slope = rp->data() + C;
+            p.rp_out = rp->data() + 2 * C;
+          }
           b->run(in[0], N, out, pool, p);
         };
       }
@@ -346,9 +365,12 @@ int Engine::rprelu(int t, const float* shift_in, const float* slope, const float
     throw err("rprelu", "parameters have " + std::to_string(C) + " entries, tensor is " +
                             s.str());
   std::vector<float> s1(shift_in, shift_in + C), a(slope, slope + C), s2(shift_out, shift_out + C);
+  auto all = std::make_shared<std::vector<float>>(s1);
+  all->insert(all->end(), a.begin(), a.end());
+  all->insert(all->end(), s2.begin(), s2.end());
   ThreadPool* pool = &pool_;
   const int hw = s.H * s.W;
-  return push("rprelu", {t}, s,
+  const int r = push("rprelu", {t}, s,
               [s1, a, s2, s, hw, pool](const std::vector<const float*>& in, float* out, int N) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const size_t o = (static_cast<size_t>(n) * s.C + c) * hw;
@@ -357,7 +379,10 @@ int Engine::rprelu(int t, const float* shift_in, const float* slope, const float
                     out[o + i] = (v >= 0.0f ? v : a[c] * v) + s2[c];
                   }
                 });
-              });
+              },
+              Kind::RPReLU);
+  ops_.back().rp = all;
+  return r;
 }
 
 int Engine::add(int a, int b) {

@@ -26,7 +26,7 @@ struct TensorShape {
 
 // One binary conv of the graph: the layer(s) it may run and, when both a sparse and a dense
 // kernel are there, which one each batch size runs, settled at the first run of that batch size
-// by timing both on that very input (interleaved, best of a few calls each: a preempted call
+// by timing both on that very input (interleaved, best of 5 calls each: a preempted call
 // cannot decide it) and cached. sparse=False in the engine keeps the dense layer only.
 struct BConvOp {
   std::shared_ptr<BConvLayer> sparse, dense;  // either may be null, not both
@@ -80,8 +80,9 @@ class Engine {
   const std::vector<std::pair<std::string, double>>& layer_times() const { return times_; }
   // Per op of the plan the engine runs (fused ops as one).
   std::vector<LayerInfo> layer_info();
-  // Fusion of a binary conv with the residual add and the hardtanh that follow it (on by
-  // default): the conv's epilogue adds the other operand and clamps, two passes fewer.
+  // Fusion of a binary conv with the residual add and the hardtanh or RPReLU that follow it (on
+  // by default): the conv's epilogue adds the other operand and applies the activation, two
+  // passes over the activations fewer.
   void set_fusion(bool on);
   bool fusion() const { return fuse_; }
   // Sparse binary convs time the dense kernel too at the first run of a batch size and keep
@@ -89,7 +90,7 @@ class Engine {
   void set_choice(bool on) { choose_ = on; }
  private:
   using Fn = std::function<void(const std::vector<const float*>&, float*, int)>;
-  enum class Kind { Other, BConv, FloatConv, Add, Hardtanh };
+  enum class Kind { Other, BConv, FloatConv, Add, Hardtanh, RPReLU };
   struct Op {
     std::string name;
     std::vector<int> inputs;
@@ -98,6 +99,7 @@ class Engine {
     Kind kind = Kind::Other;
     std::shared_ptr<BConvOp> bconv;  // Kind::BConv
     float lo = 0.0f, hi = 0.0f;      // Kind::Hardtanh
+    std::shared_ptr<const std::vector<float>> rp;  // Kind::RPReLU: shift_in, slope, shift_out
     std::string kernel;              // what runs it (layer_info)
   };
   int add_tensor(const TensorShape& s);
