@@ -1,6 +1,7 @@
 """The engine's float conv2d (im2col panels + per-ISA FMA GEMM) against numpy's BLAS.
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_gemm.py [--rounds 5] [--calls 30] [--json out.json]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_gemm.py [--rounds 5] [--calls 30]
+                                                           [--json out.json]
 
 ResNet-18's float layers at 32x32 (the stem and the 1x1 stride-2 shortcuts) plus a plain 1x1,
 batch 1, one thread: the engine runs the whole layer (``Engine.run`` of a one-op graph:
@@ -66,8 +67,9 @@ def main(argv=None) -> int:
         wm = w.reshape(co, -1)
         best = {"engine": 1e9, "numpy": 1e9}
         for _ in range(args.rounds):
-            best["engine"] = min(best["engine"], p10(lambda: e.run(x), args.calls))
-            best["numpy"] = min(best["numpy"], p10(lambda: wm @ xm, args.calls))
+            best["engine"] = min(best["engine"],
+                                 p10(lambda e=e, x=x: e.run(x), args.calls))
+            best["numpy"] = min(best["numpy"], p10(lambda wm=wm, xm=xm: wm @ xm, args.calls))
         flops = 2 * co * wm.shape[1] * ho * ho
         row = {"layer": f"{ci}->{co} {k}x{k} s{s} @{hw}x{hw}", "flops": flops,
                **{f"{n}_us": 1e6 * t for n, t in best.items()},

@@ -28,6 +28,7 @@ struct Case {
 int g_fail = 0;
 
 void check_case(const Case& c, double frac, unsigned seed, Isa isa, BConvKind kind, bool thr_on) {
+  if (std::getenv("SBNN_TEST_VERBOSE")) std::fprintf(stderr, "case %s N=%d Ci=%d Co=%d %dx%d k=%d s=%d p=%d\n", isa_name(isa), c.N, c.Ci, c.Co, c.H, c.W, c.k, c.s, c.p);
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
   std::uniform_real_distribution<double> ud;
@@ -228,7 +229,10 @@ int main(int argc, char** argv) {
                         {4, 5, 7, 2, 3, 3, 1, 1},   {5, 70, 6, 1, 1, 1, 1, 0},
                         // batches smaller than a full group (plans with G = batch)
                         {1, 33, 19, 4, 4, 3, 1, 1}, {2, 70, 9, 8, 8, 3, 2, 1},
-                        {1, 9, 5, 2, 2, 3, 2, 1},   {3, 17, 4, 5, 5, 3, 2, 0}};
+                        {1, 9, 5, 2, 2, 3, 2, 1},   {3, 17, 4, 5, 5, 3, 2, 0},
+                        // stride 2 on rows of 8, 16, 24, 32 (the byte-shuffle split)
+                        {1, 20, 5, 16, 16, 3, 2, 1}, {2, 9, 3, 32, 24, 3, 2, 0},
+                        {1, 5, 4, 7, 32, 3, 2, 1}};
   int n = 0;
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
     if (!isa_supported(isa)) {
