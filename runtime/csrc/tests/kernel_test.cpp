@@ -28,7 +28,9 @@ struct Case {
 int g_fail = 0;
 
 void check_case(const Case& c, double frac, unsigned seed, Isa isa, BConvKind kind, bool thr_on) {
-  if (std::getenv("SBNN_TEST_VERBOSE")) std::fprintf(stderr, "case %s N=%d Ci=%d Co=%d %dx%d k=%d s=%d p=%d\n", isa_name(isa), c.N, c.Ci, c.Co, c.H, c.W, c.k, c.s, c.p);
+  if (std::getenv("SBNN_TEST_VERBOSE"))  // names the case before a sanitizer report
+    std::fprintf(stderr, "case %s N=%d Ci=%d Co=%d %dx%d k=%d s=%d p=%d\n", isa_name(isa), c.N,
+                 c.Ci, c.Co, c.H, c.W, c.k, c.s, c.p);
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
   std::uniform_real_distribution<double> ud;

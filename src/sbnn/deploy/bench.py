@@ -4,9 +4,13 @@ For each batch size and thread count, measured in the same run, medians over ``r
 runs after ``warmup`` runs:
 
 ``sparse``
-    the model in the native engine (sparse binary convs: work grows with the 1-bits);
+    the model in the native engine as it loads by default: each binary conv on the faster of
+    the sparse kernel (work grows with the 1-bits) and the dense one, chosen per layer at the
+    first run of each batch size, and conv + residual add + activation fused (the per-layer
+    table names the kernel each layer runs);
 ``dense``
-    the same graph with the dense bit-packed XNOR/popcount binary conv (the BNN baseline);
+    the same graph with the dense bit-packed XNOR/popcount binary conv everywhere
+    (``sparse=False``, the BNN baseline);
 ``torch``
     PyTorch float32 running the same network: binarise, then ``F.conv2d`` with the dequantized
     weights (what the trained model costs in PyTorch at inference);
