@@ -145,8 +145,9 @@ void Engine::set_fusion(bool on) {
 }
 
 // The fusion pass: a binary conv whose output only feeds an add (a residual), and whose sum
-// (or its own output) only feeds a hardtanh, becomes one op at the place of the last of them;
-// its epilogue adds the add's other operand and clamps. Inputs of the fused op are all
+// (or its own output) only feeds a hardtanh or an RPReLU, becomes one op at the place of the
+// last of them; its epilogue adds the add's other operand and applies the activation. A float
+// conv whose output only feeds a hardtanh clamps in its GEMM tasks. Inputs of the fused op are all
 // produced before that place, so the order stays valid.
 const std::vector<Engine::Op>& Engine::plan() {
   if (plan_valid_) return plan_;
@@ -228,6 +229,20 @@ const std::vector<Engine::Op>& Engine::plan() {
         };
       }
     }
+    if (fuse_ && op.kind == Kind::FloatConv) {  // float conv + hardtanh (the stem)
+      const int t = op.output, c = consumer[t];
+      if (ncons[t] == 1 && c >= 0 && !removed[c] && ops_[c].kind == Kind::Hardtanh) {
+        std::shared_ptr<FloatConv> fc = op.fconv;
+        const float lo = ops_[c].lo, hi = ops_[c].hi;
+        removed[c] = true;
+        pos = c;
+        op.output = ops_[c].output;
+        op.name += "+hardtanh";
+        op.fn = [fc, pool, lo, hi](const std::vector<const float*>& in, float* out, int N) {
+          fc->forward(in[0], N, out, pool, true, lo, hi);
+        };
+      }
+    }
     at[pos] = std::move(op);
     placed[pos] = true;
   }
@@ -281,6 +296,7 @@ int Engine::conv2d(int t, const float* w, int Co, int Ci, int kh, int kw, const 
                      },
                      Kind::FloatConv);
   ops_.back().kernel = std::string("gemm:") + conv->gemm_name();
+  ops_.back().fconv = conv;
   return r;
 }
 

@@ -98,6 +98,7 @@ class Engine {
     Fn fn;
     Kind kind = Kind::Other;
     std::shared_ptr<BConvOp> bconv;  // Kind::BConv
+    std::shared_ptr<FloatConv> fconv;  // Kind::FloatConv
     float lo = 0.0f, hi = 0.0f;      // Kind::Hardtanh
     std::shared_ptr<const std::vector<float>> rp;  // Kind::RPReLU: shift_in, slope, shift_out
     std::string kernel;              // what runs it (layer_info)

@@ -62,9 +62,13 @@ FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float
           w_[static_cast<size_t>(c) * K + k];
 }
 
-void FloatConv::image(const float* x, float* y, ThreadPool* pool) const {
+void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo,
+                      float hi) const {
   if (isa_ == Isa::Ref) {
     image_ref(x, y, pool);
+    if (clamp)
+      for (size_t i = 0; i < static_cast<size_t>(Co_) * Ho_ * Wo_; ++i)
+        y[i] = std::min(std::max(y[i], lo), hi);
     return;
   }
   const int P = Ho_ * Wo_, K = Ci_ * kh_ * kw_, nr = nr_, mr = kt_->sgemm_mr;
@@ -110,6 +114,11 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool) const {
     const int i0 = t * ppt * mr, i1 = std::min(Co_, (t + 1) * ppt * mr);
     kt_->sgemm(apack_.data() + static_cast<size_t>(t) * ppt * K * mr, B, i1 - i0, P, K, nr,
                bias ? bias + i0 : nullptr, y + static_cast<size_t>(i0) * P, P);
+    if (clamp) {
+      float* r = y + static_cast<size_t>(i0) * P;
+      for (size_t i = 0; i < static_cast<size_t>(i1 - i0) * P; ++i)
+        r[i] = std::min(std::max(r[i], lo), hi);
+    }
   };
   if (T > 1 && ntask > 1)
     pool->parallel_for(ntask, task);
@@ -153,13 +162,16 @@ void FloatConv::image_ref(const float* x, float* y, ThreadPool* pool) const {
     for (int b = 0; b < nblk; ++b) block(b);
 }
 
-void FloatConv::forward(const float* x, int N, float* y, ThreadPool* pool) const {
+void FloatConv::forward(const float* x, int N, float* y, ThreadPool* pool, bool clamp, float lo,
+                        float hi) const {
   const size_t in_sz = static_cast<size_t>(Ci_) * H_ * W_;
   const size_t out_sz = static_cast<size_t>(Co_) * Ho_ * Wo_;
   if (pool && pool->size() > 1 && N >= pool->size()) {
-    pool->parallel_for(N, [&](int n) { image(x + n * in_sz, y + n * out_sz, nullptr); });
+    pool->parallel_for(N, [&](int n) {
+      image(x + n * in_sz, y + n * out_sz, nullptr, clamp, lo, hi);
+    });
   } else {
-    for (int n = 0; n < N; ++n) image(x + n * in_sz, y + n * out_sz, pool);
+    for (int n = 0; n < N; ++n) image(x + n * in_sz, y + n * out_sz, pool, clamp, lo, hi);
   }
 }
 

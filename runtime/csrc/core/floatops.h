@@ -16,15 +16,17 @@ class FloatConv {
   // w: (Co, Ci, kh, kw), bias: (Co) or null.
   FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias, int stride, int pad,
             int H, int W, Isa isa = default_isa());
-  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo)
-  void forward(const float* x, int N, float* y, ThreadPool* pool) const;
+  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo); with clamp, y = min(max(y, lo), hi) on the rows
+  // of each GEMM task while they are in cache (the engine's conv + hardtanh fusion).
+  void forward(const float* x, int N, float* y, ThreadPool* pool, bool clamp = false,
+               float lo = 0.0f, float hi = 0.0f) const;
   int Ho() const { return Ho_; }
   int Wo() const { return Wo_; }
   // The GEMM that runs it: the table's name (ISA), or "ref".
   const char* gemm_name() const { return kt_ ? kt_->name : "ref"; }
 
  private:
-  void image(const float* x, float* y, ThreadPool* pool) const;
+  void image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo, float hi) const;
   void image_ref(const float* x, float* y, ThreadPool* pool) const;
   int Co_, Ci_, kh_, kw_, stride_, pad_, H_, W_, Ho_, Wo_;
   Isa isa_;

@@ -132,6 +132,14 @@ void check_floatconv(Isa isa) {
     ThreadPool pool(2);
     ref.forward(x.data(), c.N, ry.data(), nullptr);
     opt.forward(x.data(), c.N, oy.data(), &pool);
+    std::vector<float> cy(out);
+    opt.forward(x.data(), c.N, cy.data(), &pool, true, -0.5f, 0.5f);  // fused hardtanh
+    for (size_t i = 0; i < out; ++i)
+      if (cy[i] != std::min(std::max(oy[i], -0.5f), 0.5f)) {
+        ++g_fail;
+        std::printf("FAIL %s conv2d+hardtanh\n", isa_name(isa));
+        break;
+      }
     for (size_t i = 0; i < out; ++i)
       if (std::fabs(ry[i] - oy[i]) > 1e-4f * (1.0f + std::fabs(ry[i])) * c.k * std::sqrt(c.Ci)) {
         ++g_fail;
