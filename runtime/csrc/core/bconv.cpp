@@ -34,27 +34,6 @@ std::unique_ptr<T[]> uninit(size_t n) {
 
 constexpr int kCoBlock = 16;  // output channels per task
 
-// The post-ops of BConvPost over one output plane (n values) of channel c.
-void apply_post(float* __restrict y, const float* __restrict res, size_t n, const BConvPost& p,
-                int c) {
-  if (res && p.clamp) {
-    for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(y[i] + res[i], p.lo), p.hi);
-  } else if (res) {
-    for (size_t i = 0; i < n; ++i) y[i] += res[i];
-  } else if (p.clamp) {
-    for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(y[i], p.lo), p.hi);
-  }
-  if (p.rp_in) {
-    const float s1 = p.rp_in[c], a = p.rp_slope[c], s2 = p.rp_out[c];
-    // max(v, 0) + a * min(v, 0) is (v >= 0 ? v : a * v), NaN and -0 included, without the
-    // branch a select of unpredictable signs costs (it made RPReLU 5 ns per value)
-    for (size_t i = 0; i < n; ++i) {
-      const float v = y[i] - s1;
-      y[i] = (std::max(v, 0.0f) + a * std::min(v, 0.0f)) + s2;
-    }
-  }
-}
-
 BConvPost offset_post(const BConvPost& p, size_t off) {
   BConvPost q = p;
   if (q.res) q.res += off;
@@ -241,6 +220,18 @@ const SparsePlan& BConvLayer::plan_for(int G) const {
   return *p;
 }
 
+void BConvLayer::run_post(float* y, const float* res, size_t n, const BConvPost& p,
+                          int c) const {
+  float rp[3];
+  if (p.rp_in) {
+    rp[0] = p.rp_in[c];
+    rp[1] = p.rp_slope[c];
+    rp[2] = p.rp_out[c];
+  }
+  auto fn = kt_->post_plane ? kt_->post_plane : kernels_scalar().post_plane;
+  fn(y, res, n, p.clamp, p.lo, p.hi, p.rp_in ? rp : nullptr);
+}
+
 void BConvLayer::forward(const float* x, int N, float* y, ThreadPool* pool,
                          const BConvPost& post) const {
   run(x, N, y, nullptr, nullptr, pool, post);
@@ -354,7 +345,7 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
           else
             kt_->affine_epilogue8(a8 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
                                   bias_[c], y + o);
-          if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
+          if (post.active()) run_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
         }
         if (cnt)
           for (int oh = 0; oh < g.Ho; ++oh)
@@ -400,7 +391,7 @@ void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws
         const size_t o = static_cast<size_t>(c) * P;
         kt_->dense_epilogue(pcc, P, corr, pix_class_.data(), wsf.get(), eta_[c], xi_[c],
                             bias_[c], y + o);
-        if (post.active()) apply_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
+        if (post.active()) run_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
       }
       if (cnt)
         for (int p = 0; p < P; ++p)

@@ -78,6 +78,8 @@ class BConvLayer {
   void group_sparse(const SparsePlan& sp, const float* x, int nimg, float* y, int32_t* cnt,
                     int32_t* ws, ThreadPool* pool, const BConvPost& post) const;
   void fill_plan(SparsePlan& sp) const;
+  // The post-ops on one output plane of channel c (the ISA's KernelTable::post_plane).
+  void run_post(float* y, const float* res, size_t n, const BConvPost& p, int c) const;
   // The plan for groups of at most G images (G < geom().G: built once, cached).
   const SparsePlan& plan_for(int G) const;
   void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,

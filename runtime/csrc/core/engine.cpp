@@ -396,7 +396,7 @@ int Engine::rprelu(int t, const float* shift_in, const float* slope, const float
                   const float* __restrict src = in[0] + o;
                   float* __restrict dst = out + o;
                   const float sh = s1[c], sl = a[c], so = s2[c];
-                  // branch-free (v >= 0 ? v : a * v): see apply_post in bconv.cpp
+                  // branch-free (v >= 0 ? v : a * v): see post_plane in kernels_impl.inc
                   for (int i = 0; i < hw; ++i) {
                     const float v = src[i] - sh;
                     dst[i] = (std::max(v, 0.0f) + sl * std::min(v, 0.0f)) + so;
