@@ -96,10 +96,18 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, fl
             const int p = oh * Wo_ + ow, j = p % nr;
             const int n = std::min(nr - j, Wo_ - ow);
             float* d = B + (static_cast<size_t>(p / nr) * K + k) * nr + j;
-            for (int q = 0; q < n; ++q) {
-              const int o = ow + q;
-              d[q] = hin && o >= ow0 && o < ow1 ? xr[o * stride_] : 0.0f;
+            // zeros left of the valid columns, the copy, zeros right of them: three plain
+            // loops (the copy vectorises at stride 1) instead of a select per element
+            const int a0 = hin ? std::min(std::max(ow0 - ow, 0), n) : n;
+            const int a1 = hin ? std::min(std::max(ow1 - ow, a0), n) : n;
+            for (int q = 0; q < a0; ++q) d[q] = 0.0f;
+            if (stride_ == 1) {
+              const float* src = xr + ow;
+              for (int q = a0; q < a1; ++q) d[q] = src[q];
+            } else {
+              for (int q = a0; q < a1; ++q) d[q] = xr[(ow + q) * stride_];
             }
+            for (int q = a1; q < n; ++q) d[q] = 0.0f;
             ow += n;
           }
         }
