@@ -330,7 +330,8 @@ NB_MODULE(_core, m) {
 
   m.def(
       "conv2d",
-      [](FArr x, FArr w, OptF bias, int stride, int padding, int num_threads) {
+      [](FArr x, FArr w, OptF bias, int stride, int padding, int num_threads,
+         const std::string& impl) {
         expect_ndim(x, 4, "x", "(N, Ci, H, W)");
         expect_ndim(w, 4, "weight", "(Co, Ci, kh, kw)");
         if (x.shape(1) != w.shape(1))
@@ -339,7 +340,8 @@ NB_MODULE(_core, m) {
         const int Co = as_int(w.shape(0));
         sbnn::FloatConv conv(w.data(), Co, as_int(w.shape(1)), as_int(w.shape(2)),
                              as_int(w.shape(3)), vec_or_null(bias, Co, "bias", false), stride,
-                             padding, as_int(x.shape(2)), as_int(x.shape(3)));
+                             padding, as_int(x.shape(2)), as_int(x.shape(3)),
+                             sbnn::parse_isa(impl));
         float* y;
         auto out = new_array<float>({x.shape(0), static_cast<size_t>(Co),
                                      static_cast<size_t>(conv.Ho()), static_cast<size_t>(conv.Wo())},
@@ -352,7 +354,9 @@ NB_MODULE(_core, m) {
         return out;
       },
       "x"_a, "weight"_a, "bias"_a = nb::none(), "stride"_a = 1, "padding"_a = 0,
-      "num_threads"_a = 1, "Float conv2d (im2col + blocked GEMM), as the engine runs it.");
+      "num_threads"_a = 1, "impl"_a = "auto",
+      "Float conv2d (im2col into panels + the ISA's register-tiled FMA GEMM), as the engine "
+      "runs it; impl='ref' runs the plain blocked loops.");
 
   nb::class_<PyEngine>(m, "Engine",
                        "Native inference runtime: build a graph op by op (each returns a tensor "
@@ -402,5 +406,33 @@ NB_MODULE(_core, m) {
            "(y, layer_times).")
       .def(
           "layer_times", [](PyEngine& e) { return e.last_times(); },
-          "[(op name, seconds)] of the last run with profile=True, in op order.");
+          "[(op name, seconds)] of the last run with profile=True, in op order.")
+      .def(
+          "layer_info",
+          [](PyEngine& e) {
+            nb::list out;
+            for (const sbnn::LayerInfo& li : e.eng().layer_info()) {
+              nb::dict d;
+              d["name"] = li.name;
+              d["kernel"] = li.kernel;
+              d["isa"] = li.isa;
+              d["sparse_s"] = li.sparse_s;
+              d["dense_s"] = li.dense_s;
+              d["batch"] = li.batch;
+              out.append(d);
+            }
+            return out;
+          },
+          "Per op of the plan the engine runs (fused ops as one, in run order): {name, kernel, "
+          "isa, sparse_s, dense_s, batch}. Binary convs: kernel 'sparse' or 'dense' as chosen "
+          "at the first run of the last batch size (timings of both there, seconds), 'auto' "
+          "before that; float convs: 'gemm:<isa>'.")
+      .def_prop_rw(
+          "fusion", [](PyEngine& e) { return e.eng().fusion(); },
+          [](PyEngine& e, bool on) { e.eng().set_fusion(on); },
+          "Fuse a binary conv with the residual add and hardtanh after it (default True).")
+      .def(
+          "set_choice", [](PyEngine& e, bool on) { e.eng().set_choice(on); }, "on"_a,
+          "Binary convs added after this call: with on (the default) a sparse conv also "
+          "prepares the dense kernel and runs the faster per batch size; off: sparse only.");
 }

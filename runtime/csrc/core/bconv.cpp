@@ -1,5 +1,7 @@
 #include "core/bconv.h"
 
+#include "core/floatops.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -11,9 +13,7 @@
 
 namespace sbnn {
 
-namespace {
-
-const KernelTable& table_for(Isa isa) {
+const KernelTable& kernel_table(Isa isa) {
   switch (isa) {
 #ifdef SBNN_HAVE_X86_KERNELS
     case Isa::Avx512: return kernels_avx512();
@@ -26,6 +26,10 @@ const KernelTable& table_for(Isa isa) {
   }
 }
 
+namespace {
+
+const KernelTable& table_for(Isa isa) { return kernel_table(isa); }
+
 template <typename T>
 std::unique_ptr<T[]> uninit(size_t n) {
   return std::unique_ptr<T[]>(new T[n > 0 ? n : 1]);
@@ -33,10 +37,19 @@ std::unique_ptr<T[]> uninit(size_t n) {
 
 constexpr int kCoBlock = 16;  // output channels per task
 
+BConvPost offset_post(const BConvPost& p, size_t off) {
+  BConvPost q = p;
+  if (q.res) q.res += off;
+  return q;
+}
+
 }  // namespace
 
-ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes) {
-  const int grid_bytes = 8 * vec_bytes;  // one register tile of the sparse kernel
+ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes,
+                   int max_group) {
+  // One register tile of the sparse kernel: 8 vectors of 32 bytes (every x86 table; the scalar
+  // one runs two tiles of 8 x 16). vec_bytes (64 for AVX-512) only pads the dense patches.
+  const int grid_bytes = 8 * 32;
   if (Ci < 1 || H < 1 || W < 1 || kh < 1 || kw < 1)
     throw std::invalid_argument("bconv: channels, spatial size and kernel size must be >= 1");
   if (stride < 1) throw std::invalid_argument("bconv: stride must be >= 1");
@@ -62,7 +75,8 @@ ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, in
   // of each SIMD vector (and each per-filter epilogue) to junk.
   const long rows_img = g.Hs / stride, row_bytes = g.Wph;
   g.G = 1;
-  while (g.G < 64 && ((g.G) * rows_img + g.Ho) * row_bytes <= grid_bytes) ++g.G;
+  const int gmax = std::max(1, std::min(64, max_group));
+  while (g.G < gmax && ((g.G) * rows_img + g.Ho) * row_bytes <= grid_bytes) ++g.G;
   g.Hph = g.G * static_cast<int>(rows_img);
   g.L = ((g.G - 1) * static_cast<int>(rows_img) + g.Ho) * g.Wph;
   g.Lr = (g.L + 63) / 64 * 64;
@@ -106,24 +120,15 @@ BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, cons
 
   const int s = stride, ntaps = kh * kw;
   const ConvGeom& g = g_;
-  auto tap_off = [&](int ky, int kx) {
-    return static_cast<int32_t>(((ky % s) * s + kx % s) * g.phase_size +
-                                static_cast<size_t>(ky / s) * g.Wph + kx / s);
-  };
-  for (int ky = 0; ky < kh; ++ky)
-    for (int kx = 0; kx < kw; ++kx) tap_offsets_.push_back(tap_off(ky, kx));
-
-  // Sparse: one offset per 1-bit, in (ci, ky, kx) order so that reads walk forward in memory.
   start_.assign(Co + 1, 0);
   for (int c = 0; c < Co; ++c) {
-    for (int ci = 0; ci < Ci; ++ci)
-      for (int ky = 0; ky < kh; ++ky)
-        for (int kx = 0; kx < kw; ++kx)
-          if (bits_[((static_cast<size_t>(c) * Ci + ci) * kh + ky) * kw + kx])
-            offsets_.push_back(static_cast<int32_t>(ci * s * s * g.phase_size) +
-                               tap_off(ky, kx));
-    start_[c + 1] = static_cast<int64_t>(offsets_.size());
+    int64_t n = 0;
+    for (size_t q = 0; q < static_cast<size_t>(Ci) * ntaps; ++q)
+      n += bits_[static_cast<size_t>(c) * Ci * ntaps + q];
+    start_[c + 1] = start_[c] + n;
   }
+  full_.g = g_;
+  fill_plan(full_);
 
   if (kind_ == BConvKind::Dense) {
     wpacked_.assign(static_cast<size_t>(Co) * g.Kp, 0);
@@ -183,19 +188,67 @@ BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, cons
   }
 }
 
-void BConvLayer::forward(const float* x, int N, float* y, ThreadPool* pool) const {
-  run(x, N, y, nullptr, nullptr, pool);
+void BConvLayer::fill_plan(SparsePlan& sp) const {
+  const ConvGeom& g = sp.g;
+  const int s = g.stride, kh = g.kh, kw = g.kw, Ci = g.Ci;
+  auto tap_off = [&](int ky, int kx) {
+    return static_cast<int32_t>(((ky % s) * s + kx % s) * g.phase_size +
+                                static_cast<size_t>(ky / s) * g.Wph + kx / s);
+  };
+  sp.tap_offsets.clear();
+  for (int ky = 0; ky < kh; ++ky)
+    for (int kx = 0; kx < kw; ++kx) sp.tap_offsets.push_back(tap_off(ky, kx));
+  // One offset per 1-bit, in (ci, ky, kx) order so that reads walk forward in memory.
+  sp.offsets.clear();
+  sp.offsets.reserve(static_cast<size_t>(start_[Co_]));
+  for (int c = 0; c < Co_; ++c)
+    for (int ci = 0; ci < Ci; ++ci)
+      for (int ky = 0; ky < kh; ++ky)
+        for (int kx = 0; kx < kw; ++kx)
+          if (bits_[((static_cast<size_t>(c) * Ci + ci) * kh + ky) * kw + kx])
+            sp.offsets.push_back(static_cast<int32_t>(ci * s * s * g.phase_size) +
+                                 tap_off(ky, kx));
+}
+
+const SparsePlan& BConvLayer::plan_for(int G) const {
+  if (G >= g_.G) return full_;
+  std::lock_guard<std::mutex> lk(plans_mu_);
+  auto& p = plans_[G];
+  if (!p) {
+    p.reset(new SparsePlan());
+    p->g = make_geom(g_.Ci, g_.H, g_.W, g_.kh, g_.kw, g_.stride, g_.pad,
+                     isa_ == Isa::Avx512 ? 64 : 32, G);
+    fill_plan(*p);
+  }
+  return *p;
+}
+
+void BConvLayer::run_post(float* y, const float* res, size_t n, const BConvPost& p,
+                          int c) const {
+  float rp[3];
+  if (p.rp_in) {
+    rp[0] = p.rp_in[c];
+    rp[1] = p.rp_slope[c];
+    rp[2] = p.rp_out[c];
+  }
+  auto fn = kt_->post_plane ? kt_->post_plane : kernels_scalar().post_plane;
+  fn(y, res, n, p.clamp, p.lo, p.hi, p.rp_in ? rp : nullptr);
+}
+
+void BConvLayer::forward(const float* x, int N, float* y, ThreadPool* pool,
+                         const BConvPost& post) const {
+  run(x, N, y, nullptr, nullptr, pool, post);
 }
 
 void BConvLayer::counts(const float* x, int N, int32_t* cnt, int32_t* ws, ThreadPool* pool) const {
-  run(x, N, nullptr, cnt, ws, pool);
+  run(x, N, nullptr, cnt, ws, pool, BConvPost());
 }
 
 void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
-                     ThreadPool* pool) const {
+                     ThreadPool* pool, const BConvPost& post) const {
   if (N < 0) throw std::invalid_argument("bconv: negative batch");
   if (isa_ == Isa::Ref) {
-    run_reference(x, N, y, cnt, ws);
+    run_reference(x, N, y, cnt, ws, post);
     return;
   }
   const ConvGeom& g = g_;
@@ -207,17 +260,18 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
     // Groups of up to G images share one grid. With several threads, whole groups per thread
     // when there are enough of them (evened out so no thread gets a lone extra group), else
     // output channels.
-    int G = g.G, ngroups = (N + G - 1) / G;
+    int G = std::max(1, std::min(g.G, N)), ngroups = (N + G - 1) / G;
     if (T > 1 && ngroups >= T) {
       ngroups = (ngroups + T - 1) / T * T;
       G = (N + ngroups - 1) / ngroups;
       ngroups = (N + G - 1) / G;
     }
+    const SparsePlan& sp = plan_for(G);
     auto grp = [&](int k, ThreadPool* inner) {
       const size_t n0 = static_cast<size_t>(k) * G;
-      group_sparse(x + n0 * in_sz, std::min(G, N - static_cast<int>(n0)),
+      group_sparse(sp, x + n0 * in_sz, std::min(G, N - static_cast<int>(n0)),
                    y ? y + n0 * out_sz : nullptr, cnt ? cnt + n0 * out_sz : nullptr,
-                   ws ? ws + n0 * P : nullptr, inner);
+                   ws ? ws + n0 * P : nullptr, inner, offset_post(post, n0 * out_sz));
     };
     if (T > 1 && ngroups >= T)
       pool->parallel_for(ngroups, [&](int k) { grp(k, nullptr); });
@@ -227,7 +281,7 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
   }
   auto one = [&](int n, ThreadPool* inner) {
     image_dense(x + n * in_sz, y ? y + n * out_sz : nullptr, cnt ? cnt + n * out_sz : nullptr,
-                ws ? ws + n * P : nullptr, inner);
+                ws ? ws + n * P : nullptr, inner, offset_post(post, n * out_sz));
   };
   // Whole images per thread when the batch covers the threads, else output channels.
   if (T > 1 && N >= T) {
@@ -237,14 +291,15 @@ void BConvLayer::run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
   }
 }
 
-void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
-                              ThreadPool* pool) const {
-  const ConvGeom& g = g_;
+void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, float* y,
+                              int32_t* cnt, int32_t* ws, ThreadPool* pool,
+                              const BConvPost& post) const {
+  const ConvGeom& g = sp.g;
   const int P = g.Ho * g.Wo;
   const size_t rstep = static_cast<size_t>(g.Hs / g.stride) * g.Wph;  // grid offset per image
-  // A partial group only accumulates the rows it needs, in whole vectors of the ISA (64 bytes
-  // for AVX-512, 32 otherwise: 224 rather than 256 bytes at 14x14).
-  const int unit = isa_ == Isa::Avx512 ? 64 : 32;
+  // A partial group only accumulates the rows it needs, in whole 32-byte vectors (224 rather
+  // than 256 bytes at 14x14).
+  const int unit = 32;
   const int Lr = (((nimg - 1) * g.Hs / g.stride + g.Ho) * g.Wph + unit - 1) / unit * unit;
   auto planes = uninit<int8_t>(g.plane_alloc);
   auto ssum = uninit<int16_t>(g.ssum_alloc);
@@ -253,7 +308,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
   auto zeros = std::unique_ptr<int8_t[]>(new int8_t[Lr + 64]());
   auto work = uninit<uint64_t>(g.prep_work_bytes / 8 + 1);
   kt_->sparse_prep(x, nimg, thr_.data(), g, planes.get(), ssum.get(), work.get());
-  kt_->window_sum(ssum.get(), tap_offsets_.data(), static_cast<int>(tap_offsets_.size()), Lr,
+  kt_->window_sum(ssum.get(), sp.tap_offsets.data(), static_cast<int>(sp.tap_offsets.size()), Lr,
                   wsg.get());
   for (int n = 0; n < nimg; ++n)
     for (int oh = 0; oh < g.Ho; ++oh)
@@ -271,7 +326,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
     const int c1 = std::min(Co_, (b + 1) * kCoBlock);
     for (int c = b * kCoBlock; c < c1; ++c) {
       const int64_t n = start_[c + 1] - start_[c];
-      const int32_t* of = offsets_.data() + start_[c];
+      const int32_t* of = sp.offsets.data() + start_[c];
       // int8 counts unless the filter has more 1-bits than int8 holds; an all-zero filter
       // accumulates nothing and costs only its epilogue (xi * wsum + bias).
       const int8_t* a8 = zeros.get();
@@ -293,6 +348,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
           else
             kt_->affine_epilogue8(a8 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
                                   bias_[c], y + o);
+          if (post.active()) run_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
         }
         if (cnt)
           for (int oh = 0; oh < g.Ho; ++oh)
@@ -310,7 +366,7 @@ void BConvLayer::group_sparse(const float* x, int nimg, float* y, int32_t* cnt, 
 }
 
 void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws,
-                             ThreadPool* pool) const {
+                             ThreadPool* pool, const BConvPost& post) const {
   const ConvGeom& g = g_;
   const int P = g.Ho * g.Wo;
   auto plane = uninit<uint64_t>(static_cast<size_t>(g.Hp) * g.Wp * g.Cw);
@@ -334,9 +390,12 @@ void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws
     for (int c = c0; c < c1; ++c) {
       const int32_t* pcc = pc.get() + static_cast<size_t>(c - c0) * P;
       const int32_t* corr = corr_.data() + static_cast<size_t>(c) * nclass_;
-      if (y)
+      if (y) {
+        const size_t o = static_cast<size_t>(c) * P;
         kt_->dense_epilogue(pcc, P, corr, pix_class_.data(), wsf.get(), eta_[c], xi_[c],
-                            bias_[c], y + static_cast<size_t>(c) * P);
+                            bias_[c], y + o);
+        if (post.active()) run_post(y + o, post.res ? post.res + o : nullptr, P, post, c);
+      }
       if (cnt)
         for (int p = 0; p < P; ++p)
           cnt[static_cast<size_t>(c) * P + p] = 2 * pcc[p] - corr[pix_class_[p]];
@@ -349,8 +408,8 @@ void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws
 }
 
 // Straight from the definition: no packing, no phases, no tricks.
-void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt,
-                               int32_t* ws) const {
+void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
+                               const BConvPost& post) const {
   const ConvGeom& g = g_;
   const int kh = g.kh, kw = g.kw;
   const size_t P = static_cast<size_t>(g.Ho) * g.Wo;
@@ -391,9 +450,17 @@ void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt,
       const size_t base = (static_cast<size_t>(n) * Co_ + c) * P;
       for (size_t p = 0; p < P; ++p) {
         if (cnt) cnt[base + p] = c_out[p];
-        if (y)
-          y[base + p] = eta_[c] * static_cast<float>(c_out[p]) +
-                        (xi_[c] * static_cast<float>(wsum[p]) + bias_[c]);
+        if (y) {
+          float v = eta_[c] * static_cast<float>(c_out[p]) +
+                    (xi_[c] * static_cast<float>(wsum[p]) + bias_[c]);
+          if (post.res) v += post.res[base + p];
+          if (post.clamp) v = std::min(std::max(v, post.lo), post.hi);
+          if (post.rp_in) {
+            const float u = v - post.rp_in[c];
+            v = (u >= 0.0f ? u : post.rp_slope[c] * u) + post.rp_out[c];
+          }
+          y[base + p] = v;
+        }
       }
     }
   }

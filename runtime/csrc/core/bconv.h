@@ -5,6 +5,9 @@
 // conv(x, 1) (the window sum over all input channels) is computed once per image and shared.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "core/isa.h"
@@ -15,12 +18,34 @@ namespace sbnn {
 
 enum class BConvKind { Sparse, Dense };
 
+// What the epilogue does after the affine, per output value (the engine's fusion of a following
+// residual add and hardtanh or RPReLU): y += res; y = clamp(y, lo, hi); then, per channel c,
+// v = y - rp_in[c], y = (v >= 0 ? v : rp_slope[c] * v) + rp_out[c]. Each step only when set;
+// res: (N, Co, Ho, Wo), rp_*: (Co).
+struct BConvPost {
+  const float* res = nullptr;
+  bool clamp = false;
+  float lo = -1.0f, hi = 1.0f;
+  const float *rp_in = nullptr, *rp_slope = nullptr, *rp_out = nullptr;
+  bool active() const { return res != nullptr || clamp || rp_in != nullptr; }
+};
+
 // Fills every field of the geometry; throws std::invalid_argument on an empty output.
 // vec_bytes: the kernel ISA's vector (64 AVX-512, else 32). The sparse path stacks as many
 // images (G) as fit an accumulation grid of 8 vectors (at least one image); the dense patches
 // are padded to whole vectors (Kp).
 ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad,
-                   int vec_bytes = 32);
+                   int vec_bytes = 32, int max_group = 64);
+
+// The sparse kernel's layout for one group size: its geometry and the 1-bit offsets into its
+// planes (which depend on the plane size, hence on G). A batch smaller than the full group
+// (batch 1 at 4x4: 1 image, room for 16) gets a plan with G = that batch, so the planes it
+// clears, fills and sums are not mostly empty rows of absent images.
+struct SparsePlan {
+  ConvGeom g;
+  std::vector<int32_t> offsets;      // per filter: offsets[start[c] .. start[c+1])
+  std::vector<int32_t> tap_offsets;  // one per tap, into the channel-sum planes
+};
 
 class BConvLayer {
  public:
@@ -30,8 +55,10 @@ class BConvLayer {
              const float* xi, const float* bias, const float* thr, int stride, int pad, int H,
              int W, BConvKind kind, Isa isa);
 
-  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo).
-  void forward(const float* x, int N, float* y, ThreadPool* pool) const;
+  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo), then post (if any) on each output plane while it is
+  // still in L1.
+  void forward(const float* x, int N, float* y, ThreadPool* pool,
+               const BConvPost& post = BConvPost()) const;
   // The integer parts: cnt (N, Co, Ho, Wo) = conv(x, b), ws (N, Ho, Wo) = conv(x, 1).
   void counts(const float* x, int N, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
 
@@ -39,15 +66,24 @@ class BConvLayer {
   int out_channels() const { return Co_; }
   Isa isa() const { return isa_; }
   BConvKind kind() const { return kind_; }
-  int64_t ones() const { return static_cast<int64_t>(offsets_.size()); }
+  int64_t ones() const { return static_cast<int64_t>(full_.offsets.size()); }
 
  private:
-  void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
-  void run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws) const;
-  // nimg <= G images stacked in one grid; y, cnt, ws point at the group's first image.
-  void group_sparse(const float* x, int nimg, float* y, int32_t* cnt, int32_t* ws,
-                    ThreadPool* pool) const;
-  void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool) const;
+  void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,
+           const BConvPost& post) const;
+  void run_reference(const float* x, int N, float* y, int32_t* cnt, int32_t* ws,
+                     const BConvPost& post) const;
+  // nimg <= G images stacked in one grid; y, cnt, ws (and post.res) point at the group's first
+  // image.
+  void group_sparse(const SparsePlan& sp, const float* x, int nimg, float* y, int32_t* cnt,
+                    int32_t* ws, ThreadPool* pool, const BConvPost& post) const;
+  void fill_plan(SparsePlan& sp) const;
+  // The post-ops on one output plane of channel c (the ISA's KernelTable::post_plane).
+  void run_post(float* y, const float* res, size_t n, const BConvPost& p, int c) const;
+  // The plan for groups of at most G images (G < geom().G: built once, cached).
+  const SparsePlan& plan_for(int G) const;
+  void image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,
+                   const BConvPost& post) const;
 
   int Co_;
   ConvGeom g_;
@@ -57,9 +93,10 @@ class BConvLayer {
   std::vector<uint8_t> bits_;
   std::vector<float> eta_, xi_, bias_, thr_;
   // sparse: offsets of the 1-bits of filter c are offsets_[start_[c] .. start_[c+1])
-  std::vector<int32_t> offsets_;
+  SparsePlan full_;  // G = geom().G
   std::vector<int64_t> start_;
-  std::vector<int32_t> tap_offsets_;  // one per tap, into the channel-sum planes
+  mutable std::mutex plans_mu_;
+  mutable std::map<int, std::unique_ptr<SparsePlan>> plans_;  // smaller G
   // dense: packed filters (Co, Kp), pixel classes (which taps are inside the image) and, per
   // filter and class, the number of 1-bits on the valid taps.
   std::vector<uint64_t> wpacked_;

@@ -76,10 +76,202 @@ const TensorShape& Engine::output_shape() const {
   return shapes_[output_];
 }
 
-int Engine::push(std::string name, std::vector<int> inputs, const TensorShape& out, Fn fn) {
+int Engine::push(std::string name, std::vector<int> inputs, const TensorShape& out, Fn fn,
+                 Kind kind) {
   const int t = add_tensor(out);
-  ops_.push_back(Op{std::move(name), std::move(inputs), t, std::move(fn)});
+  Op op;
+  op.name = std::move(name);
+  op.inputs = std::move(inputs);
+  op.output = t;
+  op.fn = std::move(fn);
+  op.kind = kind;
+  ops_.push_back(std::move(op));
+  plan_valid_ = false;
   return t;
+}
+
+// ------------------------------------------------------------------ binary conv: kernel choice
+// Rounds of (sparse, dense) timing calls; the best of each decides, so a choice survives up to
+// kChoiceRounds - 1 preempted calls of the faster kernel on a shared machine.
+constexpr int kChoiceRounds = 5;
+
+void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post) {
+  if (!sparse || !dense) {
+    (sparse ? sparse : dense)->forward(x, N, y, pool, post);
+    return;
+  }
+  bool use_d;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    auto it = use_dense.find(N);
+    if (it == use_dense.end()) {
+      // First run at this batch size: time both on this input, interleaved; every call writes
+      // the full (correct) output, so the last one leaves y right whichever wins.
+      using clk = std::chrono::steady_clock;
+      double ts = 1e30, td = 1e30;
+      for (int r = 0; r < kChoiceRounds; ++r) {
+        auto t0 = clk::now();
+        sparse->forward(x, N, y, pool, post);
+        auto t1 = clk::now();
+        dense->forward(x, N, y, pool, post);
+        auto t2 = clk::now();
+        ts = std::min(ts, std::chrono::duration<double>(t1 - t0).count());
+        td = std::min(td, std::chrono::duration<double>(t2 - t1).count());
+      }
+      t_sparse = ts;
+      t_dense = td;
+      use_dense[N] = td < ts;
+      last_n = N;
+      if (td < ts) return;  // y already holds the dense result, the last call
+      sparse->forward(x, N, y, pool, post);
+      return;
+    }
+    use_d = it->second;
+    last_n = N;
+  }
+  (use_d ? dense : sparse)->forward(x, N, y, pool, post);
+}
+
+std::string BConvOp::kernel() const {
+  if (!sparse || !dense) return sparse ? "sparse" : "dense";
+  auto it = use_dense.find(last_n);
+  if (it == use_dense.end()) return "auto";
+  return it->second ? "dense" : "sparse";
+}
+
+void Engine::set_fusion(bool on) {
+  if (on != fuse_) plan_valid_ = false;
+  fuse_ = on;
+}
+
+// The fusion pass: a binary conv whose output only feeds an add (a residual), and whose sum
+// (or its own output) only feeds a hardtanh or an RPReLU, becomes one op at the place of the
+// last of them; its epilogue adds the add's other operand and applies the activation. A float
+// conv whose output only feeds a hardtanh clamps in its GEMM tasks. Inputs of the fused op are all
+// produced before that place, so the order stays valid.
+const std::vector<Engine::Op>& Engine::plan() const {
+  std::lock_guard<std::mutex> lk(plan_mu_);
+  if (plan_valid_) return plan_;
+  const int nt = static_cast<int>(shapes_.size()), no = static_cast<int>(ops_.size());
+  std::vector<int> ncons(nt, 0), consumer(nt, -1);
+  for (int i = 0; i < no; ++i)
+    for (int t : ops_[i].inputs) {
+      ++ncons[t];
+      consumer[t] = i;
+    }
+  if (output_ >= 0) ++ncons[output_];
+  std::vector<bool> removed(no, false), placed(no, false);
+  std::vector<Op> at(no);
+  ThreadPool* pool = &pool_;
+  for (int i = 0; i < no; ++i) {
+    if (removed[i]) continue;
+    Op op = ops_[i];
+    int pos = i;
+    if (fuse_ && op.kind == Kind::BConv) {
+      int t = op.output, res = -1;
+      bool clamp = false;
+      float lo = 0.0f, hi = 0.0f;
+      std::string name = op.name;
+      auto sole = [&](int tt, Kind k) {
+        const int c = consumer[tt];
+        return ncons[tt] == 1 && c >= 0 && !removed[c] && ops_[c].kind == k ? c : -1;
+      };
+      const int a = sole(t, Kind::Add);
+      if (a >= 0) {
+        const Op& ad = ops_[a];
+        const int other = ad.inputs[0] == t ? ad.inputs[1] : ad.inputs[0];
+        if (other != t) {
+          res = other;
+          removed[a] = true;
+          pos = a;
+          t = ad.output;
+          name += "+add";
+        }
+      }
+      const int h = sole(t, Kind::Hardtanh);
+      if (h >= 0) {
+        clamp = true;
+        lo = ops_[h].lo;
+        hi = ops_[h].hi;
+        removed[h] = true;
+        pos = h;
+        t = ops_[h].output;
+        name += "+hardtanh";
+      }
+      std::shared_ptr<const std::vector<float>> rp;
+      const int r = h >= 0 ? -1 : sole(t, Kind::RPReLU);
+      if (r >= 0) {
+        rp = ops_[r].rp;
+        removed[r] = true;
+        pos = r;
+        t = ops_[r].output;
+        name += "+rprelu";
+      }
+      if (pos != i) {
+        std::shared_ptr<BConvOp> b = op.bconv;
+        op.name = name;
+        op.output = t;
+        if (res >= 0) op.inputs.push_back(res);
+        const bool has_res = res >= 0;
+        const int C = shapes_[t].C;
+        op.fn = [b, pool, has_res, clamp, lo, hi, rp, C](const std::vector<const float*>& in,
+                                                       float* out, int N) {
+          BConvPost p;
+          p.res = has_res ? in[1] : nullptr;
+          p.clamp = clamp;
+          p.lo = lo;
+          p.hi = hi;
+          if (rp) {
+            p.rp_in = rp->data();
+            p.rp_slope = rp->data() + C;
+            p.rp_out = rp->data() + 2 * C;
+          }
+          b->run(in[0], N, out, pool, p);
+        };
+      }
+    }
+    if (fuse_ && op.kind == Kind::FloatConv) {  // float conv + hardtanh (the stem)
+      const int t = op.output, c = consumer[t];
+      if (ncons[t] == 1 && c >= 0 && !removed[c] && ops_[c].kind == Kind::Hardtanh) {
+        std::shared_ptr<FloatConv> fc = op.fconv;
+        const float lo = ops_[c].lo, hi = ops_[c].hi;
+        removed[c] = true;
+        pos = c;
+        op.output = ops_[c].output;
+        op.name += "+hardtanh";
+        op.fn = [fc, pool, lo, hi](const std::vector<const float*>& in, float* out, int N) {
+          fc->forward(in[0], N, out, pool, true, lo, hi);
+        };
+      }
+    }
+    at[pos] = std::move(op);
+    placed[pos] = true;
+  }
+  plan_.clear();
+  for (int i = 0; i < no; ++i)
+    if (placed[i]) plan_.push_back(std::move(at[i]));
+  plan_valid_ = true;
+  return plan_;
+}
+
+std::vector<LayerInfo> Engine::layer_info() {
+  std::vector<LayerInfo> out;
+  for (const Op& op : plan()) {
+    LayerInfo li;
+    li.name = op.name;
+    li.kernel = op.kernel;
+    if (op.bconv) {
+      std::lock_guard<std::mutex> lk(op.bconv->mu);
+      li.kernel = op.bconv->kernel();
+      const BConvLayer& l = op.bconv->sparse ? *op.bconv->sparse : *op.bconv->dense;
+      li.isa = isa_name(l.isa());
+      li.sparse_s = op.bconv->t_sparse;
+      li.dense_s = op.bconv->t_dense;
+      li.batch = op.bconv->last_n;
+    }
+    out.push_back(std::move(li));
+  }
+  return out;
 }
 
 int Engine::input(int C, int H, int W) {
@@ -99,10 +291,14 @@ int Engine::conv2d(int t, const float* w, int Co, int Ci, int kh, int kw, const 
                             s.str());
   auto conv = std::make_shared<FloatConv>(w, Co, Ci, kh, kw, bias, stride, pad, s.H, s.W);
   ThreadPool* pool = &pool_;
-  return push("conv2d", {t}, TensorShape{Co, conv->Ho(), conv->Wo(), false},
-              [conv, pool](const std::vector<const float*>& in, float* out, int N) {
-                conv->forward(in[0], N, out, pool);
-              });
+  const int r = push("conv2d", {t}, TensorShape{Co, conv->Ho(), conv->Wo(), false},
+                     [conv, pool](const std::vector<const float*>& in, float* out, int N) {
+                       conv->forward(in[0], N, out, pool);
+                     },
+                     Kind::FloatConv);
+  ops_.back().kernel = std::string("gemm:") + conv->gemm_name();
+  ops_.back().fconv = conv;
+  return r;
 }
 
 int Engine::sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
@@ -114,15 +310,25 @@ int Engine::sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw,
   if (Ci != s.C)
     throw err("sbconv2d", "bits have " + std::to_string(Ci) + " input channels, tensor is " +
                               s.str());
-  auto layer = std::make_shared<BConvLayer>(bits, Co, Ci, kh, kw, eta, xi, bias, thr, stride, pad,
-                                            s.H, s.W,
-                                            sparse ? BConvKind::Sparse : BConvKind::Dense, isa);
+  auto b = std::make_shared<BConvOp>();
+  auto make = [&](BConvKind k) {
+    return std::make_shared<BConvLayer>(bits, Co, Ci, kh, kw, eta, xi, bias, thr, stride, pad,
+                                        s.H, s.W, k, isa);
+  };
+  if (sparse) b->sparse = make(BConvKind::Sparse);
+  // The reference ISA has one kernel; otherwise a sparse conv may still run dense where
+  // that is faster (choice at the first run of each batch size).
+  if (!sparse || (choose_ && isa != Isa::Ref)) b->dense = make(BConvKind::Dense);
   ThreadPool* pool = &pool_;
-  const ConvGeom& g = layer->geom();
-  return push(sparse ? "sbconv2d" : "bconv2d_dense", {t}, TensorShape{Co, g.Ho, g.Wo, false},
-              [layer, pool](const std::vector<const float*>& in, float* out, int N) {
-                layer->forward(in[0], N, out, pool);
-              });
+  const ConvGeom& g = (b->sparse ? b->sparse : b->dense)->geom();
+  const int r = push(sparse ? "sbconv2d" : "bconv2d_dense", {t},
+                     TensorShape{Co, g.Ho, g.Wo, false},
+                     [b, pool](const std::vector<const float*>& in, float* out, int N) {
+                       b->run(in[0], N, out, pool, BConvPost());
+                     },
+                     Kind::BConv);
+  ops_.back().bconv = b;
+  return r;
 }
 
 int Engine::affine(int t, const float* scale, const float* shift, int C) {
@@ -138,7 +344,10 @@ int Engine::affine(int t, const float* scale, const float* shift, int C) {
               [a, b, s, hw, pool](const std::vector<const float*>& in, float* out, int N) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const size_t o = (static_cast<size_t>(n) * s.C + c) * hw;
-                  for (int i = 0; i < hw; ++i) out[o + i] = in[0][o + i] * a[c] + b[c];
+                  const float* __restrict src = in[0] + o;
+                  float* __restrict dst = out + o;
+                  const float sc = a[c], sh = b[c];
+                  for (int i = 0; i < hw; ++i) dst[i] = src[i] * sc + sh;
                 });
               });
 }
@@ -147,11 +356,16 @@ int Engine::hardtanh(int t, float lo, float hi) {
   check_tensor(t, "hardtanh");
   if (!(lo <= hi)) throw err("hardtanh", "lo must be <= hi");
   const TensorShape s = shapes_[t];
-  return push("hardtanh", {t}, s, [s, lo, hi](const std::vector<const float*>& in, float* out,
-                                              int N) {
-    const size_t n = static_cast<size_t>(N) * s.numel();
-    for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(in[0][i], lo), hi);
-  });
+  const int r = push("hardtanh", {t}, s,
+                     [s, lo, hi](const std::vector<const float*>& in, float* out, int N) {
+                       const size_t n = static_cast<size_t>(N) * s.numel();
+                       for (size_t i = 0; i < n; ++i)
+                         out[i] = std::min(std::max(in[0][i], lo), hi);
+                     },
+                     Kind::Hardtanh);
+  ops_.back().lo = lo;
+  ops_.back().hi = hi;
+  return r;
 }
 
 int Engine::relu(int t) {
@@ -171,18 +385,28 @@ int Engine::rprelu(int t, const float* shift_in, const float* slope, const float
     throw err("rprelu", "parameters have " + std::to_string(C) + " entries, tensor is " +
                             s.str());
   std::vector<float> s1(shift_in, shift_in + C), a(slope, slope + C), s2(shift_out, shift_out + C);
+  auto all = std::make_shared<std::vector<float>>(s1);
+  all->insert(all->end(), a.begin(), a.end());
+  all->insert(all->end(), s2.begin(), s2.end());
   ThreadPool* pool = &pool_;
   const int hw = s.H * s.W;
-  return push("rprelu", {t}, s,
+  const int r = push("rprelu", {t}, s,
               [s1, a, s2, s, hw, pool](const std::vector<const float*>& in, float* out, int N) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const size_t o = (static_cast<size_t>(n) * s.C + c) * hw;
+                  const float* __restrict src = in[0] + o;
+                  float* __restrict dst = out + o;
+                  const float sh = s1[c], sl = a[c], so = s2[c];
+                  // branch-free (v >= 0 ? v : a * v): see post_plane in kernels_impl.inc
                   for (int i = 0; i < hw; ++i) {
-                    const float v = in[0][o + i] - s1[c];
-                    out[o + i] = (v >= 0.0f ? v : a[c] * v) + s2[c];
+                    const float v = src[i] - sh;
+                    dst[i] = (std::max(v, 0.0f) + sl * std::min(v, 0.0f)) + so;
                   }
                 });
-              });
+              },
+              Kind::RPReLU);
+  ops_.back().rp = all;
+  return r;
 }
 
 int Engine::add(int a, int b) {
@@ -191,10 +415,13 @@ int Engine::add(int a, int b) {
   const TensorShape sa = shapes_[a], sb = shapes_[b];
   if (sa.C != sb.C || sa.H != sb.H || sa.W != sb.W || sa.flat != sb.flat)
     throw err("add", "shape mismatch " + sa.str() + " vs " + sb.str());
-  return push("add", {a, b}, sa, [sa](const std::vector<const float*>& in, float* out, int N) {
-    const size_t n = static_cast<size_t>(N) * sa.numel();
-    for (size_t i = 0; i < n; ++i) out[i] = in[0][i] + in[1][i];
-  });
+  return push(
+      "add", {a, b}, sa,
+      [sa](const std::vector<const float*>& in, float* out, int N) {
+        const size_t n = static_cast<size_t>(N) * sa.numel();
+        for (size_t i = 0; i < n; ++i) out[i] = in[0][i] + in[1][i];
+      },
+      Kind::Add);
 }
 
 int Engine::avgpool(int t, int k, int stride, int pad, bool count_include_pad) {
@@ -208,6 +435,16 @@ int Engine::avgpool(int t, int k, int stride, int pad, bool count_include_pad) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
                   float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
+                  if (k == 2 && stride == 2 && pad == 0) {  // the ReActNet shortcut: no borders
+                    for (int oh = 0; oh < Ho; ++oh) {
+                      const float* r0 = x + static_cast<size_t>(2 * oh) * s.W;
+                      const float* r1 = r0 + s.W;
+                      for (int ow = 0; ow < Wo; ++ow)
+                        y[oh * Wo + ow] =
+                            (((r0[2 * ow] + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / 4.0f;
+                    }
+                    return;
+                  }
                   for (int oh = 0; oh < Ho; ++oh)
                     for (int ow = 0; ow < Wo; ++ow) {
                       float sum = 0.0f;
@@ -304,24 +541,27 @@ int Engine::linear(int t, const float* w, int O, int I, const float* bias) {
 void Engine::set_output(int t) {
   check_tensor(t, "set_output");
   output_ = t;
+  plan_valid_ = false;
 }
 
 void Engine::run(const float* x, int N, float* y, LayerTimes* times) const {
   const TensorShape& out_shape = output_shape();
   input_shape();
   const int nt = static_cast<int>(shapes_.size());
+  const std::vector<Op>& ops = plan();
   // Last op reading each tensor, so that buffers go back to the free list early. (The loader's
-  // memory limit simulates this reuse: sbnn_runtime.ops._activation_elems.)
+  // memory limit simulates this reuse on the unfused graph, an upper bound:
+  // sbnn_runtime.ops._activation_elems.)
   std::vector<int> last_use(nt, -1);
-  for (int i = 0; i < static_cast<int>(ops_.size()); ++i)
-    for (int t : ops_[i].inputs) last_use[t] = i;
+  for (int i = 0; i < static_cast<int>(ops.size()); ++i)
+    for (int t : ops[i].inputs) last_use[t] = i;
   std::vector<std::vector<float>> bufs(nt);
   std::vector<std::vector<float>> free_list;
   std::vector<const float*> ptr(nt, nullptr);
   ptr[input_] = x;
   if (times) times->clear();
-  for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
-    const Op& op = ops_[i];
+  for (int i = 0; i < static_cast<int>(ops.size()); ++i) {
+    const Op& op = ops[i];
     const size_t need = static_cast<size_t>(N) * shapes_[op.output].numel();
     std::vector<float> buf;
     for (size_t f = 0; f < free_list.size(); ++f)

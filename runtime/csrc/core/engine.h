@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +22,28 @@ struct TensorShape {
   bool flat = false;  // (C,) feature vector, H = W = 1
   size_t numel() const { return static_cast<size_t>(C) * H * W; }
   std::string str() const;
+};
+
+// One binary conv of the graph: the layer(s) it may run and, when both a sparse and a dense
+// kernel are there, which one each batch size runs, settled at the first run of that batch size
+// by timing both on that very input (interleaved, best of 5 calls each: a preempted call
+// cannot decide it) and cached. sparse=False in the engine keeps the dense layer only.
+struct BConvOp {
+  std::shared_ptr<BConvLayer> sparse, dense;  // either may be null, not both
+  void run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post);
+  // The kernel the last run used ("sparse", "dense"; "auto" before any run with a choice).
+  std::string kernel() const;
+  std::mutex mu;
+  std::map<int, bool> use_dense;  // per batch size
+  int last_n = -1;
+  double t_sparse = -1.0, t_dense = -1.0;  // seconds, best of the timing calls (last choice)
+};
+
+// Per op of the running plan (after fusion): what it is and which kernel runs it.
+struct LayerInfo {
+  std::string name, kernel, isa;
+  double sparse_s = -1.0, dense_s = -1.0;  // binary convs with a choice: the timings it used
+  int batch = -1;                          // the batch size those timings were taken at
 };
 
 class Engine {
@@ -48,7 +72,7 @@ class Engine {
   const TensorShape& input_shape() const;
   const TensorShape& output_shape() const;
   int num_threads() const { return pool_.size(); }
-  int num_ops() const { return static_cast<int>(ops_.size()); }
+  int num_ops() { return static_cast<int>(plan().size()); }  // after fusion
 
   using LayerTimes = std::vector<std::pair<std::string, double>>;
   // x: (N, C, H, W) matching input(); y: N * output numel floats; times, when given, gets the
@@ -57,19 +81,45 @@ class Engine {
   // parallel section at a time. Adding ops while a run is in flight is not allowed.
   void run(const float* x, int N, float* y, LayerTimes* times = nullptr) const;
 
+  // Per op of the plan the engine runs (fused ops as one).
+  std::vector<LayerInfo> layer_info();
+  // Fusion of a binary conv with the residual add and the hardtanh or RPReLU that follow it (on
+  // by default): the conv's epilogue adds the other operand and applies the activation, two
+  // passes over the activations fewer.
+  void set_fusion(bool on);
+  bool fusion() const { return fuse_; }
+  // Sparse binary convs time the dense kernel too at the first run of a batch size and keep
+  // the faster (on by default); off: the sparse kernel always.
+  void set_choice(bool on) { choose_ = on; }
  private:
   using Fn = std::function<void(const std::vector<const float*>&, float*, int)>;
+  enum class Kind { Other, BConv, FloatConv, Add, Hardtanh, RPReLU };
   struct Op {
     std::string name;
     std::vector<int> inputs;
     int output;
     Fn fn;
+    Kind kind = Kind::Other;
+    std::shared_ptr<BConvOp> bconv;  // Kind::BConv
+    std::shared_ptr<FloatConv> fconv;  // Kind::FloatConv
+    float lo = 0.0f, hi = 0.0f;      // Kind::Hardtanh
+    std::shared_ptr<const std::vector<float>> rp;  // Kind::RPReLU: shift_in, slope, shift_out
+    std::string kernel;              // what runs it (layer_info)
   };
   int add_tensor(const TensorShape& s);
   void check_tensor(int t, const char* op) const;
-  int push(std::string name, std::vector<int> inputs, const TensorShape& out, Fn fn);
+  int push(std::string name, std::vector<int> inputs, const TensorShape& out, Fn fn,
+           Kind kind = Kind::Other);
+  // ops_ after fusion, built on first use after the graph changed (under plan_mu_, so that
+  // concurrent runs of a built engine share one plan).
+  const std::vector<Op>& plan() const;
 
-  ThreadPool pool_;
+  bool fuse_ = true, choose_ = true;
+  mutable std::mutex plan_mu_;
+  mutable std::vector<Op> plan_;
+  mutable bool plan_valid_ = false;
+
+  mutable ThreadPool pool_;  // internally synchronised: one parallel_for at a time
   std::vector<TensorShape> shapes_;
   std::vector<Op> ops_;
   int input_ = -1, output_ = -1;

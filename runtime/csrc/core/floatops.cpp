@@ -102,8 +102,8 @@ void gemm_f32(const float* w, int K, const float* col, int P, const float* bias,
 #endif  // __aarch64__
 
 FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias, int stride,
-                     int pad, int H, int W)
-    : Co_(Co), Ci_(Ci), kh_(kh), kw_(kw), stride_(stride), pad_(pad), H_(H), W_(W) {
+                     int pad, int H, int W, Isa isa)
+    : Co_(Co), Ci_(Ci), kh_(kh), kw_(kw), stride_(stride), pad_(pad), H_(H), W_(W), isa_(isa) {
   if (Co < 1 || Ci < 1 || kh < 1 || kw < 1)
     throw std::invalid_argument("conv2d: weight dimensions must be >= 1");
   if (stride < 1 || pad < 0) throw std::invalid_argument("conv2d: stride >= 1 and padding >= 0");
@@ -111,11 +111,98 @@ FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float
   Wo_ = (W + 2 * pad - kw) / stride + 1;
   if (H + 2 * pad < kh || W + 2 * pad < kw || Ho_ < 1 || Wo_ < 1)
     throw std::invalid_argument("conv2d: kernel larger than the padded input");
+  if (!isa_supported(isa))
+    throw std::invalid_argument(std::string("conv2d: impl '") + isa_name(isa) +
+                                "' is not supported by this CPU");
   w_.assign(w, w + static_cast<size_t>(Co) * Ci * kh * kw);
   if (bias) bias_.assign(bias, bias + Co);
+  if (isa_ == Isa::Ref) return;
+  kt_ = &kernel_table(isa_);
+  if (!kt_->sgemm) kt_ = &kernels_scalar();
+  const int mr = kt_->sgemm_mr, vl = kt_->sgemm_vl, K = Ci * kh * kw;
+  // One vector of columns when a whole image fits it (4x4 maps: 16 pixels), else two.
+  nr_ = Ho_ * Wo_ <= vl ? vl : 2 * vl;
+  const int npan = (Co + mr - 1) / mr;
+  apack_.assign(static_cast<size_t>(npan) * K * mr, 0.0f);
+  for (int c = 0; c < Co; ++c)
+    for (int k = 0; k < K; ++k)
+      apack_[(static_cast<size_t>(c / mr) * K + k) * mr + c % mr] =
+          w_[static_cast<size_t>(c) * K + k];
 }
 
-void FloatConv::image(const float* x, float* y, ThreadPool* pool) const {
+void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo,
+                      float hi) const {
+  if (isa_ == Isa::Ref) {
+    image_ref(x, y, pool);
+    if (clamp)
+      for (size_t i = 0; i < static_cast<size_t>(Co_) * Ho_ * Wo_; ++i)
+        y[i] = std::min(std::max(y[i], lo), hi);
+    return;
+  }
+  const int P = Ho_ * Wo_, K = Ci_ * kh_ * kw_, nr = nr_, mr = kt_->sgemm_mr;
+  const int njb = (P + nr - 1) / nr;
+  // x (Ci, H, W) -> column panels Bp[jb][k][j] = x[ci][oh*s + ky - pad][ow*s + kx - pad] of
+  // pixel p = jb*nr + j = oh*Wo + ow, k = (ci*kh + ky)*kw + kx; zero in the padding and in the
+  // columns past P.
+  std::unique_ptr<float[]> bp(new float[static_cast<size_t>(njb) * K * nr]);
+  float* B = bp.get();
+  if (P % nr) std::fill(B + static_cast<size_t>(njb - 1) * K * nr, B + static_cast<size_t>(njb) * K * nr, 0.0f);
+  for (int ci = 0; ci < Ci_; ++ci)
+    for (int ky = 0; ky < kh_; ++ky)
+      for (int kx = 0; kx < kw_; ++kx) {
+        const int k = (ci * kh_ + ky) * kw_ + kx;
+        const float* xc = x + static_cast<size_t>(ci) * H_ * W_;
+        // Valid output columns of this tap: ow*s + kx - pad in [0, W).
+        const int ow0 = std::min(Wo_, std::max(0, (pad_ - kx + stride_ - 1) / stride_));
+        const int ow1 = std::max(ow0, std::min(Wo_, (W_ - 1 + pad_ - kx) / stride_ + 1));
+        for (int oh = 0; oh < Ho_; ++oh) {
+          const int h = oh * stride_ + ky - pad_;
+          const bool hin = h >= 0 && h < H_;
+          const float* xr = xc + static_cast<size_t>(hin ? h : 0) * W_ + (kx - pad_);
+          // Runs of one output row that stay inside one panel are contiguous there.
+          for (int ow = 0; ow < Wo_;) {
+            const int p = oh * Wo_ + ow, j = p % nr;
+            const int n = std::min(nr - j, Wo_ - ow);
+            float* d = B + (static_cast<size_t>(p / nr) * K + k) * nr + j;
+            // zeros left of the valid columns, the copy, zeros right of them: three plain
+            // loops (the copy vectorises at stride 1) instead of a select per element
+            const int a0 = hin ? std::min(std::max(ow0 - ow, 0), n) : n;
+            const int a1 = hin ? std::min(std::max(ow1 - ow, a0), n) : n;
+            for (int q = 0; q < a0; ++q) d[q] = 0.0f;
+            if (stride_ == 1) {
+              const float* src = xr + ow;
+              for (int q = a0; q < a1; ++q) d[q] = src[q];
+            } else {
+              for (int q = a0; q < a1; ++q) d[q] = xr[(ow + q) * stride_];
+            }
+            for (int q = a1; q < n; ++q) d[q] = 0.0f;
+            ow += n;
+          }
+        }
+      }
+  const float* bias = bias_.empty() ? nullptr : bias_.data();
+  const int npan = (Co_ + mr - 1) / mr;
+  const int T = pool ? pool->size() : 1;
+  // Whole A panels per task: several tasks per thread for balance, one when single-threaded.
+  const int ppt = T > 1 ? std::max(1, npan / (2 * T)) : npan;
+  const int ntask = (npan + ppt - 1) / ppt;
+  auto task = [&](int t) {
+    const int i0 = t * ppt * mr, i1 = std::min(Co_, (t + 1) * ppt * mr);
+    kt_->sgemm(apack_.data() + static_cast<size_t>(t) * ppt * K * mr, B, i1 - i0, P, K, nr,
+               bias ? bias + i0 : nullptr, y + static_cast<size_t>(i0) * P, P);
+    if (clamp) {
+      float* r = y + static_cast<size_t>(i0) * P;
+      for (size_t i = 0; i < static_cast<size_t>(i1 - i0) * P; ++i)
+        r[i] = std::min(std::max(r[i], lo), hi);
+    }
+  };
+  if (T > 1 && ntask > 1)
+    pool->parallel_for(ntask, task);
+  else
+    for (int t = 0; t < ntask; ++t) task(t);
+}
+
+void FloatConv::image_ref(const float* x, float* y, ThreadPool* pool) const {
   const int P = Ho_ * Wo_, K = Ci_ * kh_ * kw_;
   const bool direct = kh_ == 1 && kw_ == 1 && stride_ == 1 && pad_ == 0;
   std::unique_ptr<float[]> colbuf;
@@ -151,13 +238,16 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool) const {
     for (int b = 0; b < nblk; ++b) block(b);
 }
 
-void FloatConv::forward(const float* x, int N, float* y, ThreadPool* pool) const {
+void FloatConv::forward(const float* x, int N, float* y, ThreadPool* pool, bool clamp, float lo,
+                        float hi) const {
   const size_t in_sz = static_cast<size_t>(Ci_) * H_ * W_;
   const size_t out_sz = static_cast<size_t>(Co_) * Ho_ * Wo_;
   if (pool && pool->size() > 1 && N >= pool->size()) {
-    pool->parallel_for(N, [&](int n) { image(x + n * in_sz, y + n * out_sz, nullptr); });
+    pool->parallel_for(N, [&](int n) {
+      image(x + n * in_sz, y + n * out_sz, nullptr, clamp, lo, hi);
+    });
   } else {
-    for (int n = 0; n < N; ++n) image(x + n * in_sz, y + n * out_sz, pool);
+    for (int n = 0; n < N; ++n) image(x + n * in_sz, y + n * out_sz, pool, clamp, lo, hi);
   }
 }
 

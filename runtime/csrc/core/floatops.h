@@ -2,25 +2,42 @@
 #pragma once
 #include <vector>
 
+#include "core/isa.h"
+#include "core/kernels.h"
 #include "core/threadpool.h"
 
 namespace sbnn {
 
+// Float conv2d: im2col written straight into the GEMM's column panels, then the ISA's register-
+// tiled FMA GEMM (KernelTable::sgemm) against the weights packed once here. Isa::Ref runs the
+// plain blocked loops of gemm_f32 (the reference twin).
 class FloatConv {
  public:
   // w: (Co, Ci, kh, kw), bias: (Co) or null.
   FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias, int stride, int pad,
-            int H, int W);
-  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo)
-  void forward(const float* x, int N, float* y, ThreadPool* pool) const;
+            int H, int W, Isa isa = default_isa());
+  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo); with clamp, y = min(max(y, lo), hi) on the rows
+  // of each GEMM task while they are in cache (the engine's conv + hardtanh fusion).
+  void forward(const float* x, int N, float* y, ThreadPool* pool, bool clamp = false,
+               float lo = 0.0f, float hi = 0.0f) const;
   int Ho() const { return Ho_; }
   int Wo() const { return Wo_; }
+  // The GEMM that runs it: the table's name (ISA), or "ref".
+  const char* gemm_name() const { return kt_ ? kt_->name : "ref"; }
 
  private:
-  void image(const float* x, float* y, ThreadPool* pool) const;
+  void image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo, float hi) const;
+  void image_ref(const float* x, float* y, ThreadPool* pool) const;
   int Co_, Ci_, kh_, kw_, stride_, pad_, H_, W_, Ho_, Wo_;
+  Isa isa_;
+  const KernelTable* kt_ = nullptr;  // the table whose sgemm runs (scalar when the ISA has none)
+  int nr_ = 0;                       // columns per B panel
   std::vector<float> w_, bias_;
+  std::vector<float> apack_;  // w in panels of kt_->sgemm_mr rows: [ib][k][r]
 };
+
+// The kernel table of an ISA (scalar for Ref); defined in bconv.cpp.
+const KernelTable& kernel_table(Isa isa);
 
 // y (Co-block rows) = bias + w (rows c0..c1 of (Co, K)) @ col (K, P)
 void gemm_f32(const float* w, int K, const float* col, int P, const float* bias, int c0, int c1,

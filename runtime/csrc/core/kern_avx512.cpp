@@ -7,7 +7,8 @@ namespace sbnn {
 const KernelTable& kernels_avx512() {
   static const KernelTable table = {
       "avx512",         sparse_prep,  sparse_accum, sparse_accum8, window_sum,   affine_epilogue,
-      affine_epilogue8, dense_pack,  dense_im2col, dense_gemm,    dense_epilogue};
+      affine_epilogue8, dense_pack,  dense_im2col, dense_gemm,    dense_epilogue,
+      post_plane,       kGemmMR,      kGemmVL,       sgemm};
   return table;
 }
 

@@ -71,6 +71,23 @@ struct KernelTable {
   // y[p] = eta * (2*pc[p] - corr[cls[p]]) + xi * wsf[p] + bias, p < P.
   void (*dense_epilogue)(const int32_t* pc, int P, const int32_t* corr, const uint16_t* cls,
                          const float* wsf, float eta, float xi, float bias, float* y);
+
+  // ---- float GEMM of the float layers (stem, 1x1 shortcuts): C = A * B + bias per row.
+  // Register tile: sgemm_mr rows of A (output channels) x nr columns of B (pixels), nr = 1 or
+  // 2 vectors of sgemm_vl floats. A is packed once per layer in panels of sgemm_mr rows,
+  // Ap[ib][k][r] (zero rows past M); B in panels of nr columns, Bp[jb][k][j] (zero columns past
+  // N). C: (M, N) with row stride ldc; only valid rows and columns are written. bias may be
+  // null. A table that leaves sgemm null (e.g. a port to a new ISA) uses the scalar one.
+  // ---- the fused epilogue's post-ops on one output plane of n values (engine fusion):
+  // y += res (res may be null); clamp to [lo, hi] if clamp; if rp (shift_in, slope, shift_out
+  // of this channel) y = max(v, 0) + slope * min(v, 0) + shift_out with v = y - shift_in.
+  // Null in a table: the scalar one runs.
+  void (*post_plane)(float* y, const float* res, size_t n, bool clamp, float lo, float hi,
+                     const float* rp) = nullptr;
+
+  int sgemm_mr = 0, sgemm_vl = 0;
+  void (*sgemm)(const float* Ap, const float* Bp, int M, int N, int K, int nr, const float* bias,
+                float* C, int ldc) = nullptr;
 };
 
 const KernelTable& kernels_scalar();

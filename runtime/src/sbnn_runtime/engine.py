@@ -94,8 +94,8 @@ class Engine:
     """
 
     def __init__(self, graph: Graph, num_threads: int | None = None, *, sparse: bool = True,
-                 backend: str = "auto", impl: str = "auto", max_macs: Any = None,
-                 max_memory: Any = None):
+                 backend: str = "auto", impl: str = "auto", fuse: bool = True,
+                 choose: bool = True, max_macs: Any = None, max_memory: Any = None):
         nt = _check_threads(num_threads)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -115,6 +115,7 @@ class Engine:
         self.backend = backend
         self.sparse = bool(sparse)
         self.impl = impl
+        self.fuse, self.choose = bool(fuse), bool(choose)
         self.shapes = graph.shapes()
         self.input_shape = self.shapes[0]
         self.limits = Limits.resolve(max_macs, max_memory)
@@ -129,6 +130,9 @@ class Engine:
 
     def _build(self, core, num_threads: int):
         eng = core.Engine(num_threads)
+        if hasattr(eng, "set_choice"):
+            eng.set_choice(self.choose)
+            eng.fusion = self.fuse
         opts = {"sparse": self.sparse, "impl": self.impl}
         ids: list[int] = []
         for nd in self.graph.nodes:
@@ -150,6 +154,16 @@ class Engine:
 
     def __call__(self, x) -> np.ndarray:
         return self.run(x)
+
+    def layer_info(self) -> list[dict]:
+        """Per op the native engine runs (fused ops as one): ``name``, ``kernel`` (binary convs:
+        ``"sparse"`` / ``"dense"`` as chosen at the first run of the last batch size, ``"auto"``
+        before any run; float convs ``"gemm:<isa>"``), ``isa``, and the timings of the choice
+        (``sparse_s``, ``dense_s``, ``batch``; -1 where there was none). Empty for the reference
+        backend."""
+        if self._native is None or not hasattr(self._native, "layer_info"):
+            return []
+        return [dict(d) for d in self._native.layer_info()]
 
     def layer_names(self) -> list[str]:
         """``op:name`` of each node after the input, in the order the engine runs them."""
@@ -180,19 +194,23 @@ class Engine:
 
 
 def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: bool = True,
-         backend: str = "auto", impl: str = "auto", max_macs: Any = None,
-         max_memory: Any = None) -> Engine:
+         backend: str = "auto", impl: str = "auto", fuse: bool = True,
+         choose: bool = True, max_macs: Any = None, max_memory: Any = None) -> Engine:
     """Load a ``.sbnn`` file into a callable :class:`Engine`.
 
     The file is checked whole from its header, and held to ``max_macs`` (per image, default
     1e11) and ``max_memory`` (bytes, default 4 GiB), before anything is decoded or built; see
     :class:`sbnn_runtime.ops.Limits` to raise them for a model you trust.
 
-    ``num_threads=None`` uses every core. ``sparse=False`` runs the binary convs with the dense
-    bit-packed XNOR/popcount kernel (the BNN baseline) instead of the sparse one. ``impl``
-    forces a kernel ISA (``"ref"``, ``"scalar"``, ``"avx2"``, ``"avx512"`` on x86, ``"neon"`` on
-    aarch64; default: the best this CPU runs, or ``$SBNN_ISA``).
+    ``num_threads=None`` uses every core. By default each binary conv runs the faster of the
+    sparse and the dense kernel for its shape, ones and ISA (timed on the first batch of each
+    size, then cached: :meth:`Engine.layer_info` says which); ``choose=False`` keeps the sparse
+    kernel everywhere, ``sparse=False`` the dense bit-packed XNOR/popcount kernel everywhere
+    (the BNN baseline). ``fuse`` folds a residual add and hardtanh (or RPReLU) after a binary
+    conv into its epilogue. ``impl`` forces a kernel ISA (``"ref"``, ``"scalar"``, ``"avx2"``,
+    ``"avx512"`` on x86, ``"neon"`` on aarch64; default: the best this CPU runs, or
+    ``$SBNN_ISA``).
     """
     graph = fileformat.load(path, max_macs=max_macs, max_memory=max_memory)
-    return Engine(graph, num_threads, sparse=sparse, backend=backend, impl=impl,
-                  max_macs=max_macs, max_memory=max_memory)
+    return Engine(graph, num_threads, sparse=sparse, backend=backend, impl=impl, fuse=fuse,
+                  choose=choose, max_macs=max_macs, max_memory=max_memory)
