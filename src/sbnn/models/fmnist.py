@@ -39,6 +39,7 @@ class FmnistCNN(nn.Module):
     """The main job's network: binary convs up to 4w channels, then a global-pooling head."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32,
+                 last_stride: int = 2, extra: int = 0,
                  binary: bool = True, domain: str = "learned", weight_estimator="ste",
                  act="approx_sign"):
         super().__init__()
@@ -52,7 +53,11 @@ class FmnistCNN(nn.Module):
                                     nn.MaxPool2d(2), nl())
         self.block2 = nn.Sequential(binary_conv3x3(binary, c1, c2, **sb), nn.BatchNorm2d(c2),
                                     nl())
-        self.block3 = nn.Sequential(binary_conv3x3(binary, c2, c3, 2, **sb), nn.BatchNorm2d(c3))
+        b3: list[nn.Module] = [binary_conv3x3(binary, c2, c3, last_stride, **sb),
+                               nn.BatchNorm2d(c3)]
+        for _ in range(extra):
+            b3 += [nl(), binary_conv3x3(binary, c3, c3, 1, **sb), nn.BatchNorm2d(c3)]
+        self.block3 = nn.Sequential(*b3)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(c3),
                                   nn.Linear(c3, num_classes))
 

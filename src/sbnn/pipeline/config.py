@@ -60,6 +60,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
     schedule: str = "cosine"  # cosine | constant
+    schedule_step: str = "step"  # step: update the lr every batch | epoch: once per epoch
     warmup_epochs: int = 0
 
 
@@ -67,7 +68,12 @@ class OptimConfig:
 class SparsityConfig:
     ec: float = 0.05  # target global ones fraction ("expected connections"); 0.5 = dense BNN
     gamma: float = 0.07  # share of the total loss carried by the penalty (0: no penalty)
-    init: str = "closed_form"  # closed_form: start the latent weights at the target | none
+    # closed_form: split the latent weights at the target in closed form | authors: rand * 0.001,
+    # all positive (100 % ones at the start, the authors' CIFAR-100 init) | none: default init
+    init: str = "closed_form"
+    # tau/phi at the start: fit (least squares on the closed-form split, under the domain's tie)
+    # | unit (the authors' tau = 1, phi = 0); only closed_form init can fit
+    levels: str = "fit"
     ede_schedule: bool = True  # advance t/k of every EDE estimator with the epoch
     clamp: bool = True  # clamp latent weights to [-1.5, 1.5] after every step
 

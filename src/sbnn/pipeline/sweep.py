@@ -1,11 +1,20 @@
-"""``sbnn sweep``: one training per (domain, EC, seed), then a table and plots of the trade-off.
+"""``sbnn sweep``: one training per (domain, start arm, EC, seed), then tables and plots.
 
-Each run lives in ``SWEEP_DIR/runs/<domain>_ec<EC>_s<seed>/`` and is a normal ``sbnn train`` run
-folder. A run with a ``report.json`` is finished and skipped; one with only a ``last.pt`` resumes
-from it; so killing the sweep loses at most the run in progress. After training, each run is
+The domains ``ab`` (learned {alpha, beta}), ``pm1`` and ``01`` are one parametrisation
+``tau * s + phi`` with different ties (see :mod:`sbnn.method.layers`), so the tie is the only
+difference between them. Each can start from two arms: ``cf`` (tau/phi fitted in closed form to
+the initial split, ``sparsity.levels=fit``) and ``authors`` (tau = 1, phi = 0,
+``sparsity.levels=unit``); both use the base config's latent-weight init (the main job: the
+closed-form split at the target).
+
+Each run lives in ``SWEEP_DIR/runs/<domain>_<arm>_ec<EC>_s<seed>/`` and is a normal ``sbnn train``
+run folder. A run with a ``report.json`` is finished and skipped; one with only a ``last.pt``
+resumes from it; so killing the sweep loses at most the run in progress. After training, each run is
 exported to ``model.sbnn`` and timed on the engine (batch 1, one thread). The sweep then writes
-``results.csv``, ``results.md`` and two PNG plots: test accuracy against bits per binary weight
-(as stored in the exported file) and against measured engine latency, one curve per domain, with
+``results.csv`` (one row per run: achieved ones fraction, its H(p), alpha/beta per layer, ...),
+``results.md`` and three PNG plots: test accuracy against the achieved ones fraction, against bits
+per binary weight (as stored in the exported file) and against measured engine latency, one curve
+per (domain, arm), with
 the full-precision twin and the dense BNN (the {alpha, beta} run at EC 0.5) as horizontal lines.
 """
 
@@ -22,7 +31,7 @@ from pathlib import Path
 
 from sbnn.pipeline.config import Config, load_config
 
-__all__ = ["GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "add_parser"]
+__all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "add_parser"]
 
 # The authors' (EC, gamma) pairs (Schiavone et al., arXiv:2306.13515, their public code).
 GAMMAS_CIFAR10 = {0.50: 0.0, 0.25: 0.02, 0.10: 0.04, 0.05: 0.07, 0.04: 0.07, 0.03: 0.08,
@@ -33,9 +42,13 @@ GAMMAS_CIFAR100 = {0.50: 0.0, 0.05: 0.05, 0.04: 0.05, 0.03: 0.05, 0.02: 0.06, 0.
 DOMAIN_ALIASES = {"ab": "learned", "learned": "learned", "closed_form": "closed_form",
                   "pm1": "pm1", "01": "01"}
 
-COLUMNS = ["domain", "ec", "gamma", "seed", "test_accuracy", "ones_fraction",
-           "bits_per_binary_weight", "entropy_bits_per_weight", "binary_weights", "model_bytes",
-           "latency_b1_ms", "run_dir"]
+# start arms -> sparsity.levels
+ARMS = {"cf": "fit", "authors": "unit"}
+
+COLUMNS = ["domain", "arm", "ec", "gamma", "seed", "test_accuracy", "best_test_accuracy",
+           "ones_fraction", "ones_over_target", "entropy_ones", "alpha_over_beta",
+           "alpha_beta_per_layer", "bits_per_binary_weight", "entropy_bits_per_weight",
+           "binary_weights", "model_bytes", "latency_b1_ms", "train_wall_time_s", "run_dir"]
 
 
 def gamma_for(ec: float, dataset: str = "fashion_mnist") -> float:
@@ -58,8 +71,29 @@ def _floats(text: str, what: str) -> list[float]:
     return vals
 
 
-def _run_name(domain: str, ec: float | None, seed: int) -> str:
-    return f"fp_s{seed}" if domain == "fp" else f"{domain}_ec{ec:g}_s{seed}"
+def _run_name(domain: str, arm: str | None, ec: float | None, seed: int) -> str:
+    return f"fp_s{seed}" if domain == "fp" else f"{domain}_{arm}_ec{ec:g}_s{seed}"
+
+
+def _entropy(p: float | None) -> float | None:
+    if p is None:
+        return None
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+
+
+def _level_columns(report: dict) -> dict:
+    """alpha/beta per binary layer (from the run's report) and their mean."""
+    ratios, pairs = [], []
+    for layer in report.get("layers", []):
+        a, b = layer.get("alpha"), layer.get("beta")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            pairs.append(f"{a:.4g}/{b:.4g}")
+            if b != 0:
+                ratios.append(a / b)
+    return {"alpha_over_beta": statistics.mean(ratios) if ratios else None,
+            "alpha_beta_per_layer": " ".join(pairs) if pairs else None}
 
 
 def _rank() -> int:
@@ -108,8 +142,14 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
 
 def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: list[str],
               seeds: list[int], gammas: list[float] | None = None, fp_reference: bool = True,
-              deploy: bool = True, latency: bool = True) -> list[dict]:
-    """Train every (domain, EC, seed) combination of ``cfg`` and write the sweep's results."""
+              deploy: bool = True, latency: bool = True, arms: list[str] | None = None
+              ) -> list[dict]:
+    """Train every (domain, arm, EC, seed) combination of ``cfg`` and write the sweep's
+    results. ``arms`` (default ``["cf"]``): keys of :data:`ARMS`."""
+    arms = arms or ["cf"]
+    for a in arms:
+        if a not in ARMS:
+            raise ValueError(f"unknown sweep arm {a!r}; valid: {', '.join(ARMS)}")
     from sbnn import models
     from sbnn.deploy.export import _DATASET_SHAPES
 
@@ -124,34 +164,42 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
 
-    plan: list[tuple[str, float | None, int, Config]] = []
+    plan: list[tuple[str, str | None, float | None, int, Config]] = []
     fp_name = f"{cfg.model.name}_fp"
     if fp_reference and fp_name in models.list_models():
         for seed in seeds:
             fp_cfg = replace(cfg, model=replace(cfg.model, name=fp_name), seed=seed)
-            plan.append(("fp", None, seed, fp_cfg))
-    for d in domains:
+            plan.append(("fp", None, None, seed, fp_cfg))
+    # seeds innermost-but-one: a sweep cut short still has every cell at its first seeds
+    for seed in seeds:
         for i, ec in enumerate(ecs):
             gamma = gamma_for(ec, cfg.data.name) if gammas is None else \
                 gammas[0 if len(gammas) == 1 else i]
-            for seed in seeds:
-                run_cfg = replace(
-                    cfg, seed=seed, model=replace(cfg.model, domain=DOMAIN_ALIASES[d]),
-                    sparsity=replace(cfg.sparsity, ec=ec, gamma=gamma))
-                plan.append((d, ec, seed, run_cfg))
+            for d in domains:
+                for arm in arms:
+                    run_cfg = replace(
+                        cfg, seed=seed, model=replace(cfg.model, domain=DOMAIN_ALIASES[d]),
+                        sparsity=replace(cfg.sparsity, ec=ec, gamma=gamma, levels=ARMS[arm]))
+                    plan.append((d, arm, ec, seed, run_cfg))
 
     shape = _DATASET_SHAPES.get(cfg.data.name)
     rows = []
-    for k, (d, ec, seed, run_cfg) in enumerate(plan, 1):
-        run_dir = out / "runs" / _run_name(d, ec, seed)
+    for k, (d, arm, ec, seed, run_cfg) in enumerate(plan, 1):
+        run_dir = out / "runs" / _run_name(d, arm, ec, seed)
         if _rank() == 0:
             print(f"[sweep {k}/{len(plan)}] {run_dir.name}", flush=True)
         report = _train_one(run_cfg, run_dir)
         if _rank() != 0:
             continue
-        row = {"domain": d, "ec": ec, "gamma": None if ec is None else run_cfg.sparsity.gamma,
+        p = report.get("ones_fraction")
+        row = {"domain": d, "arm": arm, "ec": ec,
+               "gamma": None if ec is None else run_cfg.sparsity.gamma,
                "seed": seed, "test_accuracy": report.get("test_accuracy"),
-               "ones_fraction": report.get("ones_fraction"), "run_dir": str(run_dir)}
+               "best_test_accuracy": report.get("best_test_accuracy"),
+               "ones_fraction": p, "entropy_ones": _entropy(p),
+               "ones_over_target": None if (p is None or ec is None) else p / ec,
+               "train_wall_time_s": report.get("train_wall_time_s"),
+               "run_dir": str(run_dir), **_level_columns(report)}
         if deploy and d != "fp" and shape is not None:
             row.update(_deploy_metrics(run_dir, shape, latency))
         rows.append(row)
@@ -191,14 +239,19 @@ def write_results(rows: list[dict], out: str | os.PathLike) -> None:
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:-1]) + " |" for r in rows]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["domain"], r["ec"]), []).append(r)
+        groups.setdefault((r["domain"], r.get("arm"), r["ec"]), []).append(r)
     lines += ["", "## Mean ± std over seeds", "",
-              "| domain | EC | seeds | test accuracy | ones fraction | bits / binary weight | "
-              "latency b1 (ms) |", "|---|---|---|---|---|---|---|"]
-    for (d, ec), rs in groups.items():
+              "| domain | arm | EC | seeds | test accuracy | achieved ones | ones / target | "
+              "H(p) | alpha / beta | bits / binary weight | latency b1 (ms) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (d, arm, ec), rs in groups.items():
         lines.append(
-            f"| {d} | {_fmt(ec)} | {len(rs)} | {_mean_std([r.get('test_accuracy') for r in rs])} "
+            f"| {d} | {_fmt(arm)} | {_fmt(ec)} | {len(rs)} "
+            f"| {_mean_std([r.get('test_accuracy') for r in rs])} "
             f"| {_mean_std([r.get('ones_fraction') for r in rs])} "
+            f"| {_mean_std([r.get('ones_over_target') for r in rs])} "
+            f"| {_mean_std([r.get('entropy_ones') for r in rs])} "
+            f"| {_mean_std([r.get('alpha_over_beta') for r in rs])} "
             f"| {_mean_std([r.get('bits_per_binary_weight') for r in rs])} "
             f"| {_mean_std([r.get('latency_b1_ms') for r in rs])} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -217,15 +270,18 @@ def plot_results(rows: list[dict], out: Path) -> None:
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["domain"], r["ec"]), []).append(r)
+        if r["domain"] != "fp":
+            groups.setdefault((f"{r['domain']} ({r.get('arm')})", r["ec"]), []).append(r)
     fp = [r["test_accuracy"] for r in rows if r["domain"] == "fp"]
     bnn = [r["test_accuracy"] for r in rows if r["domain"] == "ab" and r["ec"] == 0.5]
-    for key, label, fname in (("bits_per_binary_weight", "bits per binary weight (file)",
+    for key, label, fname in (("ones_fraction", "achieved ones fraction",
+                               "accuracy_vs_ones.png"),
+                              ("bits_per_binary_weight", "bits per binary weight (file)",
                                "accuracy_vs_bits.png"),
                               ("latency_b1_ms", "engine latency, batch 1, 1 thread (ms)",
                                "accuracy_vs_latency.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for d in sorted({dd for dd, _ in groups if dd != "fp"}):
+        for d in sorted({dd for dd, _ in groups}):
             pts = sorted((mean(rs, key), mean(rs, "test_accuracy"))
                          for (dd, _), rs in groups.items() if dd == d)
             pts = [p for p in pts if p[0] is not None and p[1] is not None]
@@ -238,6 +294,8 @@ def plot_results(rows: list[dict], out: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
+        if key == "ones_fraction":
+            ax.set_xscale("log")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -264,6 +322,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--domain", default="ab,pm1,01",
                    help="comma-separated domains: ab ({alpha, beta}, learned), closed_form, pm1, "
                         "01 (default: %(default)s)")
+    p.add_argument("--arm", default="cf",
+                   help="comma-separated start arms: cf (tau/phi fitted in closed form to the "
+                        "initial split), authors (tau = 1, phi = 0) (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--gamma", help="gamma per EC (comma-separated, or one value for all); "
                                    "default: the authors' pair for each EC")
@@ -280,8 +341,9 @@ def _cmd(args) -> int:
         seeds = [int(s) for s in _floats(args.seeds, "seeds")]
         gammas = _floats(args.gamma, "gamma") if args.gamma else None
         domains = [d.strip() for d in args.domain.split(",") if d.strip()]
+        arms = [a.strip() for a in args.arm.split(",") if a.strip()]
         run_sweep(cfg, args.out, ecs, domains, seeds, gammas, fp_reference=not args.no_fp,
-                  latency=not args.no_latency)
+                  latency=not args.no_latency, arms=arms)
     except ValueError as e:
         print(f"sbnn sweep: error: {e}", file=sys.stderr)
         return 2
