@@ -1,15 +1,16 @@
 """Small sparse-binary CNNs for 28x28 grey images (Fashion-MNIST / MNIST).
 
-``fmnist_cnn`` is the main job's network. Its binary convs hold most of the weights (96,768
-binary against 2,182 float parameters at the default ``width`` 32), so the sparse binary weights
-are what the exported file is made of. Layout (``w`` = ``width``)::
+``fmnist_cnn`` is the main job's network. Its binary convs hold most of the weights (244,224
+binary against 2,434 float parameters at the default ``width`` 32), so the sparse binary weights
+are what the exported file is made of. Layout (``w`` = ``width``, ``extra`` = 1)::
 
     x: (N, 1, 28, 28)
-    stem   float conv3x3(1 -> w/2) + BN + maxpool2              -> (N, w/2, 14, 14)
-    block1 binary conv3x3(w/2 -> w) + BN + maxpool2             -> (N, w, 7, 7)
-    block2 binary conv3x3(w -> 2w)  + BN                        -> (N, 2w, 7, 7)
-    block3 binary conv3x3(2w -> 4w, stride 2) + BN              -> (N, 4w, 4, 4)
-    head   global avgpool + BN1d + float linear(4w -> classes)  -> (N, classes)
+    stem   float conv3x3(1 -> w/2) + BN + maxpool2                -> (N, w/2, 14, 14)
+    block1 binary conv3x3(w/2 -> w) + BN + maxpool2               -> (N, w, 7, 7)
+    block2 binary conv3x3(w -> 2w)  + BN                          -> (N, 2w, 7, 7)
+    block3 binary conv3x3(2w -> 4w, stride ``last_stride`` = 2) + BN  -> (N, 4w, 4, 4)
+           ``extra`` x [binary conv3x3(4w -> 4w) + BN]            -> (N, 4w, 4, 4)
+    head   global avgpool + BN1d + float linear(4w -> classes)    -> (N, classes)
 
 ``fmnist_cnn_flat`` is the earlier main-job network (a flattened 3x3 map into a float
 ``18w -> classes`` classifier, which then holds most of the weights); it is kept so that runs made
@@ -36,10 +37,11 @@ from sbnn.models._common import binary_conv3x3
 
 
 class FmnistCNN(nn.Module):
-    """The main job's network: binary convs up to 4w channels, then a global-pooling head."""
+    """The main job's network: binary convs up to 4w channels, then a global-pooling head.
+    ``extra`` binary 4w -> 4w convs follow block3 (the main job has one)."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32,
-                 last_stride: int = 2, extra: int = 0,
+                 last_stride: int = 2, extra: int = 1,
                  binary: bool = True, domain: str = "learned", weight_estimator="ste",
                  act="approx_sign"):
         super().__init__()
