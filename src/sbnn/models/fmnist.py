@@ -41,7 +41,7 @@ class FmnistCNN(nn.Module):
     ``extra`` binary 4w -> 4w convs follow block3 (the main job has one)."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32,
-                 last_stride: int = 2, extra: int = 1,
+                 last_stride: int = 2, extra: int = 1, head_pool: int = 1,
                  binary: bool = True, domain: str = "learned", weight_estimator="ste",
                  act="approx_sign"):
         super().__init__()
@@ -60,8 +60,9 @@ class FmnistCNN(nn.Module):
         for _ in range(extra):
             b3 += [nl(), binary_conv3x3(binary, c3, c3, 1, **sb), nn.BatchNorm2d(c3)]
         self.block3 = nn.Sequential(*b3)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(c3),
-                                  nn.Linear(c3, num_classes))
+        feat = c3 * head_pool * head_pool
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(head_pool), nn.Flatten(),
+                                  nn.BatchNorm1d(feat), nn.Linear(feat, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, C, 28, 28) -> (N, classes)

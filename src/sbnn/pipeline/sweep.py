@@ -142,10 +142,11 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
 
 def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: list[str],
               seeds: list[int], gammas: list[float] | None = None, fp_reference: bool = True,
-              deploy: bool = True, latency: bool = True, arms: list[str] | None = None
-              ) -> list[dict]:
+              deploy: bool = True, latency: bool = True, arms: list[str] | None = None,
+              train: bool = True) -> list[dict]:
     """Train every (domain, arm, EC, seed) combination of ``cfg`` and write the sweep's
-    results. ``arms`` (default ``["cf"]``): keys of :data:`ARMS`."""
+    results. ``arms`` (default ``["cf"]``): keys of :data:`ARMS`. ``train=False`` tabulates the
+    finished runs of the plan only (several sweeps sharing one folder, or a cut-short sitting)."""
     arms = arms or ["cf"]
     for a in arms:
         if a not in ARMS:
@@ -186,6 +187,10 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
     rows = []
     for k, (d, arm, ec, seed, run_cfg) in enumerate(plan, 1):
         run_dir = out / "runs" / _run_name(d, arm, ec, seed)
+        if not train and not (run_dir / "report.json").is_file():
+            if _rank() == 0:
+                print(f"[sweep {k}/{len(plan)}] {run_dir.name}: not finished, left out", flush=True)
+            continue
         if _rank() == 0:
             print(f"[sweep {k}/{len(plan)}] {run_dir.name}", flush=True)
         report = _train_one(run_cfg, run_dir)
@@ -330,6 +335,9 @@ def add_parser(subparsers) -> None:
                                    "default: the authors' pair for each EC")
     p.add_argument("--no-fp", action="store_true", help="skip the full-precision reference run")
     p.add_argument("--no-latency", action="store_true", help="skip engine timing")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: tabulate the plan's finished runs only (the others are "
+                        "left out and listed)")
     p.add_argument("--out", "-o", required=True, help="sweep folder")
     p.set_defaults(func=_cmd)
 
@@ -343,7 +351,7 @@ def _cmd(args) -> int:
         domains = [d.strip() for d in args.domain.split(",") if d.strip()]
         arms = [a.strip() for a in args.arm.split(",") if a.strip()]
         run_sweep(cfg, args.out, ecs, domains, seeds, gammas, fp_reference=not args.no_fp,
-                  latency=not args.no_latency, arms=arms)
+                  latency=not args.no_latency, arms=arms, train=not args.collect)
     except ValueError as e:
         print(f"sbnn sweep: error: {e}", file=sys.stderr)
         return 2
