@@ -1,8 +1,8 @@
 """Small sparse-binary CNNs for 28x28 grey images (Fashion-MNIST / MNIST).
 
 ``fmnist_cnn`` is the main job's network. Its binary convs hold most of the weights (244,224
-binary against 2,434 float parameters at the default ``width`` 32), so the sparse binary weights
-are what the exported file is made of. Layout (``w`` = ``width``, ``extra`` = 1)::
+binary against 7,042 float parameters at the default ``width`` 32), so the sparse binary weights
+are most of the exported file. Layout (``w`` = ``width``, ``extra`` = 1, ``head_pool`` = 2)::
 
     x: (N, 1, 28, 28)
     stem   float conv3x3(1 -> w/2) + BN + maxpool2                -> (N, w/2, 14, 14)
@@ -10,7 +10,10 @@ are what the exported file is made of. Layout (``w`` = ``width``, ``extra`` = 1)
     block2 binary conv3x3(w -> 2w)  + BN                          -> (N, 2w, 7, 7)
     block3 binary conv3x3(2w -> 4w, stride ``last_stride`` = 2) + BN  -> (N, 4w, 4, 4)
            ``extra`` x [binary conv3x3(4w -> 4w) + BN]            -> (N, 4w, 4, 4)
-    head   global avgpool + BN1d + float linear(4w -> classes)    -> (N, classes)
+    head   avgpool2 to 2x2 + flatten + BN1d + float linear(16w -> classes)  -> (N, classes)
+
+``head_pool=1`` pools globally instead (a 4w -> classes classifier): measured 86.17 % against
+87.34 % for the 2x2 head in the main job's 4 epochs, so the 2x2 map stays.
 
 ``fmnist_cnn_flat`` is the earlier main-job network (a flattened 3x3 map into a float
 ``18w -> classes`` classifier, which then holds most of the weights); it is kept so that runs made
@@ -41,7 +44,7 @@ class FmnistCNN(nn.Module):
     ``extra`` binary 4w -> 4w convs follow block3 (the main job has one)."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32,
-                 last_stride: int = 2, extra: int = 1, head_pool: int = 1,
+                 last_stride: int = 2, extra: int = 1, head_pool: int = 2,
                  binary: bool = True, domain: str = "learned", weight_estimator="ste",
                  act="approx_sign"):
         super().__init__()
@@ -60,9 +63,13 @@ class FmnistCNN(nn.Module):
         for _ in range(extra):
             b3 += [nl(), binary_conv3x3(binary, c3, c3, 1, **sb), nn.BatchNorm2d(c3)]
         self.block3 = nn.Sequential(*b3)
+        if head_pool not in (1, 2):
+            raise ValueError(f"head_pool must be 1 (global pool) or 2 (2x2 map), got {head_pool}")
         feat = c3 * head_pool * head_pool
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(head_pool), nn.Flatten(),
-                                  nn.BatchNorm1d(feat), nn.Linear(feat, num_classes))
+        # 2: average 2x2 windows of the 4x4 map (a fixed pool, which the exporter lowers)
+        pool = nn.AdaptiveAvgPool2d(1) if head_pool == 1 else nn.AvgPool2d(2)
+        self.head = nn.Sequential(pool, nn.Flatten(), nn.BatchNorm1d(feat),
+                                  nn.Linear(feat, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, C, 28, 28) -> (N, classes)
