@@ -65,3 +65,29 @@ def test_cosine_stepped_per_epoch_matches_cosine_annealing():
     bad = load_config(None, ["optim.schedule_step=batch"])
     with pytest.raises(ValueError, match="valid: step, epoch"):
         make_scheduler(bad, opt, 7)
+
+
+def test_trainer_authors_init_epoch_schedule_and_reported_checkpoint(tmp_path):
+    import json
+
+    from sbnn.pipeline.data import write_synthetic_idx
+    from sbnn.pipeline.train import Trainer
+
+    root = write_synthetic_idx(tmp_path / "data", n_train=128, n_test=64)
+    cfg = load_config(None, [f"data.root={root}", "data.batch_size=32", "model.kwargs={width: 4}",
+                             "epochs=2", "progress=false", "device=cpu", "sparsity.init=authors",
+                             "sparsity.levels=unit", "optim.schedule_step=epoch"])
+    tr = Trainer(cfg, out=tmp_path / "run")
+    assert float(tr.constraint.ones_fraction()) == 1.0  # rand * 0.001: every bit 1
+    report = tr.fit()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # lr logged after each epoch's scheduler step: cos(pi * 1/2) -> 0.5e-3, then 0
+    assert [r["lr"] for r in rows] == pytest.approx([0.5e-3, 0.0])
+    assert report["reported_checkpoint"] == "last"
+    assert report["best_epoch"] in (1, 2)
+    accs = [r["test_accuracy"] for r in rows]
+    assert report["best_test_accuracy"] == max(accs)
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    bad = load_config(None, [f"data.root={root}", "sparsity.levels=ones", "device=cpu"])
+    with pytest.raises(ValueError, match="valid: fit, unit"):
+        Trainer(bad, out=tmp_path / "bad")
