@@ -14,14 +14,18 @@ is the only difference between them (Schiavone et al., arXiv:2306.13515):
     phi = 0 is tied: ``q = tau * s`` in ``{-tau, +tau}``, alpha / beta = -1. tau is learnable.
 ``"01"`` (the domain of "Sparsifying Binary Networks", arXiv:2207.04974)
     phi = tau is tied: ``q = 2 * tau * b`` in ``{0, 2 tau}``, alpha = 0. tau is learnable.
-    A filter with no 1-bit outputs exactly 0; the BatchNorm that follows divides its gradient by
-    sqrt(eps) (a 316x larger gradient than a live filter gets), which swamps the sparsity penalty
-    and regrows the filter's 1-bits past the target. So the task gradient to the latent weights of
-    an all-zero filter is cut (its forward is unchanged; the penalty still reaches it): a dead
-    filter stays dead, as filter removal wants.
+    A filter with no 1-bit outputs exactly 0; the BatchNorm that follows then scales its gradient
+    by 1/sqrt(eps) (about 316) instead of 1/std of the filter's output, which swamps the sparsity
+    penalty and regrows the filter. So the task gradient to the latent weights of an all-zero
+    filter is cut (its forward is unchanged; the penalty still reaches it): a dead filter stays
+    dead, as filter removal wants. (This does not stop 01 from settling above a 1 % target in
+    short runs; see docs/RESULTS.md.)
 
 All three start at tau = 1 (and phi = 0 or tau); :meth:`SBLayer.fit_levels_` sets them to the
-least-squares levels of given weights under the domain's tie (the closed-form start).
+least-squares levels of given weights under the domain's tie (the closed-form start). With a
+BatchNorm after the layer only alpha / beta matters, and tau's own gradient is about 0; Adam still
+moves it by about ``lr`` a step, so a small fitted tau (pm1: ~0.01) can change sign in training,
+which inverts the layer (measured in docs/RESULTS.md).
 
 ``"closed_form"``
     alpha and beta are the group means of the latent weights over the current split (the
