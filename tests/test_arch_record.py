@@ -15,7 +15,8 @@ def test_architecture_kwargs_defaults_and_overrides():
     m = models.create("resnet18_irnet", num_classes=10)
     assert models.architecture_kwargs(m) == {"layers": [2, 2, 2, 2], "width": 64}
     small = models.create("fmnist_cnn", width=8)
-    assert models.architecture_kwargs(small, {"width": 8}) == {"width": 8}
+    assert models.architecture_kwargs(small, {"width": 8}) == {
+        "width": 8, "last_stride": 2, "extra": 1, "head_pool": 2}
 
 
 def test_run_config_records_default_width_and_reloads_when_default_changes(tmp_path,
@@ -27,7 +28,7 @@ def test_run_config_records_default_width_and_reloads_when_default_changes(tmp_p
     out = tmp_path / "run"
     strain.train(cfg, out=out)
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["model"]["kwargs"] == {"width": 32}
+    assert saved["model"]["kwargs"] == {"width": 32, "last_stride": 2, "extra": 1, "head_pool": 2}
     # a later release changes the default width: the run still loads with its own width
     from sbnn.models import fmnist
 

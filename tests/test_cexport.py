@@ -127,7 +127,7 @@ def prepared(model: nn.Module, shape, ones=0.05, n=3):
 @pytest.mark.parametrize("name,width,shape", [
     ("fmnist_cnn", 16, (1, 28, 28)),
     ("resnet18_irnet", 8, (3, 8, 8)),
-    ("reactnet18", 8, (3, 8, 8)),
+    ("reactnet18", 8, (3, 16, 16)),  # max-pools after the stem: 16 -> 8/4/2/1
     ("fmnist_cnn_fp", 16, (1, 28, 28)),  # no binary layer at all
 ])
 def test_registry_models(name, width, shape, tmp_path):
@@ -143,7 +143,8 @@ def test_registry_models(name, width, shape, tmp_path):
 def test_registry_models_full_width(name, tmp_path):
     torch.manual_seed(0)
     # CIFAR nets at 8x8, as tests/test_export.py runs them: every channel count, all strides
-    shape = (1, 28, 28) if name.startswith("fmnist") else (3, 8, 8)
+    shape = (1, 28, 28) if name.startswith("fmnist") else \
+        (3, 16, 16) if name == "reactnet18" else (3, 8, 8)  # reactnet max-pools after its stem
     graph, x = prepared(models.create(name, num_classes=10), shape, n=2)
     check_against_engine(graph, x.numpy(), tmp_path)
 

@@ -25,7 +25,7 @@ from sbnn.verbs.convert import (
 
 def _fp(seed: int = 0, width: int = 16) -> nn.Module:
     torch.manual_seed(seed)
-    return models.create("fmnist_cnn_fp", width=width).eval()
+    return models.create("fmnist_cnn_flat_fp", width=width).eval()
 
 
 def _levels(m):
@@ -166,7 +166,7 @@ def test_global_never_worse_than_uniform(gran):
 
 def test_binary_twin_with_float_weights_converts_the_same():
     fp = _fp(4)
-    twin = models.create("fmnist_cnn", width=16)
+    twin = models.create("fmnist_cnn_flat", width=16)
     missing, unexpected = twin.load_state_dict(fp.state_dict(), strict=False)
     assert not unexpected and all(k.endswith(("tau", "phi")) for k in missing)
     a = convert(fp, 0.1)
@@ -235,13 +235,13 @@ def fp_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("conv")
     data = write_synthetic_idx(root / "data", n_train=256, n_test=128)
     cfg = Config()
-    cfg.model.name = "fmnist_cnn_fp"
+    cfg.model.name = "fmnist_cnn_flat_fp"
     cfg.model.kwargs = {"width": 8}
     cfg.data.root = str(data)
     cfg.data.batch_size = 64
     cfg.data.eval_batch_size = 128
     torch.manual_seed(0)
-    model = models.create("fmnist_cnn_fp", width=8)
+    model = models.create("fmnist_cnn_flat_fp", width=8)
     ckpt = {"model": model.state_dict(), "config": to_dict(cfg), "num_classes": 10,
             "in_chans": 1, "epoch": 1, "sbnn_format": 1}
     path = root / "fp.pt"

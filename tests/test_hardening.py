@@ -83,7 +83,7 @@ def test_malicious_checkpoint_runs_no_code_anywhere(tmp_path, capsys, data_root,
     _evil_checkpoint(run / "last.pt", marker, legacy)
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.5}) + "\n")
     sweep = tmp_path / "sweep"
-    _evil_checkpoint(sweep / "runs" / "ab_ec0.05_s0" / "last.pt", marker, legacy)
+    _evil_checkpoint(sweep / "runs" / "ab_cf_ec0.05_s0" / "last.pt", marker, legacy)
     paths = [
         ["evaluate", run],
         ["evaluate", run, "--engine", good_sbnn, "--data", data_root],
@@ -123,13 +123,13 @@ def test_shrunk_model_is_tensors_only_and_loads_back(tmp_path):
     from sbnn.verbs.prune import detach_, shrink_
 
     torch.manual_seed(0)
-    model = models.create("fmnist_cnn", width=8).eval()
+    model = models.create("fmnist_cnn_flat", width=8).eval()  # the layout shrink_ folds
     # kill filters of the last binary conv: bits all 0 and BatchNorm scale 0
     conv, bn = model.block3[0], model.block3[1]
     with torch.no_grad():
         conv.weight[:4] = -1.0
         bn.weight[:4] = 0.0
-    ckpt = runs.make_checkpoint(model, {"model": {"name": "fmnist_cnn",
+    ckpt = runs.make_checkpoint(model, {"model": {"name": "fmnist_cnn_flat",
                                                   "kwargs": {"width": 8}}}, 10, 1, 1, 0.0)
     runs.save_checkpoint(ckpt, tmp_path / "last.pt")
     small = runs.load_model(tmp_path)

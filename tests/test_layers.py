@@ -20,15 +20,9 @@ def reference_weight(layer):
         beta = w[b.bool()].mean() if b.any() else w.mean()
         alpha = w[~b.bool()].mean() if (~b.bool()).any() else w.mean()
         return alpha + (beta - alpha) * b
-    flat = w.reshape(w.shape[0], -1)
-    view = (-1,) + (1,) * (w.dim() - 1)
-    if layer.domain == "pm1":
-        return flat.abs().mean(1).view(view) * s
-    fb = b.reshape(w.shape[0], -1)
-    level = torch.where(
-        fb.sum(1) > 0, (flat * fb).sum(1) / fb.sum(1).clamp(min=1), flat.abs().mean(1)
-    )
-    return level.view(view) * b
+    if layer.domain == "pm1":  # tied phi = 0
+        return layer.tau.detach() * s
+    return 2 * layer.tau.detach() * b  # 01: tied phi = tau
 
 
 def test_signatures_match_torch():
@@ -50,9 +44,10 @@ def test_signatures_match_torch():
 def test_conv_equals_float_conv_on_quantised_inputs(domain, stride, padding, bias, act):
     torch.manual_seed(0)
     layer = SBConv2d(5, 7, 3, stride=stride, padding=padding, bias=bias, domain=domain, act=act)
-    if domain == "learned":
-        with torch.no_grad():
+    with torch.no_grad():
+        if domain in ("learned", "pm1", "01"):
             layer.tau.fill_(0.7)
+        if domain == "learned":
             layer.phi.fill_(-0.2)
     x = torch.randn(2, 5, 9, 8)
     xq = x if act is None else sbnn.sign(x)
@@ -92,6 +87,85 @@ def test_gradients_reach_latent_weights_and_levels(domain):
     assert x.grad is not None
     if domain == "learned":
         assert layer.tau.grad is not None and layer.phi.grad is not None
+    if domain in ("pm1", "01"):
+        assert layer.tau.grad is not None and not hasattr(layer, "phi")
+
+
+def test_tied_domains_are_one_parametrisation():
+    """pm1 is learned with phi = 0 and 01 is learned with phi = tau, output for output."""
+    torch.manual_seed(3)
+    ref = SBConv2d(4, 6, 3, padding=1, domain="learned")
+    x = torch.randn(2, 4, 7, 7)
+    for domain, phi_of in (("pm1", lambda t: 0.0), ("01", lambda t: t)):
+        tied = SBConv2d(4, 6, 3, padding=1, domain=domain)
+        with torch.no_grad():
+            tied.weight.copy_(ref.weight)
+            tied.bias.copy_(ref.bias)
+            tied.tau.fill_(0.37)
+            ref.tau.fill_(0.37)
+            ref.phi.fill_(phi_of(0.37))
+        torch.testing.assert_close(tied(x), ref(x), rtol=0, atol=0)
+        a, b = tied.alpha_beta()
+        assert float(a) == pytest.approx(-0.37 if domain == "pm1" else 0.0)
+        assert float(b) == pytest.approx(0.37 if domain == "pm1" else 0.74)
+
+
+@pytest.mark.parametrize("domain", ["learned", "pm1", "01"])
+def test_fit_levels_is_least_squares_under_the_tie(domain):
+    torch.manual_seed(4)
+    layer = SBConv2d(3, 5, 3, domain=domain)
+    w = layer.weight.detach()
+    layer.fit_levels_()
+    s = torch.where(w >= 0, 1.0, -1.0)
+    # brute force over a grid of (tau, phi) satisfying the tie: the fit is no worse than any
+    tau, phi = (t.detach() for t in layer.tau_phi())
+    best = ((w - (tau * s + phi)) ** 2).sum()
+    for dt in torch.linspace(-0.05, 0.05, 11):
+        for dp in torch.linspace(-0.05, 0.05, 11):
+            t2 = tau + dt
+            p2 = {"learned": phi + dp, "pm1": torch.tensor(0.0), "01": t2}[domain]
+            assert ((w - (t2 * s + p2)) ** 2).sum() >= best - 1e-6
+
+
+def test_01_dead_filter_gets_no_task_gradient():
+    """A 01 filter with no 1-bit outputs exactly 0; its latent weights get no task gradient
+    (BatchNorm would blow it up by 1/sqrt(eps)), live filters still learn."""
+    torch.manual_seed(5)
+    layer = SBConv2d(3, 4, 3, padding=1, bias=False, domain="01")
+    with torch.no_grad():
+        layer.weight[1] = -layer.weight[1].abs() - 0.01  # filter 1: every bit 0
+    bn = nn.BatchNorm2d(4)
+    x = torch.randn(8, 3, 6, 6)
+    y = layer(x)
+    assert torch.equal(y[:, 1], torch.zeros_like(y[:, 1]))
+    (bn(y) * torch.randn(8, 4, 6, 6)).sum().backward()
+    g = layer.weight.grad
+    assert torch.equal(g[1], torch.zeros_like(g[1]))
+    assert all(g[c].abs().sum() > 0 for c in (0, 2, 3))
+    # the learned domain keeps the gradient of an all-zero-bit filter (its output is alpha*sum)
+    ab = SBConv2d(3, 4, 3, padding=1, domain="learned")
+    with torch.no_grad():
+        ab.weight.copy_(layer.weight)
+    ab(x).square().sum().backward()
+    assert ab.weight.grad[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("domain", ["pm1", "01"])
+def test_old_checkpoint_without_tau_loads_with_its_per_channel_levels(domain):
+    torch.manual_seed(6)
+    layer = SBConv2d(3, 4, 3, padding=1, domain=domain, act=None)
+    w = layer.weight.detach()
+    flat = w.reshape(4, -1)
+    fb = (flat >= 0).float()
+    if domain == "pm1":  # the former definition: {-mean|w_c|, +mean|w_c|}
+        old_q = flat.abs().mean(1).view(-1, 1, 1, 1) * torch.where(w >= 0, 1.0, -1.0)
+    else:  # {0, mean of w_c over its 1-bits}
+        old_q = ((flat * fb).sum(1) / fb.sum(1)).view(-1, 1, 1, 1) * (w >= 0).float()
+    sd = {"weight": w.clone(), "bias": layer.bias.detach().clone()}
+    fresh = SBConv2d(3, 4, 3, padding=1, domain=domain, act=None)
+    fresh.load_state_dict(sd)
+    assert fresh.tau.shape == (4, 1, 1, 1)
+    torch.testing.assert_close(fresh.quantized_weight().detach(), old_q)
 
 
 def test_bad_domain_and_estimator():

@@ -34,7 +34,7 @@ from sbnn.verbs.prune import (
 
 def _fp(seed: int = 0, width: int = 16) -> nn.Module:
     torch.manual_seed(seed)
-    return models.create("fmnist_cnn_fp", width=width).eval()
+    return models.create("fmnist_cnn_flat_fp", width=width).eval()
 
 
 def _kernel_zero(bits: torch.Tensor) -> torch.Tensor:
@@ -235,7 +235,7 @@ def test_sub_bit_patterns_alone_dense_pm1():
 def test_compute_masks_for_training_from_scratch():
     """The train-time path: closed-form init at EC, then masks, then training keeps them."""
     torch.manual_seed(0)
-    model = models.create("fmnist_cnn", width=16)
+    model = models.create("fmnist_cnn_flat", width=16)
     init_closed_form_(model, 0.05)
     masks = compute_masks(model, PruneConfig(magnitude=0.3, kernels=0.9, filters=0.125,
                                              patterns=5))
@@ -253,7 +253,7 @@ def test_compute_masks_for_training_from_scratch():
     attach_(model, restored)
     assert set(prune_state(model)) == set(state)
     # the state_dict keys are those of a fresh model: evaluate/export load it unchanged
-    assert set(model.state_dict()) == set(models.create("fmnist_cnn", width=16).state_dict())
+    assert set(model.state_dict()) == set(models.create("fmnist_cnn_flat", width=16).state_dict())
 
 
 def test_prune_stats_count_removed_kernels():

@@ -161,7 +161,7 @@ def test_summary_of_a_model_counts_every_layer():
     sb = sb_layers(model)
     t = s.totals
     assert t["binary_params"] == sum(m.weight.numel() for _, m in sb)
-    assert t["binary_layers"] == len(sb) == 3
+    assert t["binary_layers"] == len(sb) == 4  # fmnist_cnn: four binary convs
     stats = layer_stats(model)
     ones = sum(r["ones"] for r in stats) / sum(r["n"] for r in stats)
     assert t["ones_fraction"] == pytest.approx(ones)
@@ -199,7 +199,7 @@ def test_summary_cli_on_a_run_and_a_sbnn_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sbconv2d" in out and "block1" in out
     js = json.loads((tmp_path / "s.json").read_text())
-    assert js["totals"]["binary_layers"] == 3
+    assert js["totals"]["binary_layers"] == 4
     assert cli.main(["export", str(run), "-o", str(tmp_path / "m.sbnn")]) == 0
     capsys.readouterr()
     assert cli.main(["summary", str(tmp_path / "m.sbnn"), "--json",

@@ -1,23 +1,36 @@
 """Sparse-binary layers: drop-in ``nn.Conv2d`` / ``nn.Linear`` with weights in {alpha, beta}.
 
-A layer keeps real latent weights ``w``. Its forward pass uses ``q = alpha + (beta - alpha) * b``
-with bits ``b = (sign(w) + 1) / 2`` (bit 1 where ``w >= 0``), and binarises its input with ``act``
-(or leaves it real when ``act=None``). The domain decides alpha and beta:
+A layer keeps real latent weights ``w``. Its forward pass uses ``q = tau * s + phi`` with
+``s = sign(w)`` (``+1`` where ``w >= 0``), i.e. ``q = alpha + (beta - alpha) * b`` with bits
+``b = (s + 1) / 2``, ``alpha = phi - tau`` and ``beta = phi + tau``; it binarises its input with
+``act`` (or leaves it real when ``act=None``).
 
-``"learned"``
-    ``q = tau * sign(w) + phi`` with one learnable scalar pair per layer, initialised tau = 1,
-    phi = 0, so ``alpha = phi - tau`` and ``beta = phi + tau`` (Schiavone et al., arXiv:2306.13515).
+``"learned"``, ``"pm1"`` and ``"01"`` are one parametrisation with different ties, so that the tie
+is the only difference between them (Schiavone et al., arXiv:2306.13515):
+
+``"learned"`` (the paper's {alpha, beta}, ``ab`` in a sweep)
+    tau and phi are free learnable scalars per layer, initialised tau = 1, phi = 0.
+``"pm1"`` (the classic BNN)
+    phi = 0 is tied: ``q = tau * s`` in ``{-tau, +tau}``, alpha / beta = -1. tau is learnable.
+``"01"`` (the domain of "Sparsifying Binary Networks", arXiv:2207.04974)
+    phi = tau is tied: ``q = 2 * tau * b`` in ``{0, 2 tau}``, alpha = 0. tau is learnable.
+    A filter with no 1-bit outputs exactly 0; the BatchNorm that follows then scales its gradient
+    by 1/sqrt(eps) (about 316) instead of 1/std of the filter's output, which swamps the sparsity
+    penalty and regrows the filter. So the task gradient to the latent weights of an all-zero
+    filter is cut (its forward is unchanged; the penalty still reaches it): a dead filter stays
+    dead, as filter removal wants. (This does not stop 01 from settling above a 1 % target in
+    short runs; see docs/RESULTS.md.)
+
+All three start at tau = 1 (and phi = 0 or tau); :meth:`SBLayer.fit_levels_` sets them to the
+least-squares levels of given weights under the domain's tie (the closed-form start). With a
+BatchNorm after the layer only alpha / beta matters, and tau's own gradient is about 0; Adam still
+moves it by about ``lr`` a step, so a small fitted tau (pm1: ~0.01) can change sign in training,
+which inverts the layer (measured in docs/RESULTS.md).
+
 ``"closed_form"``
     alpha and beta are the group means of the latent weights over the current split (the
-    least-squares levels for that split), recomputed at each forward, per layer.
-``"pm1"``
-    The classic BNN: ``{-s_c, +s_c}`` with ``s_c = mean|w|`` per output channel (XNOR-Net).
-``"01"``
-    ``{0, s_c}``, the domain of "Sparsifying Binary Networks" (arXiv:2207.04974), with ``s_c`` the
-    least-squares level for the current bits (mean of ``w`` over the 1-bits of channel c).
-
-In the closed-form, pm1 and 01 domains the levels are computed without gradient; the latent
-weights learn only through ``weight_estimator``.
+    least-squares levels for that split), recomputed at each forward without gradient, per layer;
+    the latent weights learn only through ``weight_estimator``.
 """
 
 from __future__ import annotations
@@ -29,9 +42,12 @@ from torch import nn
 from sbnn.method import estimators
 from sbnn.method.primitives import dequantize, group_means, to_bits
 
-__all__ = ["DOMAINS", "SBLayer", "SBConv2d", "SBLinear", "LearnableBias", "RSign", "RPReLU"]
+__all__ = ["DOMAINS", "TIED_DOMAINS", "SBLayer", "SBConv2d", "SBLinear", "LearnableBias", "RSign",
+           "RPReLU"]
 
 DOMAINS = ("learned", "closed_form", "pm1", "01")
+# domains of the form tau * s + phi with learnable scalars, and their tie of phi to tau
+TIED_DOMAINS = ("learned", "pm1", "01")
 
 
 def _check_domain(domain: str) -> str:
@@ -51,10 +67,46 @@ class SBLayer:
             raise ValueError("weight_estimator cannot be None: binary weights need an estimator")
         self.weight_estimator = estimators.get(weight_estimator)
         self.act = estimators.get(act)
-        if self.domain == "learned":
+        if self.domain in TIED_DOMAINS:
             dev, dt = self.weight.device, self.weight.dtype
             self.tau = nn.Parameter(torch.tensor(1.0, device=dev, dtype=dt))
-            self.phi = nn.Parameter(torch.tensor(0.0, device=dev, dtype=dt))
+            if self.domain == "learned":
+                self.phi = nn.Parameter(torch.tensor(0.0, device=dev, dtype=dt))
+
+    def tau_phi(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tau, phi) with the domain's tie applied: pm1 has phi = 0, 01 has phi = tau."""
+        if self.domain == "learned":
+            return self.tau, self.phi
+        if self.domain == "pm1":
+            return self.tau, torch.zeros_like(self.tau)
+        if self.domain == "01":
+            return self.tau, self.tau
+        raise ValueError(f"domain {self.domain!r} has no tau/phi")
+
+    @torch.no_grad()
+    def fit_levels_(self, w: torch.Tensor | None = None, bits: torch.Tensor | None = None) -> None:
+        """Set tau (and phi) to the least-squares levels of ``w`` (default: the latent weights)
+        split by ``bits`` (default: ``w >= 0``), under the domain's tie, per layer:
+        learned: alpha, beta = group means; pm1: ``tau = mean(w * s)``; 01:
+        ``tau = mean(w[b]) / 2``. A split with an empty group keeps the current levels."""
+        if self.domain not in TIED_DOMAINS:
+            return
+        w = (self.weight if w is None else w).detach()
+        b = (w >= 0) if bits is None else bits.to(torch.bool)
+        n1, n = int(b.sum()), b.numel()
+        s = b.to(w.dtype) * 2 - 1
+        if self.domain == "pm1":
+            self.tau.fill_(float((w * s).mean()))
+            return
+        if n1 == 0 or (self.domain == "learned" and n1 == n):
+            return
+        beta = float(w[b].mean())
+        if self.domain == "01":
+            self.tau.fill_(beta / 2)
+            return
+        alpha = float(w[~b].mean())
+        self.tau.fill_((beta - alpha) / 2)
+        self.phi.fill_((beta + alpha) / 2)
 
     # -- the binary domain -------------------------------------------------------------------
     def bits(self) -> torch.Tensor:
@@ -63,21 +115,15 @@ class SBLayer:
 
     def _levels(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, beta): 0-dim or per output channel ``(C_out,)``; ``b`` is the hard bit mask."""
-        if self.domain == "learned":
-            return self.phi - self.tau, self.phi + self.tau
+        if self.domain in TIED_DOMAINS:
+            tau, phi = self.tau_phi()
+            return phi - tau, phi + tau
+        # closed_form: the group means of the current split, without gradient
         w = w.detach()
-        if self.domain == "closed_form":
-            return group_means(w.reshape(-1), b.reshape(-1), dtype=w.dtype)
-        flat_w, flat_b = w.reshape(w.shape[0], -1), b.reshape(w.shape[0], -1)
-        scale = flat_w.abs().mean(1)
-        if self.domain == "pm1":
-            return -scale, scale
-        # 01: {0, mean of w over the channel's 1-bits}; a channel without 1-bits keeps mean|w|
-        _, beta = group_means(flat_w, flat_b, dtype=w.dtype)
-        return torch.zeros_like(scale), torch.where(flat_b.any(1), beta, scale)
+        return group_means(w.reshape(-1), b.reshape(-1), dtype=w.dtype)
 
     def alpha_beta(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two levels, detached: 0-dim tensors, or ``(C_out,)`` for pm1 and 01."""
+        """The two levels, detached: 0-dim tensors (per-channel after a per-channel convert)."""
         a, b = self._levels(self.weight, self.bits())
         return a.detach(), b.detach()
 
@@ -85,16 +131,27 @@ class SBLayer:
         """``q = alpha + (beta - alpha) * b`` with the pseudo-gradient of ``weight_estimator``."""
         w = self.weight
         s = self.weight_estimator(w)  # {-1, +1}, pseudo-gradient to w
-        if self.domain == "learned":
-            return self.tau * s + self.phi
+        if self.domain == "01":
+            # no task gradient into an all-zero filter (see the module docstring)
+            alive = to_bits(w.detach()).reshape(w.shape[0], -1).any(1)
+            s = torch.where(alive.view((-1,) + (1,) * (w.dim() - 1)), s, s.detach())
+        if self.domain in TIED_DOMAINS:
+            tau, phi = self.tau_phi()
+            return tau * s + phi
         alpha, beta = self._levels(w, to_bits(w.detach()))
         return dequantize(alpha, beta, (s + 1) / 2)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # ``sbnn convert --granularity channel`` stores tau/phi per output channel: take the
         # saved shape, so any loader (evaluate, export) restores such a layer unchanged
-        if self.domain == "learned":
-            for pname in ("tau", "phi"):
+        if self.domain in ("pm1", "01") and prefix + "tau" not in state_dict \
+                and prefix + "weight" in state_dict:
+            # a checkpoint from before pm1/01 had tau: their levels were per output channel,
+            # computed from the weights; freeze them as a per-channel tau (exact at eval)
+            state_dict[prefix + "tau"] = _legacy_channel_tau(self.domain,
+                                                             state_dict[prefix + "weight"])
+        if self.domain in TIED_DOMAINS:
+            for pname in ("tau", "phi") if self.domain == "learned" else ("tau",):
                 saved = state_dict.get(prefix + pname)
                 mine = getattr(self, pname)
                 if saved is not None and saved.shape != mine.shape:
@@ -175,6 +232,21 @@ class SBLinear(SBLayer, nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.sb_extra_repr()
+
+
+def _legacy_channel_tau(domain: str, w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel tau reproducing the old pm1 ({-mean|w_c|, +mean|w_c|}) and 01
+    ({0, mean of w_c over its 1-bits}) levels."""
+    w = w.detach()
+    flat = w.reshape(w.shape[0], -1)
+    view = (-1,) + (1,) * (w.dim() - 1)
+    scale = flat.abs().mean(1)
+    if domain == "pm1":
+        return scale.view(view).clone()
+    fb = (flat >= 0).to(w.dtype)
+    n1 = fb.sum(1)
+    level = torch.where(n1 > 0, (flat * fb).sum(1) / n1.clamp(min=1), scale)
+    return (level / 2).view(view).clone()
 
 
 def _channel_view(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

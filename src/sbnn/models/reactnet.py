@@ -2,8 +2,12 @@
 
     x: (N, 3, 32, 32)
     float conv3x3(3 -> 64) + BN                                    -> (N, 64, 32, 32)
-    4 stages x 4 blocks, 64/128/256/512 channels, strides 1/2/2/2  -> (N, 512, 4, 4)
+    maxpool 3x3, stride 2, pad 1                                   -> (N, 64, 16, 16)
+    4 stages x 4 blocks, 64/128/256/512 channels, strides 1/2/2/2  -> (N, 512, 2, 2)
     avgpool + flatten + float linear                               -> (N, classes)
+
+The max-pool after the stem is the authors' (robustml-eurecom/SBNN, CIFAR-100/birealnetBNN.py):
+the stages run at 16/8/4/2 for a 32x32 input.
 
 Block (one binary 3x3 conv each, Bi-Real-Net's per-conv shortcut)::
 
@@ -57,6 +61,7 @@ class ReActNet18(nn.Module):
         sb = dict(domain=domain, weight_estimator=weight_estimator, act=act)
         self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(width))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
         blocks, cin = [], width
         for i, n in enumerate(layers):
             cout = width * 2**i
@@ -70,7 +75,7 @@ class ReActNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, 3, 32, 32) -> (N, classes)
-        out = self.blocks(self.stem(x))
+        out = self.blocks(self.maxpool(self.stem(x)))  # (N, 8w, 2, 2) for a 32x32 input
         return self.fc(torch.flatten(self.pool(out), 1))
 
 

@@ -62,6 +62,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
     schedule: str = "cosine"  # cosine | constant
+    schedule_step: str = "step"  # step: update the lr every batch | epoch: once per epoch
     warmup_epochs: int = 0
 
 
@@ -69,7 +70,12 @@ class OptimConfig:
 class SparsityConfig:
     ec: float = 0.05  # target global ones fraction ("expected connections"); 0.5 = dense BNN
     gamma: float = 0.07  # share of the total loss carried by the penalty (0: no penalty)
-    init: str = "closed_form"  # closed_form: start the latent weights at the target | none
+    # closed_form: split the latent weights at the target in closed form | authors: rand * 0.001,
+    # all positive (100 % ones at the start, the authors' CIFAR-100 init) | none: default init
+    init: str = "closed_form"
+    # tau/phi at the start: fit (least squares on the closed-form split, under the domain's tie)
+    # | unit (the authors' tau = 1, phi = 0); only closed_form init can fit
+    levels: str = "fit"
     ede_schedule: bool = True  # advance t/k of every EDE estimator with the epoch
     clamp: bool = True  # clamp latent weights to [-1.5, 1.5] after every step
 
@@ -287,12 +293,14 @@ def validate(cfg: Config, training: bool = True) -> Config:
     if not (math.isfinite(o.momentum) and 0.0 <= o.momentum < 1.0):
         raise _bad("optim.momentum", o.momentum, "a number in [0, 1)")
     _choice("optim.schedule", o.schedule, ("cosine", "constant"))
+    _choice("optim.schedule_step", o.schedule_step, ("step", "epoch"))
     _positive("optim.warmup_epochs", o.warmup_epochs, zero=True)
     if not (math.isfinite(sp.ec) and 0.0 < sp.ec <= 0.5):
         raise _bad("sparsity.ec", sp.ec, "a ones fraction in (0, 0.5] (0.5: the dense BNN)")
     if not (math.isfinite(sp.gamma) and 0.0 <= sp.gamma < 1.0):
         raise _bad("sparsity.gamma", sp.gamma, "a share of the loss in [0, 1)")
-    _choice("sparsity.init", sp.init, ("closed_form", "none"))
+    _choice("sparsity.init", sp.init, ("closed_form", "authors", "none"))
+    _choice("sparsity.levels", sp.levels, ("fit", "unit"))
     if training:
         _positive("epochs", cfg.epochs)
     else:

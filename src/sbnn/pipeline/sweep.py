@@ -1,11 +1,20 @@
-"""``sbnn sweep``: one training per (domain, EC, seed), then a table and plots of the trade-off.
+"""``sbnn sweep``: one training per (domain, start arm, EC, seed), then tables and plots.
 
-Each run lives in ``SWEEP_DIR/runs/<domain>_ec<EC>_s<seed>/`` and is a normal ``sbnn train`` run
-folder. A run with a ``report.json`` is finished and skipped; one with only a ``last.pt`` resumes
-from it; so killing the sweep loses at most the run in progress. After training, each run is
+The domains ``ab`` (learned {alpha, beta}), ``pm1`` and ``01`` are one parametrisation
+``tau * s + phi`` with different ties (see :mod:`sbnn.method.layers`), so the tie is the only
+difference between them. Each can start from two arms: ``cf`` (tau/phi fitted in closed form to
+the initial split, ``sparsity.levels=fit``) and ``authors`` (tau = 1, phi = 0,
+``sparsity.levels=unit``); both use the base config's latent-weight init (the main job: the
+closed-form split at the target).
+
+Each run lives in ``SWEEP_DIR/runs/<domain>_<arm>_ec<EC>_s<seed>/`` and is a normal ``sbnn train``
+run folder. A run with a ``report.json`` is finished and skipped; one with only a ``last.pt``
+resumes from it; so killing the sweep loses at most the run in progress. After training, each run is
 exported to ``model.sbnn`` and timed on the engine (batch 1, one thread). The sweep then writes
-``results.csv``, ``results.md`` and two PNG plots: test accuracy against bits per binary weight
-(as stored in the exported file) and against measured engine latency, one curve per domain, with
+``results.csv`` (one row per run: achieved ones fraction, its H(p), alpha/beta per layer, ...),
+``results.md`` and three PNG plots: test accuracy against the achieved ones fraction, against bits
+per binary weight (as stored in the exported file) and against measured engine latency, one curve
+per (domain, arm), with
 the full-precision twin and the dense BNN (the {alpha, beta} run at EC 0.5) as horizontal lines.
 """
 
@@ -22,7 +31,7 @@ from pathlib import Path
 
 from sbnn.pipeline.config import Config, load_config
 
-__all__ = ["GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "add_parser"]
+__all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "add_parser"]
 
 # The authors' (EC, gamma) pairs (Schiavone et al., arXiv:2306.13515, their public code).
 GAMMAS_CIFAR10 = {0.50: 0.0, 0.25: 0.02, 0.10: 0.04, 0.05: 0.07, 0.04: 0.07, 0.03: 0.08,
@@ -33,9 +42,13 @@ GAMMAS_CIFAR100 = {0.50: 0.0, 0.05: 0.05, 0.04: 0.05, 0.03: 0.05, 0.02: 0.06, 0.
 DOMAIN_ALIASES = {"ab": "learned", "learned": "learned", "closed_form": "closed_form",
                   "pm1": "pm1", "01": "01"}
 
-COLUMNS = ["domain", "ec", "gamma", "seed", "test_accuracy", "ones_fraction",
-           "bits_per_binary_weight", "entropy_bits_per_weight", "binary_weights", "model_bytes",
-           "latency_b1_ms", "run_dir"]
+# start arms -> sparsity.levels
+ARMS = {"cf": "fit", "authors": "unit"}
+
+COLUMNS = ["domain", "arm", "ec", "gamma", "seed", "test_accuracy", "best_test_accuracy",
+           "ones_fraction", "ones_over_target", "entropy_ones", "alpha_over_beta",
+           "alpha_beta_per_layer", "bits_per_binary_weight", "entropy_bits_per_weight",
+           "binary_weights", "model_bytes", "latency_b1_ms", "train_wall_time_s", "run_dir"]
 
 
 def gamma_for(ec: float, dataset: str = "fashion_mnist") -> float:
@@ -58,8 +71,29 @@ def _floats(text: str, what: str) -> list[float]:
     return vals
 
 
-def _run_name(domain: str, ec: float | None, seed: int) -> str:
-    return f"fp_s{seed}" if domain == "fp" else f"{domain}_ec{ec:g}_s{seed}"
+def _run_name(domain: str, arm: str | None, ec: float | None, seed: int) -> str:
+    return f"fp_s{seed}" if domain == "fp" else f"{domain}_{arm}_ec{ec:g}_s{seed}"
+
+
+def _entropy(p: float | None) -> float | None:
+    if p is None:
+        return None
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+
+
+def _level_columns(report: dict) -> dict:
+    """alpha/beta per binary layer (from the run's report) and their mean."""
+    ratios, pairs = [], []
+    for layer in report.get("layers", []):
+        a, b = layer.get("alpha"), layer.get("beta")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            pairs.append(f"{a:.4g}/{b:.4g}")
+            if b != 0:
+                ratios.append(a / b)
+    return {"alpha_over_beta": statistics.mean(ratios) if ratios else None,
+            "alpha_beta_per_layer": " ".join(pairs) if pairs else None}
 
 
 def _rank() -> int:
@@ -108,8 +142,15 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
 
 def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: list[str],
               seeds: list[int], gammas: list[float] | None = None, fp_reference: bool = True,
-              deploy: bool = True, latency: bool = True) -> list[dict]:
-    """Train every (domain, EC, seed) combination of ``cfg`` and write the sweep's results."""
+              deploy: bool = True, latency: bool = True, arms: list[str] | None = None,
+              train: bool = True) -> list[dict]:
+    """Train every (domain, arm, EC, seed) combination of ``cfg`` and write the sweep's
+    results. ``arms`` (default ``["cf"]``): keys of :data:`ARMS`. ``train=False`` tabulates the
+    finished runs of the plan only (several sweeps sharing one folder, or a cut-short sitting)."""
+    arms = arms or ["cf"]
+    for a in arms:
+        if a not in ARMS:
+            raise ValueError(f"unknown sweep arm {a!r}; valid: {', '.join(ARMS)}")
     from sbnn import models
     from sbnn.pipeline.data import DATASET_SHAPES
 
@@ -124,34 +165,46 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
 
-    plan: list[tuple[str, float | None, int, Config]] = []
+    plan: list[tuple[str, str | None, float | None, int, Config]] = []
     fp_name = f"{cfg.model.name}_fp"
     if fp_reference and fp_name in models.list_models():
         for seed in seeds:
             fp_cfg = replace(cfg, model=replace(cfg.model, name=fp_name), seed=seed)
-            plan.append(("fp", None, seed, fp_cfg))
-    for d in domains:
+            plan.append(("fp", None, None, seed, fp_cfg))
+    # seeds innermost-but-one: a sweep cut short still has every cell at its first seeds
+    for seed in seeds:
         for i, ec in enumerate(ecs):
             gamma = gamma_for(ec, cfg.data.name) if gammas is None else \
                 gammas[0 if len(gammas) == 1 else i]
-            for seed in seeds:
-                run_cfg = replace(
-                    cfg, seed=seed, model=replace(cfg.model, domain=DOMAIN_ALIASES[d]),
-                    sparsity=replace(cfg.sparsity, ec=ec, gamma=gamma))
-                plan.append((d, ec, seed, run_cfg))
+            for d in domains:
+                for arm in arms:
+                    run_cfg = replace(
+                        cfg, seed=seed, model=replace(cfg.model, domain=DOMAIN_ALIASES[d]),
+                        sparsity=replace(cfg.sparsity, ec=ec, gamma=gamma, levels=ARMS[arm]))
+                    plan.append((d, arm, ec, seed, run_cfg))
 
     shape = DATASET_SHAPES.get(cfg.data.name)
     rows = []
-    for k, (d, ec, seed, run_cfg) in enumerate(plan, 1):
-        run_dir = out / "runs" / _run_name(d, ec, seed)
+    for k, (d, arm, ec, seed, run_cfg) in enumerate(plan, 1):
+        run_dir = out / "runs" / _run_name(d, arm, ec, seed)
+        if not train and not (run_dir / "report.json").is_file():
+            if _rank() == 0:
+                print(f"[sweep {k}/{len(plan)}] {run_dir.name}: not finished, left out", flush=True)
+            continue
         if _rank() == 0:
             print(f"[sweep {k}/{len(plan)}] {run_dir.name}", flush=True)
         report = _train_one(run_cfg, run_dir)
         if _rank() != 0:
             continue
-        row = {"domain": d, "ec": ec, "gamma": None if ec is None else run_cfg.sparsity.gamma,
+        p = report.get("ones_fraction")
+        row = {"domain": d, "arm": arm, "ec": ec,
+               "gamma": None if ec is None else run_cfg.sparsity.gamma,
                "seed": seed, "test_accuracy": report.get("test_accuracy"),
-               "ones_fraction": report.get("ones_fraction"), "run_dir": str(run_dir)}
+               "best_test_accuracy": report.get("best_test_accuracy"),
+               "ones_fraction": p, "entropy_ones": _entropy(p),
+               "ones_over_target": None if (p is None or ec is None) else p / ec,
+               "train_wall_time_s": report.get("train_wall_time_s"),
+               "run_dir": str(run_dir), **_level_columns(report)}
         if deploy and d != "fp" and shape is not None:
             row.update(_deploy_metrics(run_dir, shape, latency))
         rows.append(row)
@@ -191,14 +244,19 @@ def write_results(rows: list[dict], out: str | os.PathLike) -> None:
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:-1]) + " |" for r in rows]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["domain"], r["ec"]), []).append(r)
+        groups.setdefault((r["domain"], r.get("arm"), r["ec"]), []).append(r)
     lines += ["", "## Mean ± std over seeds", "",
-              "| domain | EC | seeds | test accuracy | ones fraction | bits / binary weight | "
-              "latency b1 (ms) |", "|---|---|---|---|---|---|---|"]
-    for (d, ec), rs in groups.items():
+              "| domain | arm | EC | seeds | test accuracy | achieved ones | ones / target | "
+              "H(p) | alpha / beta | bits / binary weight | latency b1 (ms) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (d, arm, ec), rs in groups.items():
         lines.append(
-            f"| {d} | {_fmt(ec)} | {len(rs)} | {_mean_std([r.get('test_accuracy') for r in rs])} "
+            f"| {d} | {_fmt(arm)} | {_fmt(ec)} | {len(rs)} "
+            f"| {_mean_std([r.get('test_accuracy') for r in rs])} "
             f"| {_mean_std([r.get('ones_fraction') for r in rs])} "
+            f"| {_mean_std([r.get('ones_over_target') for r in rs])} "
+            f"| {_mean_std([r.get('entropy_ones') for r in rs])} "
+            f"| {_mean_std([r.get('alpha_over_beta') for r in rs])} "
             f"| {_mean_std([r.get('bits_per_binary_weight') for r in rs])} "
             f"| {_mean_std([r.get('latency_b1_ms') for r in rs])} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -223,7 +281,9 @@ def sweep_figure(rows: list[dict], key: str, label: str):
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["domain"], r["ec"]), []).append(r)
+        name = r["domain"] if r["domain"] == "fp" or not r.get("arm") else \
+            f"{r['domain']} ({r['arm']})"
+        groups.setdefault((name, r["ec"]), []).append(r)
     fp = [100 * r["test_accuracy"] for r in rows
           if r["domain"] == "fp" and r.get("test_accuracy") is not None]
     bnn = [100 * r["test_accuracy"] for r in rows if r["domain"] in ("ab", "learned")
@@ -234,7 +294,8 @@ def sweep_figure(rows: list[dict], key: str, label: str):
         for (dd, ec), rs in groups.items():
             if dd != d:
                 continue
-            (x, xs), (y, ys) = _mean_sd(rs, key), _mean_sd(rs, "test_accuracy", 100.0)
+            xscale = 100.0 if key == "ones_fraction" else 1.0  # fractions are shown in %
+            (x, xs), (y, ys) = _mean_sd(rs, key, xscale), _mean_sd(rs, "test_accuracy", 100.0)
             if x is not None and y is not None:
                 pts.append((x, y, xs, ys, ec))
         pts.sort()
@@ -265,7 +326,9 @@ def plot_results(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for key, label, fname in (("bits_per_binary_weight", "bits per binary weight (file)",
+    for key, label, fname in (("ones_fraction", "achieved ones fraction (%)",
+                               "accuracy_vs_ones.png"),
+                              ("bits_per_binary_weight", "bits per binary weight (file)",
                                "accuracy_vs_bits.png"),
                               ("latency_b1_ms", "engine latency, batch 1, 1 thread (ms)",
                                "accuracy_vs_latency.png")):
@@ -293,11 +356,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--domain", default="ab,pm1,01",
                    help="comma-separated domains: ab ({alpha, beta}, learned), closed_form, pm1, "
                         "01 (default: %(default)s)")
+    p.add_argument("--arm", default="cf",
+                   help="comma-separated start arms: cf (tau/phi fitted in closed form to the "
+                        "initial split), authors (tau = 1, phi = 0) (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--gamma", help="gamma per EC (comma-separated, or one value for all); "
                                    "default: the authors' pair for each EC")
     p.add_argument("--no-fp", action="store_true", help="skip the full-precision reference run")
     p.add_argument("--no-latency", action="store_true", help="skip engine timing")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: tabulate the plan's finished runs only (the others are "
+                        "left out and listed)")
     p.add_argument("--out", "-o", required=True, help="sweep folder")
     p.set_defaults(func=_cmd)
 
@@ -309,8 +378,9 @@ def _cmd(args) -> int:
         seeds = [int(s) for s in _floats(args.seeds, "seeds")]
         gammas = _floats(args.gamma, "gamma") if args.gamma else None
         domains = [d.strip() for d in args.domain.split(",") if d.strip()]
+        arms = [a.strip() for a in args.arm.split(",") if a.strip()]
         run_sweep(cfg, args.out, ecs, domains, seeds, gammas, fp_reference=not args.no_fp,
-                  latency=not args.no_latency)
+                  latency=not args.no_latency, arms=arms, train=not args.collect)
     except ValueError as e:
         print(f"sbnn sweep: error: {e}", file=sys.stderr)
         return 2

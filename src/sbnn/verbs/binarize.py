@@ -17,8 +17,12 @@ from sbnn.method.constraint import sb_layers
 from sbnn.method.layers import DOMAINS, SBConv2d, SBLayer, SBLinear
 from sbnn.method.primitives import closed_form
 
-__all__ = ["BinarizeConfig", "binarize_", "init_closed_form_", "ReLUBeforeBinaryWarning",
-           "relus_feeding"]
+__all__ = ["BinarizeConfig", "binarize_", "init_closed_form_", "init_authors_", "LEVEL_STARTS",
+           "ReLUBeforeBinaryWarning", "relus_feeding"]
+
+# how a closed-form start sets tau/phi: "fit" = least squares under the domain's tie, "unit" =
+# the authors' tau = 1, phi = 0 (01: phi = tau = 1)
+LEVEL_STARTS = ("fit", "unit")
 
 
 @dataclass
@@ -213,16 +217,42 @@ def binarize_(
     return model
 
 
+def _unit_levels_(m: SBLayer) -> None:
+    if hasattr(m, "tau"):
+        m.tau.fill_(1.0)
+    if m.domain == "learned":
+        m.phi.fill_(0.0)
+
+
 @torch.no_grad()
-def init_closed_form_(model: nn.Module, ones: float) -> nn.Module:
+def init_authors_(model: nn.Module, scale: float = 1e-3, generator=None) -> nn.Module:
+    """The authors' CIFAR-100 start: latent weights ``rand * scale`` (uniform in [0, scale), all
+    positive, so the ones fraction starts at 1.0 and the constraint brings it down), tau = 1,
+    phi = 0."""
+    layers = sb_layers(model)
+    if not layers:
+        raise ValueError("model has no sparse-binary layers; call sbnn.binarize_ first")
+    for _, m in layers:
+        w = m.weight
+        w.copy_(torch.rand(w.shape, generator=generator, dtype=w.dtype).to(w.device) * scale)
+        _unit_levels_(m)
+    return model
+
+
+@torch.no_grad()
+def init_closed_form_(model: nn.Module, ones: float, levels: str = "fit") -> nn.Module:
     """Start every sparse-binary layer at ones fraction ``ones``, in closed form.
 
     For each layer, the closed-form split of its latent weights at ``ones`` (the
     ``k = floor(ones * n + 0.5)`` largest weights) becomes the sign pattern: the latent weights are
     shifted by a threshold between the k-th and (k+1)-th largest value, so exactly those k are
-    ``>= 0``. For the ``"learned"`` domain, tau and phi are set to the least-squares levels of the
-    original weights: ``tau = (beta - alpha) / 2``, ``phi = (beta + alpha) / 2``.
+    ``>= 0``. ``levels="fit"`` sets tau (and phi) to the least-squares levels of the original
+    weights on that split under the domain's tie (learned: ``tau = (beta - alpha) / 2``,
+    ``phi = (beta + alpha) / 2`` with the group means; pm1 and 01: see
+    :meth:`SBLayer.fit_levels_`); ``levels="unit"`` keeps the authors' tau = 1, phi = 0.
     """
+    if levels not in LEVEL_STARTS:
+        raise ValueError(f"unknown levels start {levels!r}; valid: {', '.join(LEVEL_STARTS)}")
     if not 0.0 < float(ones) < 1.0:
         raise ValueError(f"ones must be a fraction in (0, 1), got {ones}")
     layers = sb_layers(model)
@@ -244,8 +274,12 @@ def init_closed_form_(model: nn.Module, ones: float) -> nn.Module:
         # ties at the threshold: force the closed form's (position-ordered) bits exactly
         eps = torch.finfo(w.dtype).tiny
         shifted = torch.where(bits, shifted.clamp(min=0), shifted.clamp(max=-eps))
-        w.copy_(shifted)
-        if m.domain == "learned":
+        if levels == "unit":
+            _unit_levels_(m)
+        elif m.domain == "learned":
             m.tau.fill_(float((beta - alpha) / 2))
             m.phi.fill_(float((beta + alpha) / 2))
+        else:
+            m.fit_levels_(w.clone(), bits)
+        w.copy_(shifted)
     return model

@@ -75,8 +75,6 @@ def model_bits(model: nn.Module) -> dict:
     latent = {id(m.weight) for m in sb}
     n_bin = sum(m.weight.numel() for m in sb)
     fp_params = sum(p.numel() for p in model.parameters() if id(p) not in latent)
-    # pm1 / 01 keep one level per output channel, derived from the weights: count them too
-    fp_params += sum(m.weight.shape[0] for m in sb if m.domain in ("pm1", "01"))
     ent = 0.0
     kern = 0
     for m in sb:
