@@ -362,10 +362,13 @@ def format_table(res: dict[str, Any], layers: bool = True) -> str:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "bench", help="latency of a .sbnn model vs dense-binary and PyTorch float32 baselines",
+        "bench", help="latency of a .sbnn model vs dense-binary, PyTorch and onnxruntime "
+                      "baselines",
         description="Per-layer and whole-model latency (medians after warm-up) of a .sbnn "
-                    "model in the native engine, against the same graph with dense binary "
-                    "convs and against PyTorch float32, measured in the same run.")
+                    "model in the native engine (the kernel each binary conv runs, per layer), "
+                    "against the same graph with dense binary convs, PyTorch float32, the "
+                    "float twin, and onnxruntime fp32/int8 on the float twin and on sbnn's "
+                    "ONNX graph, measured in the same run.")
     p.add_argument("model", help=".sbnn file")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")

@@ -318,6 +318,23 @@ static int sb_offsets(const sb_layer *L, int o, int32_t *offs)
     }
     return n;
 }
+
+/* ws (oh, ow) = the window sums of cs (h+2p, w+2p), the channel sums of the padded input:
+   conv(x, 1), shared by every output channel. */
+static void sb_window_sums(const sb_layer *L, const float *cs, float *ws)
+{
+    const int kk = L->kh * L->kw, wp = L->w + 2 * L->p;
+    int oy, ox, k;
+    for (oy = 0; oy < L->oh; ++oy) {
+        for (ox = 0; ox < L->ow; ++ox) {
+            const float *r = cs + oy * L->s * wp + ox * L->s;
+            float acc = 0.0f;
+            for (k = 0; k < kk; ++k)
+                acc += r[k / L->kw * wp + k % L->kw];
+            ws[oy * L->ow + ox] = acc;
+        }
+    }
+}
 """,
     "sbconv_bin": r"""
 /* Binary conv on binarised inputs. x: (ci, h, w) -> y: (co, oh, ow).
@@ -327,7 +344,7 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
                           int32_t *offs, float *plane, float *tmp, const float *res,
                           const sb_epi *e)
 {
-    const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
+    const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p;
     float *cs = ws + L->oh * L->ow;
     int c, i, j, o, oy, ox, k, n;
     for (i = 0; x && i < L->ci * hp * wp; ++i)
@@ -346,15 +363,7 @@ static void k_sbconv_bin(const sb_layer *L, const float *x, float *y, int8_t *xp
     for (c = 0; c < L->ci; ++c)
         for (i = 0; i < hp * wp; ++i)
             cs[i] += (float)xp[c * hp * wp + i];
-    for (oy = 0; oy < L->oh; ++oy) {
-        for (ox = 0; ox < L->ow; ++ox) {
-            const float *r = cs + oy * L->s * wp + ox * L->s;
-            float acc = 0.0f;
-            for (k = 0; k < kk; ++k)
-                acc += r[k / L->kw * wp + k % L->kw];
-            ws[oy * L->ow + ox] = acc;
-        }
-    }
+    sb_window_sums(L, cs, ws);
     for (o = 0; o < L->co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
         float *yo = e ? plane : y + o * L->oh * L->ow;
@@ -381,7 +390,7 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
                           int32_t *offs, float *plane, float *tmp, const float *res,
                           const sb_epi *e)
 {
-    const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p, kk = L->kh * L->kw;
+    const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p;
     float *cs = ws + L->oh * L->ow;
     int c, i, j, o, oy, ox, k, n;
     for (i = 0; i < L->ci * hp * wp; ++i)
@@ -395,15 +404,7 @@ static void k_sbconv_real(const sb_layer *L, const float *x, float *y, float *xp
     for (c = 0; c < L->ci; ++c)
         for (i = 0; i < hp * wp; ++i)
             cs[i] += xp[c * hp * wp + i];
-    for (oy = 0; oy < L->oh; ++oy) {
-        for (ox = 0; ox < L->ow; ++ox) {
-            const float *r = cs + oy * L->s * wp + ox * L->s;
-            float acc = 0.0f;
-            for (k = 0; k < kk; ++k)
-                acc += r[k / L->kw * wp + k % L->kw];
-            ws[oy * L->ow + ox] = acc;
-        }
-    }
+    sb_window_sums(L, cs, ws);
     for (o = 0; o < L->co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
         float *yo = e ? plane : y + o * L->oh * L->ow;
