@@ -498,12 +498,12 @@ class Trainer:
             # accuracy over epochs, which is best_test_accuracy (best.pt, epoch best_epoch)
             report["reported_checkpoint"] = "last"
             report["best_test_accuracy"] = self.best_acc
+            # the epoch best.pt holds (a checkpoint of an older sbnn lacks it: metrics.jsonl)
             report["best_epoch"] = self.best_epoch or self._best_epoch_from_metrics()
             report["train_wall_time_s"] = wall
             report["epoch_times_s"] = epoch_times
             report["epochs"] = cfg.epochs
             report["last_epoch"] = cfg.epochs  # the epoch last.pt holds
-            report["best_epoch"] = self.best_epoch  # the epoch best.pt holds
             report["world_size"] = self.world
             report["batch_size_per_rank"] = cfg.data.batch_size
             report["global_batch_size"] = self.global_batch
