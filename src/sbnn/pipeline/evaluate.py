@@ -9,10 +9,8 @@ alpha/beta, and the weight memory in bits (full-precision layers counted apart).
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbnn.pipeline.runs import checkpoint_path, load_checkpoint, load_model
+from sbnn.pipeline.runs import checkpoint_path, load_checkpoint, load_model, write_json
 
 __all__ = ["evaluate_loader", "make_report", "format_report", "evaluate_run", "evaluate_engine",
            "format_engine_report"]
@@ -237,7 +235,7 @@ def _run_cmd(args) -> int:
                                  which="best" if args.best else "last")
         print(format_engine_report(report))
         if args.json_out:
-            Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+            write_json(args.json_out, report)
         return 0
     if not args.path:
         raise FileNotFoundError("give a run folder or checkpoint (or --engine MODEL.sbnn)")
@@ -245,5 +243,5 @@ def _run_cmd(args) -> int:
                           args.dataset, args.device, args.batch_size)
     print(format_report(report, title=f"{report['checkpoint']} (epoch {report['epoch']})"))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json_out, report)
     return 0

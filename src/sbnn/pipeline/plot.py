@@ -94,9 +94,13 @@ def _weights_figure(run: Path):
 
 
 def _save(fig, out: Path) -> Path:
+    from sbnn.pipeline.runs import save_figure
+
     plt = _plt()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
     return out
 
 
