@@ -3,8 +3,9 @@
 ``Config()`` is the embedded default, the main job (Fashion-MNIST, the small sparse binary CNN,
 EC = 0.05, closed-form start at the target). A YAML file gives values for any subset of the fields;
 ``--set optim.lr=0.01`` overrides one field after the file, with its type checked. The resolved
-config is written as ``config.yaml`` into every run folder, so ``sbnn train --config
-RUN/config.yaml`` reruns it.
+config is written as ``config.yaml`` into every run folder (by :mod:`sbnn.pipeline.runs`), so
+``sbnn train --config RUN/config.yaml`` reruns it. YAML anchors and aliases are refused, and every
+key has a type and a range (:data:`RANGES`), checked before anything is created.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sbnn.verbs.prune import PruneConfig
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
-    "ConfigError", "load_config", "save_config", "apply_overrides", "from_dict", "to_dict",
+    "ConfigError", "load_config", "dump_config", "apply_overrides", "from_dict", "to_dict",
     "validate", "config_keys", "parse_yaml", "RANGES", "FREE_KEYS", "MAX_CONFIG_BYTES",
 ]
 
@@ -285,15 +286,13 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return from_dict(Config, d)
 
 
-def save_config(cfg: Config, path: str | Path, header: str | None = None) -> None:
-    """Write ``cfg`` as YAML (atomically); ``header`` lines go first as ``#`` comments (e.g. the
-    world size of a torchrun run), which loading ignores."""
-    from sbnn_runtime.files import atomic_write
-
+def dump_config(cfg: Config, header: str | None = None) -> str:
+    """``cfg`` as YAML text; ``header`` lines go first as ``#`` comments (e.g. the world size of
+    a torchrun run), which loading ignores. :func:`sbnn.pipeline.runs.save_config` writes it."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if header:
         text = "".join(f"# {ln}\n" for ln in header.splitlines()) + text
-    atomic_write(path, text)
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +367,7 @@ def _choices() -> dict[str, list]:
 FREE_KEYS = ("data.root", "out", "model.kwargs")
 
 # model.kwargs: architecture numbers (width, strides, block counts) are small non-negative ints
-_KWARG_INT_MAX = 4096
+_KWARG_INT_MAX = 1024
 _KWARG_LIST_MAX = 64
 
 
@@ -391,7 +390,7 @@ def _num(x: float) -> str:
 
 
 def _check_kwargs(kwargs: dict) -> None:
-    """model.kwargs: plain scalars or short lists of them; integers in [0, 4096] (a width must be
+    """model.kwargs: plain scalars or short lists of them; integers in [0, 1024] (a width must be
     >= 1). Whether the model takes them is checked when it is built (before any folder)."""
     import math
 

@@ -297,7 +297,7 @@ def _write_run(job: ConvertJob, outp, cfg, model, ckpt, info, data, acc, scratch
     any failure removes the temporary folder. Returns the report."""
     import shutil
 
-    from sbnn.pipeline.config import save_config
+    from sbnn.pipeline.runs import save_config
 
     tmp = outp.parent / f".{outp.name}.tmp-{os.getpid()}"
     if tmp.exists():

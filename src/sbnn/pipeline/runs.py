@@ -96,6 +96,7 @@ __all__ = [
     "RunLock",
     "lock_run_dir",
     "payload_sha256",
+    "save_config",
     "write_text",
     "write_json",
     "append_jsonl",
@@ -413,6 +414,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(path, buf.getbuffer())
+
+
+def save_config(cfg, path: str | os.PathLike, header: str | None = None) -> None:
+    """Write a :class:`~sbnn.pipeline.config.Config` as YAML (``config.yaml``), atomically;
+    ``header`` lines go first as ``#`` comments."""
+    from sbnn.pipeline.config import dump_config
+
+    atomic_write(path, dump_config(cfg, header))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -42,7 +42,6 @@ from sbnn.pipeline.config import (
     config_keys,
     from_dict,
     load_config,
-    save_config,
     to_dict,
     validate,
 )
@@ -61,6 +60,7 @@ from sbnn.pipeline.runs import (
     resolve_device,
     rng_state,
     save_checkpoint,
+    save_config,
     set_rng_state,
     write_json,
     write_text,
@@ -132,7 +132,7 @@ def _check_input_size(model: nn.Module, data, cfg: Config, device) -> None:
     try:
         with torch.no_grad():
             model(x)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, ZeroDivisionError, IndexError) as e:
         raise ConfigError(
             f"data: images of shape {tuple(data.images.shape[1:])} (C, H, W) from '{cfg.data.name}'"
             f" do not fit model.name {cfg.model.name!r}: {str(e).splitlines()[0]}") from None
@@ -313,7 +313,10 @@ class Trainer:
         self.binary = has_sb_layers(model)
         self.constraint = None
         if self.binary:
-            self._init_binary(model)
+            try:
+                self._init_binary(model)
+            except ValueError as e:  # e.g. a layer too small for the ones fraction
+                raise ConfigError(f"sparsity / model.kwargs: {str(e).splitlines()[0]}") from None
         self.model = model
         self.optimizer = make_optimizer(self.cfg, model)
         self.scheduler = make_scheduler(self.cfg, self.optimizer, len(self.train_loader))
