@@ -755,3 +755,11 @@ def test_kill_9_at_every_write_of_convert(tmp_path, float_ckpt, data_root):
         if out.exists():
             break
     assert "none" in outcomes and outcomes[-1] in ("complete", "done"), outcomes
+
+
+@pytest.mark.parametrize("opt", [["--threads", "100000"], ["--device", "meta"],
+                                 ["--device", "cuda:99"]])
+def test_convert_refuses_impossible_threads_and_devices(tmp_path, capsys, opt):
+    err = _exit2_one_line(["convert", tmp_path / "none.pt", "--ones", "0.1", "--out",
+                           tmp_path / "c", *opt], capsys)
+    assert opt[0] in err and not (tmp_path / "c").exists()

@@ -27,6 +27,7 @@ __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
     "ConfigError", "load_config", "loads_config", "dump_config", "apply_overrides", "from_dict",
     "to_dict", "validate", "config_keys", "parse_yaml", "RANGES", "FREE_KEYS", "MAX_CONFIG_BYTES",
+    "check_device", "max_threads",
 ]
 
 
@@ -429,7 +430,7 @@ def _check_kwargs(kwargs: dict) -> None:
             scalar(k, v)
 
 
-def _check_device(name: str) -> None:
+def check_device(name: str) -> None:
     """A device that exists here: auto, cpu, cuda / cuda:N when CUDA has that many devices."""
     import torch
 
@@ -451,7 +452,7 @@ def _check_device(name: str) -> None:
                           f"device(s): cuda:0..cuda:{n - 1}")
 
 
-def _max_threads() -> int:
+def max_threads() -> int:
     return min(RANGES["threads"][1], 4 * (os.cpu_count() or 1))
 
 
@@ -478,7 +479,7 @@ def validate(cfg: Config, training: bool = True) -> Config:
         if key in RANGES:
             _range(key, value)
         elif key == "device":
-            _check_device(value)
+            check_device(value)
         elif key == "model.act" and value is not None and value not in choices[key]:
             raise _bad(key, value, "one of " + ", ".join(choices[key][:-1]) + " or null (float "
                                    "inputs)")
@@ -488,9 +489,9 @@ def validate(cfg: Config, training: bool = True) -> Config:
             _choice(key, value, choices[key])
         elif key == "model.kwargs":
             _check_kwargs(value)
-    if cfg.threads is not None and cfg.threads > _max_threads():
+    if cfg.threads is not None and cfg.threads > max_threads():
         raise ConfigError(f"threads: {cfg.threads} is more than this machine can use; expected "
-                          f"at most {_max_threads()} (4 x {os.cpu_count()} CPUs)")
+                          f"at most {max_threads()} (4 x {os.cpu_count()} CPUs)")
     return cfg
 
 

@@ -193,6 +193,15 @@ class ConvertJob:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConversionError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                       f"got {v!r}")
+        from sbnn.pipeline.config import ConfigError, check_device, max_threads
+
+        if self.threads is not None and self.threads > max_threads():
+            raise ConversionError(f"--threads must be at most {max_threads()} (4 x the CPUs), "
+                                  f"got {self.threads}")
+        try:
+            check_device(self.device)
+        except ConfigError as e:
+            raise ConversionError(f"--{e}") from None
         g = self.gamma
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= g < 1.0:
             raise ConversionError(f"--gamma must be a share in [0, 1), got {g}")
