@@ -212,6 +212,9 @@ class RunLock:
     def held(self) -> bool:
         return self.fd is not None
 
+    def __del__(self) -> None:  # a Trainer dropped without fit() frees its folder
+        self.release()
+
     def __enter__(self) -> RunLock:
         return self.acquire()
 
