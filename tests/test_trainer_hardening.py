@@ -391,12 +391,15 @@ def test_disk_full_from_the_start_in_a_real_process(tmp_path, data_root):
     """RLIMIT_FSIZE = 0: every write of a byte fails in the kernel (EFBIG), as on a full disk;
     folders can still be made, which is what used to leave an empty run folder behind."""
     out = tmp_path / "run"
-    code = ("import resource, sys\nfrom sbnn import cli\nimport sbnn.pipeline.train\n"
+    # torch._dynamo (imported by the optimiser) needs a writable temporary folder: find it first
+    code = ("import resource, sys, tempfile\nimport torch._dynamo\nfrom sbnn import cli\n"
+            "import sbnn.pipeline.train\ntempfile.gettempdir()\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))\n"
             "sys.exit(cli.main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", code, "train", *_tiny_args(data_root), "--out",
                         str(out)], capture_output=True, text=True, env=_env(), timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "File too large" in r.stderr  # the write failed, not something before it
     assert not out.exists()
 
 
@@ -763,3 +766,26 @@ def test_convert_refuses_impossible_threads_and_devices(tmp_path, capsys, opt):
     err = _exit2_one_line(["convert", tmp_path / "none.pt", "--ones", "0.1", "--out",
                            tmp_path / "c", *opt], capsys)
     assert opt[0] in err and not (tmp_path / "c").exists()
+
+
+def test_report_best_epoch_after_resuming_an_older_checkpoint(tmp_path, data_root,
+                                                              monkeypatch):
+    """Item 11: report.json's best_epoch was assigned twice, the second (None for a checkpoint
+    without best_epoch) overwriting the first (the epoch found in metrics.jsonl)."""
+    import sbnn.pipeline.train as strain
+
+    accs = iter([0.9, 0.5, 0.4])  # epoch 1 is the best
+    real = strain.evaluate_loader
+
+    def scripted(model, loader):
+        return {**real(model, loader), "accuracy": next(accs)}
+
+    monkeypatch.setattr(strain, "evaluate_loader", scripted)
+    out = tmp_path / "run"
+    strain.train(tiny_cfg(data_root, epochs=3), out=out, stop_after=1)
+    ck = runs.load_checkpoint(out)
+    del ck["best_epoch"]  # what an older sbnn wrote
+    runs.save_checkpoint(ck, out / "last.pt")
+    report = strain.train(None, resume=out)
+    assert report["best_epoch"] == 1 == runs.load_checkpoint(out, "best")["epoch"]
+    assert json.loads((out / "report.json").read_text())["best_epoch"] == 1
