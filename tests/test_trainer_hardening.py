@@ -361,17 +361,29 @@ def test_out_symlink_to_a_run_is_refused_but_links_higher_up_are_fine(tmp_path, 
 # --------------------------------------------------------------------------------------------
 
 def _failing_writes(monkeypatch, code: int, after: int = 0, calls: list | None = None):
-    """Every run-folder write after the first ``after`` raises OSError(code), as the kernel
-    would on a full disk (ENOSPC) or a read-only folder (EROFS): all of them go through
-    runs.atomic_write (test_only_runs_py_writes_run_folder_files holds that)."""
+    """Every run-folder write after the first ``after`` fails with OSError(code), as the kernel
+    reports a full disk (ENOSPC) or a read-only folder (EROFS): the data goes into the write's
+    temporary file, then its fsync fails. All run-folder writes go through runs.atomic_write
+    (test_only_runs_py_writes_run_folder_files holds that), which is where this is counted."""
+    import sbnn_runtime.files as files
+
     real = runs.atomic_write
+    real_fsync = os.fsync
     seen = calls if calls is not None else []
+
+    def refuse(fd):
+        raise OSError(code, os.strerror(code))
 
     def write(path, data):
         seen.append(Path(path).name)
         if len(seen) > after:
-            raise OSError(code, os.strerror(code), str(path))
-        real(path, data)
+            files.os.fsync = refuse  # the os module, restored at once below
+            try:
+                real(path, data)
+            finally:
+                files.os.fsync = real_fsync
+        else:
+            real(path, data)
 
     monkeypatch.setattr(runs, "atomic_write", write)
     return seen
@@ -385,6 +397,9 @@ def test_a_run_that_cannot_write_leaves_no_folder(tmp_path, data_root, capsys, m
     err = _exit2_one_line(["train", *_tiny_args(data_root), "--out", out], capsys)
     assert os.strerror(code) in err
     assert not out.exists()
+    out.mkdir()  # an existing empty folder stays, empty (no temporary file left in it)
+    _exit2_one_line(["train", *_tiny_args(data_root), "--out", out], capsys)
+    assert out.is_dir() and not list(out.iterdir())
 
 
 def test_disk_full_from_the_start_in_a_real_process(tmp_path, data_root):
