@@ -25,9 +25,9 @@ from sbnn.verbs.prune import PruneConfig
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
-    "ConfigError", "load_config", "loads_config", "dump_config", "apply_overrides", "from_dict",
-    "to_dict", "validate", "config_keys", "parse_yaml", "RANGES", "FREE_KEYS", "MAX_CONFIG_BYTES",
-    "check_device", "max_threads",
+    "ConfigError", "load_config", "loads_config", "dump_config", "save_config", "apply_overrides",
+    "from_dict", "to_dict", "validate", "config_keys", "parse_yaml", "RANGES", "FREE_KEYS",
+    "MAX_CONFIG_BYTES", "check_device", "max_threads",
 ]
 
 
@@ -301,6 +301,18 @@ def dump_config(cfg: Config, header: str | None = None) -> str:
     if header:
         text = "".join(f"# {ln}\n" for ln in header.splitlines()) + text
     return text
+
+
+def save_config(cfg: Config, path: str | Path, header: str | None = None) -> None:
+    """Deprecated (one release): :func:`sbnn.pipeline.runs.save_config`, the one writer of
+    run-folder files, does this."""
+    import warnings
+
+    from sbnn_runtime.files import atomic_write
+
+    warnings.warn("sbnn.pipeline.config.save_config moved to sbnn.pipeline.runs.save_config",
+                  DeprecationWarning, stacklevel=2)
+    atomic_write(path, dump_config(cfg, header))
 
 
 # --------------------------------------------------------------------------------------------
