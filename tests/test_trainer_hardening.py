@@ -402,6 +402,7 @@ def test_a_run_that_cannot_write_leaves_no_folder(tmp_path, data_root, capsys, m
     assert out.is_dir() and not list(out.iterdir())
 
 
+@pytest.mark.slow  # a real process: ~4 s of CPU
 def test_disk_full_from_the_start_in_a_real_process(tmp_path, data_root):
     """RLIMIT_FSIZE = 0: every write of a byte fails in the kernel (EFBIG), as on a full disk;
     folders can still be made, which is what used to leave an empty run folder behind."""
@@ -426,16 +427,16 @@ def test_failure_after_a_checkpoint_keeps_it_resumable(tmp_path, data_root, caps
     calls = []
     # config.yaml, then epoch 1: metrics, best.pt, last.pt; epoch 2's metrics line fails
     _failing_writes(monkeypatch, errno.ENOSPC, after=4, calls=calls)
-    err = _exit2_one_line(["train", *_tiny_args(data_root, epochs=3), "--out", out], capsys)
+    err = _exit2_one_line(["train", *_tiny_args(data_root, epochs=2), "--out", out], capsys)
     assert calls[:4] == ["config.yaml", "metrics.jsonl", "best.pt", "last.pt"], calls
     assert "No space left" in err and f"sbnn train --resume {out}" in err
     assert not list(out.glob(".*.tmp"))  # no partial file
     assert runs.load_checkpoint(out)["epoch"] == 1
     monkeypatch.undo()
     strain.train(None, resume=out)
-    assert runs.load_checkpoint(out)["epoch"] == 3
+    assert runs.load_checkpoint(out)["epoch"] == 2
     assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()
-            ] == [1, 2, 3]
+            ] == [1, 2]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -610,16 +611,14 @@ def test_interrupt_after_a_checkpoint_names_the_resume_command(tmp_path, data_ro
 
     monkeypatch.setattr(strain.Trainer, "train_epoch", ctrl_c_in_epoch_2)
     out = tmp_path / "run"
-    rc = cli.main(["train", *_tiny_args(data_root, epochs=3), "--out", str(out)])
+    rc = cli.main(["train", *_tiny_args(data_root, epochs=2), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 130 and len(err.splitlines()) == 1, err
-    assert err.endswith(f"sbnn train --resume {out}") and "epoch 1/3" in err
-    assert runs.load_checkpoint(out)["epoch"] == 1
-    with pytest.raises(strain.TrainingInterrupted):
-        strain.train(None, resume=out)  # still interrupted in epoch 2; the run stays
+    assert err.endswith(f"sbnn train --resume {out}") and "epoch 1/2" in err
+    assert runs.load_checkpoint(out)["epoch"] == 1 and not list(out.glob(".*.tmp"))
     monkeypatch.undo()
     strain.train(None, resume=out)
-    assert runs.load_checkpoint(out)["epoch"] == 3
+    assert runs.load_checkpoint(out)["epoch"] == 2
 
 
 def test_sigterm_ends_training_like_ctrl_c(tmp_path, data_root, capsys, monkeypatch):
@@ -693,6 +692,7 @@ def _killed(fn: str, k: int, after: bool, target, argv) -> subprocess.CompletedP
                           capture_output=True, text=True, env=_env(), timeout=300)
 
 
+@pytest.mark.slow  # a real process: ~4 s of CPU
 def test_kill_9_during_export_leaves_no_file_or_a_complete_one(tmp_path, trained):
     from sbnn_runtime.fileformat import load
 
@@ -739,6 +739,7 @@ def _complete_convert_run(out: Path) -> None:
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow  # a real process: ~4 s of CPU
 def test_kill_9_during_convert_leaves_no_folder_or_a_complete_one(tmp_path, float_ckpt,
                                                                   data_root):
     out = tmp_path / "conv"
@@ -790,7 +791,7 @@ def test_report_best_epoch_after_resuming_an_older_checkpoint(tmp_path, data_roo
     without best_epoch) overwriting the first (the epoch found in metrics.jsonl)."""
     import sbnn.pipeline.train as strain
 
-    accs = iter([0.9, 0.5, 0.4])  # epoch 1 is the best
+    accs = iter([0.9, 0.5])  # epoch 1 is the best
     real = strain.evaluate_loader
 
     def scripted(model, loader):
@@ -798,7 +799,7 @@ def test_report_best_epoch_after_resuming_an_older_checkpoint(tmp_path, data_roo
 
     monkeypatch.setattr(strain, "evaluate_loader", scripted)
     out = tmp_path / "run"
-    strain.train(tiny_cfg(data_root, epochs=3), out=out, stop_after=1)
+    strain.train(tiny_cfg(data_root, epochs=2), out=out, stop_after=1)
     ck = runs.load_checkpoint(out)
     del ck["best_epoch"]  # what an older sbnn wrote
     runs.save_checkpoint(ck, out / "last.pt")
