@@ -73,7 +73,7 @@ class RunLog:
         if self.every > 0 and self.step % self.every == 0:
             text = ", ".join(f"{k} {v}" for k, v in self.post.items())
             where = getattr(self, "desc_now", self.desc)
-            self.write(f"{where}: step {self.step}/{self.total}" + (f": {text}" if text else ""))
+            self.write(f"step {self.step}/{self.total} ({where})" + (f": {text}" if text else ""))
             self.event("step", step=self.step, total=self.total,
                        **{k: _number(v) for k, v in self.post.items()})
 
