@@ -33,7 +33,7 @@ echo "build_wheels: sbnn-runtime (C++ core)"
   --config-settings=build-dir="$work/build/{wheel_tag}"
 raw="$(ls "$work"/raw/sbnn_runtime-*.whl)"
 "$work/tools/bin/auditwheel" show "$raw"
-"$work/tools/bin/auditwheel" repair -q "$raw" -w "$out"
+"$work/tools/bin/auditwheel" repair "$raw" -w "$out"
 rt_wheel="$(ls -t "$out"/sbnn_runtime-*manylinux*.whl | head -n 1)"
 
 echo "build_wheels: sbnn (pure Python, requires sbnn-runtime from an index or --find-links)"
