@@ -37,7 +37,8 @@ def add_parser(subparsers) -> None:
         epilog=set_keys_help())
     g = p.add_argument_group("what to train")
     g.add_argument("--config", "-c", help="YAML config file (defaults for every key)")
-    add_set(g)
+    add_set(g, "override one config key, e.g. --set optim.lr=0.01 (repeatable; the keys are "
+               "listed below)")
     add_out(g, "run folder (default: config 'out' or runs/<model>-<time>)")
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from RUN_DIR/last.pt (uses its config.yaml)")
