@@ -99,9 +99,9 @@ def collapse_warnings(report: dict, dead: dict[str, int] | None = None,
     return out
 
 
-def dead_filters(model, loader, max_batches: int = 4) -> dict[str, int]:
+def dead_filters(model, loader, max_batches: int | None = None) -> dict[str, int]:
     """Per sparse-binary layer of ``model``: the output channels whose value is one constant
-    over the first ``max_batches`` batches of ``loader`` (every image and position)."""
+    over all of ``loader`` (every image and position; or its first ``max_batches`` batches)."""
     import torch
 
     from sbnn.method.constraint import sb_layers
@@ -124,7 +124,7 @@ def dead_filters(model, loader, max_batches: int = 4) -> dict[str, int]:
     try:
         with torch.no_grad():
             for k, (x, _) in enumerate(loader):
-                if k >= max_batches:
+                if max_batches is not None and k >= max_batches:
                     break
                 model(x)
     finally:
