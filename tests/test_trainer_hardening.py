@@ -485,8 +485,10 @@ def _writes(path: Path) -> list[str]:
 
 
 # data.py writes dataset files (test fixtures), never a run folder; config.save_config is the
-# deprecated shim of runs.save_config, kept one release
-_NOT_RUN_FOLDERS = {"data.py": {"write_idx"}, "config.py": {"save_config"}}
+# deprecated shim of runs.save_config, kept one release; logs.RunLog appends the --log-json event
+# stream, a file of the user's choosing written event by event (not one of the run's files)
+_NOT_RUN_FOLDERS = {"data.py": {"write_idx"}, "config.py": {"save_config"},
+                    "logs.py": {"__init__"}}
 
 
 def test_only_runs_py_writes_run_folder_files():

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from sbnn.verbs.prune import PruneConfig
+from sbnn.verbs.prune_config import PruneConfig
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
@@ -95,7 +95,8 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; None: torch's default
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # a progress bar, on a terminal only (off one: a line per epoch)
+    log_every: int = 0  # also log one line every N training steps (0: once per epoch only)
     eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
     out: str | None = None  # run folder; None: runs/<model>-<timestamp>
 
@@ -356,6 +357,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "seed": (0, 2**32 - 1, False, False),
     "threads": (1, 1024, False, False),
     "eval_every": (0, 100_000, False, False),
+    "log_every": (0, 10**9, False, False),
 }
 
 
