@@ -467,6 +467,7 @@ def check_device(name: str) -> None:
 
 
 def max_threads() -> int:
+    """The most ``threads`` a run may ask for here: 4x the CPUs (at most 1024)."""
     return min(RANGES["threads"][1], 4 * (os.cpu_count() or 1))
 
 
