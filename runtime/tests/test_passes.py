@@ -232,3 +232,55 @@ def test_plan_buffers_keep_a_steps_inputs_and_output_apart():
     assert set(passes.plan(g.graph(), "c").encodings) == {s}
     with pytest.raises(ValueError, match="unknown target"):
         passes.plan(g.graph(), "gpu")
+
+
+# -- the native engine runs the plan the passes make, and checks the groups it is given --------
+
+def _native_engine(graph: Graph):
+    from sbnn_runtime import Engine
+    from sbnn_runtime.native import core
+
+    if core is None or not hasattr(core.Engine, "set_groups"):
+        pytest.skip("no native core with set_groups")
+    return Engine(graph, num_threads=1)
+
+
+def _block(rng):
+    g = G()
+    stem = g.add(_conv(rng, 4, 4, 0))
+    h0 = g.add(Node("hardtanh", [stem], HT))
+    s = g.add(_sb(rng, 4, 4, h0))
+    a = g.add(Node("add", [s, h0]))
+    g.add(Node("hardtanh", [a], HT))
+    return g.graph()
+
+
+def test_native_engine_fuses_exactly_the_groups_of_the_plan():
+    rng = np.random.default_rng(7)
+    graph = _block(rng)
+    eng = _native_engine(graph)
+    assert eng._native.groups == [[1, 2], [3, 4, 5]] == eng.plan.groups()
+    assert [d["name"] for d in eng.layer_info()] == ["conv2d+hardtanh",
+                                                     "sbconv2d+add+hardtanh"]
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(eng(x), reference_forward(graph, x), rtol=1e-5, atol=1e-5)
+    eng._native.set_groups([])  # no groups: every op alone, the same numbers
+    assert eng._native.num_ops == 5
+    np.testing.assert_allclose(eng(x), reference_forward(graph, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups,msg", [
+    ([[3, 5]], "only reader"),               # skips the add: the hardtanh does not read the conv
+    ([[2, 3]], "not a conv"),                # starts with a hardtanh
+    ([[1, 2], [2, 3]], "in a group already"),
+    ([[1]], "at least one op"),
+    ([[1, 99]], "unknown op output"),
+    ([[3, 4, 5, 5]], "in a group already"),
+    ([[1, 2, 3]], "cannot fuse|only reader"),
+])
+def test_native_engine_refuses_groups_it_cannot_fuse(groups, msg):
+    eng = _native_engine(_block(np.random.default_rng(8)))
+    before = eng._native.groups
+    with pytest.raises(ValueError, match=msg):
+        eng._native.set_groups(groups)
+    assert eng._native.groups == before  # a refused plan leaves the engine as it was
