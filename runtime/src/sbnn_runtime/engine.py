@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime import fileformat, native, passes
-from sbnn_runtime.ops import OPS, Graph, Limits, graph_cost, reference_forward
+from sbnn_runtime.ops import Graph, Limits, graph_cost, lowering, reference_forward
 
 __all__ = ["Engine", "load", "as_input", "MAX_THREADS"]
 
@@ -135,9 +135,10 @@ class Engine:
         eng = core.Engine(num_threads)
         eng.set_choice(self.choose)
         opts = {"sparse": self.sparse, "impl": self.impl}
+        lower = lowering(self.graph, "native")
         ids: list[int] = []
-        for nd in self.graph.nodes:
-            ids.append(OPS[nd.op].lower_native(eng, nd, [ids[j] for j in nd.inputs], opts))
+        for nd, fn in zip(self.graph.nodes, lower, strict=True):
+            ids.append(fn(eng, nd, [ids[j] for j in nd.inputs], opts))
         eng.set_output(ids[self.graph.output])
         eng.set_groups([[ids[i] for i in group] for group in self.plan.groups()])
         return eng

@@ -15,8 +15,10 @@ tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a no
   - ``lower_onnx(ctx, node, inputs, output)``: standard ONNX operators, written against a small
     builder (``ctx.node``, ``ctx.const``, ``ctx.chan``, ``ctx.tmp``; see
     :mod:`sbnn_runtime.lower_onnx`) so that this module never imports onnx;
-  - ``lower_c``: the C99 backend's lowering (``None``: the op has no C lowering, and the C
-    export refuses a graph that uses it, naming the node);
+  - ``lower_c``: the C99 backend's lowering;
+
+  ``None`` for any of them: the op has no lowering there, and that backend refuses a graph
+  that uses it, naming the op and the node;
 * ``macs(node, input_shapes, output_shape)``: multiply-accumulates (binary ones for binary
   convs) per image, for summaries and for the loader's work limit;
 * ``workspace(node, input_shapes, output_shape)``: bytes of scratch the native kernel allocates
@@ -51,6 +53,7 @@ __all__ = [
     "DTYPES",
     "MAX_ELEMS",
     "infer_shapes",
+    "lowering",
     "reference_forward",
     "graph_macs",
     "ShapeOnly",
@@ -128,8 +131,8 @@ class OpSpec:
     params: dict[str, tuple[str, bool]]
     shape: Callable[[Node, list[Shape], str], Shape]
     reference: Callable[[Node, list[np.ndarray]], np.ndarray]
-    lower_native: Callable[[Any, Node, list[int], dict], int]
-    lower_onnx: Callable[[Any, Node, list[str], str], None]
+    lower_native: Callable[[Any, Node, list[int], dict], int] | None
+    lower_onnx: Callable[[Any, Node, list[str], str], None] | None
     lower_c: Callable[..., Any] | None = None
     macs: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
     workspace: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
@@ -568,6 +571,19 @@ def _check_node(i: int, nd: Node) -> OpSpec:
     if extra:
         raise _err(f"{where}: unexpected params {sorted(extra)}")
     return spec
+
+
+def lowering(graph: Graph, backend: str) -> list[Callable[..., Any] | None]:
+    """Per node, its op's lowering for ``backend`` (``"native"``, ``"onnx"`` or ``"c"``); raises
+    :class:`ValueError` naming the first node (after the input) whose op has none."""
+    out: list[Callable[..., Any] | None] = [getattr(OPS["input"], f"lower_{backend}")]
+    for i, nd in enumerate(graph.nodes[1:], start=1):
+        fn = getattr(OPS[nd.op], f"lower_{backend}")
+        if fn is None:
+            raise ValueError(f"node {i} ({nd.op} {nd.name!r}): op {nd.op!r} has no {backend} "
+                             "lowering")
+        out.append(fn)
+    return out
 
 
 def infer_shapes(graph: Graph) -> list[Shape]:
