@@ -17,18 +17,18 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime import fileformat
-from sbnn_runtime.ops import Graph, graph_cost, infer_shapes
+from sbnn_runtime.ops import OPS, Graph, graph_cost, infer_shapes
 
 __all__ = ["summarize", "format_summary"]
 
 
 def _stored_from_graph(graph: Graph) -> list[dict[str, int]]:
-    # the blob bytes ``dumps`` would write for each param (rice_gaps for sbconv2d bits)
+    # the blob bytes ``dumps`` would write for each param (rice_gaps for an op's bit params)
     out = []
     for nd in graph.nodes:
         sizes = {}
         for p, arr in nd.params.items():
-            if nd.op == "sbconv2d" and p == "bits":
+            if p in OPS[nd.op].bit_params:
                 sizes[p] = len(fileformat.encode_bits(arr)[0])
             else:
                 sizes[p] = int(arr.size) * (1 if arr.dtype == np.uint8 else 4)
@@ -70,29 +70,31 @@ def summarize(model: Graph | str | os.PathLike | bytes | bytearray | memoryview,
            "binary_layers": 0, "binary_ones": 0, "binary_stored_bytes": 0,
            "float_stored_bytes": 0, "entropy_bits": 0.0}
     for i, nd in enumerate(graph.nodes):
-        binary = nd.op == "sbconv2d" and bool(nd.attrs.get("binary_input"))
+        spec = OPS[nd.op]
+        binary = spec.binary(nd)
         row: dict[str, Any] = {
             "index": i, "op": nd.op, "name": nd.name, "shape": list(shapes[i]),
             "params": int(sum(a.size for a in nd.params.values())),
             "stored_bytes": int(sum(stored[i].values())), "macs": cost.node_macs[i],
             "binary": binary,
         }
-        if nd.op == "sbconv2d":
-            bits = nd.params["bits"]
+        if spec.bit_params:
+            bits = nd.params[spec.bit_params[0]]
             kernels = int(bits.shape[0] * bits.shape[1])
             nonzero = int(bits.reshape(kernels, -1).any(axis=1).sum()) if bits.size else 0
             ones = int(np.count_nonzero(bits))
             p = ones / bits.size if bits.size else 0.0
             row.update(weights=int(bits.size), ones_fraction=float(p),
                        kernels=kernels, zero_kernels=kernels - nonzero,
-                       bits_per_weight=8 * stored[i]["bits"] / bits.size if bits.size else 0.0,
+                       bits_per_weight=(8 * stored[i][spec.bit_params[0]] / bits.size
+                                        if bits.size else 0.0),
                        entropy_bits=float(bits.size * _entropy(p)))
             tot["binary_params"] += int(bits.size)
             tot["float_params"] += row["params"] - int(bits.size)
             tot["binary_layers"] += 1
             tot["binary_ones"] += ones
-            tot["binary_stored_bytes"] += stored[i]["bits"]
-            tot["float_stored_bytes"] += row["stored_bytes"] - stored[i]["bits"]
+            tot["binary_stored_bytes"] += stored[i][spec.bit_params[0]]
+            tot["float_stored_bytes"] += row["stored_bytes"] - stored[i][spec.bit_params[0]]
             tot["entropy_bits"] += row["entropy_bits"]
         else:
             tot["float_params"] += row["params"]
@@ -133,7 +135,7 @@ def format_summary(summary: dict[str, Any], title: str = "") -> str:
     head = ("#", "op", "name", "output", "params", "ones", "0-kern", "bits/w", "stored", "MACs")
     rows = [head]
     for r in summary["nodes"]:
-        sb = r["op"] == "sbconv2d"
+        sb = "weights" in r  # a node with binary weights
         rows.append((
             str(r["index"]), r["op"] + (" (bin)" if r["binary"] else ""), r["name"],
             "x".join(map(str, r["shape"])), _num(r["params"]),
