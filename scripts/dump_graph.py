@@ -134,7 +134,8 @@ def dump(graph: Graph, name: str, x: np.ndarray, path: Path, sparse: bool = True
     for nd, fn in zip(graph.nodes, lowering(graph, "native"), strict=True):
         ids.append(fn(rec, nd, [ids[j] for j in nd.inputs], opts))  # as Engine._build does
     rec.set_output(ids[graph.output])
-    rec.set_groups([[ids[i] for i in g] for g in passes.plan(graph, "native").groups()])
+    groups = passes.plan(graph, "native", memory=False).groups()
+    rec.set_groups([[ids[i] for i in g] for g in groups])
     x = np.ascontiguousarray(x, dtype=np.float32)
     header = [MAGIC, f"model {name}", *rec.lines,
               f"input {rec.array(x).split(':')[1]} {' '.join(map(str, x.shape))}"]

@@ -455,13 +455,15 @@ def plan_buffers(graph: Graph, steps: list[Step],
 # -- all together -----------------------------------------------------------------------------
 
 def plan(graph: Graph, target: str = "native", *, fuse: bool = True,
-         binary_format: str = "auto") -> Plan:
+         binary_format: str = "auto", memory: bool = True) -> Plan:
     """The :class:`Plan` of ``graph`` for a backend.
 
     ``"native"``: every node, no folding, :func:`fuse_epilogues` (when ``fuse``), no encodings
     (the engine keeps its own sparse and dense layers). ``"c"``: :func:`fold_affine_linear`,
     the live nodes, :func:`fuse_pool_residual` (when ``fuse``) and :func:`choose_encodings`.
-    Both get :func:`plan_buffers`.
+    Both get :func:`plan_buffers` unless ``memory=False`` (then ``buffers`` is empty and
+    ``arena`` 0: the placement is quadratic in the number of tensors, and the native engine,
+    which keeps its own buffers, does not need it).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
@@ -474,5 +476,5 @@ def plan(graph: Graph, target: str = "native", *, fuse: bool = True,
         order = live_nodes(graph)
         steps = fuse_pool_residual(graph, order) if fuse else unfused_steps(graph, order)
         encodings = choose_encodings(graph, binary_format, order)
-    bufs, arena = plan_buffers(graph, steps, shapes)
+    bufs, arena = plan_buffers(graph, steps, shapes) if memory else ({}, 0)
     return Plan(graph, shapes, steps, encodings, bufs, arena)
