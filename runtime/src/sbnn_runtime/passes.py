@@ -427,17 +427,19 @@ def lifetimes(graph: Graph, steps: list[Step]) -> dict[int, tuple[int, int]]:
 def place(bufs: list[Buffer]) -> int:
     """Greedy by size: each buffer (largest first, then earliest) at the lowest offset free over
     its lifetime; sets ``offset`` and returns the arena size in cells."""
-    placed: list[Buffer] = []
+    alive: dict[int, list[Buffer]] = {}  # step -> the placed buffers alive there
     for b in sorted(bufs, key=lambda b: (-b.size, b.start)):
-        busy = sorted((p.offset, p.offset + p.size) for p in placed
-                      if p.start <= b.end and b.start <= p.end)
+        steps = range(b.start, b.end + 1)
+        near = {id(p): p for t in steps for p in alive.get(t, ())}  # lifetimes that meet b's
+        busy = sorted((p.offset, p.offset + p.size) for p in near.values())
         off = 0
         for lo, hi in busy:
             if off + b.size <= lo:
                 break
             off = max(off, hi)
         b.offset = off
-        placed.append(b)
+        for t in steps:
+            alive.setdefault(t, []).append(b)
     return max((b.offset + b.size for b in bufs), default=0)
 
 
