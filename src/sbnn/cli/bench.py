@@ -14,9 +14,9 @@ def add_parser(subparsers) -> None:
         description="Per-layer and whole-model latency (medians after warm-up) of a .sbnn "
                     "model in the native engine (the kernel each binary conv runs, per layer, "
                     "named by its module path), against the same graph with dense binary convs, "
-                    "PyTorch float32, the float twin, and onnxruntime: fp32 and int8 (QDQ, "
-                    "per-channel) on the float twin, fp32 on sbnn's ONNX graph, measured in "
-                    "the same run.")
+                    "the float twin in PyTorch float32, and onnxruntime: fp32 and int8 (QDQ, "
+                    "per-channel) on the ONNX lowering of the float twin, fp32 on the ONNX "
+                    "lowering of the model's graph, measured in the same run.")
     p.add_argument("model", help=".sbnn file")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32], metavar="N",
                    help="batch sizes")

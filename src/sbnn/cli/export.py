@@ -48,9 +48,11 @@ def run(args) -> int:
 
     from sbnn import __version__
     from sbnn.deploy.cexport import CExportError, export_c, format_summary
-    from sbnn.deploy.export import ExportError, export, format_bits_table
+    from sbnn.deploy.export import ExportError, export
     from sbnn.pipeline.runs import load_checkpoint, load_model
     from sbnn_runtime.fileformat import SBNNFormatError
+    from sbnn_runtime.summary import format_summary as format_model
+    from sbnn_runtime.summary import summarize
 
     def fail(msg) -> int:
         print(f"sbnn export: error: {msg}", file=sys.stderr)
@@ -89,7 +91,9 @@ def run(args) -> int:
         if isinstance(exc, (ExportError, SBNNFormatError, CExportError, OSError)):
             return fail(exc)
         raise
-    print(format_bits_table(graph))
+    # the one summary (as `sbnn summary FILE` and `python -m sbnn_runtime summary FILE` print)
+    print(format_model(summarize(args.output) if args.output else summarize(graph),
+                       title=args.output or ""))
     if args.output:
         size = os.path.getsize(args.output)
         print(f"wrote {args.output} ({size / 1024:.1f} KiB)"

@@ -39,8 +39,7 @@ from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
 
-__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "parse_shape",
-           "format_bits_table"]
+__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "parse_shape"]
 
 
 class ExportError(ValueError):
@@ -369,25 +368,6 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
     return graph
 
 
-def graph_stats(graph: Graph) -> list[dict[str, Any]]:
-    """Per sparse-binary layer: weights, ones fraction, H(p) bits and stored bits."""
-    from sbnn.method.primitives import entropy, kernel_stats
-    from sbnn_runtime.fileformat import encode_bits
-
-    rows = []
-    for nd in graph.nodes:
-        if nd.op != "sbconv2d":
-            continue
-        bits = nd.params["bits"]
-        blob, _ = encode_bits(bits)
-        p = float(bits.mean())
-        ks = kernel_stats(bits)
-        rows.append({"layer": nd.name, "shape": list(bits.shape), "weights": int(bits.size),
-                     "ones": p, "h_bits": entropy(p) * bits.size, "stored_bits": 8 * len(blob),
-                     "zero_kernels": ks["zero_kernels"] / ks["kernels"]})
-    return rows
-
-
 def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
@@ -421,7 +401,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
         model.train(was_training)
     save(graph, path)
     if onnx_path is not None:
-        from sbnn.deploy.onnx_export import save_onnx
+        from sbnn_runtime.lower_onnx import save_onnx
 
         save_onnx(graph, onnx_path)
     return graph
@@ -437,20 +417,3 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return tuple(parts)  # type: ignore[return-value]
 
 
-def format_bits_table(graph: Graph) -> str:
-    """Per sparse-binary layer: ones fraction, H(p) bits, stored bits and their ratio."""
-    rows = graph_stats(graph)
-    lines = [f"{'layer':<28} {'weights':>9} {'ones':>7} {'0-kern':>7} {'H(p) bits':>10} "
-             f"{'stored':>9} {'ratio':>6}"]
-    for r in rows:
-        ratio = r["stored_bits"] / r["h_bits"] if r["h_bits"] else float("nan")
-        lines.append(f"{r['layer']:<28} {r['weights']:>9} {r['ones']:>7.4f} "
-                     f"{r['zero_kernels']:>7.3f} {r['h_bits']:>10.0f} {r['stored_bits']:>9} "
-                     f"{ratio:>6.3f}")
-    if rows:
-        w = sum(r["weights"] for r in rows)
-        h = sum(r["h_bits"] for r in rows)
-        s = sum(r["stored_bits"] for r in rows)
-        lines.append(f"{'total':<28} {w:>9} {'':>7} {'':>7} {h:>10.0f} {s:>9} "
-                     f"{s / h if h else float('nan'):>6.3f}   ({s / w:.4f} bits/weight)")
-    return "\n".join(lines)
