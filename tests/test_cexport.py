@@ -1,4 +1,4 @@
-"""The C99 export (sbnn.deploy.cexport) compiled with the host's C compilers gives the engine's
+"""The C99 export (sbnn_runtime.lower_c) compiled with the host's C compilers gives the engine's
 outputs: registry models, a user-built model, every op, both weight formats, odd shapes."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torch import nn
 
 import sbnn
 from sbnn import models
-from sbnn.deploy.cexport import CExportError, export_c, generate_c
 from sbnn.deploy.export import to_graph
 from sbnn_runtime.engine import Engine
+from sbnn_runtime.lower_c import CExportError, export_c, generate_c
 from sbnn_runtime.ops import Graph, Node, reference_forward
 from test_export import randomize_, safe_inputs, sparsify_
 
@@ -69,15 +69,26 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
+def compile_objects(folder: Path, cc: str, extra: tuple[str, ...] = (),
+                    sources=None) -> list[str]:
+    """Every C file of an export (the model and the kernels) alone under the strict flags."""
+    objs = []
+    for src in sources or sorted(folder.glob("*.c")):
+        if src.name == "main.c":
+            continue
+        obj = folder / f"{src.stem}_{cc}.o"
+        subprocess.run([cc, *CFLAGS, *extra, "-c", str(src), "-o", str(obj)], check=True,
+                       capture_output=True, text=True)
+        objs.append(str(obj))
+    return objs
+
+
 def build(folder: Path, cc: str, extra: tuple[str, ...] = ()) -> Path:
     (folder / "main.c").write_text(MAIN_C)
     exe = folder / f"run_{cc}"
-    # the model alone under the strict flags; the test main may use stdio
-    subprocess.run([cc, *CFLAGS, *extra, "-c", str(folder / "model.c"), "-o",
-                    str(folder / f"m_{cc}.o")], check=True, capture_output=True, text=True)
+    objs = compile_objects(folder, cc, extra)  # the test main may use stdio
     subprocess.run([cc, "-std=c99", "-O2", *extra, "-I", str(folder), str(folder / "main.c"),
-                    str(folder / f"m_{cc}.o"), "-lm", "-o", str(exe)],
-                   check=True, capture_output=True, text=True)
+                    *objs, "-lm", "-o", str(exe)], check=True, capture_output=True, text=True)
     return exe
 
 
@@ -331,7 +342,7 @@ def test_residual_add_fused(kind, tmp_path):
     cm = generate_c(graph)
     assert "fused into node 2" in cm.model_c
     call = next(ln for ln in cm.model_c.splitlines() if "&E2)" in ln)
-    ptrs = re.findall(r"\(sbnn_arena \+ \d+\)", call)
+    ptrs = re.findall(r"\(A \+ \d+\)", call)
     y, res = ptrs[1], ptrs[-1]
     assert (y == res) == (kind == "sbconv_bin"), call
     x = far_inputs(graph, rng)
@@ -430,12 +441,18 @@ def test_no_libc_and_sizes_in_header(tmp_path):
     src = (tmp_path / "model.c").read_text()
     assert "malloc" not in src and "pthread" not in src
     includes = [ln for ln in src.splitlines() if ln.startswith("#include")]
-    assert includes == ["#include <math.h>", "#include <stdint.h>", '#include "model.h"']
+    assert includes == ["#include <math.h>", "#include <stdint.h>", '#include "sbnn_micro.h"',
+                        '#include "model.h"']
+    for k in tmp_path.glob("sbnn_*.c"):  # the kernels: their header and nothing else
+        assert [ln for ln in k.read_text().splitlines() if ln.startswith("#include")] == [
+            '#include "sbnn_micro.h"'], k.name
     hdr = (tmp_path / "model.h").read_text()
     assert "int sbnn_run(const float *input, float *output);" in hdr
+    assert "int sbnn_run_arena(const float *input, float *output, void *arena);" in hdr
     assert f"#define SBNN_INPUT_SIZE {28 * 28}" in hdr
     assert "#define SBNN_OUTPUT_SIZE 10" in hdr
     assert f"#define SBNN_ARENA_BYTES {cm.arena_bytes}" in hdr
+    assert f"#define SBNN_WEIGHT_BYTES {cm.const_bytes}" in hdr
     # placement hooks for the firmware's linker script
     obj_s = tmp_path / "s.o"
     subprocess.run([COMPILERS[0], *CFLAGS, "-DSBNN_ARENA_ATTR=__attribute__((section(\".myram\")))",
@@ -447,19 +464,19 @@ def test_no_libc_and_sizes_in_header(tmp_path):
     obj_p = tmp_path / "p.o"
     subprocess.run([COMPILERS[0], *CFLAGS, "-DSBNN_PROFILE", "-c", str(tmp_path / "model.c"),
                     "-o", str(obj_p)], check=True)
-    if shutil.which("nm"):
-        assert "sbnn_profile" in subprocess.run(["nm", "-u", str(obj_p)], capture_output=True,
-                                                text=True, check=True).stdout
-    cc = COMPILERS[0]
-    obj = tmp_path / "m.o"
-    subprocess.run([cc, *CFLAGS, "-ffreestanding", "-c", str(tmp_path / "model.c"), "-o",
-                    str(obj)], check=True)
     nm = shutil.which("nm")
     if nm:
-        undef = subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True,
-                               check=True).stdout.split()
-        # a compiler may turn a zeroing loop into memset; nothing else comes from outside
-        assert set(undef[1::2] if "U" in undef else undef) <= {"memset", "memcpy"}, undef
+        assert "sbnn_profile" in subprocess.run([nm, "-u", str(obj_p)], capture_output=True,
+                                                text=True, check=True).stdout
+    objs = compile_objects(tmp_path, COMPILERS[0], ("-ffreestanding",))
+    if nm:
+        for obj in objs:
+            undef = subprocess.run([nm, "-u", obj], capture_output=True, text=True,
+                                   check=True).stdout.split()
+            names = set(undef[1::2] if "U" in undef else undef)
+            # a compiler may turn a zeroing loop into memset; the rest are the kernels
+            assert {n for n in names if not n.startswith("sbnn_")} <= {"memset", "memcpy"}, \
+                (obj, names)
 
 
 def test_tiny_graphs(tmp_path):

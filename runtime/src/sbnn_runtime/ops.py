@@ -14,13 +14,18 @@ tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a no
 * ``macs(node, input_shapes, output_shape)``: multiply-accumulates (binary ones for binary
   convs) per image, for summaries and for the loader's work limit;
 * ``workspace(node, input_shapes, output_shape)``: bytes of scratch the native kernel allocates
-  per image it works on at once (im2col columns, bit planes), for the loader's memory limit.
+  per image it works on at once (im2col columns, bit planes), for the loader's memory limit;
+* ``c(cnode)``: its C99 lowering, one statement calling a kernel, written against
+  :class:`sbnn_runtime.lower_c.CNode` (pointers, shapes, constant emitters); the kernels are the
+  C files of ``runtime/csrc/micro``, or ``c_source``: C text (static functions) that the model
+  file then carries, for an op whose kernel is not among them. ``c=None``: no C export.
 
 Shape rules read only the shapes and dtypes of the parameters (the 0/1 check of ``bits`` aside,
 which :class:`ShapeOnly` stand-ins skip), so that :func:`infer_shapes` and :func:`graph_cost`
 can check a graph read from a file header before a single parameter is decoded.
 
-Adding an op means one entry here plus its C++ in ``runtime/csrc``.
+Adding an op means one entry here plus its kernels (C++ in ``runtime/csrc/core``, C99 in
+``runtime/csrc/micro`` or ``c_source``).
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ class OpSpec:
     onnx: Callable[[Any, Node, list[str], str], None]
     macs: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
     workspace: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
+    c: Callable[[Any], str] | None = None
+    c_source: str = ""
 
 
 OPS: dict[str, OpSpec] = {}
@@ -214,6 +221,16 @@ def _onnx_conv(ctx, nd: Node, ins: list[str], out: str, w: np.ndarray, x: str) -
              pads=[p] * 4)
 
 
+def _conv2d_c(cn) -> str:
+    # x: (ci, h, w) -> y: (co, oh, ow), through the fused epilogue when there is one
+    (ci, h, w), (co, oh, ow) = cn.ins[0], cn.out
+    kh, kw = cn.node.params["weight"].shape[2:]
+    A = cn.node.attrs
+    return (f"sbnn_conv2d({cn.x[0]}, {cn.y}, {cn.farr('w', cn.node.params['weight'])}, "
+            f"{cn.farr('b', cn.node.params.get('bias'))}, {ci}, {h}, {w}, {co}, {kh}, {kw}, "
+            f"{A['stride']}, {A['padding']}, {oh}, {ow}, {cn.epilogue()});")
+
+
 _register(OpSpec(
     "conv2d", 1, {"stride": _I, "padding": _I},
     {"weight": ("f32", True), "bias": ("f32", False)},
@@ -225,7 +242,7 @@ _register(OpSpec(
         src[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
         nd.attrs["padding"]),
     onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
-    macs=_conv_macs, workspace=_conv_workspace,
+    macs=_conv_macs, workspace=_conv_workspace, c=_conv2d_c,
 ))
 
 
@@ -263,12 +280,23 @@ def _sbconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
     _onnx_conv(ctx, nd, ins, out, kernels.dequantized_weight(P["bits"], P["eta"], P["xi"]), x)
 
 
+def _sbconv_c(cn) -> str:
+    layer = cn.sb_layer()  # its encoded weights and vectors
+    tail = f"{cn.scratch('ws')}, offs, {cn.epilogue()}"
+    if not cn.node.attrs["binary_input"]:
+        return f"sbnn_sbconv_real({layer}, {cn.x[0]}, {cn.y}, {cn.scratch('xp')}, {tail});"
+    if cn.in_map:  # the producer wrote the padded int8 map already
+        return f"sbnn_sbconv_bin({layer}, 0, {cn.y}, (int8_t *){cn.x[0]}, {tail});"
+    return (f"sbnn_sbconv_bin({layer}, {cn.x[0]}, {cn.y}, (int8_t *){cn.scratch('xp')}, "
+            f"{tail});")
+
+
 _register(OpSpec(
     "sbconv2d", 1, {"stride": _I, "padding": _I, "binary_input": _B},
     {"bits": ("u8", True), "eta": ("f32", True), "xi": ("f32", True), "bias": ("f32", True),
      "thr": ("f32", False)},
     shape=_conv_shape, reference=_sbconv_reference, build=_sbconv_build, onnx=_sbconv_onnx,
-    macs=_conv_macs, workspace=_conv_workspace,
+    macs=_conv_macs, workspace=_conv_workspace, c=_sbconv_c,
 ))
 
 
@@ -302,6 +330,9 @@ _register(OpSpec(
                              + _cview(nd.params["shift"], x[0])),
     build=lambda eng, nd, src, opt: eng.affine(src[0], nd.params["scale"], nd.params["shift"]),
     onnx=_affine_onnx, macs=_elementwise,
+    c=lambda cn: (f"sbnn_affine({cn.x[0]}, {cn.y}, {cn.farr('scale', cn.node.params['scale'])}, "
+                  f"{cn.farr('shift', cn.node.params['shift'])}, {cn.out[0]}, "
+                  f"{math.prod(cn.out) // cn.out[0]});"),
 ))
 
 
@@ -320,6 +351,8 @@ _register(OpSpec(
         "Clip", [ins[0], ctx.const("lo", np.float32(nd.attrs["lo"])),
                  ctx.const("hi", np.float32(nd.attrs["hi"]))], [out]),
     macs=_elementwise,
+    c=lambda cn: (f"sbnn_hardtanh({cn.x[0]}, {cn.y}, {cn.flt(cn.node.attrs['lo'])}, "
+                  f"{cn.flt(cn.node.attrs['hi'])}, {math.prod(cn.out)});"),
 ))
 
 _register(OpSpec(
@@ -329,6 +362,7 @@ _register(OpSpec(
     build=lambda eng, nd, src, opt: eng.relu(src[0]),
     onnx=lambda ctx, nd, ins, out: ctx.node("Relu", ins, [out]),
     macs=_elementwise,
+    c=lambda cn: f"sbnn_relu({cn.x[0]}, {cn.y}, {math.prod(cn.out)});",
 ))
 
 
@@ -353,6 +387,9 @@ _register(OpSpec(
     build=lambda eng, nd, src, opt: eng.rprelu(src[0], nd.params["shift_in"], nd.params["slope"],
                                                nd.params["shift_out"]),
     onnx=_rprelu_onnx, macs=_elementwise,
+    c=lambda cn: "sbnn_rprelu({}, {}, {}, {}, {}, {}, {});".format(
+        cn.x[0], cn.y, *(cn.farr(k, cn.node.params[k]) for k in ("shift_in", "slope", "shift_out")),
+        cn.out[0], math.prod(cn.out) // cn.out[0]),
 ))
 
 
@@ -369,6 +406,7 @@ _register(OpSpec(
     build=lambda eng, nd, src, opt: eng.add(src[0], src[1]),
     onnx=lambda ctx, nd, ins, out: ctx.node("Add", ins, [out]),
     macs=_elementwise,
+    c=lambda cn: f"sbnn_add({cn.x[0]}, {cn.x[1]}, {cn.y}, {math.prod(cn.out)});",
 ))
 
 
@@ -417,6 +455,13 @@ def _maxpool_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
     return _pool_windows(x[0], A["k"], A["stride"], A["pad"], -np.inf).max(axis=(4, 5))
 
 
+def _pool_c(cn) -> str:
+    (c, h, w), A = cn.ins[0], cn.node.attrs
+    cip = int(bool(A.get("count_include_pad", True)))
+    return (f"sbnn_pool({cn.x[0]}, {cn.y}, {c}, {h}, {w}, {A['k']}, {A['stride']}, {A['pad']}, "
+            f"{cn.out[1]}, {cn.out[2]}, {int(cn.node.op == 'maxpool')}, {cip});")
+
+
 def _pool_onnx(op_type: str):
     def lower(ctx, nd: Node, ins: list[str], out: str) -> None:
         A = nd.attrs
@@ -432,7 +477,7 @@ _register(OpSpec(
     shape=_pool_shape, reference=_avgpool_reference,
     build=lambda eng, nd, src, opt: eng.avgpool(src[0], nd.attrs["k"], nd.attrs["stride"],
                                                 nd.attrs["pad"], nd.attrs["count_include_pad"]),
-    onnx=_pool_onnx("AveragePool"), macs=_pool_macs,
+    onnx=_pool_onnx("AveragePool"), macs=_pool_macs, c=_pool_c,
 ))
 
 _register(OpSpec(
@@ -440,7 +485,7 @@ _register(OpSpec(
     shape=_pool_shape, reference=_maxpool_reference,
     build=lambda eng, nd, src, opt: eng.maxpool(src[0], nd.attrs["k"], nd.attrs["stride"],
                                                 nd.attrs["pad"]),
-    onnx=_pool_onnx("MaxPool"), macs=_pool_macs,
+    onnx=_pool_onnx("MaxPool"), macs=_pool_macs, c=_pool_c,
 ))
 
 
@@ -455,6 +500,8 @@ _register(OpSpec(
     build=lambda eng, nd, src, opt: eng.global_avgpool(src[0]),
     onnx=lambda ctx, nd, ins, out: ctx.node("GlobalAveragePool", ins, [out]),
     macs=lambda nd, ins, out: int(np.prod(ins[0])),
+    c=lambda cn: (f"sbnn_global_avgpool({cn.x[0]}, {cn.y}, {cn.ins[0][0]}, "
+                  f"{cn.ins[0][1] * cn.ins[0][2]});"),
 ))
 
 _register(OpSpec(
@@ -463,6 +510,7 @@ _register(OpSpec(
     reference=lambda nd, x: x[0].reshape(x[0].shape[0], -1),
     build=lambda eng, nd, src, opt: eng.flatten(src[0]),
     onnx=lambda ctx, nd, ins, out: ctx.node("Flatten", ins, [out], axis=1),
+    c=lambda cn: "/* flatten: aliases its input */",
 ))
 
 
@@ -496,6 +544,9 @@ _register(OpSpec(
                                                nd.params.get("bias")),
     onnx=_linear_onnx,
     macs=lambda nd, ins, out: int(nd.params["weight"].size),
+    c=lambda cn: "sbnn_linear({}, {}, {}, {}, {}, {});".format(
+        cn.x[0], cn.y, cn.farr("w", cn.node.params["weight"]),
+        cn.farr("b", cn.node.params.get("bias")), *cn.node.params["weight"].shape),
 ))
 
 
