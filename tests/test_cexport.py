@@ -526,3 +526,16 @@ def test_cli_export_c(tmp_path, capsys):
     for got in run_c(graph, x, tmp_path / "run_c").values():
         assert rel_err(got, want) < 1e-3
         np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_cexport_shim_warns_and_forwards():
+    import importlib
+    import sys
+
+    import sbnn_runtime.lower_c as lower_c
+
+    sys.modules.pop("sbnn.deploy.cexport", None)
+    with pytest.warns(DeprecationWarning, match="sbnn_runtime.lower_c"):
+        shim = importlib.import_module("sbnn.deploy.cexport")
+    assert shim.export_c is lower_c.export_c and shim.generate_c is lower_c.generate_c
+    assert not hasattr(shim, "format_summary")

@@ -62,9 +62,9 @@ def _model(run: str | None):
 
 
 def prepare(out: Path, run: str | None, n: int) -> int:
-    from sbnn.deploy.cexport import export_c, format_summary
     from sbnn.deploy.export import export, format_bits_table
     from sbnn_runtime.engine import Engine
+    from sbnn_runtime.lower_c import export_c, format_sizes
 
     out.mkdir(parents=True, exist_ok=True)
     model, what = _model(run)
@@ -72,7 +72,7 @@ def prepare(out: Path, run: str | None, n: int) -> int:
     graph = export(model, out / "model.sbnn", (1, 28, 28), metadata={"model": "fmnist_cnn"})
     print(format_bits_table(graph))
     cm = export_c(graph, out / "c")
-    print(format_summary(cm))
+    print(format_sizes(cm))
     x, labels = _data(n, train=False)
     with torch.no_grad():
         torch_logits = model(x).numpy()
@@ -82,7 +82,7 @@ def prepare(out: Path, run: str | None, n: int) -> int:
     (out / "model.json").write_text(json.dumps({"model": what, "images": n,
                                                 "arena_bytes": cm.arena_bytes,
                                                 "weight_bytes": cm.const_bytes}))
-    print(f"wrote {out}/c/model.c, model.h, inputs.bin ({n} test images)")
+    print(f"wrote {out}/c/model.c, model.h, the kernels, inputs.bin ({n} test images)")
     return 0
 
 

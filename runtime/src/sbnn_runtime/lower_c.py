@@ -51,8 +51,8 @@ import numpy as np
 from sbnn_runtime.files import atomic_write
 from sbnn_runtime.ops import OPS, Graph, Node, Shape, infer_shapes
 
-__all__ = ["CExportError", "BINARY_FORMATS", "ARENA_ALIGN", "CModel", "check_name",
-           "generate_c", "export_c", "format_sizes", "kernel_files"]
+__all__ = ["CExportError", "BINARY_FORMATS", "ARENA_ALIGN", "CModel", "CNode", "check_name",
+           "generate_c", "export_c", "export_file", "format_sizes", "kernel_files"]
 
 BINARY_FORMATS = ("auto", "sparse", "packed")
 ARENA_ALIGN = 4  # bytes: every arena cell holds a float, an int32 or four int8
@@ -702,3 +702,20 @@ def format_sizes(cm: CModel) -> str:
                  f"arena {cm.arena_bytes} B (RAM, {ARENA_ALIGN}-byte aligned), input "
                  f"{cm.input_size} floats, output {cm.output_size} floats")
     return "\n".join(lines)
+
+
+def export_file(model: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None,
+                binary_format: str = "auto") -> tuple[CModel, str]:
+    """The C export of a ``.sbnn`` file, as both command lines run it: checks ``name`` first
+    (a bad one writes nothing), loads the file, writes the C files; returns the
+    :class:`CModel` and the report they print (the graph summary, then the C sizes)."""
+    from sbnn_runtime import fileformat
+    from sbnn_runtime.summary import format_summary, summarize
+
+    check_name(name)
+    graph = fileformat.load(model)
+    cm = export_c(graph, out_dir, binary_format, name=name)
+    report = "\n".join([format_summary(summarize(model)), format_sizes(cm),
+                        f"wrote {os.path.join(os.fspath(out_dir), cm.stem + '.c')}, "
+                        f"{cm.stem}.h and the kernels (sbnn_micro.h, sbnn_*.c)"])
+    return cm, report

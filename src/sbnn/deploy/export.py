@@ -462,13 +462,15 @@ def add_parser(subparsers) -> None:
         description="Export RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint to a "
                     "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
                     "entropy-coded.")
-    p.add_argument("path", help="run folder or .pt checkpoint")
+    p.add_argument("path", help="run folder, .pt checkpoint, or a .sbnn file (with --c only)")
     p.add_argument("-o", "--out", "--output", dest="output",
                    help="output .sbnn file (one of -o and --c is required)")
     p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
     p.add_argument("--c", metavar="DIR", dest="c_dir",
                    help="also write a dependency-free C99 translation to DIR/model.c and "
-                        "DIR/model.h (for microcontrollers; see docs/DEPLOY.md)")
+                        "DIR/model.h and its kernels (for microcontrollers; see docs/DEPLOY.md)")
+    p.add_argument("--name", help="with --c: N.c/N.h with symbols N_run, N_run_arena, N_* "
+                                  "(a C identifier; default model.c, sbnn_run, SBNN_*)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
     p.add_argument("--no-check", action="store_true",
@@ -476,9 +478,37 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_cmd)
 
 
+def _export_sbnn_file(args) -> int:
+    """``sbnn export MODEL.sbnn --c DIR [--name N]``: the runtime's C export (the same files
+    and report as ``python -m sbnn_runtime c MODEL.sbnn DIR --name N``)."""
+    import sys
+
+    from sbnn_runtime.fileformat import SBNNFormatError
+    from sbnn_runtime.lower_c import CExportError, export_file
+
+    if args.output or args.onnx or not args.c_dir:
+        print("sbnn export: error: a .sbnn file exports to --c DIR only", file=sys.stderr)
+        return 2
+    try:
+        print(export_file(args.path, args.c_dir, args.name)[1])
+    except (SBNNFormatError, CExportError, OSError) as exc:
+        print(f"sbnn export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd(args) -> int:
     import sys
 
+    from sbnn_runtime.lower_c import CExportError, check_name, export_c, format_sizes
+
+    if os.fspath(args.path).endswith(".sbnn"):
+        return _export_sbnn_file(args)
+    try:
+        check_name(args.name)
+    except CExportError as exc:
+        print(f"sbnn export: error: {exc}", file=sys.stderr)
+        return 2
     # a command reads a run folder: through its one owner (the only pipeline imports here)
     from sbnn.pipeline.data import DATASET_SHAPES
     from sbnn.pipeline.runs import load_checkpoint, load_model
@@ -513,8 +543,6 @@ def _cmd(args) -> int:
             "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
     import tempfile
 
-    from sbnn.deploy.cexport import CExportError, export_c, format_summary
-
     targets = [t for t in (args.output, args.onnx, args.c_dir) if t]
     for target in targets:
         folder = os.path.dirname(os.path.abspath(target))
@@ -527,7 +555,7 @@ def _cmd(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
             graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
                            metadata=meta, onnx_path=args.onnx, check=not args.no_check)
-        cmodel = export_c(graph, args.c_dir) if args.c_dir else None
+        cmodel = export_c(graph, args.c_dir, name=args.name) if args.c_dir else None
     except BaseException as exc:
         for t, was in existed.items():
             if not was and os.path.exists(t):
@@ -543,6 +571,7 @@ def _cmd(args) -> int:
               + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
                  if args.onnx else ""))
     if cmodel is not None:
-        print(format_summary(cmodel))
-        print(f"wrote {os.path.join(args.c_dir, 'model.c')} and model.h")
+        print(format_sizes(cmodel))
+        print(f"wrote {os.path.join(args.c_dir, cmodel.stem + '.c')}, {cmodel.stem}.h and the "
+              "kernels (sbnn_micro.h, sbnn_*.c)")
     return 0
