@@ -23,10 +23,14 @@ void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, i
                     const int ox1 = (w - 1 + p - kx) < 0 ? 0 : (w - 1 + p - kx) / s + 1;
                     const int oye = oy1 < oh ? oy1 : oh, oxe = ox1 < ow ? ox1 : ow;
                     for (oy = oy0; oy < oye; ++oy) {
-                        const int base = (c * h + oy * s - p + ky) * w - p + kx;
+                        const float *xr = x + (c * h + oy * s - p + ky) * w - p + kx;
                         float *yr = yo + oy * ow;
-                        for (ox = ox0; ox < oxe; ++ox)
-                            yr[ox] += wv * x[base + ox * s];
+                        if (s == 1) /* the common case: contiguous, no multiply per tap */
+                            for (ox = ox0; ox < oxe; ++ox)
+                                yr[ox] += wv * xr[ox];
+                        else
+                            for (ox = ox0; ox < oxe; ++ox)
+                                yr[ox] += wv * xr[ox * s];
                     }
                 }
             }

@@ -23,6 +23,7 @@ void sbnn_sbconv_bin(const sbnn_sb_layer *L, const float *x, float *y, int8_t *x
                      const sbnn_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p;
+    const int co = L->co, oh = L->oh, ow = L->ow, s = L->s; /* in registers, not reloaded */
     float *cs = ws + L->oh * L->ow;
     int c, i, j, o, oy, ox, k, n;
     for (i = 0; x && i < L->ci * hp * wp; ++i)
@@ -42,21 +43,21 @@ void sbnn_sbconv_bin(const sbnn_sb_layer *L, const float *x, float *y, int8_t *x
         for (i = 0; i < hp * wp; ++i)
             cs[i] += (float)xp[c * hp * wp + i];
     sbnn_window_sums(cs, ws, wp, L->kh, L->kw, L->s, L->oh, L->ow);
-    for (o = 0; o < L->co; ++o) {
+    for (o = 0; o < co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
-        float *yo = e ? plane : y + o * L->oh * L->ow;
+        float *yo = e ? plane : y + o * oh * ow;
         n = sbnn_sb_offsets(L, o, offs);
-        for (oy = 0; oy < L->oh; ++oy) {
-            for (ox = 0; ox < L->ow; ++ox) {
-                const int8_t *q = xp + oy * L->s * wp + ox * L->s;
+        for (oy = 0; oy < oh; ++oy) {
+            for (ox = 0; ox < ow; ++ox) {
+                const int8_t *q = xp + oy * s * wp + ox * s;
                 int32_t acc = 0;
                 for (k = 0; k < n; ++k)
                     acc += q[offs[k]];
-                yo[oy * L->ow + ox] = eta * (float)acc + (xi * ws[oy * L->ow + ox] + b);
+                yo[oy * ow + ox] = eta * (float)acc + (xi * ws[oy * ow + ox] + b);
             }
         }
         if (e)
-            sbnn_epilogue(e, plane, L->oh, L->ow, o, y, tmp, res);
+            sbnn_epilogue(e, plane, oh, ow, o, y, tmp, res);
     }
 }
 
@@ -65,6 +66,7 @@ void sbnn_sbconv_real(const sbnn_sb_layer *L, const float *x, float *y, float *x
                       const sbnn_epi *e)
 {
     const int hp = L->h + 2 * L->p, wp = L->w + 2 * L->p;
+    const int co = L->co, oh = L->oh, ow = L->ow, s = L->s; /* in registers, not reloaded */
     float *cs = ws + L->oh * L->ow;
     int c, i, j, o, oy, ox, k, n;
     for (i = 0; i < L->ci * hp * wp; ++i)
@@ -79,20 +81,20 @@ void sbnn_sbconv_real(const sbnn_sb_layer *L, const float *x, float *y, float *x
         for (i = 0; i < hp * wp; ++i)
             cs[i] += xp[c * hp * wp + i];
     sbnn_window_sums(cs, ws, wp, L->kh, L->kw, L->s, L->oh, L->ow);
-    for (o = 0; o < L->co; ++o) {
+    for (o = 0; o < co; ++o) {
         const float eta = L->eta[o], xi = L->xi[o], b = L->bias[o];
-        float *yo = e ? plane : y + o * L->oh * L->ow;
+        float *yo = e ? plane : y + o * oh * ow;
         n = sbnn_sb_offsets(L, o, offs);
-        for (oy = 0; oy < L->oh; ++oy) {
-            for (ox = 0; ox < L->ow; ++ox) {
-                const float *q = xp + oy * L->s * wp + ox * L->s;
+        for (oy = 0; oy < oh; ++oy) {
+            for (ox = 0; ox < ow; ++ox) {
+                const float *q = xp + oy * s * wp + ox * s;
                 float acc = 0.0f;
                 for (k = 0; k < n; ++k)
                     acc += q[offs[k]];
-                yo[oy * L->ow + ox] = eta * acc + (xi * ws[oy * L->ow + ox] + b);
+                yo[oy * ow + ox] = eta * acc + (xi * ws[oy * ow + ox] + b);
             }
         }
         if (e)
-            sbnn_epilogue(e, plane, L->oh, L->ow, o, y, tmp, res);
+            sbnn_epilogue(e, plane, oh, ow, o, y, tmp, res);
     }
 }

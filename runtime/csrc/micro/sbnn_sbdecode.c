@@ -27,8 +27,16 @@ int sbnn_taps_idx(const void *idx, int bytes, int32_t k0, int32_t k1, int32_t *t
 {
     int n = 0;
     int32_t k;
-    for (k = k0; k < k1; ++k)
-        taps[n++] = sbnn_read_uint(idx, bytes, k);
+    /* one loop per width: no test per tap */
+    if (bytes == 1)
+        for (k = k0; k < k1; ++k)
+            taps[n++] = ((const uint8_t *)idx)[k];
+    else if (bytes == 2)
+        for (k = k0; k < k1; ++k)
+            taps[n++] = ((const uint16_t *)idx)[k];
+    else
+        for (k = k0; k < k1; ++k)
+            taps[n++] = (int32_t)((const uint32_t *)idx)[k];
     return n;
 }
 
