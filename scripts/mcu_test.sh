@@ -59,8 +59,10 @@ else
 fi
 
 cpu=(-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16)
+# -flto: the kernels are compiled apart from the model; link-time optimisation lets the
+# layer shapes (constants of the model) propagate into them again, as in one file
 cflags=(-std=c99 -Os -Wall -Wextra -Werror -Wdouble-promotion -ffunction-sections
-        -fdata-sections "${cpu[@]}")
+        -fdata-sections -flto -ffat-lto-objects "${cpu[@]}")
 # the model and its kernels, strict: what goes into a user's firmware
 objs=()
 for src in "$out"/c/*.c; do
@@ -73,12 +75,12 @@ step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE \
 step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE -I "$out/c" -I "$here/mcu" -c "$here/mcu/main.c" \
     -o "$out/main.o"
 step arm-none-eabi-gcc "${cflags[@]}" -I "$here/mcu" -c "$here/mcu/startup.c" -o "$out/startup.o"
-step arm-none-eabi-gcc "${cpu[@]}" -nostartfiles --specs=nano.specs --specs=nosys.specs \
+step arm-none-eabi-gcc "${cpu[@]}" -Os -flto -nostartfiles --specs=nano.specs --specs=nosys.specs \
     -T "$here/mcu/linker.ld" -Wl,--gc-sections -Wl,-Map="$out/fw.map" \
     "$out/startup.o" "$out/main.o" "$out/model_prof.o" "${objs[@]}" -lm -o "$out/fw.elf"
 # the model alone as it lands in flash: model.o and the kernels it calls (unused kernels
 # dropped by --gc-sections; libc's memset, if the compiler called it, not counted)
-step arm-none-eabi-gcc "${cpu[@]}" -nostdlib -nostartfiles -Wl,--gc-sections -Wl,-e,sbnn_run \
+step arm-none-eabi-gcc "${cpu[@]}" -Os -flto -nostdlib -nostartfiles -Wl,--gc-sections -Wl,-e,sbnn_run \
     -Wl,--unresolved-symbols=ignore-all "$out/model.o" "${objs[@]}" -o "$out/model_only.elf"
 
 echo "--- arm-none-eabi-size (model.o: the model's constants and calls; model_only.elf: with the kernels it calls; fw.elf: with the test harness)"
@@ -96,7 +98,7 @@ step "$python" "$here/mcu/mcu_check.py" compare "$out"
 
 read -r m_text m_data m_bss _ < <(arm-none-eabi-size "$out/model_only.elf" | awk 'NR==2')
 stack=$(sed -n 's/.*stack_bytes \([0-9]*\) .*/\1/p' "$out/qemu.log")
-echo "--- model on Cortex-M4F (-Os), from arm-none-eabi-size of model_only.elf (model.o + the kernels it calls)"
+echo "--- model on Cortex-M4F (-Os -flto), from arm-none-eabi-size of model_only.elf (model.o + the kernels it calls)"
 echo "flash  $((m_text + m_data)) B  (text+rodata $m_text, data $m_data)"
 echo "RAM    $((m_data + m_bss + stack)) B  (arena+scratch bss $m_bss, data $m_data, stack $stack measured under qemu, harness included)"
 ticks=$(sed -n 's/.*systick_ticks \([0-9]*\) .*/\1/p' "$out/qemu.log")
