@@ -515,10 +515,13 @@ def test_cli_export_c(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(run)]) == 2
     assert "--c DIR" in capsys.readouterr().err
+    assert main(["export", str(run), "--c", str(tmp_path / "bad"), "--name", "for"]) == 2
+    assert "--name" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     out = tmp_path / "c"
     assert main(["export", str(run), "--c", str(out)]) == 0
     text = capsys.readouterr().out
     assert "format" in text and (out / "model.c").is_file() and (out / "model.h").is_file()
+    assert (out / "sbnn_micro.h").is_file()
     graph = to_graph(load_model(run).eval(), (1, 28, 28))
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
     want = Engine(graph, num_threads=1)(x)
@@ -539,3 +542,29 @@ def test_cexport_shim_warns_and_forwards():
         shim = importlib.import_module("sbnn.deploy.cexport")
     assert shim.export_c is lower_c.export_c and shim.generate_c is lower_c.generate_c
     assert not hasattr(shim, "format_summary")
+
+
+def test_both_command_lines_write_the_same_files(tmp_path, capsys):
+    # sbnn export MODEL.sbnn --c DIR --name N and python -m sbnn_runtime c MODEL.sbnn DIR
+    # --name N: the same bytes, the same report; a .sbnn file exports to --c only
+    from sbnn.cli import main
+    from sbnn_runtime import fileformat
+    from sbnn_runtime.__main__ import main as rt_main
+
+    graph = op_graph(np.random.default_rng(3))
+    fileformat.save(graph, tmp_path / "m.sbnn")
+    assert main(["export", str(tmp_path / "m.sbnn"), "--c", str(tmp_path / "a"),
+                 "--name", "kws"]) == 0
+    out_a = capsys.readouterr().out
+    assert rt_main(["c", str(tmp_path / "m.sbnn"), str(tmp_path / "b"), "--name", "kws"]) == 0
+    out_b = capsys.readouterr().out
+    files_a = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    files_b = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    assert files_a == files_b and {"kws.c", "kws.h", "sbnn_micro.h"} <= set(files_a)
+    assert out_a.replace(str(tmp_path / "a"), "D") == out_b.replace(str(tmp_path / "b"), "D")
+    assert main(["export", str(tmp_path / "m.sbnn"), "-o", str(tmp_path / "x.sbnn")]) == 2
+    assert "--c DIR only" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "m.sbnn"), "--c", str(tmp_path / "c"),
+                 "--name", "static"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--name" in err and not (tmp_path / "c").exists()
