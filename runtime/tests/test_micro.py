@@ -91,9 +91,9 @@ def test_eltwise(lib):
         sc, sh, sl = f32(rng, c), f32(rng, c), f32(rng, c, lo=0, hi=0.5)
         x4 = x.reshape(1, c, hw, 1)
 
-        def ref(op, params=None, attrs=None, xs=(x4,)):
+        def ref(op, params=None, attrs=None, xs=(x4,), shape=(c, hw)):
             nd = Node(op, [], attrs or {}, params or {})
-            return OPS[op].reference(nd, list(xs)).reshape(c, hw)
+            return OPS[op].reference(nd, list(xs)).reshape(shape)
 
         lib.sbnn_affine(fp(x), fp(y), fp(sc), fp(sh), c, hw)
         np.testing.assert_array_equal(y, ref("affine", {"scale": sc, "shift": sh}))
@@ -204,7 +204,8 @@ def test_weight_decoders(lib, co, ci, k, ones, fmt):
         offs = (t // (k * k)) * plane + (t % (k * k)) // k * wp + (t % (k * k)) % k
         np.testing.assert_array_equal(taps[:n], offs, err_msg=f"{enc['encoding']} channel {o}")
         if enc["encoding"] == "packed":
-            n = lib.sbnn_taps_packed(ctypes.c_void_p(L.bits), o * ci * k * k, ci * k * k, taps.ctypes.data_as(I32))
+            n = lib.sbnn_taps_packed(ctypes.c_void_p(L.bits), o * ci * k * k, ci * k * k,
+                                     taps.ctypes.data_as(I32))
             np.testing.assert_array_equal(taps[:n], want)
 
 
@@ -219,8 +220,8 @@ def test_window_sums(lib):
         np.testing.assert_array_equal(ws, want)
 
 
-SBCONVS = [(2, 5, 6, 3, 3, 1, 1), (6, 7, 9, 4, 3, 2, 1), (3, 4, 4, 5, 1, 1, 0), (8, 6, 5, 3, 2, 2, 0),
-           (1, 3, 3, 2, 3, 1, 1), (64, 4, 5, 4, 3, 1, 1)]
+SBCONVS = [(2, 5, 6, 3, 3, 1, 1), (6, 7, 9, 4, 3, 2, 1), (3, 4, 4, 5, 1, 1, 0),
+           (8, 6, 5, 3, 2, 2, 0), (1, 3, 3, 2, 3, 1, 1), (64, 4, 5, 4, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("ci,h,w,co,k,s,p", SBCONVS)
