@@ -31,10 +31,11 @@ TOY = OpSpec(
     "toy_softsign", 1, {}, {},
     shape=lambda nd, ins, where: ins[0],
     reference=lambda nd, x: (x[0] / (np.float32(1) + np.abs(x[0]))).astype(np.float32),
-    build=None,  # no native-engine kernel: the engine refuses it, the other backends do not
-    onnx=lambda ctx, nd, ins, out: ctx.node("Softsign", ins, [out]),
+    lower_native=None,  # no native-engine kernel: the engine refuses it, the others do not
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node("Softsign", ins, [out]),
     macs=lambda nd, ins, out: int(np.prod(out)),
-    c=lambda cn: f"toy_softsign({cn.x[0]}, {cn.y}, {int(np.prod(cn.out))});",
+    c_inplace=True,
+    lower_c=lambda cn: f"toy_softsign({cn.x[0]}, {cn.y}, {int(np.prod(cn.out))});",
     c_source=TOY_C,
 )
 
@@ -102,7 +103,7 @@ def test_toy_op_runs_through_reference_c_and_onnx(toy_op, tmp_path):
     # ONNX: the entry's lowering, run by onnxruntime
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from sbnn.deploy.onnx_export import to_onnx
+    from sbnn_runtime.lower_onnx import to_onnx
 
     model = to_onnx(graph)
     assert [n.op_type for n in model.graph.node].count("Softsign") == 2

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from sbnn_runtime import kernels
-from sbnn_runtime.lower_c import encode_bits, kernel_files
+from sbnn_runtime.lower_c import kernel_files
 from sbnn_runtime.ops import OPS, Node
+from sbnn_runtime.passes import choose_encoding
 
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wshadow",
           "-Wdouble-promotion", "-Wconversion", "-O2"]
@@ -164,19 +165,19 @@ def random_bits(rng, co, ci, k, ones):
 
 def layer_struct(bits, fmt, keep, **shape) -> SBLayer:
     """An sbnn_sb_layer over ``bits`` encoded as ``fmt`` (arrays kept alive in ``keep``)."""
-    enc = encode_bits(bits, fmt)
-    ctype, _, vals = enc["stream"]
-    dt = {"uint8_t": np.uint8, "uint16_t": np.uint16, "uint32_t": np.uint32}
-    stream = np.ascontiguousarray(vals, dt[ctype])
+    enc = choose_encoding(bits, fmt)  # the encoder: sbnn_runtime.passes
+    dt = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+    stream = np.ascontiguousarray(enc.data, dt[enc.data_bytes])
     keep.append(stream)
-    L = SBLayer(**shape, fmt=enc["code"], start_bytes=2)
-    if enc["start"] is None:
+    code = {"packed": 0, "idx8": 1, "idx16": 2, "idx32": 4, "gap8": 8}[enc.kind]
+    L = SBLayer(**shape, fmt=code, start_bytes=2)
+    if enc.starts is None:
         L.bits = stream.ctypes.data
     else:
-        st, sb, svals = enc["start"]
-        start = np.ascontiguousarray(svals, dt[st])
+        start = np.ascontiguousarray(enc.starts, dt[enc.start_bytes])
         keep.append(start)
-        L.idx, L.start, L.start_bytes = addr(stream) if stream.size else None, addr(start), sb
+        L.idx = addr(stream) if stream.size else None
+        L.start, L.start_bytes = addr(start), enc.start_bytes
     return L, enc
 
 
@@ -202,8 +203,8 @@ def test_weight_decoders(lib, co, ci, k, ones, fmt):
         n = lib.sbnn_sb_offsets(ctypes.byref(L), o, taps.ctypes.data_as(I32))
         t = want
         offs = (t // (k * k)) * plane + (t % (k * k)) // k * wp + (t % (k * k)) % k
-        np.testing.assert_array_equal(taps[:n], offs, err_msg=f"{enc['encoding']} channel {o}")
-        if enc["encoding"] == "packed":
+        np.testing.assert_array_equal(taps[:n], offs, err_msg=f"{enc.kind} channel {o}")
+        if enc.kind == "packed":
             n = lib.sbnn_taps_packed(ctypes.c_void_p(L.bits), o * ci * k * k, ci * k * k,
                                      taps.ctypes.data_as(I32))
             np.testing.assert_array_equal(taps[:n], want)

@@ -48,15 +48,15 @@ from typing import Any
 
 import numpy as np
 
+from sbnn_runtime import passes
 from sbnn_runtime.files import atomic_write
-from sbnn_runtime.ops import OPS, Graph, Node, Shape, infer_shapes
+from sbnn_runtime.ops import OPS, Graph, Node, lowering
 
 __all__ = ["CExportError", "BINARY_FORMATS", "ARENA_ALIGN", "CModel", "CNode", "check_name",
            "generate_c", "export_c", "export_file", "format_sizes", "kernel_files"]
 
-BINARY_FORMATS = ("auto", "sparse", "packed")
+BINARY_FORMATS = passes.BINARY_FORMATS
 ARENA_ALIGN = 4  # bytes: every arena cell holds a float, an int32 or four int8
-_ELEMENTWISE = ("affine", "hardtanh", "relu", "rprelu", "add")
 # C99/C11 keywords, and names a C file cannot reuse as a prefix of its own
 _C_RESERVED = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if "
@@ -128,265 +128,98 @@ def _rows(items: list[str], per_line: int = 12) -> str:
                       for i in range(0, len(items), per_line))
 
 
-def _uint_type(max_value: int) -> tuple[str, int]:
-    for t, nbytes in (("uint8_t", 1), ("uint16_t", 2), ("uint32_t", 4)):
-        if max_value < 1 << (8 * nbytes):
-            return t, nbytes
-    raise CExportError(f"value {max_value} does not fit 32 bits")
-
-
 def _comment(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:\- ]", "_", str(text))[:60]
 
 
-# -- the plan: fusion and arena offsets --------------------------------------------------------
+# -- storage: where each tensor of the plan lives ---------------------------------------------
 
 @dataclass
-class _Buf:
-    size: int  # in 4-byte cells
-    start: int
-    end: int
-    offset: int = -1
+class _Storage:
+    """The C backend's memory on top of :func:`sbnn_runtime.passes.plan`: which buffer holds
+    each tensor (element-wise ops in place, aliases, adds over their residual), int8 maps at
+    their size, each step's kernel scratch, all placed by :func:`passes.place`."""
 
-
-def _place(bufs: list[_Buf]) -> int:
-    """Greedy by size: each buffer at the lowest offset free over its lifetime; returns the
-    arena size in cells."""
-    placed: list[_Buf] = []
-    for b in sorted(bufs, key=lambda b: (-b.size, b.start)):
-        busy = sorted((p.offset, p.offset + p.size) for p in placed
-                      if p.start <= b.end and b.start <= p.end)
-        off = 0
-        for lo, hi in busy:
-            if off + b.size <= lo:
-                break
-            off = max(off, hi)
-        b.offset = off
-        placed.append(b)
-    return max((b.offset + b.size for b in bufs), default=0)
-
-
-def _fold_affine_linear(graph: Graph, shapes) -> Graph:
-    """A flat ``affine`` (BatchNorm1d) read only by a ``linear`` folds into it:
-    ``W (s x + t) + b = (W s) x + (W t + b)`` (float64, then float32), which saves its vectors
-    and a pass; the affine node is then dead and not emitted."""
-    readers: dict[int, list[int]] = {}
-    for i, nd in enumerate(graph.nodes):
-        for j in nd.inputs:
-            readers.setdefault(j, []).append(i)
-    nodes = list(graph.nodes)
-    for i, nd in enumerate(graph.nodes):
-        if nd.op != "linear":
-            continue
-        a = nd.inputs[0]
-        src = graph.nodes[a]
-        if src.op != "affine" or len(shapes[a]) != 1 or readers[a] != [i] or a == graph.output:
-            continue
-        w = nd.params["weight"].astype(np.float64)
-        scale = src.params["scale"].astype(np.float64)
-        shift = src.params["shift"].astype(np.float64)
-        b = nd.params["bias"].astype(np.float64) if "bias" in nd.params else 0.0
-        params = {"weight": (w * scale[None, :]).astype(np.float32),
-                  "bias": (b + w @ shift).astype(np.float32)}
-        nodes[i] = Node("linear", [src.inputs[0]], dict(nd.attrs), params,
-                        f"{src.name}+{nd.name}")
-    return Graph(nodes, graph.output, graph.metadata)
-
-
-@dataclass
-class _Plan:
-    """Which nodes run, fused how, and where every tensor and scratch buffer lives."""
-
-    order: list[int]
-    fused: dict[int, int]  # conv -> the pooling or add it runs in its epilogue
-    resid: dict[int, int]  # conv -> the residual its fused add reads
+    plan: passes.Plan
     binmap: dict[int, tuple]  # tensor -> (thr, pad): stored as its readers' int8 map
-    store: dict[int, int]  # tensor -> the buffer holding it (-1: the input, -2: none)
-    bufs: dict[int, _Buf]
-    scratch: dict[int, dict[str, _Buf]]
+    store: dict[int, int]  # tensor -> the buffer holding it (-1: the caller's input)
+    bufs: dict[int, passes.Buffer]
+    scratch: dict[int, dict[str, passes.Buffer]]  # step index -> its scratch buffers
     in_map: dict[int, bool]  # node reads an int8 map its producer wrote
     cells: int  # float cells of the arena (the decoded offsets come after them)
 
 
-def _readers(g: Graph, order: list[int]) -> dict[int, list[int]]:
-    users: dict[int, list[int]] = {}
-    for i in order:
-        for j in g.nodes[i].inputs:
-            users.setdefault(j, []).append(i)
-    return users
-
-
-def _fusions(g: Graph, order: list[int], users) -> tuple[dict[int, int], dict[int, int]]:
-    """A conv whose only reader is a pooling runs it channel by channel through one plane;
-    one whose only reader is a residual add of an earlier tensor r adds r channel by channel
-    (a binary conv reads its input only while binarising it, so r may even be that input)."""
-    convs = ("conv2d", "sbconv2d")
-    fused = {i: users[i][0] for i in order
-             if g.nodes[i].op in convs and i != g.output and len(users.get(i, [])) == 1
-             and g.nodes[users[i][0]].op in ("maxpool", "avgpool")}
-    resid: dict[int, int] = {}
-    for i in order:
-        rd = users.get(i, [])
-        if g.nodes[i].op not in convs or i in fused or i == g.output or \
-                len(rd) != 1 or g.nodes[rd[0]].op != "add":
-            continue
-        a, (u, v) = rd[0], g.nodes[rd[0]].inputs
-        r = v if u == i else u
-        if r != i and r < i:
-            fused[i], resid[i] = a, r
-    return fused, resid
-
-
-def _binmaps(g: Graph, order: list[int], users, fused) -> dict[int, tuple]:
-    """A conv output (after its fused pool) whose every reader is a binary conv binarising
-    with the same thresholds and padding is stored as that int8 map, a quarter the size."""
-    binmap: dict[int, tuple] = {}
-    for i in order:
-        t = fused.get(i, i)
-        rd = users.get(t, [])
-        if g.nodes[i].op not in ("conv2d", "sbconv2d") or t == g.output or not rd or \
-                not all(g.nodes[r].op == "sbconv2d" and g.nodes[r].attrs["binary_input"]
-                        for r in rd):
-            continue
-        thr = [g.nodes[r].params.get("thr") for r in rd]
-        pads = {g.nodes[r].attrs["padding"] for r in rd}
-        same = all((a is None and thr[0] is None) or (a is not None and thr[0] is not None
-                                                      and np.array_equal(a, thr[0]))
-                   for a in thr)
-        if same and len(pads) == 1:
-            binmap[t] = (thr[0], pads.pop())
-    return binmap
-
-
-def _scratch_cells(g: Graph, shapes, i: int, pool: int | None, binmap, in_map: bool):
-    """Scratch buffers of node ``i`` (4-byte cells): a binary conv's padded input planes
-    (unless its producer wrote them) and window sums; a conv's channel plane when it pools
-    or binarises its output, and the pooled plane when it does both."""
-    nd = g.nodes[i]
-    sc = {}
-    if nd.op in ("conv2d", "sbconv2d") and (pool is not None or binmap is not None):
-        sc["plane"] = shapes[i][1] * shapes[i][2]
-        if pool is not None and binmap is not None and g.nodes[pool].op != "add":
-            sc["tmp"] = shapes[pool][1] * shapes[pool][2]
-    if nd.op == "sbconv2d":
-        ci, h, w = shapes[nd.inputs[0]]
-        p = nd.attrs["padding"]
-        planes = ci * (h + 2 * p) * (w + 2 * p)
-        if not in_map:
-            sc["xp"] = (planes + 3) // 4 if nd.attrs["binary_input"] else planes
-        sc["ws"] = shapes[i][1] * shapes[i][2] + (h + 2 * p) * (w + 2 * p)
-    return sc
-
-
-def _plan(g: Graph, shapes: list[Shape]) -> _Plan:
-    n = len(g.nodes)
-    need = {g.output}
-    for i in range(n - 1, -1, -1):
-        if i in need:
-            need.update(g.nodes[i].inputs)
-    order = [i for i in range(1, n) if i in need]
-    last = {j: i for i in order for j in g.nodes[i].inputs}
-    last[g.output] = n  # read by the final copy
-    users = _readers(g, order)
-    fused, resid = _fusions(g, order, users)
-    fused_into = {j: i for i, j in fused.items()}
-    binmap = _binmaps(g, order, users, fused)
-    # storage: -1 is the caller's input; flatten aliases; element-wise ops reuse a dying input
+def _storage(pl: passes.Plan) -> _Storage:
+    g, shapes, steps = pl.graph, pl.shapes, pl.steps
+    binmap = passes.binary_maps(g, steps)
+    rd: dict[int, list[int]] = {}
+    for k, st in enumerate(steps):
+        for t in st.inputs:
+            rd.setdefault(t, []).append(k)
+    life = passes.lifetimes(g, steps)
     store: dict[int, int] = {0: -1}
-    bufs: dict[int, _Buf] = {}
+    bufs: dict[int, passes.Buffer] = {}
 
-    def store_end(s: int) -> int:
-        return max(last.get(t, t) for t, v in store.items() if v == s)
+    def end_of(buf: int) -> int:  # the last step reading any tensor the buffer holds
+        return max(life[t][1] for t, v in store.items() if v == buf)
 
-    for i in order:
-        nd = g.nodes[i]
-        size = int(np.prod(shapes[i]))
-        if i in fused:
-            store[i] = -2  # never materialised
-            continue
-        if i in binmap:
-            c, h, w = shapes[i]
-            p = binmap[i][1]
-            size = (c * (h + 2 * p) * (w + 2 * p) + 3) // 4
-        if i in fused_into:  # produced when its conv runs
-            c = fused_into[i]
-            r = resid.get(c)
-            if r is not None and i not in binmap and store[r] >= 0:
-                sr = store[r]
-                readers = {k for t, v in store.items() if v == sr for k in users.get(t, [])}
-                binary = g.nodes[c].op == "sbconv2d" and g.nodes[c].attrs["binary_input"]
-                if all(k <= c or k == i for k in readers) and (
-                        binary or store[g.nodes[c].inputs[0]] != sr):
-                    store[i] = sr  # over the residual, channel by channel
-                    continue
-            store[i] = i
-            bufs[i] = _Buf(size, c, i)
-            continue
-        if nd.op == "flatten":
-            store[i] = store[nd.inputs[0]]
-            continue
-        if nd.op in _ELEMENTWISE:
-            cand = [j for j in nd.inputs if store[j] >= 0 and store_end(store[j]) == i]
-            if cand:
-                store[i] = store[cand[0]]
+    for k, st in enumerate(steps):
+        t, nd = st.output, g.nodes[st.node]
+        spec = OPS[nd.op]
+        size = int(np.prod(shapes[t]))
+        if t in binmap:
+            c, h, w = shapes[t]
+            pad = binmap[t][1]
+            size = (c * (h + 2 * pad) * (w + 2 * pad) + 3) // 4
+        r = st.residual
+        if r is not None and t not in binmap and store[r] >= 0:
+            # over the residual, channel by channel: when nothing reads it later, and the conv
+            # reads its own input before writing (or its input is elsewhere)
+            sr = store[r]
+            later = [j for tt, v in store.items() if v == sr for j in rd.get(tt, []) if j > k]
+            if not later and (_input_first(nd) or store[nd.inputs[0]] != sr):
+                store[t] = sr
                 continue
-        store[i] = i
-        bufs[i] = _Buf(size, i, i)
-    for t, s in store.items():
-        if s >= 0:
-            bufs[s].end = max(bufs[s].end, last.get(t, t))
-    in_map = {i: bool(g.nodes[i].inputs) and g.nodes[i].inputs[0] in binmap for i in order}
-    scratch = {i: {k: _Buf(c, i, i) for k, c in _scratch_cells(
-        g, shapes, i, fused.get(i), binmap.get(fused.get(i, i)), in_map[i]).items()}
-        for i in order}
-    cells = _place(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()])
-    return _Plan(order, fused, resid, binmap, store, bufs, scratch, in_map, max(cells, 1))
+        if spec.c_alias:
+            store[t] = store[nd.inputs[0]]
+            continue
+        if spec.c_inplace and not st.fused:
+            cand = [j for j in nd.inputs if store[j] >= 0 and end_of(store[j]) == k]
+            if cand:
+                store[t] = store[cand[0]]
+                continue
+        store[t] = t
+        bufs[t] = passes.Buffer(size, k, k)
+    for t, v in store.items():
+        if v >= 0:
+            bufs[v].end = max(bufs[v].end, life[t][1])
+    in_map = {st.node: bool(g.nodes[st.node].inputs) and g.nodes[st.node].inputs[0] in binmap
+              for st in steps}
+    scratch = {k: {key: passes.Buffer(c, k, k) for key, c in _scratch_cells(
+        pl, st, binmap.get(st.output), in_map[st.node]).items()} for k, st in enumerate(steps)}
+    cells = passes.place(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()])
+    return _Storage(pl, binmap, store, bufs, scratch, in_map, max(cells, 1))
 
 
-# -- binary conv weights -----------------------------------------------------------------------
+def _input_first(nd: Node) -> bool:
+    f = OPS[nd.op].c_input_first
+    return bool(f(nd)) if f is not None else False
 
-def encode_bits(bits: np.ndarray, binary_format: str = "auto") -> dict[str, Any]:
-    """The storage of a binary conv's 0/1 ``bits`` (co, ci, kh, kw): the sizes of every
-    encoding and the one chosen (``"auto"``: the smallest), with its streams."""
-    co = bits.shape[0]
-    rows = bits.reshape(co, -1).astype(bool)
-    n_taps = rows.shape[1]
-    ch, tap = np.nonzero(rows)  # row-major: taps ascending within each channel
-    ones = int(tap.size)
-    per_ch = rows.sum(1)
-    # sparse, as indices: ones x (1, 2 or 4 bytes) + a start per channel
-    idx_t, idx_b = _uint_type(max(n_taps - 1, 0))
-    start_t, start_b = _uint_type(ones)
-    index_bytes = ones * idx_b + (co + 1) * start_b
-    # sparse, as gaps: the zeros before each 1-bit in bytes, 255 meaning "255 more"
-    prev = np.where(np.r_[True, ch[1:] != ch[:-1]], -1, np.r_[-1, tap[:-1]])
-    gap = tap - prev - 1
-    nbytes = gap // 255 + 1
-    gstream = np.full(int(nbytes.sum()), 255, np.int64)
-    gstream[np.cumsum(nbytes) - 1] = gap % 255
-    gper_ch = np.bincount(ch, weights=nbytes, minlength=co).astype(np.int64)
-    gstart_t, gstart_b = _uint_type(gstream.size)
-    gap_bytes = gstream.size + (co + 1) * gstart_b
-    sparse_bytes = min(index_bytes, gap_bytes)
-    packed_bytes = (bits.size + 7) // 8
-    fmt = binary_format if binary_format != "auto" else (
-        "sparse" if sparse_bytes <= packed_bytes else "packed")
-    zero_k = float((bits.reshape(co * bits.shape[1], -1).max(1) == 0).mean())
-    out = {"shape": list(bits.shape), "weights": int(bits.size), "ones": ones,
-           "max_ones": int(per_ch.max()) if co else 1, "zero_kernels": zero_k,
-           "format": fmt, "sparse_bytes": sparse_bytes, "packed_bytes": packed_bytes}
-    if fmt == "sparse" and gap_bytes < index_bytes:
-        starts = np.concatenate([[0], np.cumsum(gper_ch)])
-        out.update(encoding="gap8", code=8, stream=("uint8_t", 1, gstream),
-                   start=(gstart_t, gstart_b, starts))
-    elif fmt == "sparse":
-        starts = np.concatenate([[0], np.cumsum(per_ch)])
-        out.update(encoding=f"idx{8 * idx_b}", code=idx_b, stream=(idx_t, idx_b, tap),
-                   start=(start_t, start_b, starts))
-    else:
-        packed = np.packbits(bits.reshape(-1).astype(np.uint8), bitorder="little")
-        out.update(encoding="packed", code=0, stream=("uint8_t", 1, packed), start=None)
-    return out
+
+def _scratch_cells(pl: passes.Plan, st: passes.Step, binmap, in_map: bool) -> dict[str, int]:
+    """Scratch (4-byte cells) of one step: the op's own (``OpSpec.c_scratch``), and a channel
+    plane when a conv pools, adds or binarises in its epilogue (plus the pooled plane when it
+    pools and binarises)."""
+    nd, shapes = pl.graph.nodes[st.node], pl.shapes
+    spec = OPS[nd.op]
+    sc: dict[str, int] = {}
+    if st.fused or binmap is not None:
+        sc["plane"] = shapes[st.node][1] * shapes[st.node][2]
+        if st.fused and st.residual is None and binmap is not None:
+            sc["tmp"] = shapes[st.output][1] * shapes[st.output][2]
+    if spec.c_scratch is not None:
+        sc.update(spec.c_scratch(nd, [shapes[j] for j in nd.inputs], shapes[st.node], in_map))
+    return sc
 
 
 # -- the generator -----------------------------------------------------------------------------
@@ -425,18 +258,21 @@ class _Emitter:
 
 
 class CNode:
-    """What a node's C lowering (``OpSpec.c``) sees: the node, its shapes, the C expressions of
-    its input and output pointers, and helpers that emit constants. It returns one statement."""
+    """What a node's C lowering (``OpSpec.lower_c``) sees: the node, its shapes, the C
+    expressions of its input and output pointers, and helpers that emit constants. It returns
+    one statement."""
 
-    def __init__(self, em: _Emitter, g: Graph, shapes, plan: _Plan, i: int, x: list[str],
-                 y: str, sc: dict[str, str], res: str | None):
-        self.em, self.g, self.plan = em, g, plan
-        self.index, self.node = i, g.nodes[i]
-        self.ins = [shapes[j] for j in self.node.inputs]
-        self.out = shapes[i]
-        self.shapes = shapes
+    def __init__(self, em: _Emitter, sto: _Storage, k: int, x: list[str], y: str,
+                 sc: dict[str, str], res: str | None):
+        pl = sto.plan
+        self.em, self.sto, self.step = em, sto, pl.steps[k]
+        self.index = self.step.node
+        self.node = pl.graph.nodes[self.index]
+        self.shapes = pl.shapes
+        self.ins = [pl.shapes[j] for j in self.node.inputs]
+        self.out = pl.shapes[self.index]
         self.x, self.y, self.sc, self.res = x, y, sc, res
-        self.in_map = plan.in_map[i]
+        self.in_map = sto.in_map[self.index]
 
     def farr(self, key: str, arr: np.ndarray | None) -> str:
         """A const float array ``L{i}_{key}`` in flash (``"0"`` for None): its C name."""
@@ -453,16 +289,14 @@ class CNode:
     def epilogue(self) -> str:
         """``plane, tmp, res, &E{i}``: the pooling or residual add fused after this conv and
         its int8-map output, as a :c:type:`sbnn_epi` (``0, 0, 0, 0``: none)."""
-        i, g, plan = self.index, self.g, self.plan
-        pool = plan.fused.get(i)
-        binmap = plan.binmap.get(plan.fused.get(i, i))
-        if pool is None and binmap is None:
+        i, st, g = self.index, self.step, self.sto.plan.graph
+        binmap = self.sto.binmap.get(st.output)
+        if not st.fused and binmap is None:
             return "0, 0, 0, 0"
         f: list = [0] * 8
-        if pool is not None and g.nodes[pool].op != "add":
-            A, out = g.nodes[pool].attrs, self.shapes[pool]
-            f = [1, A["k"], A["stride"], A["pad"], out[1], out[2],
-                 int(g.nodes[pool].op == "maxpool"), int(bool(A.get("count_include_pad", 1)))]
+        if st.fused and st.residual is None:  # a pooling: its op says how (OpSpec.c_epilogue)
+            pool = g.nodes[st.fused[0]]
+            f = [1, *OPS[pool.op].c_epilogue(pool, self.shapes[st.output])]
         f.append(int(self.res is not None))
         f += [0, 0, "0"] if binmap is None else [
             1, binmap[1], self.em.farr(f"E{i}_thr", binmap[0])]
@@ -470,26 +304,30 @@ class CNode:
         return f"{self.sc['plane']}, {self.sc.get('tmp', '0')}, {self.res or '0'}, &E{i}"
 
     def sb_layer(self) -> str:
-        """Emit this binary conv's :c:type:`sbnn_sb_layer` with its encoded weights and
-        per-channel vectors; returns ``&L{i}``."""
+        """Emit this binary conv's :c:type:`sbnn_sb_layer` with the weight encoding the plan
+        chose and its per-channel vectors; returns ``&L{i}``."""
         i, nd, em = self.index, self.node, self.em
         P, A = nd.params, nd.attrs
         ci, h, w = self.ins[0]
         co, _, kh, kw = P["bits"].shape
-        enc = encode_bits(P["bits"], em.fmt)
-        em.max_ones = max(em.max_ones, enc["max_ones"], 1)
-        em.layers.append({"node": i, "layer": nd.name, **{
-            k: enc[k] for k in ("shape", "weights", "ones", "zero_kernels", "format",
-                                "encoding", "sparse_bytes", "packed_bytes")}})
-        ctype, nbytes, vals = enc["stream"]
-        if enc["start"] is None:
-            idx, start, sbytes, bits = "0", "0", 2, em.uarr(f"L{i}_bits", ctype, nbytes, vals)
+        enc = self.sto.plan.encodings[i]
+        em.max_ones = max(em.max_ones, enc.max_ones, 1)
+        em.layers.append({"node": i, "layer": nd.name, "shape": list(P["bits"].shape),
+                          "weights": int(P["bits"].size), "ones": enc.ones,
+                          "zero_kernels": enc.zero_kernels, "format": enc.format,
+                          "encoding": enc.kind, "sparse_bytes": enc.sparse_bytes,
+                          "packed_bytes": enc.packed_bytes})
+        ctype = _UINT[enc.data_bytes]
+        if enc.starts is None:
+            idx, start, sbytes = "0", "0", 2
+            bits = em.uarr(f"L{i}_bits", ctype, enc.data_bytes, enc.data)
         else:
-            idx = em.uarr(f"L{i}_{'gap' if enc['code'] == 8 else 'idx'}", ctype, nbytes, vals)
-            st, sbytes, svals = enc["start"]
-            start, bits = em.uarr(f"L{i}_start", st, sbytes, svals), "0"
+            idx = em.uarr(f"L{i}_{'gap' if enc.kind == 'gap8' else 'idx'}", ctype,
+                          enc.data_bytes, enc.data)
+            sbytes = enc.start_bytes
+            start, bits = em.uarr(f"L{i}_start", _UINT[sbytes], sbytes, enc.starts), "0"
         fields = [ci, h, w, co, kh, kw, A["stride"], A["padding"], self.out[1], self.out[2],
-                  enc["code"], sbytes, idx, start, bits, self.farr("eta", P["eta"]),
+                  _CODE[enc.kind], sbytes, idx, start, bits, self.farr("eta", P["eta"]),
                   self.farr("xi", P["xi"]), self.farr("bias", P["bias"]),
                   self.farr("thr", P.get("thr")) if A["binary_input"] else "0"]
         em.data.append(f"static const sbnn_sb_layer L{i} = {{"
@@ -497,46 +335,41 @@ class CNode:
         return f"&L{i}"
 
 
-def _lower_node(em: _Emitter, g: Graph, shapes, plan: _Plan, i: int, x, y, sc, res) -> str:
-    nd = g.nodes[i]
-    spec = OPS[nd.op]
-    if spec.c is None:
-        raise CExportError(f"node {i} ({nd.op} {nd.name!r}): op {nd.op!r} has no C lowering")
-    if spec.c_source:
-        em.sources.setdefault(nd.op, spec.c_source)
-    return spec.c(CNode(em, g, shapes, plan, i, x, y, sc, res))
+_UINT = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t"}
+_CODE = {"packed": 0, "idx8": 1, "idx16": 2, "idx32": 4, "gap8": 8}  # sbnn_micro.h's SBNN_*
 
 
-def _body(em: _Emitter, g: Graph, shapes, plan: _Plan, prefix: str) -> list[str]:
-    """One kernel call per node, in order, then the copy to the caller's output."""
-    fused_into = {j: i for i, j in plan.fused.items()}
+def _body(em: _Emitter, sto: _Storage, prefix: str) -> list[str]:
+    """One kernel call per step of the plan, in order, then the copy to the caller's output."""
+    pl = sto.plan
+    g, shapes = pl.graph, pl.shapes
 
     def ptr(t: int) -> str:
-        s = plan.store[t]
-        return "input" if s < 0 else f"(A + {plan.bufs[s].offset})"
+        s = sto.store[t]
+        return "input" if s < 0 else f"(A + {sto.bufs[s].offset})"
+
+    def name(i: int) -> str:
+        return f"node {i}: {g.nodes[i].op} {_comment(g.nodes[i].name)} -> {shapes[i]}"
 
     body = []
-    for i in plan.order:
-        nd = g.nodes[i]
-        desc = f"    /* node {i}: {nd.op} {_comment(nd.name)} -> {shapes[i]}"
-        if nd.op == "flatten":
-            body.append(desc + ", aliases its input */")
+    for k, st in enumerate(pl.steps):
+        i, nd = st.node, g.nodes[st.node]
+        spec = OPS[nd.op]
+        if spec.c_alias:
+            body.append(f"    /* {name(i)}, aliases its input */")
             continue
-        if i in fused_into:
-            body.append(desc + f", fused into node {fused_into[i]} */")
-            continue
-        sc = {k: f"(A + {b.offset})" for k, b in plan.scratch[i].items()}
-        res = ptr(plan.resid[i]) if i in plan.resid else None
-        if i in plan.fused:
-            j = plan.fused[i]
-            desc += f" + node {j}: {g.nodes[j].op} {_comment(g.nodes[j].name)} -> {shapes[j]}"
-        desc += " */"
-        out_t = plan.fused.get(i, i)
-        if out_t in plan.binmap:
-            desc = desc[:-3] + ", written as its readers' int8 map */"
-        stmt = _lower_node(em, g, shapes, plan, i, [ptr(j) for j in nd.inputs], ptr(out_t), sc,
-                           res)
-        body += [desc, "    " + stmt, f"    {prefix.upper()}_LAYER_DONE({i});"]
+        desc = f"    /* {name(i)}" + "".join(f" + {name(j)}" for j in st.fused)
+        if st.output in sto.binmap:
+            desc += ", written as its readers' int8 map"
+        body.append(desc + " */")
+        body += [f"    /* {name(j)}, fused into node {i} */" for j in st.fused]
+        if spec.c_source:
+            em.sources.setdefault(nd.op, spec.c_source)
+        sc = {key: f"(A + {b.offset})" for key, b in sto.scratch[k].items()}
+        res = ptr(st.residual) if st.residual is not None else None
+        stmt = spec.lower_c(CNode(em, sto, k, [ptr(j) for j in nd.inputs], ptr(st.output), sc,
+                                  res))
+        body += ["    " + stmt, f"    {prefix.upper()}_LAYER_DONE({i});"]
     n_out = int(np.prod(shapes[g.output]))
     body.append(f"    for (i = 0; i < {n_out}; ++i)\n        output[i] = {ptr(g.output)}[i];")
     return body
@@ -657,17 +490,17 @@ def generate_c(graph: Graph, binary_format: str = "auto", *, name: str | None = 
                          f"got {binary_format!r}")
     prefix, stem = check_name(name)
     try:
-        shapes = infer_shapes(graph)
+        lowering(graph, "c")  # every op has a C lowering, or the node is named
+        pl = passes.plan(graph, "c", binary_format=binary_format)
     except ValueError as exc:
-        raise CExportError(f"invalid graph: {exc}") from None
-    g = _fold_affine_linear(graph, shapes)
-    plan = _plan(g, shapes)
+        raise CExportError(f"cannot lower to C: {exc}") from None
+    sto = _storage(pl)
     em = _Emitter(binary_format, values)
-    body = _body(em, g, shapes, plan, prefix)
-    c, h, w = g.input_shape
-    n_out = int(np.prod(shapes[g.output]))
-    arena_bytes = 4 * plan.cells + 4 * em.max_ones
-    model_c = _model_c(em, prefix, stem, body, plan.cells)
+    body = _body(em, sto, prefix)
+    c, h, w = pl.graph.input_shape
+    n_out = int(np.prod(pl.shapes[pl.graph.output]))
+    arena_bytes = 4 * sto.cells + 4 * em.max_ones
+    model_c = _model_c(em, prefix, stem, body, sto.cells)
     model_h = _model_h(prefix, c * h * w, n_out, (c, h, w), arena_bytes, em.const_bytes)
     return CModel(prefix, stem, model_c, model_h, c * h * w, n_out, arena_bytes,
                   em.const_bytes, em.layers)

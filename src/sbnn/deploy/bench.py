@@ -11,19 +11,21 @@ runs after ``warmup`` runs:
 ``dense``
     the same graph with the dense bit-packed XNOR/popcount binary conv everywhere
     (``sparse=False``, the BNN baseline);
-``torch``
-    PyTorch float32 running the same network: binarise, then ``F.conv2d`` with the dequantized
-    weights (what the trained model costs in PyTorch at inference);
 ``float_twin``
-    the registry's full-precision twin (``<model>_fp``) when the file names its model;
+    PyTorch float32 (eager) on the registry's full-precision twin (``<model>_fp``) when the file
+    names its model;
 ``ort_fp32`` / ``ort_int8``
-    onnxruntime on that float twin (exported with ``torch.onnx.export``), in float32 and
+    onnxruntime on the ONNX lowering of that float twin (traced to a graph by
+    :func:`sbnn.deploy.export.to_graph`, lowered by :mod:`sbnn_runtime.lower_onnx`), in float32 and
     statically quantised to int8 (``quantize_static``, QDQ, per-channel weights, uint8
     activations), calibrated on ``CALIB_BATCHES`` batches of standard-normal random images
     (the bench has no data set; a real calibration set changes the scales, not the op count);
 ``ort_sbnn``
-    onnxruntime on sbnn's own ONNX graph (:func:`sbnn.deploy.onnx_export.to_onnx`: binarise,
-    then a float ``Conv`` with the dequantized weights).
+    onnxruntime on the ONNX lowering of the model's own graph
+    (:func:`sbnn_runtime.lower_onnx.to_onnx`: binarise, then a float ``Conv`` with the
+    dequantized weights): what the same network costs in a float runtime.
+
+No backend is rebuilt here op by op: every baseline is a lowering of a graph.
 
 onnxruntime is optional: without it the ``ort_*`` rows are left out and the result says why.
 Sessions get ``intra_op_num_threads`` = the thread count of the row. Ratios are baseline /
@@ -40,78 +42,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sbnn import engine as sengine
 from sbnn_runtime import fileformat
 from sbnn_runtime.ops import Graph
 
-__all__ = ["TorchGraph", "bench", "format_table", "add_parser", "ort_baselines", "layer_info",
+__all__ = ["bench", "format_table", "add_parser", "ort_baselines", "layer_info",
            "CALIB_BATCHES"]
 
 CALIB_BATCHES = 4  # random calibration batches of 8 images for the int8 baseline
-
-
-def _cv(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.view((1, -1) + (1,) * (x.dim() - 2))
-
-
-def _torch_sbconv(nd, P, ins):
-    a = ins[0]
-    if nd.attrs["binary_input"]:
-        a = torch.where(a >= P["thr"], 1.0, -1.0)
-    return F.conv2d(a, P["weight"], P["bias"], nd.attrs["stride"], nd.attrs["padding"])
-
-
-# The PyTorch baseline: what the same network costs in eager float32 PyTorch. It is a baseline,
-# not a reference (the reference twin of each op is its numpy entry in sbnn_runtime.ops.OPS).
-_TORCH_OPS = {
-    "conv2d": lambda nd, P, ins: F.conv2d(ins[0], P["weight"], P.get("bias"), nd.attrs["stride"],
-                                          nd.attrs["padding"]),
-    "sbconv2d": _torch_sbconv,
-    "affine": lambda nd, P, ins: ins[0] * _cv(P["scale"], ins[0]) + _cv(P["shift"], ins[0]),
-    "hardtanh": lambda nd, P, ins: ins[0].clamp(nd.attrs["lo"], nd.attrs["hi"]),
-    "relu": lambda nd, P, ins: torch.relu(ins[0]),
-    "rprelu": lambda nd, P, ins: F.prelu(ins[0] - _cv(P["shift_in"], ins[0]), P["slope"])
-    + _cv(P["shift_out"], ins[0]),
-    "add": lambda nd, P, ins: ins[0] + ins[1],
-    "avgpool": lambda nd, P, ins: F.avg_pool2d(ins[0], nd.attrs["k"], nd.attrs["stride"],
-                                               nd.attrs["pad"],
-                                               count_include_pad=nd.attrs["count_include_pad"]),
-    "maxpool": lambda nd, P, ins: F.max_pool2d(ins[0], nd.attrs["k"], nd.attrs["stride"],
-                                               nd.attrs["pad"]),
-    "global_avgpool": lambda nd, P, ins: ins[0].mean((2, 3), keepdim=True),
-    "flatten": lambda nd, P, ins: ins[0].flatten(1),
-    "linear": lambda nd, P, ins: F.linear(ins[0], P["weight"], P.get("bias")),
-}
-
-
-class TorchGraph:
-    """The graph as PyTorch float32 ops, parameters converted once (the PyTorch baseline)."""
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self.ops = []
-        for nd in graph.nodes[1:]:
-            P = {k: torch.from_numpy(v) for k, v in nd.params.items()}
-            if nd.op == "sbconv2d":
-                P["weight"] = torch.from_numpy(sengine.dequantized_weight(nd.params))
-                if nd.attrs["binary_input"]:
-                    c = nd.params["bits"].shape[1]
-                    P["thr"] = P.get("thr", torch.zeros(c)).view(1, -1, 1, 1)
-            self.ops.append((nd, P, _TORCH_OPS[nd.op]))
-
-    @torch.no_grad()
-    def run(self, x: torch.Tensor, profile: bool = False):
-        vals = [x]
-        times = []
-        for nd, P, fn in self.ops:
-            t0 = time.perf_counter()
-            vals.append(fn(nd, P, [vals[j] for j in nd.inputs]))
-            if profile:
-                times.append((nd.op, time.perf_counter() - t0))
-        out = vals[self.graph.output]
-        return (out, times) if profile else out
 
 
 def _float_twin(graph: Graph):
@@ -140,16 +79,11 @@ def _ort_session(ort, model_bytes: bytes, threads: int):
 
 
 def _twin_onnx(model: torch.nn.Module, input_shape) -> bytes:
-    import io
-    import warnings
+    """The float twin as ONNX: traced to a graph, then the graph's ONNX lowering."""
+    from sbnn.deploy.export import to_graph
+    from sbnn_runtime.lower_onnx import to_onnx
 
-    f = io.BytesIO()
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, *input_shape), f, input_names=["x"],
-                          output_names=["logits"], opset_version=17, dynamo=False,
-                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
-    return f.getvalue()
+    return to_onnx(to_graph(model, tuple(input_shape))).SerializeToString()
 
 
 def _quantize_int8(fp32: bytes, input_shape, seed: int = 0) -> bytes:
@@ -206,7 +140,7 @@ def ort_baselines(graph: Graph, twin_model, threads: int) -> tuple[dict[str, Any
     else:
         notes.append("no float twin in the registry: no ort_fp32 / ort_int8")
     try:
-        from sbnn.deploy.onnx_export import to_onnx
+        from sbnn_runtime.lower_onnx import to_onnx
 
         out["ort_sbnn"] = _ort_session(ort, to_onnx(graph).SerializeToString(), threads)
     except Exception as exc:  # noqa: BLE001
@@ -245,7 +179,6 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
           progress=None, onnxruntime: bool = True) -> dict[str, Any]:
     """Benchmark the ``.sbnn`` model at ``path``; returns a JSON-able dict of medians."""
     graph = fileformat.load(path)
-    tg = TorchGraph(graph)
     twin = _float_twin(graph) if float_twin else None
     names = [f"{nd.op}:{nd.name}" for nd in graph.nodes[1:]]
     result: dict[str, Any] = {
@@ -274,7 +207,6 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
                 fns: dict[str, Any] = {
                     "sparse": lambda x=x, e=sparse: (e.run(x), None)[1],
                     "dense": lambda x=x, e=dense: (e.run(x), None)[1],
-                    "torch": lambda xt=xt: (tg.run(xt), None)[1],
                 }
                 if twin is not None:
                     def run_twin(xt=xt):
@@ -294,8 +226,7 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
                                                  for k, v in tot.items()},
                                        "layers": {}}
                 if layers:
-                    # the engine's plan (fused ops as one), the same for both engines; the
-                    # PyTorch graph is unfused, so it has no per-layer column
+                    # the engine's plan (fused ops as one), the same for both engines
                     per = _interleaved({
                         "sparse": lambda x=x, e=sparse: e.run(x, profile=True)[1],
                         "dense": lambda x=x, e=dense: e.run(x, profile=True)[1],
@@ -320,7 +251,7 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
 
 def format_table(res: dict[str, Any], layers: bool = True) -> str:
     """Whole-model table, then per-layer tables of the binary convs for each configuration."""
-    keys = ["sparse", "dense", "torch"] + (["float_twin"] if res.get("float_twin") else [])
+    keys = ["sparse", "dense"] + (["float_twin"] if res.get("float_twin") else [])
     keys += [k for k in ("ort_fp32", "ort_int8", "ort_sbnn")
              if res["runs"] and k in res["runs"][0]["median_s"]]
     head = f"{'batch':>5} {'thr':>3} " + " ".join(f"{k + ' ms':>13}" for k in keys) + \
@@ -366,9 +297,10 @@ def add_parser(subparsers) -> None:
                       "baselines",
         description="Per-layer and whole-model latency (medians after warm-up) of a .sbnn "
                     "model in the native engine (the kernel each binary conv runs, per layer), "
-                    "against the same graph with dense binary convs, PyTorch float32, the "
-                    "float twin, and onnxruntime fp32/int8 on the float twin and on sbnn's "
-                    "ONNX graph, measured in the same run.")
+                    "against the same graph with dense binary convs, the float twin in "
+                    "PyTorch float32, and onnxruntime fp32/int8 on the ONNX lowering of the "
+                    "float twin and on the ONNX lowering of the model's graph, measured in the "
+                    "same run.")
     p.add_argument("model", help=".sbnn file")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")

@@ -421,7 +421,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
         model.train(was_training)
     save(graph, path)
     if onnx_path is not None:
-        from sbnn.deploy.onnx_export import save_onnx
+        from sbnn_runtime.lower_onnx import save_onnx
 
         save_onnx(graph, onnx_path)
     return graph
