@@ -29,13 +29,14 @@ The API of ``--name kws``::
 Both return 0, -1 for a NULL pointer and -2 for a misaligned arena (nothing is written then).
 Nothing else is writable: two arenas allow two runs at once.
 
-Memory: every tensor and scratch buffer lives in the arena at an offset fixed at export
-(greedy by size over lifetimes); element-wise ops work in place when their input dies with
-them, ``flatten`` is free, a conv read only by a pooling or a residual add runs it channel by
-channel in its epilogue, a conv read only by binary convs that binarise alike writes their +-1
-int8 map, and a flat affine before a linear folds into it. A binary conv's weights are stored,
-per layer, as the smallest of one-byte gaps, tap indices of 1, 2 or 4 bytes (both with a start
-per output channel) or packed bits.
+The plan is :func:`sbnn_runtime.passes.plan` (target ``"c"``): the flat affine folded into its
+linear, a conv's pooling or residual add run channel by channel in its epilogue, conv outputs
+read only by binary convs that binarise alike stored as their +-1 int8 map, each binary conv's
+weight encoding (gaps, indices or packed bits), and the arena offsets (:func:`passes.place`).
+On top of it the C backend decides only which buffer holds which tensor, from what each op's
+entry says of its C kernel (``c_alias``: ``flatten`` is free; ``c_inplace``: element-wise ops
+write over a dying input; ``c_input_first``: a binary conv may write over its residual input;
+``c_scratch``: the kernel's scratch).
 """
 
 from __future__ import annotations
