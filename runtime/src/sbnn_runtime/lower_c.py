@@ -34,7 +34,7 @@ linear, a conv's pooling or residual add run channel by channel in its epilogue,
 read only by binary convs that binarise alike stored as their +-1 int8 map, each binary conv's
 weight encoding (gaps, indices or packed bits), and the arena offsets (:func:`passes.place`).
 On top of it the C backend decides only which buffer holds which tensor, from what each op's
-entry says of its C kernel (``c_alias``: ``flatten`` is free; ``c_inplace``: element-wise ops
+entry says of its C kernel (``c_alias``: a reshape is free; ``c_inplace``: element-wise ops
 write over a dying input; ``c_input_first``: a binary conv may write over its residual input;
 ``c_scratch``: the kernel's scratch).
 """
