@@ -231,6 +231,8 @@ def test_plan_buffers_keep_a_steps_inputs_and_output_apart():
     pl = passes.plan(g.graph(), "native")
     assert pl.groups() == [[stem, h0], [s, a, h1]] and not pl.encodings
     assert passes.plan(g.graph(), "native", fuse=False).groups() == []
+    light = passes.plan(g.graph(), "native", memory=False)
+    assert light.steps == pl.steps and light.buffers == {} and light.arena == 0
     assert set(passes.plan(g.graph(), "c").encodings) == {s}
     with pytest.raises(ValueError, match="unknown target"):
         passes.plan(g.graph(), "gpu")

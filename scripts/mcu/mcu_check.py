@@ -62,16 +62,17 @@ def _model(run: str | None):
 
 
 def prepare(out: Path, run: str | None, n: int) -> int:
-    from sbnn.deploy.export import export, format_bits_table
+    from sbnn.deploy.export import export
     from sbnn_runtime.engine import Engine
     from sbnn_runtime.lower_c import export_c, format_sizes
+    from sbnn_runtime.summary import format_summary, summarize
 
     out.mkdir(parents=True, exist_ok=True)
     model, what = _model(run)
     print(f"model: {what}")
     graph = export(model, out / "model.sbnn", (1, 28, 28), metadata={"model": "fmnist_cnn"})
-    print(format_bits_table(graph))
     cm = export_c(graph, out / "c")
+    print(format_summary(summarize(graph)))
     print(format_sizes(cm))
     x, labels = _data(n, train=False)
     with torch.no_grad():

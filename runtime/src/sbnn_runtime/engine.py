@@ -119,7 +119,7 @@ class Engine:
         self.fuse, self.choose = bool(fuse), bool(choose)
         self.shapes = graph.shapes()
         # what runs as one op: decided by the graph passes, the engine only follows
-        self.plan = passes.plan(graph, "native", fuse=self.fuse)
+        self.plan = passes.plan(graph, "native", fuse=self.fuse, memory=False)
         self.input_shape = self.shapes[0]
         self.limits = Limits.resolve(max_macs, max_memory)
         self.cost = graph_cost(graph, self.shapes)

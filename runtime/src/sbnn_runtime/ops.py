@@ -25,7 +25,10 @@ tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a no
 * ``macs(node, input_shapes, output_shape)``: multiply-accumulates (binary ones for binary
   convs) per image, for summaries and for the loader's work limit;
 * ``workspace(node, input_shapes, output_shape)``: bytes of scratch the native kernel allocates
-  per image it works on at once (im2col columns, bit planes), for the loader's memory limit.
+  per image it works on at once (im2col columns, bit planes), for the loader's memory limit;
+* ``bit_params``: the params that hold 0/1 weights (the file stores them run-length coded,
+  summaries count them as binary weights); ``binary(node)``: whether the node's MACs are
+  binary (XNOR/popcount) ones.
 
 Shape rules read only the shapes and dtypes of the parameters (the 0/1 check of ``bits`` aside,
 which :class:`ShapeOnly` stand-ins skip), so that :func:`infer_shapes` and :func:`graph_cost`
@@ -139,6 +142,8 @@ class OpSpec:
     lower_c: Callable[..., Any] | None = None
     macs: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
     workspace: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
+    bit_params: tuple[str, ...] = ()
+    binary: Callable[[Node], bool] = lambda nd: False
     c_source: str = ""
     # what the C backend's memory plan needs to know of the op's C kernel:
     c_alias: bool = False  # no code: the output is its input's memory (a reshape)
@@ -328,6 +333,7 @@ _register(OpSpec(
     shape=_conv_shape, reference=_sbconv_reference, lower_native=_sbconv_build,
     lower_onnx=_sbconv_onnx,
     macs=_conv_macs, workspace=_conv_workspace, lower_c=_sbconv_c,
+    bit_params=("bits",), binary=lambda nd: bool(nd.attrs["binary_input"]),
     c_scratch=_sbconv_c_scratch, c_input_first=lambda nd: nd.attrs["binary_input"],
 ))
 
@@ -806,7 +812,7 @@ def graph_cost(graph: Graph, shapes: list[Shape] | None = None) -> GraphCost:
         for p, arr in nd.params.items():
             nb = int(arr.size) * arr.dtype.itemsize
             pbytes += nb
-            ebytes += 2 * nb + (8 * int(arr.size) if (nd.op, p) == ("sbconv2d", "bits") else 0)
+            ebytes += 2 * nb + (8 * int(arr.size) if p in spec.bit_params else 0)
     act = 4 * _activation_elems(graph, shapes)
     return GraphCost(sum(macs), tuple(macs), pbytes, ebytes, act, work)
 

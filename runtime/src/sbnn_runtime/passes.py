@@ -429,17 +429,19 @@ def lifetimes(graph: Graph, steps: list[Step]) -> dict[int, tuple[int, int]]:
 def place(bufs: list[Buffer]) -> int:
     """Greedy by size: each buffer (largest first, then earliest) at the lowest offset free over
     its lifetime; sets ``offset`` and returns the arena size in cells."""
-    placed: list[Buffer] = []
+    alive: dict[int, list[Buffer]] = {}  # step -> the placed buffers alive there
     for b in sorted(bufs, key=lambda b: (-b.size, b.start)):
-        busy = sorted((p.offset, p.offset + p.size) for p in placed
-                      if p.start <= b.end and b.start <= p.end)
+        steps = range(b.start, b.end + 1)
+        near = {id(p): p for t in steps for p in alive.get(t, ())}  # lifetimes that meet b's
+        busy = sorted((p.offset, p.offset + p.size) for p in near.values())
         off = 0
         for lo, hi in busy:
             if off + b.size <= lo:
                 break
             off = max(off, hi)
         b.offset = off
-        placed.append(b)
+        for t in steps:
+            alive.setdefault(t, []).append(b)
     return max((b.offset + b.size for b in bufs), default=0)
 
 
@@ -457,13 +459,15 @@ def plan_buffers(graph: Graph, steps: list[Step],
 # -- all together -----------------------------------------------------------------------------
 
 def plan(graph: Graph, target: str = "native", *, fuse: bool = True,
-         binary_format: str = "auto") -> Plan:
+         binary_format: str = "auto", memory: bool = True) -> Plan:
     """The :class:`Plan` of ``graph`` for a backend.
 
     ``"native"``: every node, no folding, :func:`fuse_epilogues` (when ``fuse``), no encodings
     (the engine keeps its own sparse and dense layers). ``"c"``: :func:`fold_affine_linear`,
     the live nodes, :func:`fuse_pool_residual` (when ``fuse``) and :func:`choose_encodings`.
-    Both get :func:`plan_buffers`.
+    Both get :func:`plan_buffers` unless ``memory=False`` (then ``buffers`` is empty and
+    ``arena`` 0: the placement is quadratic in the number of tensors, and the native engine,
+    which keeps its own buffers, does not need it).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
@@ -476,5 +480,5 @@ def plan(graph: Graph, target: str = "native", *, fuse: bool = True,
         order = live_nodes(graph)
         steps = fuse_pool_residual(graph, order) if fuse else unfused_steps(graph, order)
         encodings = choose_encodings(graph, binary_format, order)
-    bufs, arena = plan_buffers(graph, steps, shapes)
+    bufs, arena = plan_buffers(graph, steps, shapes) if memory else ({}, 0)
     return Plan(graph, shapes, steps, encodings, bufs, arena)

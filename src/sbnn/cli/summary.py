@@ -1,7 +1,8 @@
-"""``sbnn summary RUN|CHECKPOINT|MODEL.sbnn``: the layer table of :mod:`sbnn.deploy.summary`.
+"""``sbnn summary RUN|CHECKPOINT|MODEL.sbnn``: the one summary (:mod:`sbnn_runtime.summary`).
 
 A run folder or checkpoint is loaded (never running code from it) and traced to the graph it
-would export to; a ``.sbnn`` file is read as it is, and its size on disk is the file size.
+would export to; a ``.sbnn`` file is read as it is (the output is that of
+``python -m sbnn_runtime summary MODEL.sbnn``), and its size on disk is the file size.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def run_summary(path, input_shape=None):
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "summary", help="one table of every layer of a run or .sbnn model",
-        description="Per layer of the deployed graph: kind, output shape, parameters, ones "
-                    "fraction, bits per weight, all-zero kernels, memory, binary ops and MACs; "
-                    "totals split binary/float and the file size.")
+        description="Per node of the deployed graph: op, output shape, parameters, ones "
+                    "fraction, all-zero kernels, bits per weight, stored bytes and MACs; "
+                    "totals split binary/float, H(p), the file size and activations.")
     p.add_argument("path", help="run folder, .pt checkpoint or .sbnn file")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
     p.add_argument("--json", dest="json_out", help="also write the summary to this JSON file")

@@ -282,8 +282,8 @@ def format_table(res: dict[str, Any], layers: bool = True) -> str:
             kern = r.get("kernels") or []
             lnames = r.get("layer_names") or names
             for i, nm in enumerate(lnames):
-                if "conv2d" not in nm or i >= len(L["sparse"]):
-                    continue
+                if i >= len(kern) or not kern[i] or i >= len(L["sparse"]):
+                    continue  # only convs name a kernel
                 sp, de = L["sparse"][i], L["dense"][i]
                 k = kern[i] if i < len(kern) else ""
                 lines.append(f"{i:<6} {nm[:24]:<24} {k:<12} {1e3 * sp:>9.3f} {1e3 * de:>9.3f} "

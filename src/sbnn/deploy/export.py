@@ -39,7 +39,7 @@ from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
 
-__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "parse_shape",
+__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "parse_shape",
            "add_parser"]
 
 
@@ -369,25 +369,6 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
     return graph
 
 
-def graph_stats(graph: Graph) -> list[dict[str, Any]]:
-    """Per sparse-binary layer: weights, ones fraction, H(p) bits and stored bits."""
-    from sbnn.method.primitives import entropy, kernel_stats
-    from sbnn_runtime.fileformat import encode_bits
-
-    rows = []
-    for nd in graph.nodes:
-        if nd.op != "sbconv2d":
-            continue
-        bits = nd.params["bits"]
-        blob, _ = encode_bits(bits)
-        p = float(bits.mean())
-        ks = kernel_stats(bits)
-        rows.append({"layer": nd.name, "shape": list(bits.shape), "weights": int(bits.size),
-                     "ones": p, "h_bits": entropy(p) * bits.size, "stored_bits": 8 * len(blob),
-                     "zero_kernels": ks["zero_kernels"] / ks["kernels"]})
-    return rows
-
-
 def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
@@ -435,25 +416,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or min(parts) < 1:
         raise ValueError(f"--input-shape expects C,H,W (e.g. 1,28,28), got {text!r}")
     return tuple(parts)  # type: ignore[return-value]
-
-
-def format_bits_table(graph: Graph) -> str:
-    """Per sparse-binary layer: ones fraction, H(p) bits, stored bits and their ratio."""
-    rows = graph_stats(graph)
-    lines = [f"{'layer':<28} {'weights':>9} {'ones':>7} {'0-kern':>7} {'H(p) bits':>10} "
-             f"{'stored':>9} {'ratio':>6}"]
-    for r in rows:
-        ratio = r["stored_bits"] / r["h_bits"] if r["h_bits"] else float("nan")
-        lines.append(f"{r['layer']:<28} {r['weights']:>9} {r['ones']:>7.4f} "
-                     f"{r['zero_kernels']:>7.3f} {r['h_bits']:>10.0f} {r['stored_bits']:>9} "
-                     f"{ratio:>6.3f}")
-    if rows:
-        w = sum(r["weights"] for r in rows)
-        h = sum(r["h_bits"] for r in rows)
-        s = sum(r["stored_bits"] for r in rows)
-        lines.append(f"{'total':<28} {w:>9} {'':>7} {'':>7} {h:>10.0f} {s:>9} "
-                     f"{s / h if h else float('nan'):>6.3f}   ({s / w:.4f} bits/weight)")
-    return "\n".join(lines)
 
 
 def add_parser(subparsers) -> None:
@@ -564,7 +526,11 @@ def _cmd(args) -> int:
             print(f"sbnn export: error: {exc}", file=sys.stderr)
             return 2
         raise
-    print(format_bits_table(graph))
+    from sbnn_runtime.summary import format_summary as format_model
+    from sbnn_runtime.summary import summarize
+
+    print(format_model(summarize(args.output) if args.output else summarize(graph),
+                       title=args.output or ""))
     if args.output:
         size = os.path.getsize(args.output)
         print(f"wrote {args.output} ({size / 1024:.1f} KiB)"

@@ -117,9 +117,10 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
     import numpy as np
 
     from sbnn import engine
-    from sbnn.deploy.export import export, graph_stats
+    from sbnn.deploy.export import export
     from sbnn.pipeline.runs import load_model
     from sbnn_runtime import fileformat
+    from sbnn_runtime.summary import summarize
 
     path = run_dir / "model.sbnn"
     ckpt = run_dir / "last.pt"
@@ -127,12 +128,12 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
         graph = fileformat.load(path)  # exported earlier (e.g. on the machine that trained it)
     else:
         graph = export(load_model(run_dir), path, input_shape, check=False)
-    rows = graph_stats(graph)
-    n = sum(r["weights"] for r in rows)
+    t = summarize(graph)["totals"]
+    n = t["binary_params"]
     out = {"model_bytes": path.stat().st_size, "binary_weights": n}
     if n:
-        out["bits_per_binary_weight"] = sum(r["stored_bits"] for r in rows) / n
-        out["entropy_bits_per_weight"] = sum(r["h_bits"] for r in rows) / n
+        out["bits_per_binary_weight"] = t["bits_per_binary_weight"]
+        out["entropy_bits_per_weight"] = t["entropy_bits_per_weight"]
     if latency:
         eng = engine.load(path, num_threads=1)
         out["latency_b1_ms"] = 1e3 * float(np.median(
