@@ -112,11 +112,19 @@ def test_pool_residual_fusion_and_binary_maps():
     assert steps[1].residual == p and steps[3].residual == s2 and steps[3].inputs == (a, s2)
     assert dead not in {n for st in steps for n in st.nodes}
     maps = passes.binary_maps(graph, steps)
-    # a: read only by binary convs that agree; p is also the fused add's residual, read as
-    # floats, so it stays float
+    # a: read only by binary convs that agree; p: also by the add fused into s's step
     assert set(maps) == {a} and maps[a][1] == 1
     graph.nodes[s3].params["thr"] = np.ones(4, np.float32)  # the readers of a now disagree
-    assert set(passes.binary_maps(graph, steps)) == set()
+    assert passes.binary_maps(graph, steps) == {}
+    # a tensor that a fused add reads as its residual is not only read by binary convs
+    g2 = G(4, 8, 8)
+    c = g2.add(_conv(rng, 4, 4, 0))
+    s = g2.add(_sb(rng, 4, 4, c))
+    a = g2.add(Node("add", [s, c]))
+    graph2 = g2.graph()
+    steps2 = passes.fuse_pool_residual(graph2)
+    assert [st.nodes for st in steps2] == [(c,), (s, a)]
+    assert passes.binary_maps(graph2, steps2) == {}
 
 
 def _decode(enc: passes.Encoding, shape) -> np.ndarray:

@@ -323,10 +323,9 @@ def binary_maps(graph: Graph, steps: list[Step]) -> dict[int, tuple[np.ndarray |
     g = graph
     users: dict[int, list[int]] = {}
     for s in steps:
-        for j in g.nodes[s.node].inputs:
-            users.setdefault(j, []).append(s.node)
-        if s.residual is not None:  # the fused add reads it, as floats
-            users.setdefault(s.residual, []).append(s.output)
+        for n in s.nodes:  # fused nodes read tensors too (an add its residual)
+            for j in g.nodes[n].inputs:
+                users.setdefault(j, []).append(n)
     out: dict[int, tuple[np.ndarray | None, int]] = {}
     for s in steps:
         t = s.output
