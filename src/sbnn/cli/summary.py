@@ -7,17 +7,13 @@ would export to; a ``.sbnn`` file is read as it is (the output is that of
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-__all__ = ["run_summary", "add_parser"]
-
-_DATASET_SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-                   "cifar100": (3, 32, 32)}
+__all__ = ["run_summary", "add_parser", "run"]
 
 
 def run_summary(path, input_shape=None):
     """The :class:`~sbnn.deploy.summary.Summary` of a run folder, checkpoint or ``.sbnn`` file."""
+    from pathlib import Path
+
     from sbnn.deploy.summary import summary
 
     p = Path(path)
@@ -25,16 +21,14 @@ def run_summary(path, input_shape=None):
         raise FileNotFoundError(f"no run folder, checkpoint or .sbnn file at '{p}'")
     if p.is_file() and p.suffix != ".pt":
         return summary(p)
+    from sbnn.cli.export import input_shape_of
     from sbnn.deploy.export import to_graph
     from sbnn.deploy.summary import graph_summary
     from sbnn.pipeline.runs import load_checkpoint, load_model
 
     ckpt = load_checkpoint(p)
     if input_shape is None:
-        name = ((ckpt.get("config") or {}).get("data") or {}).get("name")
-        if name not in _DATASET_SHAPES:
-            raise ValueError(f"unknown input size for dataset {name!r}; pass --input-shape C,H,W")
-        input_shape = (int(ckpt["in_chans"]), *_DATASET_SHAPES[name][1:])
+        input_shape = input_shape_of(ckpt, None)
     graph = to_graph(load_model(p), tuple(input_shape))
     return graph_summary(graph, title=f"{p} (epoch {ckpt.get('epoch')})")
 
@@ -48,11 +42,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("path", help="run folder, .pt checkpoint or .sbnn file")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
     p.add_argument("--json", dest="json_out", help="also write the summary to this JSON file")
-    p.set_defaults(func=_cmd)
+    p.set_defaults(func=run)
 
 
-def _cmd(args) -> int:
+def run(args) -> int:
+    import json
     import sys
+    from pathlib import Path
 
     from sbnn.deploy.export import ExportError, parse_shape
 

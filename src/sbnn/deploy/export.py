@@ -39,8 +39,7 @@ from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
 
-__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "parse_shape",
-           "add_parser"]
+__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "parse_shape"]
 
 
 class ExportError(ValueError):
@@ -408,7 +407,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
     return graph
 
 
-# -- command line ------------------------------------------------------------------------------
+# -- helpers of the command line (sbnn.cli.export) ------------------------------------------
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -418,126 +417,3 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return tuple(parts)  # type: ignore[return-value]
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="write a trained model as a .sbnn file (and optionally ONNX)",
-        description="Export RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint to a "
-                    "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
-                    "entropy-coded.")
-    p.add_argument("path", help="run folder, .pt checkpoint, or a .sbnn file (with --c only)")
-    p.add_argument("-o", "--out", "--output", dest="output",
-                   help="output .sbnn file (one of -o and --c is required)")
-    p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
-    p.add_argument("--c", metavar="DIR", dest="c_dir",
-                   help="also write a dependency-free C99 translation to DIR/model.c and "
-                        "DIR/model.h and its kernels (for microcontrollers; see docs/DEPLOY.md)")
-    p.add_argument("--name", help="with --c: N.c/N.h with symbols N_run, N_run_arena, N_* "
-                                  "(a C identifier; default model.c, sbnn_run, SBNN_*)")
-    p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
-    p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip comparing the exported graph with the PyTorch model")
-    p.set_defaults(func=_cmd)
-
-
-def _export_sbnn_file(args) -> int:
-    """``sbnn export MODEL.sbnn --c DIR [--name N]``: the runtime's C export (the same files
-    and report as ``python -m sbnn_runtime c MODEL.sbnn DIR --name N``)."""
-    import sys
-
-    from sbnn_runtime.fileformat import SBNNFormatError
-    from sbnn_runtime.lower_c import CExportError, export_file
-
-    if args.output or args.onnx or not args.c_dir:
-        print("sbnn export: error: a .sbnn file exports to --c DIR only", file=sys.stderr)
-        return 2
-    try:
-        print(export_file(args.path, args.c_dir, args.name)[1])
-    except (SBNNFormatError, CExportError, OSError) as exc:
-        print(f"sbnn export: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _cmd(args) -> int:
-    import sys
-
-    from sbnn_runtime.lower_c import CExportError, check_name, export_c, format_sizes
-
-    if os.fspath(args.path).endswith(".sbnn"):
-        return _export_sbnn_file(args)
-    try:
-        check_name(args.name)
-    except CExportError as exc:
-        print(f"sbnn export: error: {exc}", file=sys.stderr)
-        return 2
-    # a command reads a run folder: through its one owner (the only pipeline imports here)
-    from sbnn.pipeline.data import DATASET_SHAPES
-    from sbnn.pipeline.runs import load_checkpoint, load_model
-    from sbnn_runtime.fileformat import SBNNFormatError
-
-    if not args.output and not args.c_dir:
-        print("sbnn export: error: give -o FILE.sbnn and/or --c DIR", file=sys.stderr)
-        return 2
-    which = "best" if args.best else "last"
-    ckpt = load_checkpoint(args.path, which)
-    model = load_model(args.path, which)
-    cfg = ckpt.get("config", {})
-    dataset = cfg.get("data", {}).get("name")
-    if args.input_shape:
-        try:
-            shape = parse_shape(args.input_shape)
-        except ValueError as exc:
-            print(f"sbnn export: error: {exc}", file=sys.stderr)
-            return 2
-    elif dataset in DATASET_SHAPES:
-        shape = (int(ckpt.get("in_chans", DATASET_SHAPES[dataset][0])),
-                 *DATASET_SHAPES[dataset][1:])
-    else:
-        print(f"sbnn export: error: unknown input size for dataset {dataset!r}; pass "
-              "--input-shape C,H,W", file=sys.stderr)
-        return 2
-    from sbnn import __version__
-
-    meta = {"model": cfg.get("model", {}).get("name"), "model_kwargs":
-            cfg.get("model", {}).get("kwargs", {}), "dataset": dataset,
-            "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
-            "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
-    import tempfile
-
-    targets = [t for t in (args.output, args.onnx, args.c_dir) if t]
-    for target in targets:
-        folder = os.path.dirname(os.path.abspath(target))
-        if not os.path.isdir(folder):
-            print(f"sbnn export: error: the folder of '{target}' does not exist", file=sys.stderr)
-            return 2
-    # a failed export leaves neither file behind (an older file of the same name stays)
-    existed = {t: os.path.exists(t) for t in [args.output, args.onnx] if t}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
-            graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
-                           metadata=meta, onnx_path=args.onnx, check=not args.no_check)
-        cmodel = export_c(graph, args.c_dir, name=args.name) if args.c_dir else None
-    except BaseException as exc:
-        for t, was in existed.items():
-            if not was and os.path.exists(t):
-                os.unlink(t)
-        if isinstance(exc, (ExportError, SBNNFormatError, CExportError, OSError)):
-            print(f"sbnn export: error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    from sbnn_runtime.summary import format_summary as format_model
-    from sbnn_runtime.summary import summarize
-
-    print(format_model(summarize(args.output) if args.output else summarize(graph),
-                       title=args.output or ""))
-    if args.output:
-        size = os.path.getsize(args.output)
-        print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
-              + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
-                 if args.onnx else ""))
-    if cmodel is not None:
-        print(format_sizes(cmodel))
-        print(f"wrote {os.path.join(args.c_dir, cmodel.stem + '.c')}, {cmodel.stem}.h and the "
-              "kernels (sbnn_micro.h, sbnn_*.c)")
-    return 0
