@@ -21,6 +21,7 @@ the full-precision twin and the dense BNN (the {alpha, beta} run at EC 0.5) as h
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -222,12 +223,15 @@ def _mean_std(vals: list[float]) -> str:
 
 def write_results(rows: list[dict], out: str | os.PathLike) -> None:
     """``results.csv`` (one row per run), ``results.md`` (per run and mean over seeds), plots."""
+    from sbnn.pipeline.runs import write_text
+
     out = Path(out)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c, "") for c in COLUMNS})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: r.get(c, "") for c in COLUMNS})
+    write_text(out / "results.csv", buf.getvalue())
 
     lines = ["# Sweep results", "", "## Per run", "",
              "| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
@@ -249,7 +253,7 @@ def write_results(rows: list[dict], out: str | os.PathLike) -> None:
             f"| {_mean_std([r.get('alpha_over_beta') for r in rs])} "
             f"| {_mean_std([r.get('bits_per_binary_weight') for r in rs])} "
             f"| {_mean_std([r.get('latency_b1_ms') for r in rs])} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     plot_results(rows, out)
 
 
@@ -320,6 +324,8 @@ def plot_results(rows: list[dict], out: Path) -> None:
                                "accuracy_vs_bits.png"),
                               ("latency_b1_ms", "engine latency, batch 1, 1 thread (ms)",
                                "accuracy_vs_latency.png")):
+        from sbnn.pipeline.runs import save_figure
+
         fig = sweep_figure(rows, key, label)
-        fig.savefig(out / fname, dpi=120)
+        save_figure(fig, out / fname, dpi=120)
         plt.close(fig)
