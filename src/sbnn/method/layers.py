@@ -29,7 +29,7 @@ which inverts the layer (measured in docs/RESULTS.md).
 
 ``"abr"`` (the {alpha, beta} domain with its ratio fixed)
     phi = (1 + 2 r) * tau is tied, with ``r = alpha / (beta - alpha)`` a fixed buffer that the
-    trainer sets to ``-sparsity.ec`` (:func:`set_fixed_r_`): the least-squares r of a split at
+    trainer sets to ``-sparsity.ec`` (:func:`set_fixed_r_`; -0.05 until set): the least-squares r of a split at
     ones fraction p is about -p (docs/DOMAINS.md). In this family 01 is r = 0 and pm1 is r = -1/2;
     ``"learned"`` is r free. tau is learnable.
 
@@ -59,6 +59,8 @@ TIED_DOMAINS = ("learned", "pm1", "01", "abr")
 # it, so sparsity.mode = exact freezes it (Adam would otherwise drift it by ~lr a step, and a sign
 # change inverts the layer)
 SCALE_ONLY_DOMAINS = ("pm1", "01", "abr")
+# the abr domain's r until set_fixed_r_ sets it: -0.05, the main job's EC
+DEFAULT_R = -0.05
 
 
 def _check_domain(domain: str) -> str:
@@ -83,8 +85,8 @@ class SBLayer:
             self.tau = nn.Parameter(torch.tensor(1.0, device=dev, dtype=dt))
             if self.domain == "learned":
                 self.phi = nn.Parameter(torch.tensor(0.0, device=dev, dtype=dt))
-            if self.domain == "abr":  # NaN until set_fixed_r_ (a checkpoint restores it)
-                self.register_buffer("r", torch.tensor(float("nan"), device=dev, dtype=dt))
+            if self.domain == "abr":  # sbnn train sets -sparsity.ec; a checkpoint restores it
+                self.register_buffer("r", torch.tensor(DEFAULT_R, device=dev, dtype=dt))
 
     def tau_phi(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(tau, phi) with the domain's tie applied: pm1 has phi = 0, 01 has phi = tau."""
@@ -95,14 +97,8 @@ class SBLayer:
         if self.domain == "01":
             return self.tau, self.tau
         if self.domain == "abr":
-            return self.tau, (1 + 2 * self._fixed_r()) * self.tau
+            return self.tau, (1 + 2 * self.r) * self.tau
         raise ValueError(f"domain {self.domain!r} has no tau/phi")
-
-    def _fixed_r(self) -> torch.Tensor:
-        if torch.isnan(self.r):
-            raise ValueError("an 'abr' layer needs its fixed r = alpha / (beta - alpha): call "
-                             "sbnn.method.layers.set_fixed_r_(model, -ec) first")
-        return self.r
 
     @torch.no_grad()
     def fit_levels_(self, w: torch.Tensor | None = None, bits: torch.Tensor | None = None) -> None:
@@ -121,7 +117,7 @@ class SBLayer:
             self.tau.fill_(float((w * s).mean()))
             return
         if self.domain == "abr":  # q = tau * (s + c), c = 1 + 2r: tau = <w, s+c> / |s+c|^2
-            u = s + (1 + 2 * float(self._fixed_r()))
+            u = s + (1 + 2 * float(self.r))
             den = float((u * u).sum())
             if den > 0:
                 self.tau.fill_(float((w * u).sum()) / den)
