@@ -29,9 +29,9 @@ which inverts the layer (measured in docs/RESULTS.md).
 
 ``"abr"`` (the {alpha, beta} domain with its ratio fixed)
     phi = (1 + 2 r) * tau is tied, with ``r = alpha / (beta - alpha)`` a fixed buffer that the
-    trainer sets to ``-sparsity.ec`` (:func:`set_fixed_r_`; -0.05 until set): the least-squares r of a split at
-    ones fraction p is about -p (docs/DOMAINS.md). In this family 01 is r = 0 and pm1 is r = -1/2;
-    ``"learned"`` is r free. tau is learnable.
+    trainer sets to ``-sparsity.ec`` (:func:`set_fixed_r_`; -0.05 until set): the least-squares
+    r of a split at ones fraction p is about -p (docs/DOMAINS.md). In this family 01 is r = 0
+    and pm1 is r = -1/2; ``"learned"`` is r free. tau is learnable.
 
 ``"closed_form"``
     alpha and beta are the group means of the latent weights over the current split (the

@@ -157,9 +157,13 @@ def _verdict(rows: list[dict]) -> list[str]:
     done = [(ec, a, b, comparison(rows, a, b, ec)) for ec in ECS for a, b in COMPARISONS]
     ran = [x for x in done if x[3]["n"] >= 2]
     pending = [x for x in done if x[3]["n"] < 2]
+    single = [f"EC {ec:g} {a} − {b} = {_f(st['mean'], sign=True)} points (seed "
+              f"{st['seeds'][0]})" for ec, a, b, st in pending if st["n"] == 1]
+    first = ("One seed only so far, no test and no evidence either way: " + "; ".join(single)
+             + ".") if single else None
     if not ran:
         return ["No comparison has two paired seeds yet: **no verdict**. Every cell below is "
-                "pending; rerun this script as rows arrive."]
+                "pending; rerun this script as rows arrive."] + ([f"- {first}"] if first else [])
     for ec, a, b, st in ran:
         what = f"EC {ec:g}, {a} − {b} ({_status(st['n'])})"
         ci = f"{_f(st['mean'], sign=True)} points, 95 % CI [{_f(st['lo'], sign=True)}, " \
@@ -175,6 +179,8 @@ def _verdict(rows: list[dict]) -> list[str]:
         else:
             lines.append(f"- {what}: no significant difference, {ci}; the interval bounds the "
                          "effect.")
+    if first:
+        lines.append(f"- {first}")
     if pending:
         lines.append("- Not yet run (fewer than two paired seeds): " + ", ".join(
             f"EC {ec:g} {a} − {b}" for ec, a, b, _ in pending) + ".")
