@@ -345,8 +345,8 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
             out.append(f"| {ec:g} | {d} | {','.join(map(str, st['seeds'])) or 'pending'} | "
                        f"{_f(st['mean'])} | {ci} | {ones} | "
                        f"{_f(st['r'], 3, sign=True)} | {st['collapsed']} |")
-    out += ["", "The r column checks the analysis: `abr` holds −EC by construction, `01` 0, `pm1` −½; "
-            "for `ab` it is what training learned from the closed-form start at −EC.", "",
+    out += ["", "The r column checks the analysis: `abr` holds −EC by construction, `01` 0, "
+            "`pm1` −½; for `ab` it is what training learned from the closed-form start at −EC.", "",
             "![accuracy vs achieved ones](study_accuracy_vs_ones.png)", "",
             "## Not in this study yet (later sittings)", "",
             "- The secondary grid with the paper's penalty (`docs/study_domains/penalty/`), the "
