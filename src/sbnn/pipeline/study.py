@@ -208,7 +208,7 @@ def figure(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    offsets = {d: (i - 1.5) * 0.03 for i, d in enumerate(ARMS)}  # spread arms on a log x axis
+    offsets = {d: (i - 1.5) * 0.012 for i, d in enumerate(ARMS)}  # spread arms on a log x axis
     for i, d in enumerate(ARMS):
         color = f"C{i}"
         pts = [r for r in rows if r.get("domain") == d and r.get("ones_fraction") is not None
@@ -232,6 +232,9 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.errorbar([xs[k] for k in order], [ys[k] for k in order], yerr=[es[k] for k in order],
                     fmt="o-", color=color, capsize=3, label=d, ms=5)
     ax.set_xscale("log")
+    ax.set_xticks([100 * ec for ec in ECS])
+    ax.set_xticklabels([f"{100 * ec:g}" for ec in ECS])
+    ax.set_xlim(100 * min(ECS) * 0.8, 100 * max(ECS) * 1.25)
     ax.set_xlabel("achieved ones fraction (%; arms offset slightly for legibility)")
     ax.set_ylabel("test accuracy (%), last epoch")
     ax.set_title("runs (dots; x = flagged collapsed) and means with 95 % t intervals", fontsize=9)
