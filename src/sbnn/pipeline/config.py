@@ -53,7 +53,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "fmnist_cnn"  # see `sbnn.models.list_models()`
-    domain: str = "learned"  # learned | closed_form | pm1 | 01
+    domain: str = "learned"  # learned | closed_form | pm1 | 01 | abr (r = -sparsity.ec)
     weight_estimator: str = "ste"  # ste | clipped_ste | ede | approx_sign
     act: str | None = "approx_sign"  # estimator of the binary activations; None: float inputs
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments (e.g. width)
@@ -82,6 +82,9 @@ class SparsityConfig:
     levels: str = "fit"
     ede_schedule: bool = True  # advance t/k of every EDE estimator with the epoch
     clamp: bool = True  # clamp latent weights to [-1.5, 1.5] after every step
+    # penalty: the paper's hinge penalty with gamma | exact: after every step each binary layer is
+    # split at exactly round(ec * n) ones (no penalty; pm1/01/abr freeze their scale tau)
+    mode: str = "penalty"
 
 
 @dataclass
@@ -381,6 +384,7 @@ def _choices() -> dict[str, list]:
         "optim.schedule_step": ["step", "epoch"],
         "sparsity.init": ["closed_form", "authors", "none"],
         "sparsity.levels": ["fit", "unit"],
+        "sparsity.mode": ["penalty", "exact"],
         "device": ["auto", "cpu", "cuda", "cuda:N"],
     }
 

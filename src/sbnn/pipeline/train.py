@@ -138,6 +138,19 @@ def _check_input_size(model: nn.Module, data, cfg: Config, device) -> None:
         model.train(was)
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else ``platform.processor()``)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "cpu model", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def has_sb_layers(model: nn.Module) -> bool:
     from sbnn.method.constraint import sb_layers
 
@@ -192,6 +205,8 @@ def run_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, schedu
             scheduler.step()
         if constraint is not None and cfg.sparsity.clamp:
             constraint.clamp_()
+        if constraint is not None and constraint.mode == "exact":
+            constraint.project_()
         if after_step is not None:
             after_step()
         loss_sum += float(loss.detach()) * len(y)
@@ -304,6 +319,9 @@ class Trainer:
         learning-rate schedule."""
         _seed_all(self.cfg.seed)
         model = build_model(self.cfg, self.num_classes, self.in_chans).to(self.device)
+        from sbnn.method.layers import set_fixed_r_
+
+        set_fixed_r_(model, -self.cfg.sparsity.ec)  # the abr domain's r (no-op for the others)
         _check_input_size(model, train_set, self.cfg, self.device)
         arch = models.architecture_kwargs(model, self.cfg.model.kwargs)
         if arch != self.cfg.model.kwargs:  # record the defaults too: see architecture_kwargs
@@ -324,11 +342,12 @@ class Trainer:
 
     def _init_binary(self, model: nn.Module) -> None:
         """The sparsity constraint, the latent weights' start, and the pruning masks."""
-        from sbnn.method.constraint import SparsityConstraint
+        from sbnn.method.constraint import SparsityConstraint, sb_layers
+        from sbnn.method.layers import SCALE_ONLY_DOMAINS
         from sbnn.verbs.binarize import LEVEL_STARTS, init_authors_, init_closed_form_
 
         s = self.cfg.sparsity
-        self.constraint = SparsityConstraint(model, ec=s.ec, gamma=s.gamma)
+        self.constraint = SparsityConstraint(model, ec=s.ec, gamma=s.gamma, mode=s.mode)
         if s.levels not in LEVEL_STARTS:
             raise ValueError(f"unknown sparsity.levels '{s.levels}'; valid: "
                              f"{', '.join(LEVEL_STARTS)}")
@@ -339,6 +358,11 @@ class Trainer:
         elif s.init not in ("closed_form", "none"):
             raise ValueError(f"unknown sparsity.init '{s.init}'; valid: closed_form, "
                              "authors, none")
+        if s.mode == "exact":  # exact count from the start; tau of pm1/01/abr is a scale
+            self.constraint.project_()
+            for _, m in sb_layers(model):
+                if m.domain in SCALE_ONLY_DOMAINS:
+                    m.tau.requires_grad_(False)
         if self.cfg.prune.active:  # pruning masks that training keeps (sbnn.verbs.prune)
             from sbnn.verbs.prune import prune_
 
@@ -578,6 +602,9 @@ class Trainer:
             # the epoch best.pt holds (a checkpoint of an older sbnn lacks it: metrics.jsonl)
             report["best_epoch"] = self.best_epoch or self._best_epoch_from_metrics()
             report["train_wall_time_s"] = wall
+            report["steps"] = cfg.epochs * len(self.train_loader)
+            report["threads"] = torch.get_num_threads()
+            report["cpu_model"] = _cpu_model()
             report["epoch_times_s"] = epoch_times
             report["epochs"] = cfg.epochs
             report["last_epoch"] = cfg.epochs  # the epoch last.pt holds
