@@ -207,6 +207,8 @@ def to_dict(cfg) -> dict:
 
 # a config is a few kilobytes; a larger file is not one (and YAML parsing time grows with it)
 MAX_CONFIG_BYTES = 1 << 20
+# and a few levels deep (section, key, a list in model.kwargs)
+MAX_CONFIG_DEPTH = 32
 
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
@@ -214,8 +216,18 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when pres
 
 def _refuse_anchors(text: str, where: str) -> None:
     """Anchors and aliases are refused: a config never needs them, and an alias bomb (a few
-    lines that expand to billions of nodes when the config is copied) hangs the process."""
+    lines that expand to billions of nodes when the config is copied) hangs the process.
+    Nesting deeper than :data:`MAX_CONFIG_DEPTH` is refused here too, before any recursion."""
+    depth = 0
     for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{where}: nested too deeply to be a config (more than "
+                                  f"{MAX_CONFIG_DEPTH} levels at line "
+                                  f"{event.start_mark.line + 1})")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
         if getattr(event, "anchor", None) is not None:
             kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
             raise ConfigError(f"{where}: YAML {kind} '{event.anchor}' at line "

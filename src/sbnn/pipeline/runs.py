@@ -58,6 +58,7 @@ import json
 import os
 import random
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -612,3 +613,20 @@ def load_shrunk(run: str | os.PathLike, device: str = "cpu") -> nn.Module:
         raise CheckpointError(f"'{p}' does not fit the model of '{p.parent / 'last.pt'}': "
                               f"{str(e).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+@contextmanager
+def locked_file(path: str | os.PathLike):
+    """An exclusive advisory lock on the file ``path`` (POSIX ``flock``; a no-op where there is
+    none), e.g. around a read-modify-write of a sweep's ``results.csv`` by parallel workers."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from sbnn.pipeline.runs import save_figure, write_text
+
 __all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "write_report", "main"]
 
 ARMS = ("ab", "abr", "01", "pm1")
@@ -242,7 +244,7 @@ def figure(rows: list[dict], path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -361,7 +363,7 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
             "`scripts/study_report.py`); `results.md` and `accuracy_vs_*.png` are the sweep's "
             "own summary (mean ± SD).", ""]
     text = "\n".join(out)
-    (study_dir / "README.md").write_text(text)
+    write_text(study_dir / "README.md", text)
     if figures and rows:
         figure(rows, study_dir / "study_accuracy_vs_ones.png")
     return text

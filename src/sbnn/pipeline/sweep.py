@@ -31,11 +31,11 @@ import json
 import math
 import os
 import statistics
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from sbnn.pipeline.config import Config
+from sbnn.pipeline.runs import locked_file
 
 __all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "read_rows",
            "append_row", "collect", "parse_shard"]
@@ -214,20 +214,6 @@ def _fmt_csv(v) -> str:
     return "" if v is None else str(v)
 
 
-@contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``; a no-op where there is none)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _merge(rows: list[dict], new: list[dict]) -> list[dict]:
@@ -251,7 +237,7 @@ def append_row(out: str | os.PathLike, row: dict) -> None:
 
     out = Path(out)
     path = out / "results.csv"
-    with _locked(out / ".results.csv.lock"):
+    with locked_file(out / ".results.csv.lock"):
         write_text(path, _csv_text(_merge(read_rows(path), [row])))
 
 
@@ -264,7 +250,7 @@ def collect(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[di
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.csv"
-    with _locked(out / ".results.csv.lock"):
+    with locked_file(out / ".results.csv.lock"):
         rows = read_rows(path)
         for src in sources:
             src = Path(src)
