@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = [
     "MAX_BCONV_CHANNELS",
     "MAX_BCONV_CLASSES",
@@ -109,13 +111,9 @@ def _mask_kinds(n_out: int, k: int, s: int, p: int, n: int) -> int:
     The mask of output ``o`` is the run of taps ``d`` with ``0 <= o*s + d - p < n``: it is fixed
     by its (first, last) valid tap, so count the distinct pairs (at most ``n_out``).
     """
-    seen = set()
-    for o in range(n_out):
-        a = o * s - p
-        seen.add((max(0, -a), min(k, n - a)))
-        if len(seen) > MAX_BCONV_CLASSES:
-            break
-    return len(seen)
+    a = np.arange(n_out, dtype=np.int64) * s - p
+    first, last = np.maximum(0, -a), np.minimum(k, n - a)
+    return int(np.unique(first * (k + 1) + last).size)
 
 
 def border_classes(g: BConvGeometry) -> int:
