@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         args = [x for x in (argv if argv is not None else sys.argv[1:]) if x != "--asan"]
         return subprocess.run([sys.executable, __file__, *args], env=_asan_env()).returncode
 
+    if os.environ.get("SBNN_FUZZ_ASAN"):
+        # an editable install's import hook would win over PYTHONPATH: drop it, so that
+        # sbnn_runtime (and its _core) come from build/asan-pkg
+        sys.meta_path[:] = [f for f in sys.meta_path if "ScikitBuild" not in type(f).__name__]
     import sbnn_fuzz
     import sbnn_runtime
     from sbnn_runtime.ops import Limits
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     over = peak > lim.max_memory + (64 << 20)
     native = getattr(sbnn_runtime.native.core, "__file__", "?")
+    if os.environ.get("SBNN_FUZZ_ASAN") and "asan-pkg" not in native:
+        print(f"fuzz_sbnn.py: --asan ran the engine at {native}, not the ASan build")
+        return 2
     print(f"engine: {native}{' (ASan+UBSan)' if os.environ.get('SBNN_FUZZ_ASAN') else ''}")
     print(f"mutants: {res.mutants} (seed {a.seed}) in {time.time() - t0:.0f} s")
     print(f"refused with the format error: {res.refused}; loaded, refused by the engine's "
