@@ -40,14 +40,16 @@ _CHILD = textwrap.dedent("""
     from sbnn_runtime import fileformat as ff
     from sbnn_runtime.ops import graph_cost
     path, batch, threads, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    graph = ff.load(path, max_macs="inf", max_memory="inf")
-    cost = graph_cost(graph)
-    c, h, w = graph.input_shape
+    raw = open(path, "rb").read()
+    hlen = int.from_bytes(raw[12:16], "little")
+    c, h, w = json.loads(raw[56:56 + hlen])["nodes"][0]["attrs"]["shape"]
+    del raw
     x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
-    # baseline: the interpreter, numpy, the module and a tiny engine (thread pool, code pages)
-    tiny = sbnn_runtime.Engine(graph.__class__([graph.nodes[0]], 0), threads, backend="native")
-    tiny(x[:1])
-    del graph, tiny
+    # baseline: the interpreter, numpy, the module, the input batch and a tiny engine (thread
+    # pool, code pages); loading (decoding included), building and running come after it
+    tiny = ff.Graph([ff.Node("input", [], {"shape": [c, h, w]})], 0)
+    sbnn_runtime.Engine(tiny, threads, backend="native")(x[:1])
+    del tiny
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     eng = sbnn_runtime.load(path, threads, backend="native", max_macs="inf", max_memory="inf")
     y = eng(x)
@@ -58,20 +60,24 @@ _CHILD = textwrap.dedent("""
             eng(x)
             t.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cost = graph_cost(eng.graph)
     print(json.dumps({"rss": peak - base, "estimate": cost.memory(batch, threads),
                       "work": cost.work * batch, "macs": cost.macs * batch,
                       "seconds": min(t) if t else None}))
 """)
 
 
-def measure(seed: int, mode: str, batch: int, threads: int, scale: int) -> dict:
-    from random_graphs import random_graph
+def measure(seed: int | str, mode: str, batch: int, threads: int, scale: int) -> dict:
+    """One graph in a fresh interpreter: ``seed`` a random graph's, or a hostile file's name."""
+    from random_graphs import hostile_files, random_graph
     from sbnn_runtime import fileformat as ff
 
-    g = random_graph(seed, scale)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "g.sbnn")
-        ff.save(g, path)
+        if isinstance(seed, str):
+            Path(path).write_bytes(hostile_files()[seed])
+        else:
+            ff.save(random_graph(seed, scale), path)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         r = subprocess.run([sys.executable, "-c", _CHILD, path, str(batch), str(threads), mode],
                            capture_output=True, text=True, timeout=600, env=env)
@@ -93,9 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=64, help="MiB allowed over the estimate")
     ap.add_argument("--factor", type=float, default=10, help="allowed spread around the median")
     ap.add_argument("--json", help="write every measurement to this file")
+    ap.add_argument("--hostile", action="store_true",
+                    help="also the small files of large cost of random_graphs.hostile_files")
     a = ap.parse_args(argv)
     rows = []
-    for seed in range(a.seed, a.seed + a.graphs):
+    seeds: list[int | str] = list(range(a.seed, a.seed + a.graphs))
+    if a.hostile:
+        from random_graphs import hostile_files
+
+        seeds += list(hostile_files())
+    for seed in seeds:
         rows.append(measure(seed, a.mode, a.batch, a.threads, a.scale))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))

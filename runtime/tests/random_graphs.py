@@ -73,3 +73,20 @@ def random_graph(seed: int, scale: int = 1) -> Graph:
     g = Graph(nodes, len(nodes) - 1)
     infer_shapes(g)
     return g
+
+
+def hostile_files() -> dict[str, bytes]:
+    """Small files of large cost: all-ones binary weights (free in the file) on tiny maps
+    (many partial-group plans), on real input (dequantized floats), and wide kernels."""
+    from test_runtime_limits import bconv_file, ones_bits
+
+    return {
+        "ones 512x512x3x3 on 4x4, binary input": bconv_file((512, 4, 4),
+                                                           ones_bits((512, 512, 3, 3)), pad=1),
+        "ones 256x256x3x3 on 2x2, binary input": bconv_file((256, 2, 2),
+                                                           ones_bits((256, 256, 3, 3)), pad=1),
+        "ones 1024x1024x3x3 on 8x8, real input": bconv_file(
+            (1024, 8, 8), ones_bits((1024, 1024, 3, 3)), pad=1, binary=False),
+        "ones 64x4096x1x64 on 1x64, binary input": bconv_file((4096, 1, 64),
+                                                             ones_bits((64, 4096, 1, 64))),
+    }
