@@ -96,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
 
     res = sbnn_fuzz.fuzz(a.mutants, a.seed, limits, a.hang, files, progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    over = peak > lim.max_memory + (64 << 20)
+    allowed = lim.max_memory + (64 << 20) + res.max_input_bytes  # (+ the caller's input)
+    if os.environ.get("SBNN_FUZZ_ASAN"):
+        allowed += (256 << 20) + allowed // 8  # ASan's quarantine of freed blocks, its shadow
+    over = peak > allowed
+    for i, dt, data in res.slow_cases:
+        out = Path(a.progress).parent / f"fuzz_slow_{i}.sbnn"
+        out.write_bytes(data)
+        print(f"  mutant {i}: {dt:.2f} s, written to {out}")
     native = getattr(sbnn_runtime.native.core, "__file__", "?")
     if os.environ.get("SBNN_FUZZ_ASAN") and "asan-pkg" not in native:
         print(f"fuzz_sbnn.py: --asan ran the engine at {native}, not the ASan build")
@@ -109,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     for c in res.crashes[:20]:
         print(f"  {c}")
     print(f"hangs over {a.hang:g} s: {res.slow} (slowest mutant {res.slowest:.2f} s)")
-    print(f"peak RSS over the baseline: {peak / (1 << 20):.1f} MiB (limit "
-          f"{lim.max_memory / (1 << 20):.0f} MiB + 64): allocations over the limit: {int(over)}")
+    print(f"peak RSS over the baseline: {peak / (1 << 20):.1f} MiB (allowed "
+          f"{allowed / (1 << 20):.0f} MiB: the limit {lim.max_memory / (1 << 20):.0f} + 64, the "
+          f"largest input {res.max_input_bytes / (1 << 20):.0f}"
+          f"{', ASan quarantine and shadow' if os.environ.get('SBNN_FUZZ_ASAN') else ''}): "
+          f"allocations over the limit: {int(over)}")
     return 1 if res.crashes or res.slow or over else 0
 
 

@@ -154,6 +154,8 @@ class FuzzResult:
     crashes: list[str] = field(default_factory=list)  # non-format exceptions
     slowest: float = 0.0  # seconds of the slowest mutant
     slow: int = 0  # mutants over the hang threshold
+    slow_cases: list[tuple[int, float, bytes]] = field(default_factory=list)  # (i, s, file)
+    max_input_bytes: int = 0  # the largest input image a mutant declared (the caller's)
 
 
 def run_one(data: bytes, limits: dict, x_rng: np.random.Generator) -> str:
@@ -167,7 +169,7 @@ def run_one(data: bytes, limits: dict, x_rng: np.random.Generator) -> str:
     except SBNNFormatError:
         return "loaded"
     c, h, w = g.input_shape
-    x = x_rng.standard_normal((1, c, h, w)).astype(np.float32)
+    x = x_rng.standard_normal((1, c, h, w), dtype=np.float32)  # the caller's input: not ours
     eng(x)
     return "ran"
 
@@ -192,6 +194,14 @@ def fuzz(n: int, seed: int = 0, limits: dict | None = None, hang_s: float = 10.0
         res.mutants += 1
         res.slowest = max(res.slowest, dt)
         res.slow += dt > hang_s
+        if dt > hang_s / 2:
+            res.slow_cases.append((i, dt, data))
+        if what == "ran":
+            try:
+                c, h, w = ff.loads(data, **limits).input_shape
+                res.max_input_bytes = max(res.max_input_bytes, 4 * c * h * w)
+            except SBNNFormatError:
+                pass
         if what == "refused":
             res.refused += 1
         elif what == "loaded":

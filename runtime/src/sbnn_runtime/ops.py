@@ -445,6 +445,13 @@ def _pool_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
     return int(np.prod(out)) * nd.attrs["k"] ** 2
 
 
+_POOL_TAP_STEPS = 16  # a window tap of the engine's pools (bounds checks, scalar) in kernel steps
+
+
+def _pool_work(nd: Node, ins: list[Shape], out: Shape) -> int:
+    return (_POOL_TAP_STEPS * nd.attrs["k"] ** 2 + 1) * int(np.prod(out))
+
+
 def _pool_windows(x: np.ndarray, k: int, s: int, p: int, fill: float) -> np.ndarray:
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -484,7 +491,7 @@ _register(OpSpec(
     shape=_pool_shape, reference=_avgpool_reference,
     build=lambda eng, nd, src, opt: eng.avgpool(src[0], nd.attrs["k"], nd.attrs["stride"],
                                                 nd.attrs["pad"], nd.attrs["count_include_pad"]),
-    onnx=_pool_onnx("AveragePool"), macs=_pool_macs,
+    onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work,
 ))
 
 _register(OpSpec(
@@ -492,7 +499,7 @@ _register(OpSpec(
     shape=_pool_shape, reference=_maxpool_reference,
     build=lambda eng, nd, src, opt: eng.maxpool(src[0], nd.attrs["k"], nd.attrs["stride"],
                                                 nd.attrs["pad"]),
-    onnx=_pool_onnx("MaxPool"), macs=_pool_macs,
+    onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work,
 ))
 
 
@@ -664,7 +671,7 @@ def reference_forward(graph: Graph, x: np.ndarray, profile: bool = False):
 
 # -- what a graph costs, and the limits a loader holds it to ---------------------------------
 
-DEFAULT_MAX_MACS = 10**11  # per image: 3.7x our CIFAR-style ResNet-18 at 224x224 (27 G)
+DEFAULT_MAX_MACS = 3 * 10**10  # kernel steps per image: seconds of run time (docs/HARDENING.md)
 DEFAULT_MAX_MEMORY = 4 << 30  # bytes, at the batch being run
 
 
@@ -778,7 +785,7 @@ class Limits:
     :class:`SBNNLimitError` before decoding or allocating anything.
 
     ``max_macs``: kernel steps per image (multiply-accumulates and the rest of what the native
-    kernels iterate, :attr:`GraphCost.work`; default :data:`DEFAULT_MAX_MACS`, 1e11);
+    kernels iterate, :attr:`GraphCost.work`; default :data:`DEFAULT_MAX_MACS`, 3e10, seconds);
     ``max_memory``: bytes for parameters, activations and kernel scratch at the batch being run
     (default :data:`DEFAULT_MAX_MEMORY`, 4 GiB). Both defaults fit our CIFAR-style ResNet-18
     (``resnet18_irnet``) at 224x224 with room to spare (27.3 GMACs, about 154 MiB at batch 1,
