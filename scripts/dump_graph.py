@@ -2,11 +2,12 @@
 """Dump exported models for the C++ engine driver (runtime/csrc/tests/engine_test.cpp).
 
 The C++ core has no ``.sbnn`` reader (Python reads the file), so this script replays a loaded
-graph's native build (``sbnn_runtime.ops.OPS[op].build``, exactly what
-``sbnn_runtime.engine.Engine`` does) against a recorder that stands in for
-``sbnn_runtime._core.Engine``, and writes the recorded builder calls, their raw parameters, a
-batch of inputs and the x86 engine's outputs to one file. ``engine_test`` rebuilds the same graph
-through ``sbnn::Engine`` (on aarch64 under qemu, say) and compares.
+graph's native build (each op's ``lower_native`` in the op table, then the fusion groups of
+:func:`sbnn_runtime.passes.plan`: exactly what ``sbnn_runtime.engine.Engine`` does) against a
+recorder that stands in for ``sbnn_runtime._core.Engine``, and writes the recorded builder
+calls, their raw parameters, a batch of inputs and the x86 engine's outputs to one file.
+``engine_test`` rebuilds the same graph through ``sbnn::Engine`` (on aarch64 under qemu, say)
+and compares.
 
     python scripts/dump_graph.py --out build/dumps                      # the default models
     python scripts/dump_graph.py --out build/dumps --models fmnist_cnn --ones 0.05
@@ -21,7 +22,8 @@ Dump format (version 1), a text header then the raw blob::
 
     sbnn-dump 1
     model <name>
-    call <method> <arg> ...        one line per builder call, in order
+    call <method> <arg> ...        one line per builder call, in order; the last two are
+                                   set_output and set_groups (groups split by ``s/``)
     input <offset> <N> <C> <H> <W>          float32 in the blob
     expected <tag> <offset> <ndim> <dims>   float32 outputs of the x86 engine, tag = its ISA
     blob <nbytes>
@@ -42,15 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sbnn_runtime import fileformat
+from sbnn_runtime import fileformat, passes
 from sbnn_runtime.engine import Engine
 from sbnn_runtime.native import core
-from sbnn_runtime.ops import OPS, Graph
+from sbnn_runtime.ops import Graph, lowering
 
 MAGIC = "sbnn-dump 1"
-# the builder methods of sbnn_runtime._core.Engine that OPS[...].build may call
-BUILDERS = ("input", "conv2d", "sbconv2d", "affine", "hardtanh", "relu", "rprelu", "add",
-            "avgpool", "maxpool", "global_avgpool", "flatten", "linear")
 DEFAULT_MODELS = ("fmnist_cnn", "resnet18_irnet", "reactnet18")
 
 
@@ -103,8 +102,9 @@ class Recorder:
         self.lines.append(" ".join(["call", method] + [self._arg(a) for a in args]))
 
     def __getattr__(self, name: str):
-        if name not in BUILDERS:
-            raise AttributeError(f"the engine recorder has no builder {name!r}")
+        # any builder an op's lower_native calls (engine_test.cpp refuses unknown ones)
+        if name.startswith("_"):
+            raise AttributeError(name)
 
         def builder(*args):
             self._call(name, args)
@@ -117,6 +117,12 @@ class Recorder:
     def set_output(self, t: _Tensor) -> None:
         self._call("set_output", [t])
 
+    def set_groups(self, groups: list[list[_Tensor]]) -> None:
+        args: list = []
+        for k, g in enumerate(groups):
+            args += (["/"] if k else []) + list(g)
+        self._call("set_groups", args)
+
 
 def dump(graph: Graph, name: str, x: np.ndarray, path: Path, sparse: bool = True) -> dict:
     """Write the dump of ``graph`` on inputs ``x`` to ``path``; returns what it ran."""
@@ -125,9 +131,11 @@ def dump(graph: Graph, name: str, x: np.ndarray, path: Path, sparse: bool = True
     rec = Recorder()
     opts = {"sparse": sparse, "impl": "scalar"}
     ids: list = []
-    for nd in graph.nodes:  # exactly sbnn_runtime.engine.Engine._build
-        ids.append(OPS[nd.op].build(rec, nd, [ids[j] for j in nd.inputs], opts))
+    for nd, fn in zip(graph.nodes, lowering(graph, "native"), strict=True):
+        ids.append(fn(rec, nd, [ids[j] for j in nd.inputs], opts))  # as Engine._build does
     rec.set_output(ids[graph.output])
+    groups = passes.plan(graph, "native", memory=False).groups()
+    rec.set_groups([[ids[i] for i in g] for g in groups])
     x = np.ascontiguousarray(x, dtype=np.float32)
     header = [MAGIC, f"model {name}", *rec.lines,
               f"input {rec.array(x).split(':')[1]} {' '.join(map(str, x.shape))}"]

@@ -10,6 +10,11 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     || echo "setup: could not install dataset-fashion-mnist; see README (SBNN_DATA)" >&2
 fi
 werror="${SBNN_WERROR:-OFF}"
+# the C++ build folder lives outside the source tree, one per clone (reused by the next set-up)
+key="$(pwd -P | cksum | cut -d' ' -f1)"
+build_dir="${SBNN_BUILD_DIR:-${TMPDIR:-/tmp}/sbnn-build-$key}/{wheel_tag}"
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ./runtime --config-settings=cmake.define.SBNN_WERROR="$werror"
+python -m pip install -q -e ./runtime --config-settings=cmake.define.SBNN_WERROR="$werror" \
+  --config-settings=build-dir="$build_dir"
+# editable: sbnn's requirement stays sbnn-runtime==0.1.0, met by the editable runtime above
 python -m pip install -q -e ".[dev]"

@@ -106,3 +106,26 @@ def test_sweep_plot_labels_ec_and_shows_seed_spread():
     assert all(t.endswith("%") for t in _tick_text(ax))
     line = [ln for ln in ax.get_lines() if ln.get_label() == "full precision"][0]
     assert line.get_ydata()[0] == pytest.approx(93.0)
+
+
+def test_plot_formats_and_the_colour_blind_safe_palette(run, tmp_path):
+    """Issue 22 item 6: --format png/svg/pdf, and every colour from the Okabe-Ito palette."""
+    from matplotlib.colors import to_hex
+
+    from sbnn import cli
+
+    assert cli.main(["plot", str(run), "--format", "svg", "--format", "pdf",
+                     "--out", str(tmp_path)]) == 0
+    for stem in ("curves", "weights", "layers"):
+        assert (run / f"{stem}.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+        assert (run / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    assert (tmp_path / "accuracy_vs_bits.svg").exists()
+    with pytest.raises(ValueError, match="formats"):
+        splot.plot_runs([run], formats=("jpg",))
+    okabe = {c.lower() for c in splot.PALETTE.values()}
+    fig = splot._curves_figure(run)
+    used = {to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+    grey = {"#808080", "#000000"}
+    assert used - grey and used <= okabe | grey, used
+    fig = splot._layers_figure(run)
+    assert {to_hex(b.get_facecolor()) for b in fig.axes[0].patches} <= okabe

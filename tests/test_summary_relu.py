@@ -156,7 +156,7 @@ def test_summary_of_a_model_counts_every_layer():
     s = sbnn.summary(model, (1, 28, 28))
     graph = to_graph(model, (1, 28, 28))
     assert len(s.rows) == len(graph.nodes) - 1  # every node but the input, float ones too
-    kinds = {r["kind"] for r in s.rows}
+    kinds = {r["op"] for r in s.rows}
     assert {"sbconv2d", "conv2d", "linear"} <= kinds
     sb = sb_layers(model)
     t = s.totals
@@ -165,18 +165,19 @@ def test_summary_of_a_model_counts_every_layer():
     stats = layer_stats(model)
     ones = sum(r["ones"] for r in stats) / sum(r["n"] for r in stats)
     assert t["ones_fraction"] == pytest.approx(ones)
-    binrows = [r for r in s.rows if r["kind"] == "sbconv2d"]
+    binrows = [r for r in s.rows if r["op"] == "sbconv2d"]
     for r, st in zip(binrows, stats, strict=True):
         assert r["ones_fraction"] == pytest.approx(st["ones_fraction"])
-        assert r["zero_kernels"] == pytest.approx(st["zero_kernels"])
-        assert r["binary_ops"] > 0 and r["float_macs"] == 0
-    assert t["float_params"] == sum(r["float_params"] for r in s.rows) > 0
+        assert r["zero_kernels"] / r["kernels"] == pytest.approx(st["zero_kernels"])
+        assert r["binary"] and r["macs"] > 0
+        assert r["entropy_bits"] == pytest.approx(st["entropy"] * r["weights"], rel=1e-5)
+    assert t["float_params"] == sum(r["params"] - r.get("weights", 0) for r in s.rows) > 0
     assert t["file_bytes"] == len(fileformat.dumps(graph))
-    assert t["binary_ops"] + t["float_macs"] == sum(
+    assert t["binary_macs"] + t["float_macs"] == sum(
         __import__("sbnn_runtime.ops", fromlist=["graph_macs"]).graph_macs(graph))
     text = str(s)
-    for head in ("kind", "output", "params", "ones", "bits/w", "0-kern", "memory", "bin ops",
-                 "MACs", "binary:", "float:", "file"):
+    for head in ("op", "output", "params", "ones", "bits/w", "0-kern", "stored", "MACs",
+                 "binary:", "float:", "file", "H(p)"):
         assert head in text
     with pytest.raises(ValueError, match="input_shape"):
         sbnn.summary(model)
@@ -205,5 +206,13 @@ def test_summary_cli_on_a_run_and_a_sbnn_file(tmp_path, capsys):
     assert cli.main(["summary", str(tmp_path / "m.sbnn"), "--json",
                      str(tmp_path / "s2.json")]) == 0
     js2 = json.loads((tmp_path / "s2.json").read_text())
+    # the one summary: `sbnn summary FILE` prints what `python -m sbnn_runtime summary` does
+    from sbnn_runtime.__main__ import main as runtime_main
+
+    capsys.readouterr()
+    assert cli.main(["summary", str(tmp_path / "m.sbnn")]) == 0
+    ours = capsys.readouterr().out
+    assert runtime_main(["summary", str(tmp_path / "m.sbnn")]) == 0
+    assert capsys.readouterr().out == ours and "H(p)" in ours
     assert js2["totals"]["file_bytes"] == os.path.getsize(tmp_path / "m.sbnn")
     assert js2["totals"]["binary_params"] == js["totals"]["binary_params"]

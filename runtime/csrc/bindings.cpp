@@ -450,10 +450,18 @@ NB_MODULE(_core, m) {
           "isa, sparse_s, dense_s, batch}. Binary convs: kernel 'sparse' or 'dense' as chosen "
           "at the first run of the last batch size (timings of both there, seconds), 'auto' "
           "before that; float convs: 'gemm:<isa>'.")
-      .def_prop_rw(
-          "fusion", [](PyEngine& e) { return e.eng().fusion(); },
-          [](PyEngine& e, bool on) { e.eng().set_fusion(on); },
-          "Fuse a binary conv with the residual add and hardtanh after it (default True).")
+      .def(
+          "set_groups",
+          [](PyEngine& e, std::vector<std::vector<int>> groups) {
+            e.eng().set_groups(std::move(groups));
+          },
+          "groups"_a,
+          "Fusion groups from the graph passes (sbnn_runtime.passes.plan(...).groups(), as "
+          "tensor ids): each runs as one op, the anchor conv's epilogue doing the rest. "
+          "Raises ValueError on a group the engine cannot fuse; [] (the default): no fusion.")
+      .def_prop_ro(
+          "groups", [](PyEngine& e) { return e.eng().groups(); },
+          "The fusion groups set by set_groups.")
       .def(
           "set_choice", [](PyEngine& e, bool on) { e.eng().set_choice(on); }, "on"_a,
           "Binary convs added after this call: with on (the default) a sparse conv also "

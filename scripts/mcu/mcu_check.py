@@ -63,14 +63,16 @@ def _model(run: str | None):
 
 def prepare(out: Path, run: str | None, n: int) -> int:
     from sbnn.deploy.cexport import export_c, format_summary
-    from sbnn.deploy.export import export, format_bits_table
+    from sbnn.deploy.export import export
     from sbnn_runtime.engine import Engine
+    from sbnn_runtime.summary import format_summary as format_model
+    from sbnn_runtime.summary import summarize
 
     out.mkdir(parents=True, exist_ok=True)
     model, what = _model(run)
     print(f"model: {what}")
     graph = export(model, out / "model.sbnn", (1, 28, 28), metadata={"model": "fmnist_cnn"})
-    print(format_bits_table(graph))
+    print(format_model(summarize(out / "model.sbnn")))
     cm = export_c(graph, out / "c")
     print(format_summary(cm))
     x, labels = _data(n, train=False)

@@ -144,113 +144,107 @@ std::string BConvOp::kernel() const {
   return it->second ? "dense" : "sparse";
 }
 
-void Engine::set_fusion(bool on) {
-  if (on != fuse_) plan_valid_ = false;
-  fuse_ = on;
+void Engine::set_groups(std::vector<std::vector<int>> groups) {
+  std::vector<std::vector<int>> old = std::move(groups_);
+  groups_ = std::move(groups);
+  plan_valid_ = false;
+  try {
+    plan();  // a bad group throws here, and the engine keeps its old groups
+  } catch (...) {
+    groups_ = std::move(old);
+    plan_valid_ = false;
+    throw;
+  }
 }
 
-// The fusion pass: a binary conv whose output only feeds an add (a residual), and whose sum
-// (or its own output) only feeds a hardtanh or an RPReLU, becomes one op at the place of the
-// last of them; its epilogue adds the add's other operand and applies the activation. A float
-// conv whose output only feeds a hardtanh clamps in its GEMM tasks. Inputs of the fused op are all
-// produced before that place, so the order stays valid.
+// The plan: ops_ with each fusion group (given by set_groups, decided by the graph passes) as
+// one op at the place of its last member. A binary conv's epilogue adds the residual and
+// applies the hardtanh or RPReLU; a float conv clamps in its GEMM tasks. The groups are checked
+// here, so a wrong one cannot make the engine skip a tensor somebody reads.
 const std::vector<Engine::Op>& Engine::plan() const {
   std::lock_guard<std::mutex> lk(plan_mu_);
   if (plan_valid_) return plan_;
   const int nt = static_cast<int>(shapes_.size()), no = static_cast<int>(ops_.size());
-  std::vector<int> ncons(nt, 0), consumer(nt, -1);
-  for (int i = 0; i < no; ++i)
-    for (int t : ops_[i].inputs) {
-      ++ncons[t];
-      consumer[t] = i;
-    }
-  if (output_ >= 0) ++ncons[output_];
-  std::vector<bool> removed(no, false), placed(no, false);
-  std::vector<Op> at(no);
-  ThreadPool* pool = &pool_;
+  std::vector<int> ncons(nt, 0), producer(nt, -1);
   for (int i = 0; i < no; ++i) {
-    if (removed[i]) continue;
-    Op op = ops_[i];
-    int pos = i;
-    if (fuse_ && op.kind == Kind::BConv) {
-      int t = op.output, res = -1;
-      bool clamp = false;
-      float lo = 0.0f, hi = 0.0f;
-      std::string name = op.name;
-      auto sole = [&](int tt, Kind k) {
-        const int c = consumer[tt];
-        return ncons[tt] == 1 && c >= 0 && !removed[c] && ops_[c].kind == k ? c : -1;
-      };
-      const int a = sole(t, Kind::Add);
-      if (a >= 0) {
-        const Op& ad = ops_[a];
-        const int other = ad.inputs[0] == t ? ad.inputs[1] : ad.inputs[0];
-        if (other != t) {
-          res = other;
-          removed[a] = true;
-          pos = a;
-          t = ad.output;
-          name += "+add";
-        }
-      }
-      const int h = sole(t, Kind::Hardtanh);
-      if (h >= 0) {
+    producer[ops_[i].output] = i;
+    for (int t : ops_[i].inputs) ++ncons[t];
+  }
+  if (output_ >= 0) ++ncons[output_];
+  std::vector<bool> used(no, false), placed(no, true);
+  std::vector<Op> at(ops_);
+  ThreadPool* pool = &pool_;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const std::vector<int>& grp = groups_[gi];
+    const std::string what = "fusion group " + std::to_string(gi);
+    std::vector<int> idx;
+    for (int t : grp) {
+      if (t < 0 || t >= nt || producer[t] < 0)
+        throw err(what, "unknown op output " + std::to_string(t));
+      if (used[producer[t]])
+        throw err(what, "the op of tensor " + std::to_string(t) + " is in a group already");
+      used[producer[t]] = true;
+      idx.push_back(producer[t]);
+    }
+    if (idx.size() < 2) throw err(what, "needs an op and at least one op to fuse into it");
+    Op op = ops_[idx[0]];
+    if (op.kind != Kind::BConv && op.kind != Kind::FloatConv)
+      throw err(what, "starts with " + op.name + ", not a conv");
+    int t = op.output, res = -1;
+    bool clamp = false;
+    float lo = 0.0f, hi = 0.0f;
+    std::shared_ptr<const std::vector<float>> rp;
+    for (size_t k = 1; k < idx.size(); ++k) {
+      const Op& m = ops_[idx[k]];
+      const bool reads = std::find(m.inputs.begin(), m.inputs.end(), t) != m.inputs.end();
+      if (!reads || ncons[t] != 1)
+        throw err(what, m.name + " is not the only reader of the op before it");
+      const bool bconv = op.kind == Kind::BConv;
+      if (m.kind == Kind::Add && bconv && k == 1) {
+        res = m.inputs[0] == t ? m.inputs[1] : m.inputs[0];
+        if (res == t) throw err(what, "adds a tensor to itself");
+      } else if (m.kind == Kind::Hardtanh && !clamp && !rp) {
         clamp = true;
-        lo = ops_[h].lo;
-        hi = ops_[h].hi;
-        removed[h] = true;
-        pos = h;
-        t = ops_[h].output;
-        name += "+hardtanh";
+        lo = m.lo;
+        hi = m.hi;
+      } else if (m.kind == Kind::RPReLU && bconv && !clamp && !rp) {
+        rp = m.rp;
+      } else {
+        throw err(what, "cannot fuse " + m.name + " into " + op.name);
       }
-      std::shared_ptr<const std::vector<float>> rp;
-      const int r = h >= 0 ? -1 : sole(t, Kind::RPReLU);
-      if (r >= 0) {
-        rp = ops_[r].rp;
-        removed[r] = true;
-        pos = r;
-        t = ops_[r].output;
-        name += "+rprelu";
-      }
-      if (pos != i) {
-        std::shared_ptr<BConvOp> b = op.bconv;
-        op.name = name;
-        op.output = t;
-        if (res >= 0) op.inputs.push_back(res);
-        const bool has_res = res >= 0;
-        const int C = shapes_[t].C;
-        op.fn = [b, pool, has_res, clamp, lo, hi, rp, C](const std::vector<const float*>& in,
-                                                       float* out, int N) {
-          BConvPost p;
-          p.res = has_res ? in[1] : nullptr;
-          p.clamp = clamp;
-          p.lo = lo;
-          p.hi = hi;
-          if (rp) {
-            p.rp_in = rp->data();
-            p.rp_slope = rp->data() + C;
-            p.rp_out = rp->data() + 2 * C;
-          }
-          b->run(in[0], N, out, pool, p);
-        };
-      }
+      op.name += "+" + m.name;
+      t = m.output;
     }
-    if (fuse_ && op.kind == Kind::FloatConv) {  // float conv + hardtanh (the stem)
-      const int t = op.output, c = consumer[t];
-      if (ncons[t] == 1 && c >= 0 && !removed[c] && ops_[c].kind == Kind::Hardtanh) {
-        std::shared_ptr<FloatConv> fc = op.fconv;
-        const float lo = ops_[c].lo, hi = ops_[c].hi;
-        removed[c] = true;
-        pos = c;
-        op.output = ops_[c].output;
-        op.name += "+hardtanh";
-        op.fn = [fc, pool, lo, hi](const std::vector<const float*>& in, float* out, int N) {
-          fc->forward(in[0], N, out, pool, true, lo, hi);
-        };
-      }
+    const int pos = idx.back();
+    op.output = t;
+    if (op.kind == Kind::BConv) {
+      std::shared_ptr<BConvOp> b = op.bconv;
+      if (res >= 0) op.inputs.push_back(res);
+      const bool has_res = res >= 0;
+      const int C = shapes_[t].C;
+      op.fn = [b, pool, has_res, clamp, lo, hi, rp, C](const std::vector<const float*>& in,
+                                                     float* out, int N) {
+        BConvPost p;
+        p.res = has_res ? in[1] : nullptr;
+        p.clamp = clamp;
+        p.lo = lo;
+        p.hi = hi;
+        if (rp) {
+          p.rp_in = rp->data();
+          p.rp_slope = rp->data() + C;
+          p.rp_out = rp->data() + 2 * C;
+        }
+        b->run(in[0], N, out, pool, p);
+      };
+    } else {
+      std::shared_ptr<FloatConv> fc = op.fconv;
+      op.fn = [fc, pool, lo, hi](const std::vector<const float*>& in, float* out, int N) {
+        fc->forward(in[0], N, out, pool, true, lo, hi);
+      };
     }
-    at[pos] = std::move(op);
+    for (int k : idx) placed[k] = false;
     placed[pos] = true;
+    at[pos] = std::move(op);
   }
   plan_.clear();
   for (int i = 0; i < no; ++i)

@@ -72,7 +72,7 @@ class Engine {
   const TensorShape& input_shape() const;
   const TensorShape& output_shape() const;
   int num_threads() const { return pool_.size(); }
-  int num_ops() { return static_cast<int>(plan().size()); }  // after fusion
+  int num_ops() { return static_cast<int>(plan().size()); }  // after fusion (groups)
 
   using LayerTimes = std::vector<std::pair<std::string, double>>;
   // x: (N, C, H, W) matching input(); y: N * output numel floats; times, when given, gets the
@@ -83,11 +83,14 @@ class Engine {
 
   // Per op of the plan the engine runs (fused ops as one).
   std::vector<LayerInfo> layer_info();
-  // Fusion of a binary conv with the residual add and the hardtanh or RPReLU that follow it (on
-  // by default): the conv's epilogue adds the other operand and applies the activation, two
-  // passes over the activations fewer.
-  void set_fusion(bool on);
-  bool fusion() const { return fuse_; }
+  // The fusion groups of the plan, decided by the graph passes (sbnn_runtime.passes,
+  // fuse_epilogues), not here: each group is the output tensors of the ops that run as one, the
+  // anchor first. A binary conv may take an add (a residual: the add's other operand becomes an
+  // input) and then a hardtanh or an RPReLU; a float conv a hardtanh. Each member must read the
+  // one before it, whose output nobody else reads. The plan is built, and a bad group throws
+  // std::invalid_argument naming it, at the next run. No groups (the default): every op alone.
+  void set_groups(std::vector<std::vector<int>> groups);
+  const std::vector<std::vector<int>>& groups() const { return groups_; }
   // Sparse binary convs time the dense kernel too at the first run of a batch size and keep
   // the faster (on by default); off: the sparse kernel always.
   void set_choice(bool on) { choose_ = on; }
@@ -110,11 +113,13 @@ class Engine {
   void check_tensor(int t, const char* op) const;
   int push(std::string name, std::vector<int> inputs, const TensorShape& out, Fn fn,
            Kind kind = Kind::Other);
-  // ops_ after fusion, built on first use after the graph changed (under plan_mu_, so that
+  // ops_ after fusion by groups_, built on first use after the graph or the groups changed
+  // (under plan_mu_, so that
   // concurrent runs of a built engine share one plan).
   const std::vector<Op>& plan() const;
 
-  bool fuse_ = true, choose_ = true;
+  bool choose_ = true;
+  std::vector<std::vector<int>> groups_;
   mutable std::mutex plan_mu_;
   mutable std::vector<Op> plan_;
   mutable bool plan_valid_ = false;

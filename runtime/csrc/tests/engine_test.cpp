@@ -233,6 +233,17 @@ void build(const Dump& d, Engine& e, Isa isa, bool sparse) {
       need(1);
       e.set_output(T(A[0]));
       continue;
+    } else if (c.method == "set_groups") {  // (t t ... s/ t t ...): the passes' fusion groups
+      std::vector<std::vector<int>> groups(1);
+      for (const Arg& a : A) {
+        if (a.kind == 's' && a.s == "/")
+          groups.emplace_back();
+        else
+          groups.back().push_back(T(a));
+      }
+      if (groups.back().empty()) groups.pop_back();
+      e.set_groups(groups);
+      continue;
     } else {
       throw std::runtime_error("unknown builder call '" + c.method + "'");
     }

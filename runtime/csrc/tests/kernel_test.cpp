@@ -442,8 +442,8 @@ void check_geometries(Isa isa) {
   std::printf("geometries %s: %d cases, %d failures\n", isa_name(isa), ncase, bad);
 }
 
-// sbconv -> add(skip) -> hardtanh -> sbconv s2 -> hardtanh, fused (with the per-layer choice)
-// against the same graph unfused and sparse-only.
+// sbconv -> add(skip) -> hardtanh -> sbconv s2 -> hardtanh, fused (with the per-layer choice;
+// the groups the graph passes would give) against the same graph unfused and sparse-only.
 void check_fusion(Isa isa) {
   const int C = 6, H = 7;
   std::vector<uint8_t> bits(C * C * 9);
@@ -452,15 +452,17 @@ void check_fusion(Isa isa) {
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(static_cast<float>(i));
   for (int v = 0; v < 3; ++v) {
     Engine e(v == 2 ? 1 : 2);
-    e.set_fusion(v != 1);
     e.set_choice(v != 2);
     const int t = e.input(C, H, H);
-    int u = e.sbconv2d(t, bits.data(), C, C, 3, 3, one.data(), one.data(), one.data(), 1, 1,
-                       nullptr, true, isa);
-    u = e.hardtanh(e.add(u, t), -1.0f, 1.0f);
-    u = e.sbconv2d(u, bits.data(), C, C, 3, 3, one.data(), one.data(), one.data(), 2, 1,
-                   nullptr, true, isa);
-    e.set_output(e.hardtanh(u, -0.2f, 0.3f));
+    const int c1 = e.sbconv2d(t, bits.data(), C, C, 3, 3, one.data(), one.data(), one.data(), 1,
+                              1, nullptr, true, isa);
+    const int a1 = e.add(c1, t);
+    const int h1 = e.hardtanh(a1, -1.0f, 1.0f);
+    const int c2 = e.sbconv2d(h1, bits.data(), C, C, 3, 3, one.data(), one.data(), one.data(), 2,
+                              1, nullptr, true, isa);
+    const int h2 = e.hardtanh(c2, -0.2f, 0.3f);
+    e.set_output(h2);
+    if (v != 1) e.set_groups({{c1, a1, h1}, {c2, h2}});
     const TensorShape& o = e.output_shape();
     y[v].resize(3 * o.numel());
     e.run(x.data(), 3, y[v].data());

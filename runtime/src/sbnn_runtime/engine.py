@@ -5,7 +5,8 @@
     >>> engine.run(x, profile=True)                        # (logits, [(op, seconds), ...])
 
 ``backend="native"`` builds ``sbnn_runtime._core.Engine`` from the graph, op by op, as each op's
-entry in :data:`sbnn_runtime.ops.OPS` says; ``"reference"`` runs every op's numpy reference
+entry in :data:`sbnn_runtime.ops.OPS` says (``lower_native``), and hands it the fusion groups
+of :func:`sbnn_runtime.passes.plan`; ``"reference"`` runs every op's numpy reference
 (slow, the exact twin of the semantics). ``"auto"`` picks native and falls back to the
 reference with a warning when the extension is missing.
 
@@ -25,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from sbnn_runtime import fileformat, native
-from sbnn_runtime.ops import OPS, Graph, Limits, graph_cost, reference_forward
+from sbnn_runtime import fileformat, native, passes
+from sbnn_runtime.ops import Graph, Limits, graph_cost, lowering, reference_forward
 
 __all__ = ["Engine", "load", "as_input", "MAX_THREADS"]
 
@@ -118,6 +119,8 @@ class Engine:
         self.impl = impl
         self.fuse, self.choose = bool(fuse), bool(choose)
         self.shapes = graph.shapes()
+        # what runs as one op: decided by the graph passes, the engine only follows
+        self.plan = passes.plan(graph, "native", fuse=self.fuse, memory=False)
         self.input_shape = self.shapes[0]
         self.limits = Limits.resolve(max_macs, max_memory)
         self.cost = graph_cost(graph, self.shapes)
@@ -131,14 +134,14 @@ class Engine:
 
     def _build(self, core, num_threads: int):
         eng = core.Engine(num_threads)
-        if hasattr(eng, "set_choice"):
-            eng.set_choice(self.choose)
-            eng.fusion = self.fuse
+        eng.set_choice(self.choose)
         opts = {"sparse": self.sparse, "impl": self.impl}
+        lower = lowering(self.graph, "native")
         ids: list[int] = []
-        for nd in self.graph.nodes:
-            ids.append(OPS[nd.op].build(eng, nd, [ids[j] for j in nd.inputs], opts))
+        for nd, fn in zip(self.graph.nodes, lower, strict=True):
+            ids.append(fn(eng, nd, [ids[j] for j in nd.inputs], opts))
         eng.set_output(ids[self.graph.output])
+        eng.set_groups([[ids[i] for i in group] for group in self.plan.groups()])
         return eng
 
     @property
@@ -208,7 +211,9 @@ def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: boo
     size, then cached: :meth:`Engine.layer_info` says which); ``choose=False`` keeps the sparse
     kernel everywhere, ``sparse=False`` the dense bit-packed XNOR/popcount kernel everywhere
     (the BNN baseline). ``fuse`` folds a residual add and hardtanh (or RPReLU) after a binary
-    conv into its epilogue. ``impl`` forces a kernel ISA (``"ref"``, ``"scalar"``, ``"avx2"``,
+    conv into its epilogue, and a hardtanh after a float conv (the groups
+    :func:`sbnn_runtime.passes.fuse_epilogues` finds). ``impl`` forces a kernel ISA (``"ref"``,
+    ``"scalar"``, ``"avx2"``,
     ``"avx512"`` on x86, ``"neon"`` on aarch64; default: the best this CPU runs, or
     ``$SBNN_ISA``).
     """

@@ -194,7 +194,7 @@ def dumps(graph: Graph) -> bytes:
         jparams = {}
         for pname, arr in nd.params.items():
             ref: dict[str, Any] = {"shape": list(arr.shape)}
-            if nd.op == "sbconv2d" and pname == "bits":
+            if pname in OPS[nd.op].bit_params:
                 blob, fields = encode_bits(arr)
                 ref.update(dtype="u8", **fields)
             else:

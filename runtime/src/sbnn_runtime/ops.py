@@ -8,19 +8,32 @@ tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a no
 * ``shape(node, input_shapes, where)``: the output shape of one image, checking the node's
   parameters against its inputs (raises :class:`SBNNFormatError`);
 * ``reference(node, inputs)``: the numpy float32 semantics (the reference twin of the engine);
-* ``build(native_engine, node, input_ids, options)``: how the native engine runs it;
-* ``onnx(ctx, node, inputs, output)``: its lowering to standard ONNX operators, written against a
-  small builder (``ctx.node``, ``ctx.const``, ``ctx.chan``) so that this module never imports onnx;
+* its lowering per backend (each backend looks the op up here and dispatches on nothing else):
+
+  - ``lower_native(native_engine, node, input_ids, options)``: adds the op to the native engine
+    (``sbnn_runtime._core.Engine``) and returns its tensor id;
+  - ``lower_onnx(ctx, node, inputs, output)``: standard ONNX operators, written against a small
+    builder (``ctx.node``, ``ctx.const``, ``ctx.chan``, ``ctx.tmp``; see
+    :mod:`sbnn_runtime.lower_onnx`) so that this module never imports onnx;
+  - ``lower_c``: the C99 backend's lowering;
+
+  ``None`` for any of them: the op has no lowering there, and that backend refuses a graph
+  that uses it, naming the op and the node;
 * ``macs(node, input_shapes, output_shape)``: multiply-accumulates (binary ones for binary
   convs) per image, for summaries and for the loader's work limit;
 * ``workspace(node, input_shapes, output_shape)``: bytes of scratch the native kernel allocates
-  per image it works on at once (im2col columns, bit planes), for the loader's memory limit.
+  per image it works on at once (im2col columns, bit planes), for the loader's memory limit;
+* ``bit_params``: the params that hold 0/1 weights (the file stores them run-length coded,
+  summaries count them as binary weights); ``binary(node)``: whether the node's MACs are
+  binary (XNOR/popcount) ones.
 
 Shape rules read only the shapes and dtypes of the parameters (the 0/1 check of ``bits`` aside,
 which :class:`ShapeOnly` stand-ins skip), so that :func:`infer_shapes` and :func:`graph_cost`
 can check a graph read from a file header before a single parameter is decoded.
 
-Adding an op means one entry here plus its C++ in ``runtime/csrc``.
+Fusion, weight encodings and memory planning are graph passes (:mod:`sbnn_runtime.passes`),
+written once for every backend. Adding an op means one entry here plus its kernels (C++ in
+``runtime/csrc``, C99 for the C backend); see ``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ __all__ = [
     "DTYPES",
     "MAX_ELEMS",
     "infer_shapes",
+    "lowering",
     "reference_forward",
     "graph_macs",
     "ShapeOnly",
@@ -127,8 +141,9 @@ class OpSpec:
     params: dict[str, tuple[str, bool]]
     shape: Callable[[Node, list[Shape], str], Shape]
     reference: Callable[[Node, list[np.ndarray]], np.ndarray]
-    build: Callable[[Any, Node, list[int], dict], int]
-    onnx: Callable[[Any, Node, list[str], str], None]
+    lower_native: Callable[[Any, Node, list[int], dict], int] | None
+    lower_onnx: Callable[[Any, Node, list[str], str], None] | None
+    lower_c: Callable[..., Any] | None = None
     macs: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
     workspace: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
     # kernel steps per image (see sbnn_runtime.kernel_costs); None: the MACs plus one pass
@@ -136,6 +151,8 @@ class OpSpec:
     work: Callable[[Node, list[Shape], Shape], int] | None = None
     # bytes the native engine holds for the node's parameters; None: one copy of them
     engine_bytes: Callable[[Node, list[Shape], Shape], int] | None = None
+    bit_params: tuple[str, ...] = ()
+    binary: Callable[[Node], bool] = lambda nd: False
 
 
 OPS: dict[str, OpSpec] = {}
@@ -271,10 +288,10 @@ _register(OpSpec(
     reference=lambda nd, x: kernels.conv2d_reference(
         x[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
         nd.attrs["padding"]),
-    build=lambda eng, nd, src, opt: eng.conv2d(
+    lower_native=lambda eng, nd, src, opt: eng.conv2d(
         src[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
         nd.attrs["padding"]),
-    onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
+    lower_onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
     macs=_conv_macs, workspace=_conv_workspace, work=_conv_work,
     engine_bytes=_conv_engine_bytes,
 ))
@@ -318,9 +335,11 @@ _register(OpSpec(
     "sbconv2d", 1, {"stride": _I, "padding": _I, "binary_input": _B},
     {"bits": ("u8", True), "eta": ("f32", True), "xi": ("f32", True), "bias": ("f32", True),
      "thr": ("f32", False)},
-    shape=_conv_shape, reference=_sbconv_reference, build=_sbconv_build, onnx=_sbconv_onnx,
+    shape=_conv_shape, reference=_sbconv_reference, lower_native=_sbconv_build,
+    lower_onnx=_sbconv_onnx,
     macs=_conv_macs, workspace=_conv_workspace, work=_conv_work,
     engine_bytes=_conv_engine_bytes,
+    bit_params=("bits",), binary=lambda nd: bool(nd.attrs["binary_input"]),
 ))
 
 
@@ -352,8 +371,9 @@ _register(OpSpec(
     shape=_same_channels,
     reference=lambda nd, x: (x[0] * _cview(nd.params["scale"], x[0])
                              + _cview(nd.params["shift"], x[0])),
-    build=lambda eng, nd, src, opt: eng.affine(src[0], nd.params["scale"], nd.params["shift"]),
-    onnx=_affine_onnx, macs=_elementwise,
+    lower_native=lambda eng, nd, src, opt: eng.affine(src[0], nd.params["scale"],
+                                                      nd.params["shift"]),
+    lower_onnx=_affine_onnx, macs=_elementwise,
 ))
 
 
@@ -367,8 +387,9 @@ _register(OpSpec(
     "hardtanh", 1, {"lo": _F, "hi": _F}, {},
     shape=_hardtanh_shape,
     reference=lambda nd, x: np.clip(x[0], np.float32(nd.attrs["lo"]), np.float32(nd.attrs["hi"])),
-    build=lambda eng, nd, src, opt: eng.hardtanh(src[0], nd.attrs["lo"], nd.attrs["hi"]),
-    onnx=lambda ctx, nd, ins, out: ctx.node(
+    lower_native=lambda eng, nd, src, opt: eng.hardtanh(src[0], nd.attrs["lo"],
+                                                        nd.attrs["hi"]),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node(
         "Clip", [ins[0], ctx.const("lo", np.float32(nd.attrs["lo"])),
                  ctx.const("hi", np.float32(nd.attrs["hi"]))], [out]),
     macs=_elementwise,
@@ -378,8 +399,8 @@ _register(OpSpec(
     "relu", 1, {}, {},
     shape=_same,
     reference=lambda nd, x: np.maximum(x[0], np.float32(0)),
-    build=lambda eng, nd, src, opt: eng.relu(src[0]),
-    onnx=lambda ctx, nd, ins, out: ctx.node("Relu", ins, [out]),
+    lower_native=lambda eng, nd, src, opt: eng.relu(src[0]),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node("Relu", ins, [out]),
     macs=_elementwise,
 ))
 
@@ -402,9 +423,9 @@ _register(OpSpec(
     "rprelu", 1, {},
     {"shift_in": ("f32", True), "slope": ("f32", True), "shift_out": ("f32", True)},
     shape=_same_channels, reference=_rprelu_reference,
-    build=lambda eng, nd, src, opt: eng.rprelu(src[0], nd.params["shift_in"], nd.params["slope"],
-                                               nd.params["shift_out"]),
-    onnx=_rprelu_onnx, macs=_elementwise,
+    lower_native=lambda eng, nd, src, opt: eng.rprelu(
+        src[0], nd.params["shift_in"], nd.params["slope"], nd.params["shift_out"]),
+    lower_onnx=_rprelu_onnx, macs=_elementwise,
 ))
 
 
@@ -418,8 +439,8 @@ _register(OpSpec(
     "add", 2, {}, {},
     shape=_add_shape,
     reference=lambda nd, x: x[0] + x[1],
-    build=lambda eng, nd, src, opt: eng.add(src[0], src[1]),
-    onnx=lambda ctx, nd, ins, out: ctx.node("Add", ins, [out]),
+    lower_native=lambda eng, nd, src, opt: eng.add(src[0], src[1]),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node("Add", ins, [out]),
     macs=_elementwise,
 ))
 
@@ -489,17 +510,18 @@ def _pool_onnx(op_type: str):
 _register(OpSpec(
     "avgpool", 1, {"k": _I, "stride": _I, "pad": _I, "count_include_pad": _B}, {},
     shape=_pool_shape, reference=_avgpool_reference,
-    build=lambda eng, nd, src, opt: eng.avgpool(src[0], nd.attrs["k"], nd.attrs["stride"],
-                                                nd.attrs["pad"], nd.attrs["count_include_pad"]),
-    onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work,
+    lower_native=lambda eng, nd, src, opt: eng.avgpool(
+        src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"],
+        nd.attrs["count_include_pad"]),
+    lower_onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work,
 ))
 
 _register(OpSpec(
     "maxpool", 1, {"k": _I, "stride": _I, "pad": _I}, {},
     shape=_pool_shape, reference=_maxpool_reference,
-    build=lambda eng, nd, src, opt: eng.maxpool(src[0], nd.attrs["k"], nd.attrs["stride"],
-                                                nd.attrs["pad"]),
-    onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work,
+    lower_native=lambda eng, nd, src, opt: eng.maxpool(
+        src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"]),
+    lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work,
 ))
 
 
@@ -511,8 +533,8 @@ _register(OpSpec(
     "global_avgpool", 1, {}, {},
     shape=_gap_shape,
     reference=lambda nd, x: x[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32),
-    build=lambda eng, nd, src, opt: eng.global_avgpool(src[0]),
-    onnx=lambda ctx, nd, ins, out: ctx.node("GlobalAveragePool", ins, [out]),
+    lower_native=lambda eng, nd, src, opt: eng.global_avgpool(src[0]),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node("GlobalAveragePool", ins, [out]),
     macs=lambda nd, ins, out: int(np.prod(ins[0])),
 ))
 
@@ -520,8 +542,8 @@ _register(OpSpec(
     "flatten", 1, {}, {},
     shape=lambda nd, ins, where: (int(np.prod(ins[0])),),
     reference=lambda nd, x: x[0].reshape(x[0].shape[0], -1),
-    build=lambda eng, nd, src, opt: eng.flatten(src[0]),
-    onnx=lambda ctx, nd, ins, out: ctx.node("Flatten", ins, [out], axis=1),
+    lower_native=lambda eng, nd, src, opt: eng.flatten(src[0]),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node("Flatten", ins, [out], axis=1),
 ))
 
 
@@ -551,9 +573,9 @@ def _linear_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
 _register(OpSpec(
     "linear", 1, {}, {"weight": ("f32", True), "bias": ("f32", False)},
     shape=_linear_shape, reference=_linear_reference,
-    build=lambda eng, nd, src, opt: eng.linear(src[0], nd.params["weight"],
-                                               nd.params.get("bias")),
-    onnx=_linear_onnx,
+    lower_native=lambda eng, nd, src, opt: eng.linear(
+        src[0], nd.params["weight"], nd.params.get("bias")),
+    lower_onnx=_linear_onnx,
     macs=lambda nd, ins, out: int(nd.params["weight"].size),
 ))
 
@@ -574,8 +596,8 @@ _register(OpSpec(
     "input", 0, {"shape": list}, {},
     shape=_input_shape,
     reference=lambda nd, x: x[0],
-    build=lambda eng, nd, src, opt: eng.input(*nd.attrs["shape"]),
-    onnx=_no_lowering,
+    lower_native=lambda eng, nd, src, opt: eng.input(*nd.attrs["shape"]),
+    lower_onnx=_no_lowering,
 ))
 
 
@@ -616,6 +638,19 @@ def _check_node(i: int, nd: Node) -> OpSpec:
     if extra:
         raise _err(f"{where}: unexpected params {sorted(extra)}")
     return spec
+
+
+def lowering(graph: Graph, backend: str) -> list[Callable[..., Any] | None]:
+    """Per node, its op's lowering for ``backend`` (``"native"``, ``"onnx"`` or ``"c"``); raises
+    :class:`ValueError` naming the first node (after the input) whose op has none."""
+    out: list[Callable[..., Any] | None] = [getattr(OPS["input"], f"lower_{backend}")]
+    for i, nd in enumerate(graph.nodes[1:], start=1):
+        fn = getattr(OPS[nd.op], f"lower_{backend}")
+        if fn is None:
+            raise ValueError(f"node {i} ({nd.op} {nd.name!r}): op {nd.op!r} has no {backend} "
+                             "lowering")
+        out.append(fn)
+    return out
 
 
 def infer_shapes(graph: Graph) -> list[Shape]:

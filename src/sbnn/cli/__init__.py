@@ -1,9 +1,13 @@
-"""The ``sbnn`` console command: one entry point, one subcommand per module.
+"""The ``sbnn`` console command: one entry point, one subcommand per module of this folder.
 
-A subcommand is a module with ``add_parser(subparsers)``, which adds its parser and sets
-``func=handler`` (``handler(args) -> int``). To add one (convert, export, bench, sweep...), write
-the module and append its import path to :data:`SUBCOMMANDS`; a module that fails to import is
-skipped with a note in ``sbnn --help`` instead of breaking the other subcommands.
+All argument parsing lives here. A subcommand is a module ``sbnn.cli.NAME`` with
+``add_parser(subparsers)``, which adds its parser and sets ``func=run`` (``run(args) -> int``).
+The module imports only argparse helpers at its top; ``run`` imports the domain module it calls
+(``sbnn.pipeline.train``, ``sbnn.deploy.bench``, ...) when it runs, so ``sbnn --help`` and every
+``sbnn COMMAND --help`` load neither torch nor the native core. Options shared by several
+commands come from :mod:`sbnn.cli.common`. To add a command, write its module and append its
+import path to :data:`SUBCOMMANDS`; a module that fails to import is skipped with a note in
+``sbnn --help`` instead of breaking the other subcommands.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import sys
 __all__ = ["SUBCOMMANDS", "HelpFormatter", "build_parser", "main"]
 
 SUBCOMMANDS: list[str] = [
-    "sbnn.pipeline.train",
-    "sbnn.pipeline.evaluate",
-    "sbnn.pipeline.plot",
-    "sbnn.pipeline.convert_run",
-    "sbnn.pipeline.sweep",
-    "sbnn.deploy.export",
-    "sbnn.deploy.bench",
+    "sbnn.cli.train",
+    "sbnn.cli.evaluate",
+    "sbnn.cli.plot",
+    "sbnn.cli.convert",
+    "sbnn.cli.sweep",
+    "sbnn.cli.export",
+    "sbnn.cli.bench",
     "sbnn.cli.summary",
 ]
 

@@ -11,19 +11,21 @@ runs after ``warmup`` runs:
 ``dense``
     the same graph with the dense bit-packed XNOR/popcount binary conv everywhere
     (``sparse=False``, the BNN baseline);
-``torch``
-    PyTorch float32 running the same network: binarise, then ``F.conv2d`` with the dequantized
-    weights (what the trained model costs in PyTorch at inference);
 ``float_twin``
-    the registry's full-precision twin (``<model>_fp``) when the file names its model;
+    PyTorch float32 (eager) on the registry's full-precision twin (``<model>_fp``) when the file
+    names its model;
 ``ort_fp32`` / ``ort_int8``
-    onnxruntime on that float twin (exported with ``torch.onnx.export``), in float32 and
+    onnxruntime on the ONNX lowering of that float twin (traced to a graph by
+    :func:`sbnn.deploy.export.to_graph`, lowered by :mod:`sbnn_runtime.lower_onnx`), in float32 and
     statically quantised to int8 (``quantize_static``, QDQ, per-channel weights, uint8
     activations), calibrated on ``CALIB_BATCHES`` batches of standard-normal random images
     (the bench has no data set; a real calibration set changes the scales, not the op count);
 ``ort_sbnn``
-    onnxruntime on sbnn's own ONNX graph (:func:`sbnn.deploy.onnx_export.to_onnx`: binarise,
-    then a float ``Conv`` with the dequantized weights).
+    onnxruntime on the ONNX lowering of the model's own graph
+    (:func:`sbnn_runtime.lower_onnx.to_onnx`: binarise, then a float ``Conv`` with the
+    dequantized weights): what the same network costs in a float runtime.
+
+No backend is rebuilt here op by op: every baseline is a lowering of a graph.
 
 onnxruntime is optional: without it the ``ort_*`` rows are left out and the result says why.
 Sessions get ``intra_op_num_threads`` = the thread count of the row. Ratios are baseline /
@@ -32,86 +34,21 @@ sparse (> 1: the sparse engine is faster).
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sbnn import engine as sengine
 from sbnn_runtime import fileformat
 from sbnn_runtime.ops import Graph
 
-__all__ = ["TorchGraph", "bench", "format_table", "add_parser", "ort_baselines", "layer_info",
-           "CALIB_BATCHES"]
+__all__ = ["bench", "format_table", "to_csv", "plan_paths", "ort_baselines",
+           "layer_info", "CALIB_BATCHES"]
 
 CALIB_BATCHES = 4  # random calibration batches of 8 images for the int8 baseline
-
-
-def _cv(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.view((1, -1) + (1,) * (x.dim() - 2))
-
-
-def _torch_sbconv(nd, P, ins):
-    a = ins[0]
-    if nd.attrs["binary_input"]:
-        a = torch.where(a >= P["thr"], 1.0, -1.0)
-    return F.conv2d(a, P["weight"], P["bias"], nd.attrs["stride"], nd.attrs["padding"])
-
-
-# The PyTorch baseline: what the same network costs in eager float32 PyTorch. It is a baseline,
-# not a reference (the reference twin of each op is its numpy entry in sbnn_runtime.ops.OPS).
-_TORCH_OPS = {
-    "conv2d": lambda nd, P, ins: F.conv2d(ins[0], P["weight"], P.get("bias"), nd.attrs["stride"],
-                                          nd.attrs["padding"]),
-    "sbconv2d": _torch_sbconv,
-    "affine": lambda nd, P, ins: ins[0] * _cv(P["scale"], ins[0]) + _cv(P["shift"], ins[0]),
-    "hardtanh": lambda nd, P, ins: ins[0].clamp(nd.attrs["lo"], nd.attrs["hi"]),
-    "relu": lambda nd, P, ins: torch.relu(ins[0]),
-    "rprelu": lambda nd, P, ins: F.prelu(ins[0] - _cv(P["shift_in"], ins[0]), P["slope"])
-    + _cv(P["shift_out"], ins[0]),
-    "add": lambda nd, P, ins: ins[0] + ins[1],
-    "avgpool": lambda nd, P, ins: F.avg_pool2d(ins[0], nd.attrs["k"], nd.attrs["stride"],
-                                               nd.attrs["pad"],
-                                               count_include_pad=nd.attrs["count_include_pad"]),
-    "maxpool": lambda nd, P, ins: F.max_pool2d(ins[0], nd.attrs["k"], nd.attrs["stride"],
-                                               nd.attrs["pad"]),
-    "global_avgpool": lambda nd, P, ins: ins[0].mean((2, 3), keepdim=True),
-    "flatten": lambda nd, P, ins: ins[0].flatten(1),
-    "linear": lambda nd, P, ins: F.linear(ins[0], P["weight"], P.get("bias")),
-}
-
-
-class TorchGraph:
-    """The graph as PyTorch float32 ops, parameters converted once (the PyTorch baseline)."""
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self.ops = []
-        for nd in graph.nodes[1:]:
-            P = {k: torch.from_numpy(v) for k, v in nd.params.items()}
-            if nd.op == "sbconv2d":
-                P["weight"] = torch.from_numpy(sengine.dequantized_weight(nd.params))
-                if nd.attrs["binary_input"]:
-                    c = nd.params["bits"].shape[1]
-                    P["thr"] = P.get("thr", torch.zeros(c)).view(1, -1, 1, 1)
-            self.ops.append((nd, P, _TORCH_OPS[nd.op]))
-
-    @torch.no_grad()
-    def run(self, x: torch.Tensor, profile: bool = False):
-        vals = [x]
-        times = []
-        for nd, P, fn in self.ops:
-            t0 = time.perf_counter()
-            vals.append(fn(nd, P, [vals[j] for j in nd.inputs]))
-            if profile:
-                times.append((nd.op, time.perf_counter() - t0))
-        out = vals[self.graph.output]
-        return (out, times) if profile else out
 
 
 def _float_twin(graph: Graph):
@@ -140,16 +77,11 @@ def _ort_session(ort, model_bytes: bytes, threads: int):
 
 
 def _twin_onnx(model: torch.nn.Module, input_shape) -> bytes:
-    import io
-    import warnings
+    """The float twin as ONNX: traced to a graph, then the graph's ONNX lowering."""
+    from sbnn.deploy.export import to_graph
+    from sbnn_runtime.lower_onnx import to_onnx
 
-    f = io.BytesIO()
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, *input_shape), f, input_names=["x"],
-                          output_names=["logits"], opset_version=17, dynamo=False,
-                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
-    return f.getvalue()
+    return to_onnx(to_graph(model, tuple(input_shape))).SerializeToString()
 
 
 def _quantize_int8(fp32: bytes, input_shape, seed: int = 0) -> bytes:
@@ -206,7 +138,7 @@ def ort_baselines(graph: Graph, twin_model, threads: int) -> tuple[dict[str, Any
     else:
         notes.append("no float twin in the registry: no ort_fp32 / ort_int8")
     try:
-        from sbnn.deploy.onnx_export import to_onnx
+        from sbnn_runtime.lower_onnx import to_onnx
 
         out["ort_sbnn"] = _ort_session(ort, to_onnx(graph).SerializeToString(), threads)
     except Exception as exc:  # noqa: BLE001
@@ -242,10 +174,10 @@ def _interleaved(fns: dict[str, Any], warmup: int, repeat: int) -> dict[str, lis
 
 def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int = 3,
           repeat: int = 10, float_twin: bool = True, layers: bool = True,
-          progress=None, onnxruntime: bool = True) -> dict[str, Any]:
-    """Benchmark the ``.sbnn`` model at ``path``; returns a JSON-able dict of medians."""
+          progress=None, onnxruntime: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Benchmark the ``.sbnn`` model at ``path`` on random inputs (``seed``); returns a
+    JSON-able dict of medians."""
     graph = fileformat.load(path)
-    tg = TorchGraph(graph)
     twin = _float_twin(graph) if float_twin else None
     names = [f"{nd.op}:{nd.name}" for nd in graph.nodes[1:]]
     result: dict[str, Any] = {
@@ -268,13 +200,12 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
                 sessions, note = ort_baselines(graph, twin[1] if twin else None, nt)
                 result["onnxruntime"] = note or "ok"
             for n in batches:
-                x = np.random.default_rng(0).standard_normal((n, *graph.input_shape),
+                x = np.random.default_rng(seed).standard_normal((n, *graph.input_shape),
                                                              dtype=np.float32)
                 xt = torch.from_numpy(x)
                 fns: dict[str, Any] = {
                     "sparse": lambda x=x, e=sparse: (e.run(x), None)[1],
                     "dense": lambda x=x, e=dense: (e.run(x), None)[1],
-                    "torch": lambda xt=xt: (tg.run(xt), None)[1],
                 }
                 if twin is not None:
                     def run_twin(xt=xt):
@@ -294,8 +225,7 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
                                                  for k, v in tot.items()},
                                        "layers": {}}
                 if layers:
-                    # the engine's plan (fused ops as one), the same for both engines; the
-                    # PyTorch graph is unfused, so it has no per-layer column
+                    # the engine's plan (fused ops as one), the same for both engines
                     per = _interleaved({
                         "sparse": lambda x=x, e=sparse: e.run(x, profile=True)[1],
                         "dense": lambda x=x, e=dense: e.run(x, profile=True)[1],
@@ -304,6 +234,7 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
                                      for k, v in per.items()}
                     info = layer_info(sparse)
                     run["layer_names"] = [d["name"] for d in info] or names
+                    run["layer_paths"] = plan_paths(graph, run["layer_names"])
                     run["kernels"] = [d.get("kernel", "") for d in info]
                 s, c = run["median_s"]["sparse"], run["cpu_s"]["sparse"]
                 run["speedup"] = {k: v / s for k, v in run["median_s"].items() if k != "sparse"}
@@ -318,93 +249,110 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
     return result
 
 
+def plan_paths(graph: Graph, labels: list[str]) -> list[str]:
+    """The module path (``layers.2.conv1``) of each entry of the engine's plan, given as op
+    labels in run order (fused ops joined by ``+``: ``sbconv2d+add+hardtanh``): the name the
+    exporter gave the first graph node of that op not yet taken. An entry without a match keeps
+    its label; an old file's unnamed node gives ``#<node index>``."""
+    taken: set[int] = set()
+    out = []
+    for label in labels:
+        ops = label.split(":")[0].split("+")
+        hit = next((i for i, nd in enumerate(graph.nodes) if i not in taken and nd.op == ops[0]),
+                   None)
+        if hit is None:
+            out.append(label)
+            continue
+        taken.add(hit)
+        for op in ops[1:]:  # the fused followers: the next node of each op after the head
+            nxt = next((i for i in range(hit + 1, len(graph.nodes))
+                        if i not in taken and graph.nodes[i].op == op), None)
+            if nxt is not None:
+                taken.add(nxt)
+        out.append(graph.nodes[hit].name or f"#{hit}")
+    return out
+
+
+def _short(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters from the left (a module path's tail tells most)."""
+    return text if len(text) <= width else "~" + text[-(width - 1):]
+
+
+_CANDIDATES = ("sparse", "dense", "float_twin", "ort_fp32", "ort_int8", "ort_sbnn")
+
+
+def _keys(res: dict[str, Any]) -> list[str]:
+    seen = res["runs"][0]["median_s"] if res["runs"] else {}
+    return [k for k in _CANDIDATES if k in seen]
+
+
 def format_table(res: dict[str, Any], layers: bool = True) -> str:
-    """Whole-model table, then per-layer tables of the binary convs for each configuration."""
-    keys = ["sparse", "dense", "torch"] + (["float_twin"] if res.get("float_twin") else [])
-    keys += [k for k in ("ort_fp32", "ort_int8", "ort_sbnn")
-             if res["runs"] and k in res["runs"][0]["median_s"]]
-    head = f"{'batch':>5} {'thr':>3} " + " ".join(f"{k + ' ms':>13}" for k in keys) + \
-        "  " + " ".join(f"{k + '/sp':>13}" for k in keys[1:])
-    lines = [f"model {res['model']}  input {tuple(res['input_shape'])}"
-             + (f"  float twin {res['float_twin']}" if res.get("float_twin") else ""), head]
+    """Whole-model table (one row per configuration and candidate), then per-layer tables of
+    the binary convs for each configuration, named by module path; at most 100 columns."""
+    keys = _keys(res)
+    lines = [_short(f"model {res['model']}  input {tuple(res['input_shape'])}"
+                    + (f"  float twin {res['float_twin']}" if res.get("float_twin") else ""),
+                    100)]
     if res.get("onnxruntime") not in (None, "ok"):
-        lines.insert(1, f"onnxruntime: {res['onnxruntime']}")
+        lines.append(_short(f"onnxruntime: {res['onnxruntime']}", 100))
+    lines.append("latency: median wall ms; cpu: process CPU ms (all threads; = latency without "
+                 "preemption at 1 thread)")
+    lines.append(f"{'batch':>5} {'thr':>3}  {'candidate':<11} {'ms':>10} {'/sparse':>8}  "
+                 f"{'cpu ms':>10} {'/sparse':>8}")
     for r in res["runs"]:
-        lines.append(f"{r['batch']:>5} {r['threads']:>3} "
-                     + " ".join(f"{1e3 * r['median_s'][k]:>13.3f}" for k in keys) + "  "
-                     + " ".join(f"{r['speedup'][k]:>12.2f}x" for k in keys[1:]))
-    lines.append("process CPU time (all threads; = latency without preemption at 1 thread)")
-    for r in res["runs"]:
-        lines.append(f"{r['batch']:>5} {r['threads']:>3} "
-                     + " ".join(f"{1e3 * r['cpu_s'][k]:>13.3f}" for k in keys) + "  "
-                     + " ".join(f"{r['cpu_speedup'][k]:>12.2f}x" for k in keys[1:]))
+        for k in keys:
+            ratio = "" if k == "sparse" else f"{r['speedup'][k]:.2f}x"
+            cratio = "" if k == "sparse" else f"{r['cpu_speedup'][k]:.2f}x"
+            lines.append(f"{r['batch']:>5} {r['threads']:>3}  {k:<11} "
+                         f"{1e3 * r['median_s'][k]:>10.3f} {ratio:>8}  "
+                         f"{1e3 * r['cpu_s'][k]:>10.3f} {cratio:>8}".rstrip())
     if layers:
-        names = res["layer_names"]
         for r in res["runs"]:
             if not r["layers"].get("sparse"):
                 continue
-            lines.append(f"\nper layer, batch {r['batch']}, {r['threads']} thread(s) (convs of "
-                         "the engine's fused plan; kernel = the per-layer choice; ms)")
-            lines.append(f"{'layer':<6} {'op':<24} {'kernel':<12} {'engine':>9} {'dense':>9} "
-                         f"{'dense/eng':>9}")
+            lines.append(f"\nper layer, batch {r['batch']}, {r['threads']} thread(s): convs of "
+                         "the engine's fused plan, kernel = its choice (ms)")
+            lines.append(f"{'#':>3} {'module':<30} {'op':<22} {'kernel':<12} {'engine':>8} "
+                         f"{'dense':>8} {'d/e':>7}")
             L = r["layers"]
             kern = r.get("kernels") or []
-            lnames = r.get("layer_names") or names
-            for i, nm in enumerate(lnames):
-                if "conv2d" not in nm or i >= len(L["sparse"]):
-                    continue
+            ops = r.get("layer_names") or res["layer_names"]
+            paths = r.get("layer_paths") or ops
+            for i, op in enumerate(ops):
+                if i >= len(kern) or not kern[i] or i >= len(L["sparse"]):
+                    continue  # only convs name a kernel
                 sp, de = L["sparse"][i], L["dense"][i]
                 k = kern[i] if i < len(kern) else ""
-                lines.append(f"{i:<6} {nm[:24]:<24} {k:<12} {1e3 * sp:>9.3f} {1e3 * de:>9.3f} "
-                             f"{de / max(sp, 1e-12):>8.2f}x")
+                lines.append(f"{i:>3} {_short(paths[i], 30):<30} {_short(op, 22):<22} "
+                             f"{_short(k, 12):<12} {1e3 * sp:>8.3f} {1e3 * de:>8.3f} "
+                             f"{de / max(sp, 1e-12):>6.2f}x")
     return "\n".join(lines)
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench", help="latency of a .sbnn model vs dense-binary, PyTorch and onnxruntime "
-                      "baselines",
-        description="Per-layer and whole-model latency (medians after warm-up) of a .sbnn "
-                    "model in the native engine (the kernel each binary conv runs, per layer), "
-                    "against the same graph with dense binary convs, PyTorch float32, the "
-                    "float twin, and onnxruntime fp32/int8 on the float twin and on sbnn's "
-                    "ONNX graph, measured in the same run.")
-    p.add_argument("model", help=".sbnn file")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeat", type=int, default=10)
-    p.add_argument("--no-float-twin", action="store_true",
-                   help="skip the registry float twin (<model>_fp) baseline")
-    p.add_argument("--no-layers", action="store_true", help="skip the per-layer tables")
-    p.add_argument("--no-onnxruntime", action="store_true",
-                   help="skip the onnxruntime baselines (float twin fp32/int8, sbnn's ONNX)")
-    p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
-    p.set_defaults(func=_cmd)
+def to_csv(res: dict[str, Any]) -> str:
+    """The results as CSV: one row per (batch, threads, candidate) of the whole model
+    (``scope=model``) and per (batch, threads, plan entry) of the per-layer timings
+    (``scope=layer``); times in milliseconds. ``ratio``: the candidate's time over the sparse
+    engine's (model rows), the dense kernel's over the engine's choice (layer rows)."""
+    import csv
+    import io
 
-
-def _cmd(args) -> int:
-    from sbnn_runtime.native import core, native_error
-
-    if core is None or not hasattr(core, "Engine"):
-        print(f"sbnn bench: error: the native engine is unavailable: {native_error}",
-              file=sys.stderr)
-        return 2
-
-    def progress(run):
-        print(f"  batch {run['batch']}, {run['threads']} thread(s): sparse "
-              f"{1e3 * run['median_s']['sparse']:.3f} ms", file=sys.stderr)
-
-    try:
-        res = bench(args.model, args.batch, args.threads, args.warmup, args.repeat,
-                    not args.no_float_twin, not args.no_layers, progress,
-                    onnxruntime=not args.no_onnxruntime)
-    except fileformat.SBNNFormatError as exc:
-        print(f"sbnn bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(res, not args.no_layers))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(res, f, indent=2)
-            f.write("\n")
-    return 0
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["scope", "batch", "threads", "name", "op", "kernel", "ms", "cpu_ms",
+                "ratio", "dense_ms"])
+    for r in res["runs"]:
+        for k in _keys(res):
+            w.writerow(["model", r["batch"], r["threads"], k, "", "",
+                        f"{1e3 * r['median_s'][k]:.6f}", f"{1e3 * r['cpu_s'][k]:.6f}",
+                        "" if k == "sparse" else f"{r['speedup'][k]:.6f}", ""])
+        L = r.get("layers") or {}
+        ops = r.get("layer_names") or res.get("layer_names") or []
+        paths = r.get("layer_paths") or ops
+        kern = r.get("kernels") or []
+        for i, sp in enumerate(L.get("sparse") or []):
+            de = L["dense"][i]
+            w.writerow(["layer", r["batch"], r["threads"], paths[i] if i < len(paths) else i,
+                        ops[i] if i < len(ops) else "", kern[i] if i < len(kern) else "",
+                        f"{1e3 * sp:.6f}", "", f"{de / max(sp, 1e-12):.6f}", f"{1e3 * de:.6f}"])
+    return buf.getvalue()

@@ -39,8 +39,7 @@ from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
 
-__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "graph_stats", "parse_shape",
-           "add_parser"]
+__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "parse_shape"]
 
 
 class ExportError(ValueError):
@@ -369,25 +368,6 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
     return graph
 
 
-def graph_stats(graph: Graph) -> list[dict[str, Any]]:
-    """Per sparse-binary layer: weights, ones fraction, H(p) bits and stored bits."""
-    from sbnn.method.primitives import entropy, kernel_stats
-    from sbnn_runtime.fileformat import encode_bits
-
-    rows = []
-    for nd in graph.nodes:
-        if nd.op != "sbconv2d":
-            continue
-        bits = nd.params["bits"]
-        blob, _ = encode_bits(bits)
-        p = float(bits.mean())
-        ks = kernel_stats(bits)
-        rows.append({"layer": nd.name, "shape": list(bits.shape), "weights": int(bits.size),
-                     "ones": p, "h_bits": entropy(p) * bits.size, "stored_bits": 8 * len(blob),
-                     "zero_kernels": ks["zero_kernels"] / ks["kernels"]})
-    return rows
-
-
 def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
@@ -421,13 +401,13 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
         model.train(was_training)
     save(graph, path)
     if onnx_path is not None:
-        from sbnn.deploy.onnx_export import save_onnx
+        from sbnn_runtime.lower_onnx import save_onnx
 
         save_onnx(graph, onnx_path)
     return graph
 
 
-# -- command line ------------------------------------------------------------------------------
+# -- helpers of the command line (sbnn.cli.export) ------------------------------------------
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -437,112 +417,3 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return tuple(parts)  # type: ignore[return-value]
 
 
-def format_bits_table(graph: Graph) -> str:
-    """Per sparse-binary layer: ones fraction, H(p) bits, stored bits and their ratio."""
-    rows = graph_stats(graph)
-    lines = [f"{'layer':<28} {'weights':>9} {'ones':>7} {'0-kern':>7} {'H(p) bits':>10} "
-             f"{'stored':>9} {'ratio':>6}"]
-    for r in rows:
-        ratio = r["stored_bits"] / r["h_bits"] if r["h_bits"] else float("nan")
-        lines.append(f"{r['layer']:<28} {r['weights']:>9} {r['ones']:>7.4f} "
-                     f"{r['zero_kernels']:>7.3f} {r['h_bits']:>10.0f} {r['stored_bits']:>9} "
-                     f"{ratio:>6.3f}")
-    if rows:
-        w = sum(r["weights"] for r in rows)
-        h = sum(r["h_bits"] for r in rows)
-        s = sum(r["stored_bits"] for r in rows)
-        lines.append(f"{'total':<28} {w:>9} {'':>7} {'':>7} {h:>10.0f} {s:>9} "
-                     f"{s / h if h else float('nan'):>6.3f}   ({s / w:.4f} bits/weight)")
-    return "\n".join(lines)
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="write a trained model as a .sbnn file (and optionally ONNX)",
-        description="Export RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint to a "
-                    "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
-                    "entropy-coded.")
-    p.add_argument("path", help="run folder or .pt checkpoint")
-    p.add_argument("-o", "--out", "--output", dest="output",
-                   help="output .sbnn file (one of -o and --c is required)")
-    p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
-    p.add_argument("--c", metavar="DIR", dest="c_dir",
-                   help="also write a dependency-free C99 translation to DIR/model.c and "
-                        "DIR/model.h (for microcontrollers; see docs/DEPLOY.md)")
-    p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
-    p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip comparing the exported graph with the PyTorch model")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    import sys
-
-    # a command reads a run folder: through its one owner (the only pipeline imports here)
-    from sbnn.pipeline.data import DATASET_SHAPES
-    from sbnn.pipeline.runs import load_checkpoint, load_model
-    from sbnn_runtime.fileformat import SBNNFormatError
-
-    if not args.output and not args.c_dir:
-        print("sbnn export: error: give -o FILE.sbnn and/or --c DIR", file=sys.stderr)
-        return 2
-    which = "best" if args.best else "last"
-    ckpt = load_checkpoint(args.path, which)
-    model = load_model(args.path, which)
-    cfg = ckpt.get("config", {})
-    dataset = cfg.get("data", {}).get("name")
-    if args.input_shape:
-        try:
-            shape = parse_shape(args.input_shape)
-        except ValueError as exc:
-            print(f"sbnn export: error: {exc}", file=sys.stderr)
-            return 2
-    elif dataset in DATASET_SHAPES:
-        shape = (int(ckpt.get("in_chans", DATASET_SHAPES[dataset][0])),
-                 *DATASET_SHAPES[dataset][1:])
-    else:
-        print(f"sbnn export: error: unknown input size for dataset {dataset!r}; pass "
-              "--input-shape C,H,W", file=sys.stderr)
-        return 2
-    from sbnn import __version__
-
-    meta = {"model": cfg.get("model", {}).get("name"), "model_kwargs":
-            cfg.get("model", {}).get("kwargs", {}), "dataset": dataset,
-            "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
-            "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
-    import tempfile
-
-    from sbnn.deploy.cexport import CExportError, export_c, format_summary
-
-    targets = [t for t in (args.output, args.onnx, args.c_dir) if t]
-    for target in targets:
-        folder = os.path.dirname(os.path.abspath(target))
-        if not os.path.isdir(folder):
-            print(f"sbnn export: error: the folder of '{target}' does not exist", file=sys.stderr)
-            return 2
-    # a failed export leaves neither file behind (an older file of the same name stays)
-    existed = {t: os.path.exists(t) for t in [args.output, args.onnx] if t}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
-            graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
-                           metadata=meta, onnx_path=args.onnx, check=not args.no_check)
-        cmodel = export_c(graph, args.c_dir) if args.c_dir else None
-    except BaseException as exc:
-        for t, was in existed.items():
-            if not was and os.path.exists(t):
-                os.unlink(t)
-        if isinstance(exc, (ExportError, SBNNFormatError, CExportError, OSError)):
-            print(f"sbnn export: error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    print(format_bits_table(graph))
-    if args.output:
-        size = os.path.getsize(args.output)
-        print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
-              + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
-                 if args.onnx else ""))
-    if cmodel is not None:
-        print(format_summary(cmodel))
-        print(f"wrote {os.path.join(args.c_dir, 'model.c')} and model.h")
-    return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sbnn.verbs.prune import PruneConfig
+from sbnn.verbs.prune_config import PruneConfig
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
@@ -91,7 +91,8 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; None: torch's default
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # a progress bar, on a terminal only (off one: a line per epoch)
+    log_every: int = 0  # also log one line every N training steps (0: once per epoch only)
     eval_every: int = 1  # evaluate on the test split every N epochs (and always at the end)
     out: str | None = None  # run folder; None: runs/<model>-<timestamp>
 
@@ -307,6 +308,7 @@ def validate(cfg: Config, training: bool = True) -> Config:
         _positive("epochs", cfg.epochs, zero=True)
     _positive("threads", cfg.threads)
     _positive("eval_every", cfg.eval_every, zero=True)
+    _positive("log_every", cfg.log_every, zero=True)
     if cfg.device != "auto":
         try:
             torch.device(cfg.device)

@@ -28,7 +28,7 @@ from sbnn.verbs.convert import (
 )
 from sbnn.verbs.prune import PruneConfig
 
-__all__ = ["ConvertJob", "load_run", "run_convert", "format_comparison", "add_parser"]
+__all__ = ["ConvertJob", "load_run", "run_convert", "format_comparison"]
 
 
 def load_run(path, which: str = "last", device: str = "cpu") -> nn.Module:
@@ -144,6 +144,7 @@ class ConvertJob:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         progress: show a progress bar while fine-tuning.
         bn_batches: re-estimate BatchNorm statistics on this many training batches.
+        seed: seed of the fine-tuning's data order and draws (None: the checkpoint's).
 
     Raises:
         ConversionError: a value out of range, with the option it came from.
@@ -167,6 +168,7 @@ class ConvertJob:
     device: str = "cpu"
     progress: bool = True
     bn_batches: int = 0
+    seed: int | None = None
 
     def __post_init__(self):
         self.checkpoint, self.out = os.fspath(self.checkpoint), os.fspath(self.out)
@@ -197,6 +199,9 @@ class ConvertJob:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConversionError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                       f"got {v!r}")
+        s = self.seed
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
+            raise ConversionError(f"--seed must be an integer, got {self.seed!r}")
         g = self.gamma
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= g < 1.0:
             raise ConversionError(f"--gamma must be a share in [0, 1), got {g}")
@@ -216,6 +221,7 @@ def run_convert(job: ConvertJob) -> dict:
     from pathlib import Path
 
     import sbnn.pipeline.data as sdata
+    from sbnn.pipeline.checks import format_warnings, run_warnings
     from sbnn.pipeline.config import save_config, to_dict
     from sbnn.pipeline.evaluate import evaluate_loader, format_report, make_report
     from sbnn.pipeline.runs import make_checkpoint, resolve_device, save_checkpoint
@@ -240,7 +246,7 @@ def run_convert(job: ConvertJob) -> dict:
     d = cfg.data
     cfg = replace(
         cfg, epochs=job.finetune_epochs, out=str(outp), device=str(dev), threads=job.threads,
-        progress=job.progress,
+        progress=job.progress, seed=cfg.seed if job.seed is None else job.seed,
         data=replace(d, root=job.data_root if job.data_root is not None else d.root,
                      train_subset=job.train_subset if job.train_subset is not None
                      else d.train_subset,
@@ -326,6 +332,8 @@ def run_convert(job: ConvertJob) -> dict:
         if prune.filters and prune.shrink:
             conv["shrink"] = _shrink_copy(model, x, tmp / "shrunk_model.pt")
         report["convert"] = conv
+        report["warnings"] = run_warnings(model, report, job.ones, ckpt["num_classes"],
+                                          test_loader, pruned_filters=prune.filters)
         _atomic_json(tmp / "report.json", report)
         if outp.exists():
             outp.rmdir()
@@ -335,6 +343,7 @@ def run_convert(job: ConvertJob) -> dict:
         raise
     print(format_report(report, title=f"converted run {outp}"))
     print(format_comparison(report))
+    print(format_warnings(report["warnings"]), end="")
     return report
 
 
@@ -362,11 +371,11 @@ def _finetune(model, cfg, loader, test_loader, budgets, granularity, evaluate_lo
     def trim() -> None:
         enforce_budget_(model, budgets, granularity)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from sbnn.pipeline.logs import RunLog
 
-        bar = tqdm(total=cfg.epochs * len(loader), dynamic_ncols=True, desc="fine-tune")
+    # a bar on a terminal only; off one, the epoch lines below (and every cfg.log_every steps)
+    bar = RunLog(cfg.epochs * len(loader), progress=progress, every=cfg.log_every,
+                 desc="fine-tune")
     rows = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -378,11 +387,9 @@ def _finetune(model, cfg, loader, test_loader, budgets, granularity, evaluate_lo
                      "test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
                      "ones_fraction": _ones(model), "lr": opt.param_groups[0]["lr"],
                      "epoch_time_s": time.perf_counter() - t0, "stage": "finetune"})
-        if bar is not None:
-            bar.write(f"epoch {epoch + 1}: test acc {ev['accuracy']:.4f}, "
-                      f"ones {rows[-1]['ones_fraction']:.4f}")
-    if bar is not None:
-        bar.close()
+        bar.write(f"fine-tune epoch {epoch + 1}/{cfg.epochs}: test acc {ev['accuracy']:.4f}, "
+                  f"ones {rows[-1]['ones_fraction']:.4f}")
+    bar.close()
     return rows
 
 
@@ -433,74 +440,3 @@ def format_comparison(report: dict) -> str:
         lines.append(f"{r['name']:<12} {r['ones_fraction']:>7.4f} {r['relative']:>14.4f} "
                      f"{'-' if a is None else f'{a:.4f}':>10}")
     return "\n".join(lines)
-
-
-def _domain_name(text: str) -> str:
-    """``ab`` (the sweep's name of the learned {alpha, beta} domain) is ``learned``."""
-    return "learned" if text == "ab" else text
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert", help="convert a trained full-precision model to sparse-binary in closed form",
-        description="Closed-form conversion of a full-precision checkpoint (a *_fp model of the "
-                    "registry) into its sparse-binary twin at a target ones fraction, optional "
-                    "pruning and fine-tuning; writes a run folder like `sbnn train`'s.")
-    p.add_argument("checkpoint", help="last.pt/best.pt of a full-precision `sbnn train` run")
-    g = p.add_argument_group("conversion")
-    g.add_argument("--ec", "--ones", dest="ones", type=float, required=True, metavar="EC",
-                   help="target ones fraction (EC, as in sbnn train's sparsity.ec) in (0, 1)")
-    g.add_argument("--granularity", choices=GRANULARITIES, default="layer")
-    g.add_argument("--allocation", choices=ALLOCATIONS, default="uniform")
-    g.add_argument("--domain", default=None, type=_domain_name,
-                   help="domain of the binary twin: learned (alias ab), closed_form, pm1, 01 "
-                        "(default: the checkpoint's, usually learned)")
-    g = p.add_argument_group("pruning (sbnn.verbs.prune)")
-    g.add_argument("--prune-magnitude", type=float, default=0.0, metavar="SHARE")
-    g.add_argument("--prune-filters", type=float, default=0.0, metavar="SHARE")
-    g.add_argument("--prune-kernels", type=float, default=0.0, metavar="SHARE")
-    g.add_argument("--patterns", type=int, default=None, metavar="K",
-                   help="Sub-bit: 2**K kernel patterns per layer (4, 5, 6)")
-    g.add_argument("--no-shrink", action="store_true",
-                   help="do not write the physically shrunk copy (shrunk_model.pt)")
-    g = p.add_argument_group("fine-tuning and report")
-    g.add_argument("--bn-batches", type=int, default=0, metavar="N",
-                   help="re-estimate BatchNorm statistics on N training batches after conversion")
-    g.add_argument("--finetune-epochs", type=int, default=0)
-    g.add_argument("--gamma", type=float, default=0.07, help="sparsity penalty share")
-    g.add_argument("--lr", type=float, default=None, help="default: the checkpoint's optim.lr")
-    g.add_argument("--from-scratch", metavar="RUN_DIR",
-                   help="a `sbnn train` run of the same network as an SBNN, for the report")
-    g.add_argument("--data", dest="data_root", help="dataset folder (default: the checkpoint's)")
-    g.add_argument("--train-subset", type=int, default=None)
-    g.add_argument("--test-subset", type=int, default=None)
-    g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--out", "-o", required=True, help="new run folder")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    import sys
-
-    from sbnn.pipeline.runs import clean_stale_tmp_dirs
-
-    clean_stale_tmp_dirs(args.out)  # left by a convert killed before its final rename
-    try:
-        prune = PruneConfig(magnitude=args.prune_magnitude, filters=args.prune_filters,
-                            kernels=args.prune_kernels, patterns=args.patterns,
-                            shrink=not args.no_shrink)
-        job = ConvertJob(
-            checkpoint=args.checkpoint, out=args.out, ones=args.ones,
-            granularity=args.granularity, allocation=args.allocation, prune=prune,
-            finetune_epochs=args.finetune_epochs, from_scratch=args.from_scratch,
-            domain=args.domain, gamma=args.gamma, lr=args.lr, data_root=args.data_root,
-            train_subset=args.train_subset, test_subset=args.test_subset,
-            threads=args.threads, device=args.device, progress=not args.no_progress,
-            bn_batches=args.bn_batches)
-        run_convert(job)
-    except (ConversionError, ValueError) as e:
-        print(f"sbnn convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -9,10 +9,8 @@ alpha/beta, and the weight memory in bits (full-precision layers counted apart).
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -201,49 +199,3 @@ def format_engine_report(r: dict) -> str:
                   f"  images over 1e-4    {r['images_over_1e-4']} (an activation within float "
                   "rounding of a threshold binarised the other way)"]
     return "\n".join(lines)
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate", help="test accuracy and sparsity/memory statistics of a trained run",
-        description="Evaluate RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint file.")
-    p.add_argument("path", nargs="?", help="run folder or .pt checkpoint")
-    p.add_argument("--engine", metavar="MODEL.sbnn",
-                   help="evaluate this exported model on the native engine instead (with PATH: "
-                        "also count predictions that differ from the PyTorch model)")
-    p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
-    p.add_argument("--data", dest="data_root", help="dataset folder (default: the run's)")
-    p.add_argument("--dataset", help="dataset name (default: the run's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--json", dest="json_out", help="also write the report to this JSON file")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    import sys
-
-    try:
-        return _run_cmd(args)
-    except ValueError as e:  # a corrupt checkpoint or .sbnn, one without its dataset, ...
-        print(f"sbnn evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-
-
-def _run_cmd(args) -> int:
-    if args.engine:
-        report = evaluate_engine(args.engine, dataset=args.dataset, root=args.data_root,
-                                 batch_size=args.batch_size, compare_with=args.path,
-                                 which="best" if args.best else "last")
-        print(format_engine_report(report))
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
-        return 0
-    if not args.path:
-        raise FileNotFoundError("give a run folder or checkpoint (or --engine MODEL.sbnn)")
-    report = evaluate_run(args.path, "best" if args.best else "last", args.data_root,
-                          args.dataset, args.device, args.batch_size)
-    print(format_report(report, title=f"{report['checkpoint']} (epoch {report['epoch']})"))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
-    return 0

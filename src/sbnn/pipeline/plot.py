@@ -1,11 +1,14 @@
-"""``sbnn plot RUN_DIR [RUN_DIR ...]``: PNG figures of trained runs (matplotlib, Agg backend).
+"""``sbnn plot RUN_DIR [RUN_DIR ...]``: figures of trained runs (matplotlib, Agg backend), as
+PNG, SVG or PDF (``formats``; the names below with their extension).
 
 Per run: ``weights.png`` (latent-weight histogram of every binary layer, with the 0 threshold:
 the split into 1-bits and 0-bits and its asymmetry), ``curves.png`` (train/test loss and the
 sparsity penalty, accuracy, ones fraction with the target EC line, learning rate, over integer
 epochs) and ``layers.png`` (per binary layer: ones fraction and all-zero kernels). Across runs:
 ``accuracy_vs_bits.png`` (test accuracy against bits per binary weight, dense BNN = 1 bit,
-entropy bound and kernel-level storage). Fractions are plotted in %.
+entropy bound and kernel-level storage). Fractions are plotted in %. Colours come from the
+Okabe-Ito palette (:data:`PALETTE`), which stays distinct for the common colour-vision
+deficiencies; series also differ by marker or line style.
 """
 
 from __future__ import annotations
@@ -14,17 +17,29 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["plot_weights", "plot_curves", "plot_layers", "plot_accuracy_vs_bits",
-           "plot_runs"]
+__all__ = ["PALETTE", "FORMATS", "pyplot", "plot_weights", "plot_curves", "plot_layers",
+           "plot_accuracy_vs_bits", "plot_runs"]
+
+# Okabe & Ito, "Color Universal Design" (2008): eight colours told apart with protanopia,
+# deuteranopia and tritanopia; the colour cycle of every figure, in this order
+PALETTE = {"blue": "#0072B2", "vermillion": "#D55E00", "green": "#009E73", "orange": "#E69F00",
+           "sky": "#56B4E9", "purple": "#CC79A7", "yellow": "#F0E442", "black": "#000000"}
+FORMATS = ("png", "svg", "pdf")
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, with :data:`PALETTE` as the colour cycle."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from cycler import cycler
 
+    plt.rcParams["axes.prop_cycle"] = cycler(color=list(PALETTE.values()))
     return plt
+
+
+_plt = pyplot
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -77,8 +92,8 @@ def _weights_figure(run: Path):
         w = m.weight.detach().float().flatten().cpu().numpy()
         b = to_bits(w)
         p = float(b.mean())
-        ax.hist(w[~b], bins=60, color="tab:blue", alpha=0.8, label="bit 0 (alpha)")
-        ax.hist(w[b], bins=60, color="tab:red", alpha=0.8, label="bit 1 (beta)")
+        ax.hist(w[~b], bins=60, color=PALETTE["blue"], alpha=0.8, label="bit 0 (alpha)")
+        ax.hist(w[b], bins=60, color=PALETTE["vermillion"], alpha=0.8, label="bit 1 (beta)")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yscale("log")
         ax.set_title(f"{name}\nones {100 * p:.2f}%", fontsize=8)
@@ -127,7 +142,7 @@ def _curves_figure(run: Path):
             a_loss.plot(*s, style, label=f"{label} loss")
     pen = _series(rows, "penalty")
     if pen and any(v for v in pen[1]):
-        a_loss.plot(*pen, "^:", color="tab:purple", label="sparsity penalty")
+        a_loss.plot(*pen, "^:", color=PALETTE["purple"], label="sparsity penalty")
     a_loss.set_ylabel("loss (cross-entropy)")
     for key, style, label in (("test_accuracy", "o-", "test"), ("train_accuracy", "s--", "train")):
         s = _series(rows, key, 100.0)  # a convert run has no training accuracy for its epoch 0
@@ -140,12 +155,13 @@ def _curves_figure(run: Path):
         a_ones.plot(*ones, "o-", label="global ones fraction")
     ec = ((_run_config(run).get("sparsity") or {}).get("ec"))
     if isinstance(ec, (int, float)) and ones:
-        a_ones.axhline(100 * ec, color="tab:red", ls="--", lw=1, label=f"target EC {100 * ec:g}%")
+        a_ones.axhline(100 * ec, color=PALETTE["vermillion"], ls="--", lw=1,
+                       label=f"target EC {100 * ec:g}%")
     a_ones.set_ylabel("ones fraction")
     _percent_axis(a_ones)
     lr = _series(rows, "lr")
     if lr:
-        a_lr.plot(*lr, "o-", color="tab:green", label="learning rate (end of epoch)")
+        a_lr.plot(*lr, "o-", color=PALETTE["green"], label="learning rate (end of epoch)")
     a_lr.set_ylabel("learning rate")
     for ax in axes.flat:
         _epoch_axis(ax)
@@ -253,36 +269,32 @@ def plot_accuracy_vs_bits(runs: list[str | Path], out: str | Path) -> Path | Non
     return _save(fig, Path(out))
 
 
-def plot_runs(runs: list[str | Path], out_dir: str | Path | None = None) -> list[Path]:
-    """Every figure for ``runs``; per-run figures go into each run folder, the cross-run one into
-    ``out_dir`` (default: the first run's folder)."""
+def plot_runs(runs: list[str | Path], out_dir: str | Path | None = None,
+              formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Every figure for ``runs`` in each of ``formats`` (of :data:`FORMATS`); per-run figures go
+    into each run folder, the cross-run one into ``out_dir`` (default: the first run's
+    folder). Returns the files written."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"plot formats must be among {', '.join(FORMATS)}, got {list(formats)}")
     written = []
+
+    def save(fig, stem: Path) -> None:
+        if fig is None:
+            return
+        for fmt in formats:
+            fig.savefig(stem.with_suffix("." + fmt), dpi=110)
+            written.append(stem.with_suffix("." + fmt))
+        pyplot().close(fig)
+
     for run in runs:
         run = Path(run)
         if not run.is_dir():
             raise FileNotFoundError(f"'{run}' is not a run folder")
-        for fn in (plot_curves, plot_weights, plot_layers):
-            p = fn(run)
-            if p is not None:
-                written.append(p)
+        save(_curves_figure(run), run / "curves")
+        save(_weights_figure(run), run / "weights")
+        save(_layers_figure(run), run / "layers")
     out_dir = Path(out_dir) if out_dir else Path(runs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    p = plot_accuracy_vs_bits(runs, out_dir / "accuracy_vs_bits.png")
-    if p is not None:
-        written.append(p)
+    save(_accuracy_bits_figure(runs), out_dir / "accuracy_vs_bits")
     return written
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="PNG plots of one or more runs",
-                              description="Latent-weight histograms, ones fraction and accuracy "
-                                          "over epochs, accuracy against bits per weight.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", "-o", help="folder for the cross-run plot (default: the first run)")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    for path in plot_runs(args.runs, args.out):
-        print(path)
-    return 0

@@ -25,13 +25,12 @@ import json
 import math
 import os
 import statistics
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-from sbnn.pipeline.config import Config, load_config
+from sbnn.pipeline.config import Config
 
-__all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "add_parser"]
+__all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep"]
 
 # The authors' (EC, gamma) pairs (Schiavone et al., arXiv:2306.13515, their public code).
 GAMMAS_CIFAR10 = {0.50: 0.0, 0.25: 0.02, 0.10: 0.04, 0.05: 0.07, 0.04: 0.07, 0.03: 0.08,
@@ -59,16 +58,6 @@ def gamma_for(ec: float, dataset: str = "fashion_mnist") -> float:
         return 0.0
     nearest = min(table, key=lambda e: (abs(e - ec), e))
     return table[nearest]
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--{what} expects comma-separated numbers, got {text!r}") from None
-    if not vals:
-        raise ValueError(f"--{what} is empty")
-    return vals
 
 
 def _run_name(domain: str, arm: str | None, ec: float | None, seed: int) -> str:
@@ -117,9 +106,10 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
     import numpy as np
 
     from sbnn import engine
-    from sbnn.deploy.export import export, graph_stats
+    from sbnn.deploy.export import export
     from sbnn.pipeline.runs import load_model
     from sbnn_runtime import fileformat
+    from sbnn_runtime.summary import summarize
 
     path = run_dir / "model.sbnn"
     ckpt = run_dir / "last.pt"
@@ -127,12 +117,12 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
         graph = fileformat.load(path)  # exported earlier (e.g. on the machine that trained it)
     else:
         graph = export(load_model(run_dir), path, input_shape, check=False)
-    rows = graph_stats(graph)
-    n = sum(r["weights"] for r in rows)
+    t = summarize(graph)["totals"]
+    n = t["binary_params"]
     out = {"model_bytes": path.stat().st_size, "binary_weights": n}
     if n:
-        out["bits_per_binary_weight"] = sum(r["stored_bits"] for r in rows) / n
-        out["entropy_bits_per_weight"] = sum(r["h_bits"] for r in rows) / n
+        out["bits_per_binary_weight"] = t["bits_per_binary_weight"]
+        out["entropy_bits_per_weight"] = t["entropy_bits_per_weight"]
     if latency:
         eng = engine.load(path, num_threads=1)
         out["latency_b1_ms"] = 1e3 * float(np.median(
@@ -273,11 +263,11 @@ def _mean_sd(rs: list[dict], key: str, scale: float = 1.0) -> tuple[float | None
 def sweep_figure(rows: list[dict], key: str, label: str):
     """One sweep plot: test accuracy (%) against ``key``, one curve per domain, a point per EC
     (labelled with it) at the mean over seeds, the seeds' standard deviation as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
+
+    from sbnn.pipeline.plot import pyplot
+
+    plt = pyplot()  # Agg, with the colour-blind-safe palette of sbnn plot
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -321,11 +311,9 @@ def sweep_figure(rows: list[dict], key: str, label: str):
 
 
 def plot_results(rows: list[dict], out: Path) -> None:
-    import matplotlib
+    from sbnn.pipeline.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     for key, label, fname in (("ones_fraction", "achieved ones fraction (%)",
                                "accuracy_vs_ones.png"),
                               ("bits_per_binary_weight", "bits per binary weight (file)",
@@ -335,55 +323,3 @@ def plot_results(rows: list[dict], out: Path) -> None:
         fig = sweep_figure(rows, key, label)
         fig.savefig(out / fname, dpi=120)
         plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sweep", help="train one run per (domain, EC, seed) and tabulate accuracy / bits / latency",
-        description="Train every combination of --domain, --ec and --seeds from one config, "
-                    "export each run and time it on the engine, then write results.csv, "
-                    "results.md and plots into --out. Resumable: finished runs are skipped and "
-                    "an interrupted one resumes.")
-    p.add_argument("--config", "-c", help="base YAML config (default: the main job)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key for every run (repeatable)")
-    p.add_argument("--ec", default="0.5,0.25,0.1,0.05,0.02,0.01",
-                   help="comma-separated target ones fractions (default: %(default)s)")
-    p.add_argument("--domain", default="ab,pm1,01",
-                   help="comma-separated domains: ab ({alpha, beta}, learned), closed_form, pm1, "
-                        "01 (default: %(default)s)")
-    p.add_argument("--arm", default="cf",
-                   help="comma-separated start arms: cf (tau/phi fitted in closed form to the "
-                        "initial split), authors (tau = 1, phi = 0) (default: %(default)s)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
-    p.add_argument("--gamma", help="gamma per EC (comma-separated, or one value for all); "
-                                   "default: the authors' pair for each EC")
-    p.add_argument("--no-fp", action="store_true", help="skip the full-precision reference run")
-    p.add_argument("--no-latency", action="store_true", help="skip engine timing")
-    p.add_argument("--collect", action="store_true",
-                   help="train nothing: tabulate the plan's finished runs only (the others are "
-                        "left out and listed)")
-    p.add_argument("--out", "-o", required=True, help="sweep folder")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    cfg = load_config(args.config, args.overrides)
-    try:
-        ecs = _floats(args.ec, "ec")
-        seeds = [int(s) for s in _floats(args.seeds, "seeds")]
-        gammas = _floats(args.gamma, "gamma") if args.gamma else None
-        domains = [d.strip() for d in args.domain.split(",") if d.strip()]
-        arms = [a.strip() for a in args.arm.split(",") if a.strip()]
-        run_sweep(cfg, args.out, ecs, domains, seeds, gammas, fp_reference=not args.no_fp,
-                  latency=not args.no_latency, arms=arms, train=not args.collect)
-    except ValueError as e:
-        print(f"sbnn sweep: error: {e}", file=sys.stderr)
-        return 2
-    if _rank() == 0:
-        print(f"sweep results: {Path(args.out) / 'results.md'}")
-    return 0

@@ -37,9 +37,7 @@ from sbnn import models
 from sbnn.pipeline.config import (
     Config,
     ConfigError,
-    config_keys,
     from_dict,
-    load_config,
     save_config,
     to_dict,
     validate,
@@ -409,9 +407,11 @@ class Trainer:
         return run_epoch(self.ddp, self.train_loader, self.optimizer, self.scheduler,
                          self.constraint, self.cfg, epoch, bar=bar, rank=self.rank)
 
-    def fit(self) -> dict:
+    def fit(self, log_json: str | None = None) -> dict:
+        """Train; returns the report. ``log_json``: also append machine-readable events
+        (:class:`sbnn.pipeline.logs.RunLog`) to this file."""
         try:
-            return self._fit()
+            return self._fit(log_json)
         except BaseException:
             self._cleanup_failed_start()
             raise
@@ -429,14 +429,17 @@ class Trainer:
             except OSError:  # something else is in there: leave it
                 pass
 
-    def _fit(self) -> dict:
+    def _fit(self, log_json: str | None = None) -> dict:
+        from sbnn.pipeline.logs import RunLog
+
         cfg = self.cfg
         bar = None
-        if self.is_main and cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.epochs * len(self.train_loader), dynamic_ncols=True,
-                       initial=self.start_epoch * len(self.train_loader), desc="train")
+        if self.is_main:  # a bar on a terminal only; off one, a line per epoch (and N steps)
+            bar = RunLog(cfg.epochs * len(self.train_loader),
+                         self.start_epoch * len(self.train_loader), progress=cfg.progress,
+                         every=cfg.log_every, json_path=log_json)
+            bar.event("start", out=str(self.out), epochs=cfg.epochs,
+                      steps_per_epoch=len(self.train_loader), start_epoch=self.start_epoch)
         t_run = time.perf_counter()
         epoch_times = []
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -478,19 +481,18 @@ class Trainer:
                 if row["ones_fraction"] is not None:
                     msg += f", ones {row['ones_fraction']:.4f}"
                 msg += f", {row['epoch_time_s']:.1f} s"
-                if bar is not None:
-                    bar.write(msg)
-                else:
-                    print(msg, flush=True)
+                bar.write(msg)
+                bar.event("epoch", **row)
             if self.stop_after is not None and done >= self.stop_after and not last:
                 if bar is not None:
                     bar.close()
                 return {"stopped_after": done}
         if bar is not None:
-            bar.close()
+            bar.close()  # its event file too: the end's events are appended below
         wall = time.perf_counter() - t_run
         report = None
         if self.is_main:
+            from sbnn.pipeline.checks import format_warnings, run_warnings
             from sbnn.pipeline.evaluate import format_report, make_report
 
             report = make_report(_unwrap(self.model), self.test_loader, cfg=cfg)
@@ -507,72 +509,28 @@ class Trainer:
             report["world_size"] = self.world
             report["batch_size_per_rank"] = cfg.data.batch_size
             report["global_batch_size"] = self.global_batch
+            sb = self.constraint is not None
+            report["warnings"] = run_warnings(
+                _unwrap(self.model), report, cfg.sparsity.ec if sb else None, self.num_classes,
+                self.test_loader, pruned_filters=cfg.prune.filters)
             atomic_write(self.out / "report.json", json.dumps(report, indent=2) + "\n")
             print(format_report(report, title=f"run {self.out}"))
+            print(format_warnings(report["warnings"]), end="")
+            log = RunLog(0, progress=False, json_path=log_json)
+            for w in report["warnings"]:
+                log.event("warning", **w)
+            log.event("end", out=str(self.out), test_accuracy=report.get("test_accuracy"),
+                      ones_fraction=report.get("ones_fraction"), wall_time_s=wall)
+            log.close()
         if self.distributed:
             dist.barrier()
         return report or {}
 
 
 def train(cfg: Config | None = None, out=None, resume=None, stop_after: int | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, log_json: str | None = None) -> dict:
     """Train a model as ``cfg`` says (default: the main job); returns the report dict.
-    An ``out`` that already holds a run is refused unless ``resume`` or ``overwrite``."""
+    An ``out`` that already holds a run is refused unless ``resume`` or ``overwrite``.
+    ``log_json``: also append machine-readable events to this file."""
     return Trainer(cfg, out=out, resume=resume, stop_after=stop_after,
-                   overwrite=overwrite).fit()
-
-
-def set_keys_help() -> str:
-    """The ``--set`` keys of ``sbnn train --help``, generated from the config dataclasses."""
-    rows = config_keys()
-    w = max(len(k) for k, _, _ in rows)
-    lines = ["config keys for --set KEY=VALUE (type, default):"]
-    lines += [f"  {k:<{w}}  {t}, {v!r}" for k, t, v in rows]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="train a model (no --config: the main Fashion-MNIST job)",
-        description="Train a sparse binary network. Without --config, runs the embedded default: "
-                    "the main job (Fashion-MNIST, small sparse-binary CNN, EC=0.05). An --out "
-                    "that already holds a run is refused unless --resume or --overwrite.",
-        epilog=set_keys_help())
-    g = p.add_argument_group("what to train")
-    g.add_argument("--config", "-c", help="YAML config file (defaults for every key)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set optim.lr=0.01 (repeatable)")
-    g.add_argument("--out", "-o", help="run folder (default: config 'out' or runs/<model>-<time>)")
-    g.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run from RUN_DIR/last.pt (uses its config.yaml)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (without it, an existing run is "
-                        "refused)")
-    g.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as YAML and exit")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    import yaml
-
-    if args.resume:
-        rdir = Path(args.resume)
-        rdir = rdir if rdir.is_dir() else rdir.parent
-        base = args.config or (rdir / "config.yaml")
-        cfg = load_config(base, args.overrides)
-        if args.print_config:
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-            return 0
-        Trainer(cfg, out=args.out or rdir, resume=args.resume, overwrite=args.overwrite).fit()
-        return 0
-    cfg = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    Trainer(cfg, out=args.out, overwrite=args.overwrite).fit()
-    return 0
+                   overwrite=overwrite).fit(log_json)

@@ -1,0 +1,483 @@
+"""Graph passes, written once for every backend: folding, fusion, weight encodings, memory.
+
+Each pass is a plain function of a :class:`~sbnn_runtime.ops.Graph` (and what earlier passes
+returned); none of them knows a backend. The backends (the native engine, the C99 generator,
+ONNX) consume what :func:`plan` puts together and decide nothing of this on their own::
+
+    Plan                                  (what a backend runs)
+      graph      Graph                    the graph after the folding passes
+      shapes     list[Shape]              per node, one image, no batch dimension
+      steps      list[Step]               in run order; one kernel call each
+      encodings  dict[int, Encoding]      per binary conv node: how its 0/1 weights are stored
+      buffers    dict[int, Buffer]        per tensor a step writes: size, lifetime, offset
+      arena      int                      cells (4 bytes, one image) the buffers need together
+
+    Step                                  (one op, with the ops fused into its epilogue)
+      node       int                      the node whose op runs (the anchor: a conv, ...)
+      fused      tuple[int, ...]          later nodes folded into it, in order (add, hardtanh,
+                                          rprelu for the engine; a pooling or add for C)
+      inputs     tuple[int, ...]          tensors read: the anchor's inputs, then the residual
+      output     int                      the tensor written: the last fused node's, or node
+      residual   int | None               the add's other operand, when an add is fused
+
+    Encoding                              (storage of one binary conv's bits)
+      kind       str                      "gap8", "idx8", "idx16", "idx32" or "packed"
+      data       ndarray                  the gap stream, tap indices, or packed bytes (LSB first)
+      starts     ndarray | None           per output channel + 1: starts into data (sparse)
+      nbytes     int                      data + starts, as stored
+
+The passes:
+
+* :func:`fold_affine_linear`: a flat ``affine`` (BatchNorm1d) read only by a ``linear`` folds
+  into it. It is not bit-exact (one rounding instead of two), so only the C backend runs it;
+  the native engine runs the graph unfolded (the floor there: bit-identical outputs).
+  BatchNorm2d is already folded by the tracer (into ``sbconv2d``'s ``eta``/``xi``/``bias`` or an
+  ``affine``), so there is nothing more to fold on the graph today.
+* :func:`fuse_epilogues`: the native engine's fusion (a binary conv with the residual add and
+  the hardtanh or RPReLU after it; a float conv with the hardtanh after it).
+* :func:`fuse_pool_residual`: the C backend's fusion (a conv with the pooling, or the residual
+  add, that is its only reader) and :func:`binary_maps` (a conv output read only by binary convs
+  that binarise alike is stored as their int8 map).
+* :func:`choose_encoding`: the per-layer weight storage (gaps, indices or packed bits, the
+  smallest unless forced).
+* :func:`lifetimes` and :func:`place`: each tensor's first and last step, and the arena offsets
+  (greedy by size: each buffer at the lowest offset free over its lifetime).
+
+Which op each rule matches is said here once, in the ``_FUSE_*`` sets below; the op table
+(:mod:`sbnn_runtime.ops`) holds what each op means and how each backend lowers it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sbnn_runtime.ops import Graph, Node, infer_shapes
+
+__all__ = ["Step", "Encoding", "Buffer", "Plan", "readers", "live_nodes", "unfused_steps",
+           "fold_affine_linear", "fuse_epilogues", "fuse_pool_residual", "binary_maps",
+           "choose_encoding", "choose_encodings", "lifetimes", "place", "plan_buffers", "plan",
+           "ENCODINGS", "BINARY_FORMATS", "TARGETS"]
+
+Shape = tuple[int, ...]
+
+ENCODINGS = ("gap8", "idx8", "idx16", "idx32", "packed")
+BINARY_FORMATS = ("auto", "sparse", "packed")
+TARGETS = ("native", "c")
+
+# The ops each fusion rule matches (the only place outside the op table and the tracer that
+# names them).
+_CONV = "conv2d"
+_BCONV = "sbconv2d"
+_ADD = "add"
+_CLAMP = "hardtanh"
+_RPRELU = "rprelu"
+_POOLS = ("maxpool", "avgpool")
+_AFFINE, _LINEAR = "affine", "linear"
+
+
+# -- the data -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel call: node ``node``'s op with the nodes in ``fused`` done in its epilogue."""
+
+    node: int
+    fused: tuple[int, ...] = ()
+    inputs: tuple[int, ...] = ()
+    output: int = -1
+    residual: int | None = None
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        """The nodes this step computes: the anchor, then the fused ones."""
+        return (self.node, *self.fused)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one binary conv's bits are stored (see the module docstring)."""
+
+    kind: str
+    data: np.ndarray
+    starts: np.ndarray | None
+    data_bytes: int        # bytes per element of data (1 for gaps and packed bits)
+    start_bytes: int       # bytes per element of starts (0 when packed)
+    nbytes: int            # what this encoding stores
+    sparse_bytes: int      # the smaller sparse encoding's size
+    packed_bytes: int      # the packed encoding's size
+    ones: int              # 1-bits in the layer
+    max_ones: int          # the most 1-bits of one output channel
+    zero_kernels: float    # fraction of (output, input) channel kernels with no 1-bit
+
+    @property
+    def format(self) -> str:
+        """``"sparse"`` or ``"packed"``."""
+        return "packed" if self.kind == "packed" else "sparse"
+
+
+@dataclass
+class Buffer:
+    """A tensor's memory: ``size`` cells (4 bytes, one image), alive from step ``start`` to step
+    ``end`` (both included), at ``offset`` cells into the arena once placed."""
+
+    size: int
+    start: int
+    end: int
+    offset: int = -1
+
+
+@dataclass
+class Plan:
+    """A graph ready to run; see the module docstring."""
+
+    graph: Graph
+    shapes: list[Shape]
+    steps: list[Step]
+    encodings: dict[int, Encoding] = field(default_factory=dict)
+    buffers: dict[int, Buffer] = field(default_factory=dict)
+    arena: int = 0
+
+    def groups(self) -> list[list[int]]:
+        """The nodes of each step that fuses something (what the native engine is told)."""
+        return [list(s.nodes) for s in self.steps if s.fused]
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+def readers(graph: Graph) -> dict[int, list[int]]:
+    """Per node, the nodes that read its output, in order (a node reading twice, twice)."""
+    out: dict[int, list[int]] = {}
+    for i, nd in enumerate(graph.nodes):
+        for j in nd.inputs:
+            out.setdefault(j, []).append(i)
+    return out
+
+
+def live_nodes(graph: Graph) -> list[int]:
+    """The nodes after the input that the output depends on, in order."""
+    need = {graph.output}
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        if i in need:
+            need.update(graph.nodes[i].inputs)
+    return [i for i in range(1, len(graph.nodes)) if i in need]
+
+
+def unfused_steps(graph: Graph, order: list[int] | None = None) -> list[Step]:
+    """One step per node (all nodes after the input, or those in ``order``)."""
+    order = range(1, len(graph.nodes)) if order is None else order
+    return [Step(i, (), tuple(graph.nodes[i].inputs), i) for i in order]
+
+
+def _is_binary_conv(nd: Node) -> bool:
+    return nd.op == _BCONV and bool(nd.attrs["binary_input"])
+
+
+def _is_float_conv(nd: Node) -> bool:
+    # an sbconv2d on real inputs runs as a float conv with its dequantized weight
+    return nd.op == _CONV or (nd.op == _BCONV and not nd.attrs["binary_input"])
+
+
+# -- folding ----------------------------------------------------------------------------------
+
+def fold_affine_linear(graph: Graph, shapes: list[Shape] | None = None) -> Graph:
+    """A flat ``affine`` (BatchNorm1d) read only by a ``linear`` folds into it:
+    ``W (s x + t) + b = (W s) x + (W t + b)`` (float64, then float32). The affine node is left
+    in place, dead (no reader), so node numbers stay; backends run only :func:`live_nodes`.
+    Not bit-exact, so the native engine does not run it."""
+    shapes = infer_shapes(graph) if shapes is None else shapes
+    rd = readers(graph)
+    nodes = list(graph.nodes)
+    for i, nd in enumerate(graph.nodes):
+        if nd.op != _LINEAR:
+            continue
+        a = nd.inputs[0]
+        src = graph.nodes[a]
+        if src.op != _AFFINE or len(shapes[a]) != 1 or rd[a] != [i] or a == graph.output:
+            continue
+        w = nd.params["weight"].astype(np.float64)
+        scale = src.params["scale"].astype(np.float64)
+        shift = src.params["shift"].astype(np.float64)
+        b = nd.params["bias"].astype(np.float64) if "bias" in nd.params else 0.0
+        params = {"weight": (w * scale[None, :]).astype(np.float32),
+                  "bias": (b + w @ shift).astype(np.float32)}
+        nodes[i] = Node(_LINEAR, [src.inputs[0]], dict(nd.attrs), params,
+                        f"{src.name}+{nd.name}")
+    return Graph(nodes, graph.output, graph.metadata)
+
+
+# -- fusion -----------------------------------------------------------------------------------
+
+def fuse_epilogues(graph: Graph) -> list[Step]:
+    """The native engine's fusion, over every node after the input.
+
+    A binary conv whose output is read only by an ``add`` (a residual; not the graph output),
+    and whose sum (or its own output) is read only by a ``hardtanh`` or else an ``rprelu``,
+    becomes one step at the place of the last of them: its epilogue adds the add's other
+    operand and applies the activation. A float conv (``conv2d``, or ``sbconv2d`` on real
+    inputs) read only by a ``hardtanh`` clamps in its epilogue. A fused step's inputs are all
+    produced before its place, so the order stays valid.
+    """
+    nodes = graph.nodes
+    n = len(nodes)
+    ncons = [0] * n
+    consumer = [-1] * n
+    for i, nd in enumerate(nodes):
+        for t in nd.inputs:
+            ncons[t] += 1
+            consumer[t] = i
+    ncons[graph.output] += 1  # the output is read by the caller
+    removed = [False] * n
+    at: dict[int, Step] = {}
+
+    def sole(t: int, op: str) -> int:
+        c = consumer[t]
+        return c if ncons[t] == 1 and c >= 0 and not removed[c] and nodes[c].op == op else -1
+
+    for i in range(1, n):
+        if removed[i]:
+            continue
+        nd = nodes[i]
+        fused: list[int] = []
+        res = None
+        if _is_binary_conv(nd):
+            t = i
+            a = sole(t, _ADD)
+            if a >= 0:
+                u, v = nodes[a].inputs
+                other = v if u == t else u
+                if other != t:
+                    res, t = other, a
+                    fused.append(a)
+            h = sole(t, _CLAMP)
+            if h >= 0:
+                fused.append(h)
+                t = h
+            else:
+                r = sole(t, _RPRELU)
+                if r >= 0:
+                    fused.append(r)
+        elif _is_float_conv(nd):
+            h = sole(i, _CLAMP)
+            if h >= 0:
+                fused.append(h)
+        for j in fused:
+            removed[j] = True
+        out = fused[-1] if fused else i
+        ins = tuple(nd.inputs) + ((res,) if res is not None else ())
+        at[out] = Step(i, tuple(fused), ins, out, res)
+    return [at[k] for k in sorted(at)]
+
+
+def fuse_pool_residual(graph: Graph, order: list[int] | None = None) -> list[Step]:
+    """The C backend's fusion, over ``order`` (default: :func:`live_nodes`).
+
+    A conv (float or binary) whose only reader is a pooling runs it channel by channel through
+    one plane, and its full output never exists. Otherwise a conv whose only reader is an
+    ``add`` of an earlier tensor ``r`` adds ``r`` channel by channel (``residual = r``). The graph
+    output is never fused away. A fused step sits at its conv's place.
+    """
+    g = graph
+    order = live_nodes(g) if order is None else order
+    users: dict[int, list[int]] = {}
+    for i in order:
+        for j in g.nodes[i].inputs:
+            users.setdefault(j, []).append(i)
+    conv = (_CONV, _BCONV)
+    fused: dict[int, int] = {}
+    resid: dict[int, int] = {}
+    for i in order:
+        rd = users.get(i, [])
+        if g.nodes[i].op in conv and i != g.output and len(rd) == 1 and \
+                g.nodes[rd[0]].op in _POOLS:
+            fused[i] = rd[0]
+    for i in order:
+        rd = users.get(i, [])
+        if g.nodes[i].op not in conv or i in fused or i == g.output or len(rd) != 1 or \
+                g.nodes[rd[0]].op != _ADD:
+            continue
+        a, (u, v) = rd[0], g.nodes[rd[0]].inputs
+        r = v if u == i else u
+        if r != i and r < i:
+            fused[i], resid[i] = a, r
+    into = set(fused.values())
+    steps = []
+    for i in order:
+        if i in into:
+            continue
+        nd = g.nodes[i]
+        if i in fused:
+            r = resid.get(i)
+            ins = tuple(nd.inputs) + ((r,) if r is not None else ())
+            steps.append(Step(i, (fused[i],), ins, fused[i], r))
+        else:
+            steps.append(Step(i, (), tuple(nd.inputs), i))
+    return steps
+
+
+def binary_maps(graph: Graph, steps: list[Step]) -> dict[int, tuple[np.ndarray | None, int]]:
+    """Conv outputs (after their fused pooling or add) whose every reader is a binary conv on
+    binary inputs with the same thresholds and padding: ``{tensor: (thr, pad)}``. A backend may
+    store such a tensor as the readers' +-1 map (padded by ``pad``) instead of floats."""
+    g = graph
+    users: dict[int, list[int]] = {}
+    for s in steps:
+        for n in s.nodes:  # fused nodes read tensors too (an add its residual)
+            for j in g.nodes[n].inputs:
+                users.setdefault(j, []).append(n)
+    out: dict[int, tuple[np.ndarray | None, int]] = {}
+    for s in steps:
+        t = s.output
+        rd = users.get(t, [])
+        if g.nodes[s.node].op not in (_CONV, _BCONV) or t == g.output or not rd or \
+                not all(_is_binary_conv(g.nodes[r]) for r in rd):
+            continue
+        thr = [g.nodes[r].params.get("thr") for r in rd]
+        pads = {g.nodes[r].attrs["padding"] for r in rd}
+        same = all((a is None and thr[0] is None) or (a is not None and thr[0] is not None
+                                                      and np.array_equal(a, thr[0]))
+                   for a in thr)
+        if same and len(pads) == 1:
+            out[t] = (thr[0], pads.pop())
+    return out
+
+
+# -- weight encodings -------------------------------------------------------------------------
+
+def _uint_bytes(max_value: int) -> int:
+    for nbytes in (1, 2, 4):
+        if max_value < 1 << (8 * nbytes):
+            return nbytes
+    raise ValueError(f"value {max_value} does not fit 32 bits")
+
+
+def choose_encoding(bits: np.ndarray, binary_format: str = "auto") -> Encoding:
+    """The storage of one binary conv's 0/1 weights ``(co, ci, kh, kw)``.
+
+    Sparse encodings list each output channel's 1-bits, with a start per channel (so an
+    all-zero kernel costs nothing): as one-byte *gaps* (the 0-bits before each 1-bit; 255 means
+    "255 more, read on") or as tap *indices* ``ci*kh*kw + ky*kw + kx`` in the narrowest unsigned
+    type. ``packed``: the bits in C order, 8 a byte, LSB first. ``binary_format="auto"`` takes
+    the smaller of the two sparse ones if it is no larger than packed; ``"sparse"`` /
+    ``"packed"`` force the kind.
+    """
+    if binary_format not in BINARY_FORMATS:
+        raise ValueError(f"binary_format must be one of {BINARY_FORMATS}, got {binary_format!r}")
+    co = bits.shape[0]
+    rows = bits.reshape(co, -1).astype(bool)
+    n_taps = rows.shape[1]
+    ch, tap = np.nonzero(rows)  # row-major: taps ascending within each channel
+    ones = int(tap.size)
+    per_ch = rows.sum(1)
+    idx_b = _uint_bytes(max(n_taps - 1, 0))
+    start_b = _uint_bytes(ones)
+    index_bytes = ones * idx_b + (co + 1) * start_b
+    prev = np.where(np.r_[True, ch[1:] != ch[:-1]], -1, np.r_[-1, tap[:-1]])
+    gap = tap - prev - 1
+    nbytes = gap // 255 + 1
+    gstream = np.full(int(nbytes.sum()), 255, np.int64)
+    gstream[np.cumsum(nbytes) - 1] = gap % 255
+    gper_ch = np.bincount(ch, weights=nbytes, minlength=co).astype(np.int64)
+    gstart_b = _uint_bytes(gstream.size)
+    gap_bytes = gstream.size + (co + 1) * gstart_b
+    sparse_bytes = min(index_bytes, gap_bytes)
+    packed_bytes = (bits.size + 7) // 8
+    fmt = binary_format if binary_format != "auto" else (
+        "sparse" if sparse_bytes <= packed_bytes else "packed")
+    common = dict(sparse_bytes=int(sparse_bytes), packed_bytes=int(packed_bytes), ones=ones,
+                  max_ones=int(per_ch.max()) if co else 0,
+                  zero_kernels=float((bits.reshape(co * bits.shape[1], -1).max(1) == 0).mean())
+                  if bits.size else 0.0)
+    if fmt == "sparse" and gap_bytes < index_bytes:
+        starts = np.concatenate([[0], np.cumsum(gper_ch)]).astype(np.int64)
+        return Encoding("gap8", gstream, starts, 1, gstart_b, int(gap_bytes), **common)
+    if fmt == "sparse":
+        starts = np.concatenate([[0], np.cumsum(per_ch)]).astype(np.int64)
+        return Encoding(f"idx{8 * idx_b}", tap.astype(np.int64), starts, idx_b, start_b,
+                        int(index_bytes), **common)
+    packed = np.packbits(bits.reshape(-1).astype(np.uint8), bitorder="little")
+    return Encoding("packed", packed, None, 1, 0, int(packed_bytes), **common)
+
+
+def choose_encodings(graph: Graph, binary_format: str = "auto",
+                     order: list[int] | None = None) -> dict[int, Encoding]:
+    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones)."""
+    order = live_nodes(graph) if order is None else order
+    return {i: choose_encoding(graph.nodes[i].params["bits"], binary_format)
+            for i in order if graph.nodes[i].op == _BCONV}
+
+
+# -- lifetimes and the arena ------------------------------------------------------------------
+
+def lifetimes(graph: Graph, steps: list[Step]) -> dict[int, tuple[int, int]]:
+    """Per tensor a step writes: ``(first step, last step reading it)``; the graph output lives
+    to one past the last step (the caller reads it)."""
+    out: dict[int, tuple[int, int]] = {}
+    for k, s in enumerate(steps):
+        out[s.output] = (k, k)
+    for k, s in enumerate(steps):
+        for t in s.inputs:
+            if t in out:
+                out[t] = (out[t][0], max(out[t][1], k))
+    if graph.output in out:
+        out[graph.output] = (out[graph.output][0], len(steps))
+    return out
+
+
+def place(bufs: list[Buffer]) -> int:
+    """Greedy by size: each buffer (largest first, then earliest) at the lowest offset free over
+    its lifetime; sets ``offset`` and returns the arena size in cells."""
+    alive: dict[int, list[Buffer]] = {}  # step -> the placed buffers alive there
+    for b in sorted(bufs, key=lambda b: (-b.size, b.start)):
+        steps = range(b.start, b.end + 1)
+        near = {id(p): p for t in steps for p in alive.get(t, ())}  # lifetimes that meet b's
+        busy = sorted((p.offset, p.offset + p.size) for p in near.values())
+        off = 0
+        for lo, hi in busy:
+            if off + b.size <= lo:
+                break
+            off = max(off, hi)
+        b.offset = off
+        for t in steps:
+            alive.setdefault(t, []).append(b)
+    return max((b.offset + b.size for b in bufs), default=0)
+
+
+def plan_buffers(graph: Graph, steps: list[Step],
+                 shapes: list[Shape] | None = None) -> tuple[dict[int, Buffer], int]:
+    """A buffer per tensor a step writes (float32 cells of one image), placed by :func:`place`:
+    ``({tensor: Buffer}, arena cells)``. Tensors alive at once never overlap, and a step's
+    inputs and output never share cells."""
+    shapes = infer_shapes(graph) if shapes is None else shapes
+    bufs = {t: Buffer(int(np.prod(shapes[t])), a, b)
+            for t, (a, b) in lifetimes(graph, steps).items()}
+    return bufs, place(list(bufs.values()))
+
+
+# -- all together -----------------------------------------------------------------------------
+
+def plan(graph: Graph, target: str = "native", *, fuse: bool = True,
+         binary_format: str = "auto", memory: bool = True) -> Plan:
+    """The :class:`Plan` of ``graph`` for a backend.
+
+    ``"native"``: every node, no folding, :func:`fuse_epilogues` (when ``fuse``), no encodings
+    (the engine keeps its own sparse and dense layers). ``"c"``: :func:`fold_affine_linear`,
+    the live nodes, :func:`fuse_pool_residual` (when ``fuse``) and :func:`choose_encodings`.
+    Both get :func:`plan_buffers` unless ``memory=False`` (then ``buffers`` is empty and
+    ``arena`` 0: the placement is quadratic in the number of tensors, and the native engine,
+    which keeps its own buffers, does not need it).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    shapes = infer_shapes(graph)
+    encodings: dict[int, Encoding] = {}
+    if target == "native":
+        steps = fuse_epilogues(graph) if fuse else unfused_steps(graph)
+    else:
+        graph = fold_affine_linear(graph, shapes)
+        order = live_nodes(graph)
+        steps = fuse_pool_residual(graph, order) if fuse else unfused_steps(graph, order)
+        encodings = choose_encodings(graph, binary_format, order)
+    bufs, arena = plan_buffers(graph, steps, shapes) if memory else ({}, 0)
+    return Plan(graph, shapes, steps, encodings, bufs, arena)

@@ -1,0 +1,105 @@
+"""``sbnn export``: a run folder or checkpoint to a ``.sbnn`` file (and ONNX, C99)."""
+
+from __future__ import annotations
+
+from sbnn.cli.common import add_out
+
+__all__ = ["add_parser", "run", "input_shape_of"]
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a trained model as a .sbnn file (and optionally ONNX, C99)",
+        description="Export RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint to a "
+                    "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
+                    "entropy-coded.")
+    p.add_argument("path", help="run folder or .pt checkpoint")
+    add_out(p, "output .sbnn file (one of -o and --c is required)", dest="output",
+            extra=("--output",))
+    p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
+    p.add_argument("--c", metavar="DIR", dest="c_dir",
+                   help="also write a dependency-free C99 translation to DIR/model.c and "
+                        "DIR/model.h (for microcontrollers; see docs/DEPLOY.md)")
+    p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
+    p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing the exported graph with the PyTorch model")
+    p.set_defaults(func=run)
+
+
+def input_shape_of(ckpt: dict, text: str | None) -> tuple[int, int, int]:
+    """``--input-shape`` if given, else the shape of one sample of the checkpoint's dataset;
+    a ValueError says which to pass."""
+    from sbnn.deploy.export import parse_shape
+    from sbnn.pipeline.data import DATASET_SHAPES
+
+    if text:
+        return parse_shape(text)
+    dataset = (ckpt.get("config") or {}).get("data", {}).get("name")
+    if dataset not in DATASET_SHAPES:
+        raise ValueError(f"unknown input size for dataset {dataset!r}; pass --input-shape C,H,W")
+    return (int(ckpt.get("in_chans", DATASET_SHAPES[dataset][0])), *DATASET_SHAPES[dataset][1:])
+
+
+def run(args) -> int:
+    import os
+    import sys
+    import tempfile
+
+    from sbnn import __version__
+    from sbnn.deploy.cexport import CExportError, export_c, format_summary
+    from sbnn.deploy.export import ExportError, export
+    from sbnn.pipeline.runs import load_checkpoint, load_model
+    from sbnn_runtime.fileformat import SBNNFormatError
+    from sbnn_runtime.summary import format_summary as format_model
+    from sbnn_runtime.summary import summarize
+
+    def fail(msg) -> int:
+        print(f"sbnn export: error: {msg}", file=sys.stderr)
+        return 2
+
+    if not args.output and not args.c_dir:
+        return fail("give -o FILE.sbnn and/or --c DIR")
+    which = "best" if args.best else "last"
+    ckpt = load_checkpoint(args.path, which)
+    model = load_model(args.path, which)
+    cfg = ckpt.get("config", {})
+    try:
+        shape = input_shape_of(ckpt, args.input_shape)
+    except ValueError as exc:
+        return fail(exc)
+    meta = {"model": cfg.get("model", {}).get("name"), "model_kwargs":
+            cfg.get("model", {}).get("kwargs", {}), "dataset": cfg.get("data", {}).get("name"),
+            "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
+            "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
+    targets = [t for t in (args.output, args.onnx, args.c_dir) if t]
+    for target in targets:
+        folder = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(folder):
+            return fail(f"the folder of '{target}' does not exist")
+    # a failed export leaves neither file behind (an older file of the same name stays)
+    existed = {t: os.path.exists(t) for t in [args.output, args.onnx] if t}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
+            graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
+                           metadata=meta, onnx_path=args.onnx, check=not args.no_check)
+        cmodel = export_c(graph, args.c_dir) if args.c_dir else None
+    except BaseException as exc:
+        for t, was in existed.items():
+            if not was and os.path.exists(t):
+                os.unlink(t)
+        if isinstance(exc, (ExportError, SBNNFormatError, CExportError, OSError)):
+            return fail(exc)
+        raise
+    # the one summary (as `sbnn summary FILE` and `python -m sbnn_runtime summary FILE` print)
+    print(format_model(summarize(args.output) if args.output else summarize(graph),
+                       title=args.output or ""))
+    if args.output:
+        size = os.path.getsize(args.output)
+        print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
+              + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
+                 if args.onnx else ""))
+    if cmodel is not None:
+        print(format_summary(cmodel))
+        print(f"wrote {os.path.join(args.c_dir, 'model.c')} and model.h")
+    return 0
