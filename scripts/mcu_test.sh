@@ -59,22 +59,32 @@ else
 fi
 
 cpu=(-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16)
+# -flto: the kernels are compiled apart from the model; link-time optimisation lets the
+# layer shapes (constants of the model) propagate into them again, as in one file
 cflags=(-std=c99 -Os -Wall -Wextra -Werror -Wdouble-promotion -ffunction-sections
-        -fdata-sections "${cpu[@]}")
-# the model alone, strict: what goes into a user's firmware
-step arm-none-eabi-gcc "${cflags[@]}" -c "$out/c/model.c" -o "$out/model.o"
-# the same with the per-layer profiling hook, for the firmware that runs under qemu
+        -fdata-sections -flto -ffat-lto-objects "${cpu[@]}")
+# the model and its kernels, strict: what goes into a user's firmware
+objs=()
+for src in "$out"/c/*.c; do
+    step arm-none-eabi-gcc "${cflags[@]}" -c "$src" -o "$out/$(basename "${src%.c}").o"
+    [ "$(basename "$src")" = model.c ] || objs+=("$out/$(basename "${src%.c}").o")
+done
+# the model with the per-layer profiling hook, for the firmware that runs under qemu
 step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE \
     -c "$out/c/model.c" -o "$out/model_prof.o"
 step arm-none-eabi-gcc "${cflags[@]}" -DSBNN_PROFILE -I "$out/c" -I "$here/mcu" -c "$here/mcu/main.c" \
     -o "$out/main.o"
 step arm-none-eabi-gcc "${cflags[@]}" -I "$here/mcu" -c "$here/mcu/startup.c" -o "$out/startup.o"
-step arm-none-eabi-gcc "${cpu[@]}" -nostartfiles --specs=nano.specs --specs=nosys.specs \
+step arm-none-eabi-gcc "${cpu[@]}" -Os -flto -nostartfiles --specs=nano.specs --specs=nosys.specs \
     -T "$here/mcu/linker.ld" -Wl,--gc-sections -Wl,-Map="$out/fw.map" \
-    "$out/startup.o" "$out/main.o" "$out/model_prof.o" -lm -o "$out/fw.elf"
+    "$out/startup.o" "$out/main.o" "$out/model_prof.o" "${objs[@]}" -lm -o "$out/fw.elf"
+# the model alone as it lands in flash: model.o and the kernels it calls (unused kernels
+# dropped by --gc-sections; libc's memset, if the compiler called it, not counted)
+step arm-none-eabi-gcc "${cpu[@]}" -Os -flto -nostdlib -nostartfiles -Wl,--gc-sections -Wl,-e,sbnn_run \
+    -Wl,--unresolved-symbols=ignore-all "$out/model.o" "${objs[@]}" -o "$out/model_only.elf"
 
-echo "--- arm-none-eabi-size (model.o: the model alone; fw.elf: with the test harness)"
-step arm-none-eabi-size "$out/model.o" "$out/fw.elf"
+echo "--- arm-none-eabi-size (model.o: the model's constants and calls; model_only.elf: with the kernels it calls; fw.elf: with the test harness)"
+step arm-none-eabi-size "$out/model.o" "$out/model_only.elf" "$out/fw.elf"
 
 echo "--- qemu"
 t_q=$(date +%s)
@@ -86,9 +96,9 @@ grep -q "mcu: images $n_images " "$out/qemu.log" || { echo "mcu_test: firmware d
 echo "--- logits"
 step "$python" "$here/mcu/mcu_check.py" compare "$out"
 
-read -r m_text m_data m_bss _ < <(arm-none-eabi-size "$out/model.o" | awk 'NR==2')
+read -r m_text m_data m_bss _ < <(arm-none-eabi-size "$out/model_only.elf" | awk 'NR==2')
 stack=$(sed -n 's/.*stack_bytes \([0-9]*\) .*/\1/p' "$out/qemu.log")
-echo "--- model on Cortex-M4F (-Os), from arm-none-eabi-size of model.o"
+echo "--- model on Cortex-M4F (-Os -flto), from arm-none-eabi-size of model_only.elf (model.o + the kernels it calls)"
 echo "flash  $((m_text + m_data)) B  (text+rodata $m_text, data $m_data)"
 echo "RAM    $((m_data + m_bss + stack)) B  (arena+scratch bss $m_bss, data $m_data, stack $stack measured under qemu, harness included)"
 ticks=$(sed -n 's/.*systick_ticks \([0-9]*\) .*/\1/p' "$out/qemu.log")

@@ -1,4 +1,4 @@
-"""The C99 export (sbnn.deploy.cexport) compiled with the host's C compilers gives the engine's
+"""The C99 export (sbnn_runtime.lower_c) compiled with the host's C compilers gives the engine's
 outputs: registry models, a user-built model, every op, both weight formats, odd shapes."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torch import nn
 
 import sbnn
 from sbnn import models
-from sbnn.deploy.cexport import CExportError, export_c, generate_c
 from sbnn.deploy.export import to_graph
 from sbnn_runtime.engine import Engine
+from sbnn_runtime.lower_c import CExportError, export_c, generate_c
 from sbnn_runtime.ops import Graph, Node, reference_forward
 from test_export import randomize_, safe_inputs, sparsify_
 
@@ -69,20 +69,31 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
+def compile_objects(folder: Path, cc: str, extra: tuple[str, ...] = (),
+                    sources=None) -> list[str]:
+    """Every C file of an export (the model and the kernels) alone under the strict flags."""
+    objs = []
+    for src in sources or sorted(folder.glob("*.c")):
+        if src.name == "main.c":
+            continue
+        obj = folder / f"{src.stem}_{cc}.o"
+        subprocess.run([cc, *CFLAGS, *extra, "-c", str(src), "-o", str(obj)], check=True,
+                       capture_output=True, text=True)
+        objs.append(str(obj))
+    return objs
+
+
 def build(folder: Path, cc: str, extra: tuple[str, ...] = ()) -> Path:
     (folder / "main.c").write_text(MAIN_C)
     exe = folder / f"run_{cc}"
-    # the model alone under the strict flags; the test main may use stdio
-    subprocess.run([cc, *CFLAGS, *extra, "-c", str(folder / "model.c"), "-o",
-                    str(folder / f"m_{cc}.o")], check=True, capture_output=True, text=True)
+    objs = compile_objects(folder, cc, extra)  # the test main may use stdio
     subprocess.run([cc, "-std=c99", "-O2", *extra, "-I", str(folder), str(folder / "main.c"),
-                    str(folder / f"m_{cc}.o"), "-lm", "-o", str(exe)],
-                   check=True, capture_output=True, text=True)
+                    *objs, "-lm", "-o", str(exe)], check=True, capture_output=True, text=True)
     return exe
 
 
 def run_c(graph: Graph, x: np.ndarray, folder: Path, binary_format: str = "auto",
-          extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+          extra: tuple[str, ...] = (), compilers=None) -> dict[str, np.ndarray]:
     """Export, compile with every compiler, run on ``x`` (N, C, H, W); outputs per compiler."""
     folder.mkdir(parents=True, exist_ok=True)
     cm = export_c(graph, folder, binary_format)
@@ -90,7 +101,7 @@ def run_c(graph: Graph, x: np.ndarray, folder: Path, binary_format: str = "auto"
     assert cm.input_size == x[0].size
     (folder / "in.bin").write_bytes(x.tobytes())
     outs = {}
-    for cc in COMPILERS:
+    for cc in compilers or COMPILERS:
         try:
             exe = build(folder, cc, extra)
         except subprocess.CalledProcessError as exc:
@@ -331,7 +342,7 @@ def test_residual_add_fused(kind, tmp_path):
     cm = generate_c(graph)
     assert "fused into node 2" in cm.model_c
     call = next(ln for ln in cm.model_c.splitlines() if "&E2)" in ln)
-    ptrs = re.findall(r"\(sbnn_arena \+ \d+\)", call)
+    ptrs = re.findall(r"\(A \+ \d+\)", call)
     y, res = ptrs[1], ptrs[-1]
     assert (y == res) == (kind == "sbconv_bin"), call
     x = far_inputs(graph, rng)
@@ -368,23 +379,26 @@ SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g")
 def test_under_sanitizers(fmt, tmp_path):
     # ASan's redzones around every global catch a kernel reading past a weight array or the
     # arena; UBSan catches overflowing index arithmetic and bad shifts
-    probe = subprocess.run(["gcc", "-fsanitize=address,undefined", "-x", "c", "-", "-o",
-                            str(tmp_path / "probe")], input="int main(void){return 0;}",
-                           capture_output=True, text=True)
-    if probe.returncode:
-        pytest.skip("gcc has no ASan/UBSan runtime here")
+    def links(cc):
+        return subprocess.run([cc, "-fsanitize=address,undefined", "-x", "c", "-", "-o",
+                               str(tmp_path / "probe")], input="int main(void){return 0;}",
+                              capture_output=True, text=True).returncode == 0
+
+    ccs = [cc for cc in COMPILERS if links(cc)]  # e.g. clang without its sanitizer runtime
+    if not ccs:
+        pytest.skip("no compiler here has an ASan/UBSan runtime")
     rng = np.random.default_rng(4)
     graph = op_graph(rng)
     x = far_inputs(graph, rng)
     want = Engine(graph, num_threads=1)(x)
-    for got in run_c(graph, x, tmp_path / "ops", fmt, SANITIZE).values():
+    for got in run_c(graph, x, tmp_path / "ops", fmt, SANITIZE, ccs).values():
         assert rel_err(got, want) < RTOL
     # fused pools, int8 maps between binary convs, residual adds over their inputs
     torch.manual_seed(0)
     for name, shape in (("fmnist_cnn", (1, 28, 28)), ("resnet18_irnet", (3, 8, 8))):
         graph, xt = prepared(models.create(name, num_classes=10, width=8), shape, n=1)
         want = Engine(graph, num_threads=1)(xt.numpy())
-        for got in run_c(graph, xt.numpy(), tmp_path / name, fmt, SANITIZE).values():
+        for got in run_c(graph, xt.numpy(), tmp_path / name, fmt, SANITIZE, ccs).values():
             assert rel_err(got, want) < RTOL
 
 
@@ -430,12 +444,18 @@ def test_no_libc_and_sizes_in_header(tmp_path):
     src = (tmp_path / "model.c").read_text()
     assert "malloc" not in src and "pthread" not in src
     includes = [ln for ln in src.splitlines() if ln.startswith("#include")]
-    assert includes == ["#include <math.h>", "#include <stdint.h>", '#include "model.h"']
+    assert includes == ["#include <math.h>", "#include <stdint.h>", '#include "sbnn_micro.h"',
+                        '#include "model.h"']
+    for k in tmp_path.glob("sbnn_*.c"):  # the kernels: their header and nothing else
+        assert [ln for ln in k.read_text().splitlines() if ln.startswith("#include")] == [
+            '#include "sbnn_micro.h"'], k.name
     hdr = (tmp_path / "model.h").read_text()
     assert "int sbnn_run(const float *input, float *output);" in hdr
+    assert "int sbnn_run_arena(const float *input, float *output, void *arena);" in hdr
     assert f"#define SBNN_INPUT_SIZE {28 * 28}" in hdr
     assert "#define SBNN_OUTPUT_SIZE 10" in hdr
     assert f"#define SBNN_ARENA_BYTES {cm.arena_bytes}" in hdr
+    assert f"#define SBNN_WEIGHT_BYTES {cm.const_bytes}" in hdr
     # placement hooks for the firmware's linker script
     obj_s = tmp_path / "s.o"
     subprocess.run([COMPILERS[0], *CFLAGS, "-DSBNN_ARENA_ATTR=__attribute__((section(\".myram\")))",
@@ -447,19 +467,19 @@ def test_no_libc_and_sizes_in_header(tmp_path):
     obj_p = tmp_path / "p.o"
     subprocess.run([COMPILERS[0], *CFLAGS, "-DSBNN_PROFILE", "-c", str(tmp_path / "model.c"),
                     "-o", str(obj_p)], check=True)
-    if shutil.which("nm"):
-        assert "sbnn_profile" in subprocess.run(["nm", "-u", str(obj_p)], capture_output=True,
-                                                text=True, check=True).stdout
-    cc = COMPILERS[0]
-    obj = tmp_path / "m.o"
-    subprocess.run([cc, *CFLAGS, "-ffreestanding", "-c", str(tmp_path / "model.c"), "-o",
-                    str(obj)], check=True)
     nm = shutil.which("nm")
     if nm:
-        undef = subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True,
-                               check=True).stdout.split()
-        # a compiler may turn a zeroing loop into memset; nothing else comes from outside
-        assert set(undef[1::2] if "U" in undef else undef) <= {"memset", "memcpy"}, undef
+        assert "sbnn_profile" in subprocess.run([nm, "-u", str(obj_p)], capture_output=True,
+                                                text=True, check=True).stdout
+    objs = compile_objects(tmp_path, COMPILERS[0], ("-ffreestanding",))
+    if nm:
+        for obj in objs:
+            undef = subprocess.run([nm, "-u", obj], capture_output=True, text=True,
+                                   check=True).stdout.split()
+            names = set(undef[1::2] if "U" in undef else undef)
+            # a compiler may turn a zeroing loop into memset; the rest are the kernels
+            assert {n for n in names if not n.startswith("sbnn_")} <= {"memset", "memcpy"}, \
+                (obj, names)
 
 
 def test_tiny_graphs(tmp_path):
@@ -498,10 +518,13 @@ def test_cli_export_c(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(run)]) == 2
     assert "--c DIR" in capsys.readouterr().err
+    assert main(["export", str(run), "--c", str(tmp_path / "bad"), "--name", "for"]) == 2
+    assert "--name" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     out = tmp_path / "c"
     assert main(["export", str(run), "--c", str(out)]) == 0
     text = capsys.readouterr().out
     assert "format" in text and (out / "model.c").is_file() and (out / "model.h").is_file()
+    assert (out / "sbnn_micro.h").is_file()
     graph = to_graph(load_model(run).eval(), (1, 28, 28))
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
     want = Engine(graph, num_threads=1)(x)
@@ -509,3 +532,42 @@ def test_cli_export_c(tmp_path, capsys):
     for got in run_c(graph, x, tmp_path / "run_c").values():
         assert rel_err(got, want) < 1e-3
         np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_cexport_shim_warns_and_forwards():
+    import importlib
+    import sys
+
+    import sbnn_runtime.lower_c as lower_c
+
+    sys.modules.pop("sbnn.deploy.cexport", None)
+    with pytest.warns(DeprecationWarning, match="sbnn_runtime.lower_c"):
+        shim = importlib.import_module("sbnn.deploy.cexport")
+    assert shim.export_c is lower_c.export_c and shim.generate_c is lower_c.generate_c
+    assert not hasattr(shim, "format_summary")
+
+
+def test_both_command_lines_write_the_same_files(tmp_path, capsys):
+    # sbnn export MODEL.sbnn --c DIR --name N and python -m sbnn_runtime c MODEL.sbnn DIR
+    # --name N: the same bytes, the same report; a .sbnn file exports to --c only
+    from sbnn.cli import main
+    from sbnn_runtime import fileformat
+    from sbnn_runtime.__main__ import main as rt_main
+
+    graph = op_graph(np.random.default_rng(3))
+    fileformat.save(graph, tmp_path / "m.sbnn")
+    assert main(["export", str(tmp_path / "m.sbnn"), "--c", str(tmp_path / "a"),
+                 "--name", "kws"]) == 0
+    out_a = capsys.readouterr().out
+    assert rt_main(["c", str(tmp_path / "m.sbnn"), str(tmp_path / "b"), "--name", "kws"]) == 0
+    out_b = capsys.readouterr().out
+    files_a = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    files_b = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    assert files_a == files_b and {"kws.c", "kws.h", "sbnn_micro.h"} <= set(files_a)
+    assert out_a.replace(str(tmp_path / "a"), "D") == out_b.replace(str(tmp_path / "b"), "D")
+    assert main(["export", str(tmp_path / "m.sbnn"), "-o", str(tmp_path / "x.sbnn")]) == 2
+    assert "--c DIR only" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "m.sbnn"), "--c", str(tmp_path / "c"),
+                 "--name", "static"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--name" in err and not (tmp_path / "c").exists()

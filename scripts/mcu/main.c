@@ -15,6 +15,8 @@ uint32_t stack_used(void);
 #define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
 
 static float x[SBNN_INPUT_SIZE], y[SBNN_OUTPUT_SIZE];
+/* odd images run in this caller-owned arena (sbnn_run_arena), even ones in the static one */
+static float arena[SBNN_ARENA_BYTES / 4];
 
 /* per-layer ticks: main.c and model.c are built with -DSBNN_PROFILE */
 #define MAX_NODES 512
@@ -35,6 +37,10 @@ int main(void)
         sh_puts("mcu: cannot open inputs.bin / logits.bin\n");
         return 2;
     }
+    if (sbnn_run_arena(x, y, (char *)arena + 2) != -2 || sbnn_run_arena(x, y, 0) != -1) {
+        sh_puts("mcu: sbnn_run_arena took a misaligned or NULL arena\n");
+        return 6;
+    }
     before = stack_used();
     SYST_RVR = 0xFFFFFFu;
     SYST_CVR = 0;
@@ -54,7 +60,7 @@ int main(void)
         }
         t0 = SYST_CVR;
         last_tick = t0;
-        if (sbnn_run(x, y) != 0) {
+        if ((n & 1u ? sbnn_run_arena(x, y, arena) : sbnn_run(x, y)) != 0) {
             sh_puts("mcu: sbnn_run failed\n");
             return 4;
         }

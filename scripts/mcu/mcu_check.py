@@ -62,19 +62,18 @@ def _model(run: str | None):
 
 
 def prepare(out: Path, run: str | None, n: int) -> int:
-    from sbnn.deploy.cexport import export_c, format_summary
     from sbnn.deploy.export import export
     from sbnn_runtime.engine import Engine
-    from sbnn_runtime.summary import format_summary as format_model
-    from sbnn_runtime.summary import summarize
+    from sbnn_runtime.lower_c import export_c, format_sizes
+    from sbnn_runtime.summary import format_summary, summarize
 
     out.mkdir(parents=True, exist_ok=True)
     model, what = _model(run)
     print(f"model: {what}")
     graph = export(model, out / "model.sbnn", (1, 28, 28), metadata={"model": "fmnist_cnn"})
-    print(format_model(summarize(out / "model.sbnn")))
     cm = export_c(graph, out / "c")
-    print(format_summary(cm))
+    print(format_summary(summarize(graph)))
+    print(format_sizes(cm))
     x, labels = _data(n, train=False)
     with torch.no_grad():
         torch_logits = model(x).numpy()
@@ -84,7 +83,7 @@ def prepare(out: Path, run: str | None, n: int) -> int:
     (out / "model.json").write_text(json.dumps({"model": what, "images": n,
                                                 "arena_bytes": cm.arena_bytes,
                                                 "weight_bytes": cm.const_bytes}))
-    print(f"wrote {out}/c/model.c, model.h, inputs.bin ({n} test images)")
+    print(f"wrote {out}/c/model.c, model.h, the kernels, inputs.bin ({n} test images)")
     return 0
 
 

@@ -5,9 +5,10 @@
 For each model (closed form at its ones fraction from random weights, as docs/DEPLOY.md makes
 them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05):
 
-* **sbnn**: ``sbnn.deploy.cexport`` (per layer the smallest of gaps, indices, packed bits),
-  compiled with ``arm-none-eabi-gcc -Os -mcpu=cortex-m4 -mfpu=fpv4-sp-d16``; flash = text
-  (+ rodata) + data of model.o, RAM = its bss (the arena and the offset scratch);
+* **sbnn**: ``sbnn_runtime.lower_c`` (per layer the smallest of gaps, indices, packed bits),
+  compiled with ``arm-none-eabi-gcc -Os -flto -mcpu=cortex-m4 -mfpu=fpv4-sp-d16``; flash = text
+  (+ rodata) + data of model.o linked with the kernels it calls (``--gc-sections``), RAM = its
+  bss (the arena: activations, scratch and decoded offsets);
 * **dense 1-bit BNN**: the same network with every binary layer bit-packed (what a dense BNN
   stores: 1 bit per weight), compiled the same way;
 * **fp32 float twin**: the registry's ``*_fp`` twin exported through the same generator: for
@@ -29,16 +30,29 @@ from pathlib import Path
 
 import torch
 
-CFLAGS = ["-std=c99", "-Os", "-Wall", "-Wextra", "-Werror", "-mcpu=cortex-m4", "-mthumb",
-          "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-ffunction-sections", "-fdata-sections"]
+CPU = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
+CFLAGS = ["-std=c99", "-Os", "-flto", "-Wall", "-Wextra", "-Werror", *CPU, "-ffunction-sections",
+          "-fdata-sections"]
 
 
 def arm_size(cm, tmp: Path) -> dict:
+    from sbnn_runtime.lower_c import kernel_files
+
     (tmp / "model.c").write_text(cm.model_c)
     (tmp / "model.h").write_text(cm.model_h)
-    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, "-c", str(tmp / "model.c"), "-o",
-                    str(tmp / "model.o")], check=True)
-    out = subprocess.run(["arm-none-eabi-size", str(tmp / "model.o")], check=True,
+    for name, data in kernel_files().items():
+        (tmp / name).write_bytes(data)
+    objs = []
+    for src in sorted(tmp.glob("*.c")):
+        objs.append(str(src.with_suffix(".o")))
+        subprocess.run(["arm-none-eabi-gcc", *CFLAGS, "-c", str(src), "-o", objs[-1]],
+                       check=True)
+    # the model and the kernels it calls, as they land in flash (libc's memset not counted)
+    elf = tmp / "model_only.elf"
+    subprocess.run(["arm-none-eabi-gcc", *CPU, "-Os", "-flto", "-nostdlib", "-nostartfiles",
+                    "-Wl,--gc-sections", "-Wl,-e,sbnn_run", "-Wl,--unresolved-symbols=ignore-all",
+                    *objs, "-o", str(elf)], check=True)
+    out = subprocess.run(["arm-none-eabi-size", str(elf)], check=True,
                          capture_output=True, text=True).stdout.splitlines()[1].split()
     text, data, bss = (int(v) for v in out[:3])
     return {"flash": text + data, "ram": bss, "text": text, "data": data, "bss": bss,
@@ -66,8 +80,8 @@ def weight_tensor_bytes(graph) -> int:
 
 
 def measure(name: str, code_fp: int | None) -> dict:
-    from sbnn.deploy.cexport import generate_c
     from sbnn.deploy.export import to_graph
+    from sbnn_runtime.lower_c import generate_c
 
     model, fp, shape = make(name)
     g, gfp = to_graph(model, shape), to_graph(fp, shape)

@@ -15,7 +15,10 @@ tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a no
   - ``lower_onnx(ctx, node, inputs, output)``: standard ONNX operators, written against a small
     builder (``ctx.node``, ``ctx.const``, ``ctx.chan``, ``ctx.tmp``; see
     :mod:`sbnn_runtime.lower_onnx`) so that this module never imports onnx;
-  - ``lower_c``: the C99 backend's lowering;
+  - ``lower_c(cnode)``: the C99 backend's lowering, one statement calling a kernel, written
+    against :class:`sbnn_runtime.lower_c.CNode` (pointers, shapes, constant emitters); the
+    kernels are the C files of ``runtime/csrc/micro``, or ``c_source``: C text (static
+    functions) that the model file then carries, for an op whose kernel is not among them;
 
   ``None`` for any of them: the op has no lowering there, and that backend refuses a graph
   that uses it, naming the op and the node;
@@ -153,6 +156,17 @@ class OpSpec:
     engine_bytes: Callable[[Node, list[Shape], Shape], int] | None = None
     bit_params: tuple[str, ...] = ()
     binary: Callable[[Node], bool] = lambda nd: False
+    c_source: str = ""
+    # what the C backend's memory plan needs to know of the op's C kernel:
+    c_alias: bool = False  # no code: the output is its input's memory (a reshape)
+    c_inplace: bool = False  # element-wise: may write its output over a dying input
+    # (node, input_shapes, output_shape, input_is_int8_map) -> {name: 4-byte cells} of scratch
+    c_scratch: Callable[[Node, list[Shape], Shape, bool], dict[str, int]] | None = None
+    # (node) -> the kernel reads all its input before writing: may write over it
+    c_input_first: Callable[[Node], bool] | None = None
+    # (node, output_shape) -> k, stride, pad, oh, ow, is_max, count_include_pad of an
+    # sbnn_epi: a pooling a conv may run channel by channel in its epilogue
+    c_epilogue: Callable[[Node, Shape], list[int]] | None = None
 
 
 OPS: dict[str, OpSpec] = {}
@@ -281,6 +295,16 @@ def _onnx_conv(ctx, nd: Node, ins: list[str], out: str, w: np.ndarray, x: str) -
              pads=[p] * 4)
 
 
+def _conv2d_c(cn) -> str:
+    # x: (ci, h, w) -> y: (co, oh, ow), through the fused epilogue when there is one
+    (ci, h, w), (co, oh, ow) = cn.ins[0], cn.out
+    kh, kw = cn.node.params["weight"].shape[2:]
+    A = cn.node.attrs
+    return (f"sbnn_conv2d({cn.x[0]}, {cn.y}, {cn.farr('w', cn.node.params['weight'])}, "
+            f"{cn.farr('b', cn.node.params.get('bias'))}, {ci}, {h}, {w}, {co}, {kh}, {kw}, "
+            f"{A['stride']}, {A['padding']}, {oh}, {ow}, {cn.epilogue()});")
+
+
 _register(OpSpec(
     "conv2d", 1, {"stride": _I, "padding": _I},
     {"weight": ("f32", True), "bias": ("f32", False)},
@@ -292,7 +316,7 @@ _register(OpSpec(
         src[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
         nd.attrs["padding"]),
     lower_onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
-    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work,
+    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work, lower_c=_conv2d_c,
     engine_bytes=_conv_engine_bytes,
 ))
 
@@ -331,15 +355,38 @@ def _sbconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
     _onnx_conv(ctx, nd, ins, out, kernels.dequantized_weight(P["bits"], P["eta"], P["xi"]), x)
 
 
+def _sbconv_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> dict[str, int]:
+    # the padded input planes (int8 when binarised, unless the producer wrote them) and the
+    # window sums with the channel-sum plane
+    ci, h, w = ins[0]
+    p = nd.attrs["padding"]
+    planes = ci * (h + 2 * p) * (w + 2 * p)
+    sc = {} if in_map else {"xp": (planes + 3) // 4 if nd.attrs["binary_input"] else planes}
+    sc["ws"] = out[1] * out[2] + (h + 2 * p) * (w + 2 * p)
+    return sc
+
+
+def _sbconv_c(cn) -> str:
+    layer = cn.sb_layer()  # its encoded weights and vectors
+    tail = f"{cn.scratch('ws')}, offs, {cn.epilogue()}"
+    if not cn.node.attrs["binary_input"]:
+        return f"sbnn_sbconv_real({layer}, {cn.x[0]}, {cn.y}, {cn.scratch('xp')}, {tail});"
+    if cn.in_map:  # the producer wrote the padded int8 map already
+        return f"sbnn_sbconv_bin({layer}, 0, {cn.y}, (int8_t *){cn.x[0]}, {tail});"
+    return (f"sbnn_sbconv_bin({layer}, {cn.x[0]}, {cn.y}, (int8_t *){cn.scratch('xp')}, "
+            f"{tail});")
+
+
 _register(OpSpec(
     "sbconv2d", 1, {"stride": _I, "padding": _I, "binary_input": _B},
     {"bits": ("u8", True), "eta": ("f32", True), "xi": ("f32", True), "bias": ("f32", True),
      "thr": ("f32", False)},
     shape=_conv_shape, reference=_sbconv_reference, lower_native=_sbconv_build,
     lower_onnx=_sbconv_onnx,
-    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work,
+    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work, lower_c=_sbconv_c,
     engine_bytes=_conv_engine_bytes,
     bit_params=("bits",), binary=lambda nd: bool(nd.attrs["binary_input"]),
+    c_scratch=_sbconv_c_scratch, c_input_first=lambda nd: nd.attrs["binary_input"],
 ))
 
 
@@ -374,6 +421,11 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.affine(src[0], nd.params["scale"],
                                                       nd.params["shift"]),
     lower_onnx=_affine_onnx, macs=_elementwise,
+    c_inplace=True,
+    lower_c=lambda cn: (f"sbnn_affine({cn.x[0]}, {cn.y}, "
+                        f"{cn.farr('scale', cn.node.params['scale'])}, "
+                        f"{cn.farr('shift', cn.node.params['shift'])}, {cn.out[0]}, "
+                        f"{math.prod(cn.out) // cn.out[0]});"),
 ))
 
 
@@ -393,6 +445,9 @@ _register(OpSpec(
         "Clip", [ins[0], ctx.const("lo", np.float32(nd.attrs["lo"])),
                  ctx.const("hi", np.float32(nd.attrs["hi"]))], [out]),
     macs=_elementwise,
+    c_inplace=True,
+    lower_c=lambda cn: (f"sbnn_hardtanh({cn.x[0]}, {cn.y}, {cn.flt(cn.node.attrs['lo'])}, "
+                  f"{cn.flt(cn.node.attrs['hi'])}, {math.prod(cn.out)});"),
 ))
 
 _register(OpSpec(
@@ -402,6 +457,8 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.relu(src[0]),
     lower_onnx=lambda ctx, nd, ins, out: ctx.node("Relu", ins, [out]),
     macs=_elementwise,
+    c_inplace=True,
+    lower_c=lambda cn: f"sbnn_relu({cn.x[0]}, {cn.y}, {math.prod(cn.out)});",
 ))
 
 
@@ -426,6 +483,10 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.rprelu(
         src[0], nd.params["shift_in"], nd.params["slope"], nd.params["shift_out"]),
     lower_onnx=_rprelu_onnx, macs=_elementwise,
+    c_inplace=True,
+    lower_c=lambda cn: "sbnn_rprelu({}, {}, {}, {}, {}, {}, {});".format(
+        cn.x[0], cn.y, *(cn.farr(k, cn.node.params[k]) for k in ("shift_in", "slope", "shift_out")),
+        cn.out[0], math.prod(cn.out) // cn.out[0]),
 ))
 
 
@@ -442,6 +503,8 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.add(src[0], src[1]),
     lower_onnx=lambda ctx, nd, ins, out: ctx.node("Add", ins, [out]),
     macs=_elementwise,
+    c_inplace=True,
+    lower_c=lambda cn: f"sbnn_add({cn.x[0]}, {cn.x[1]}, {cn.y}, {math.prod(cn.out)});",
 ))
 
 
@@ -497,6 +560,21 @@ def _maxpool_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
     return _pool_windows(x[0], A["k"], A["stride"], A["pad"], -np.inf).max(axis=(4, 5))
 
 
+def _pool_c(cn) -> str:
+    (c, h, w), A = cn.ins[0], cn.node.attrs
+    cip = int(bool(A.get("count_include_pad", True)))
+    return (f"sbnn_pool({cn.x[0]}, {cn.y}, {c}, {h}, {w}, {A['k']}, {A['stride']}, {A['pad']}, "
+            f"{cn.out[1]}, {cn.out[2]}, {int(cn.node.op == 'maxpool')}, {cip});")
+
+
+def _pool_c_epilogue(is_max: int):
+    def fields(nd: Node, out: Shape) -> list[int]:
+        A = nd.attrs
+        return [A["k"], A["stride"], A["pad"], out[1], out[2], is_max,
+                int(bool(A.get("count_include_pad", True)))]
+    return fields
+
+
 def _pool_onnx(op_type: str):
     def lower(ctx, nd: Node, ins: list[str], out: str) -> None:
         A = nd.attrs
@@ -513,7 +591,8 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.avgpool(
         src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"],
         nd.attrs["count_include_pad"]),
-    lower_onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work,
+    lower_onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
+    c_epilogue=_pool_c_epilogue(0),
 ))
 
 _register(OpSpec(
@@ -521,7 +600,8 @@ _register(OpSpec(
     shape=_pool_shape, reference=_maxpool_reference,
     lower_native=lambda eng, nd, src, opt: eng.maxpool(
         src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"]),
-    lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work,
+    lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
+    c_epilogue=_pool_c_epilogue(1),
 ))
 
 
@@ -536,6 +616,8 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.global_avgpool(src[0]),
     lower_onnx=lambda ctx, nd, ins, out: ctx.node("GlobalAveragePool", ins, [out]),
     macs=lambda nd, ins, out: int(np.prod(ins[0])),
+    lower_c=lambda cn: (f"sbnn_global_avgpool({cn.x[0]}, {cn.y}, {cn.ins[0][0]}, "
+                  f"{cn.ins[0][1] * cn.ins[0][2]});"),
 ))
 
 _register(OpSpec(
@@ -544,6 +626,7 @@ _register(OpSpec(
     reference=lambda nd, x: x[0].reshape(x[0].shape[0], -1),
     lower_native=lambda eng, nd, src, opt: eng.flatten(src[0]),
     lower_onnx=lambda ctx, nd, ins, out: ctx.node("Flatten", ins, [out], axis=1),
+    lower_c=lambda cn: "/* flatten: aliases its input */", c_alias=True,
 ))
 
 
@@ -577,6 +660,9 @@ _register(OpSpec(
         src[0], nd.params["weight"], nd.params.get("bias")),
     lower_onnx=_linear_onnx,
     macs=lambda nd, ins, out: int(nd.params["weight"].size),
+    lower_c=lambda cn: "sbnn_linear({}, {}, {}, {}, {}, {});".format(
+        cn.x[0], cn.y, cn.farr("w", cn.node.params["weight"]),
+        cn.farr("b", cn.node.params.get("bias")), *cn.node.params["weight"].shape),
 ))
 
 

@@ -1,4 +1,5 @@
-"""``sbnn export``: a run folder or checkpoint to a ``.sbnn`` file (and ONNX, C99)."""
+"""``sbnn export``: a run folder or checkpoint to a ``.sbnn`` file (and ONNX, C99); a ``.sbnn``
+file to C99 (``--c DIR [--name N]``, as ``python -m sbnn_runtime c`` writes it)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ def add_parser(subparsers) -> None:
         description="Export RUN_DIR (its last.pt, or best.pt with --best) or a checkpoint to a "
                     "compact .sbnn file for sbnn.engine, BatchNorm folded, sparse bits "
                     "entropy-coded.")
-    p.add_argument("path", help="run folder or .pt checkpoint")
+    p.add_argument("path", help="run folder, .pt checkpoint, or a .sbnn file (with --c only)")
     add_out(p, "output .sbnn file (one of -o and --c is required)", dest="output",
             extra=("--output",))
     p.add_argument("--onnx", help="also write a standard-ops ONNX graph to this file")
     p.add_argument("--c", metavar="DIR", dest="c_dir",
                    help="also write a dependency-free C99 translation to DIR/model.c and "
-                        "DIR/model.h (for microcontrollers; see docs/DEPLOY.md)")
+                        "DIR/model.h and its kernels (for microcontrollers; see docs/DEPLOY.md)")
+    p.add_argument("--name", help="with --c: N.c/N.h with symbols N_run, N_run_arena, N_* "
+                                  "(a C identifier; default model.c, sbnn_run, SBNN_*)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
     p.add_argument("--no-check", action="store_true",
@@ -41,16 +44,44 @@ def input_shape_of(ckpt: dict, text: str | None) -> tuple[int, int, int]:
     return (int(ckpt.get("in_chans", DATASET_SHAPES[dataset][0])), *DATASET_SHAPES[dataset][1:])
 
 
+def _export_sbnn_file(args) -> int:
+    """``sbnn export MODEL.sbnn --c DIR [--name N]``: the runtime's C export (the same files
+    and report as ``python -m sbnn_runtime c MODEL.sbnn DIR --name N``)."""
+    import sys
+
+    from sbnn_runtime.fileformat import SBNNFormatError
+    from sbnn_runtime.lower_c import CExportError, export_file
+
+    if args.output or args.onnx or not args.c_dir:
+        print("sbnn export: error: a .sbnn file exports to --c DIR only", file=sys.stderr)
+        return 2
+    try:
+        print(export_file(args.path, args.c_dir, args.name)[1])
+    except (SBNNFormatError, CExportError, OSError) as exc:
+        print(f"sbnn export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run(args) -> int:
     import os
     import sys
     import tempfile
 
+    from sbnn_runtime.lower_c import CExportError, check_name
+
+    if os.fspath(args.path).endswith(".sbnn"):
+        return _export_sbnn_file(args)
+    try:
+        check_name(args.name)  # before anything is read or written
+    except CExportError as exc:
+        print(f"sbnn export: error: {exc}", file=sys.stderr)
+        return 2
     from sbnn import __version__
-    from sbnn.deploy.cexport import CExportError, export_c, format_summary
     from sbnn.deploy.export import ExportError, export
     from sbnn.pipeline.runs import load_checkpoint, load_model
     from sbnn_runtime.fileformat import SBNNFormatError
+    from sbnn_runtime.lower_c import export_c, format_sizes
     from sbnn_runtime.summary import format_summary as format_model
     from sbnn_runtime.summary import summarize
 
@@ -83,7 +114,7 @@ def run(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
             graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
                            metadata=meta, onnx_path=args.onnx, check=not args.no_check)
-        cmodel = export_c(graph, args.c_dir) if args.c_dir else None
+        cmodel = export_c(graph, args.c_dir, name=args.name) if args.c_dir else None
     except BaseException as exc:
         for t, was in existed.items():
             if not was and os.path.exists(t):
@@ -100,6 +131,7 @@ def run(args) -> int:
               + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
                  if args.onnx else ""))
     if cmodel is not None:
-        print(format_summary(cmodel))
-        print(f"wrote {os.path.join(args.c_dir, 'model.c')} and model.h")
+        print(format_sizes(cmodel))
+        print(f"wrote {os.path.join(args.c_dir, cmodel.stem + '.c')}, {cmodel.stem}.h and the "
+              "kernels (sbnn_micro.h, sbnn_*.c)")
     return 0
