@@ -321,3 +321,33 @@ def test_kernel_files_ship_as_sources():
             assert Path(name).stem in {"sbnn_eltwise", "sbnn_pool", "sbnn_conv2d",
                                        "sbnn_linear", "sbnn_sbdecode", "sbnn_sbconv",
                                        "sbnn_epilogue"}
+
+
+@pytest.mark.parametrize("c,hw", [(1, 1), (3, 7), (16, 25), (5, 1), (7, 33)])
+def test_activations_softmax_eltwise_concat(lib, c, hw):
+    """The C kernels of issue 19's common ops against the op table's numpy references."""
+    from sbnn_runtime.ops import ACTIVATION_KINDS, ELTWISE_KINDS
+
+    rng = np.random.default_rng(c * 100 + hw)
+    x = f32(rng, c, hw, lo=-6, hi=6)
+    x.flat[:3] = [0.0, -3.0, 3.0][: x.size]  # the kinks of hardswish/hardsigmoid
+    y = np.zeros((c, hw), np.float32)
+    x4 = x.reshape(1, c, hw, 1)
+
+    def ref(op, attrs, *xs):
+        return OPS[op].reference(Node(op, [], attrs, {}), list(xs))
+
+    for k, kind in enumerate(ACTIVATION_KINDS):
+        lib.sbnn_activation(fp(x), fp(y), k, ctypes.c_float(0.125), c * hw)
+        close(y, ref("activation", {"kind": kind, "alpha": 0.125}, x4).reshape(c, hw))
+    lib.sbnn_softmax(fp(x), fp(y), c, hw)
+    close(y, ref("softmax", {}, x4).reshape(c, hw))
+    for k, kind in enumerate(ELTWISE_KINDS):
+        for b in (f32(rng, c, hw), f32(rng, c, 1)):
+            lib.sbnn_eltwise(fp(x), fp(b), fp(y), k, c, hw, b.shape[1])
+            close(y, ref("eltwise", {"kind": kind}, x4, b.reshape(1, c, -1, 1)).reshape(c, hw))
+    b = f32(rng, 2, hw)
+    yc = np.zeros((c + 2, hw), np.float32)
+    lib.sbnn_concat(fp(x), fp(b), fp(yc), c * hw, 2 * hw)
+    np.testing.assert_array_equal(yc, ref("concat", {}, x4, b.reshape(1, 2, hw, 1))
+                                  .reshape(c + 2, hw))
