@@ -213,9 +213,8 @@ def test_every_new_op_in_c_matches_the_engine(tmp_path):
     """One graph with each activation kind, softmax (image and flat), mul/add broadcast per
     channel and same-shape, and a concat reading one tensor twice: C (host compiler) = engine =
     reference, on several batch items."""
-    from test_cexport import COMPILERS, run_c
-
     from sbnn_runtime.ops import ACTIVATION_KINDS, Graph, Node, reference_forward
+    from test_cexport import COMPILERS, run_c
 
     if not COMPILERS:
         pytest.skip("no C compiler")

@@ -2,8 +2,6 @@
    sbnn_runtime.ops. */
 #include "sbnn_micro.h"
 
-#include <math.h>
-
 void sbnn_affine(const float *x, float *y, const float *scale, const float *shift, int c, int hw)
 {
     int i, j;
@@ -43,46 +41,6 @@ void sbnn_add(const float *a, const float *b, float *y, int n)
     int i;
     for (i = 0; i < n; ++i)
         y[i] = a[i] + b[i];
-}
-
-static float sbnn_clamp06(float v)
-{
-    return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
-}
-
-void sbnn_activation(const float *x, float *y, int kind, float alpha, int n)
-{
-    int i;
-    for (i = 0; i < n; ++i) {
-        const float v = x[i];
-        float r;
-        switch (kind) {
-        case 0: r = v >= 0.0f ? v : alpha * v; break;
-        case 1: r = 1.0f / (1.0f + expf(-v)); break;
-        case 2: r = tanhf(v); break;
-        case 3: r = v / (1.0f + expf(-v)); break;
-        case 4: r = v * sbnn_clamp06(v + 3.0f) / 6.0f; break;
-        default: r = sbnn_clamp06(v + 3.0f) / 6.0f; break;
-        }
-        y[i] = r;
-    }
-}
-
-void sbnn_softmax(const float *x, float *y, int c, int hw)
-{
-    int p, k;
-    for (p = 0; p < hw; ++p) {
-        float m = x[p], sum = 0.0f;
-        for (k = 1; k < c; ++k)
-            m = x[k * hw + p] > m ? x[k * hw + p] : m;
-        for (k = 0; k < c; ++k) {
-            const float e = expf(x[k * hw + p] - m);
-            y[k * hw + p] = e;
-            sum += e;
-        }
-        for (k = 0; k < c; ++k)
-            y[k * hw + p] /= sum;
-    }
 }
 
 void sbnn_eltwise(const float *a, const float *b, float *y, int kind, int c, int hw, int bhw)

@@ -32,11 +32,6 @@ void sbnn_affine(const float *x, float *y, const float *scale, const float *shif
 void sbnn_hardtanh(const float *x, float *y, float lo, float hi, int n);
 /* y = max(x, 0) */
 void sbnn_relu(const float *x, float *y, int n);
-/* element-wise activation: kind is the index in sbnn_runtime.ops.ACTIVATION_KINDS (
-   leaky_relu, sigmoid, tanh, silu, hardswish, hardsigmoid); alpha: leaky_relu's slope */
-void sbnn_activation(const float *x, float *y, int kind, float alpha, int n);
-/* softmax over c channels at each of hw positions */
-void sbnn_softmax(const float *x, float *y, int c, int hw);
 /* y = a * b (kind 0) or a + b (kind 1) over c channels of hw values; b holds bhw values per
    channel: hw, or 1 (one per channel, broadcast) */
 void sbnn_eltwise(const float *a, const float *b, float *y, int kind, int c, int hw, int bhw);

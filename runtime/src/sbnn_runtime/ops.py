@@ -464,7 +464,51 @@ _register(OpSpec(
 
 # The element-wise activations of one op, `kind` picks which: its index in ACTIVATION_KINDS is
 # the kind code of the native and the C kernels (sbnn::Engine::activation, sbnn_activation).
-# ReLU6 is a hardtanh (0, 6), which the passes fuse into a conv.
+# ReLU6 is a hardtanh (0, 6), which the passes fuse into a conv. The C kernels of this op and
+# of softmax need libm (expf, tanhf): they travel in the model file (c_source), which may use
+# it, while the micro kernels stay free of libc.
+_ACTIVATION_C = """
+static float sbnn_clamp06(float v)
+{
+    return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
+}
+
+static void sbnn_activation(const float *x, float *y, int kind, float alpha, int n)
+{
+    int i;
+    for (i = 0; i < n; ++i) {
+        const float v = x[i];
+        float r;
+        switch (kind) {
+        case 0: r = v >= 0.0f ? v : alpha * v; break;
+        case 1: r = 1.0f / (1.0f + expf(-v)); break;
+        case 2: r = tanhf(v); break;
+        case 3: r = v / (1.0f + expf(-v)); break;
+        case 4: r = v * sbnn_clamp06(v + 3.0f) / 6.0f; break;
+        default: r = sbnn_clamp06(v + 3.0f) / 6.0f; break;
+        }
+        y[i] = r;
+    }
+}
+"""
+_SOFTMAX_C = """
+static void sbnn_softmax(const float *x, float *y, int c, int hw)
+{
+    int p, k;
+    for (p = 0; p < hw; ++p) {
+        float m = x[p], sum = 0.0f;
+        for (k = 1; k < c; ++k)
+            m = x[k * hw + p] > m ? x[k * hw + p] : m;
+        for (k = 0; k < c; ++k) {
+            const float e = expf(x[k * hw + p] - m);
+            y[k * hw + p] = e;
+            sum += e;
+        }
+        for (k = 0; k < c; ++k)
+            y[k * hw + p] /= sum;
+    }
+}
+"""
 ACTIVATION_KINDS = ("leaky_relu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid")
 
 
@@ -511,6 +555,7 @@ _register(OpSpec(
         src[0], ACTIVATION_KINDS.index(nd.attrs["kind"]), nd.attrs["alpha"]),
     lower_onnx=_activation_onnx, macs=_elementwise,
     c_inplace=True,
+    c_source=_ACTIVATION_C,
     lower_c=lambda cn: (f"sbnn_activation({cn.x[0]}, {cn.y}, "
                         f"{ACTIVATION_KINDS.index(cn.node.attrs['kind'])}, "
                         f"{cn.flt(cn.node.attrs['alpha'])}, {math.prod(cn.out)});"),
@@ -529,6 +574,7 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.softmax(src[0]),
     lower_onnx=lambda ctx, nd, ins, out: ctx.node("Softmax", ins, [out], axis=1),
     macs=_elementwise,
+    c_source=_SOFTMAX_C,
     lower_c=lambda cn: (f"sbnn_softmax({cn.x[0]}, {cn.y}, {cn.out[0]}, "
                         f"{math.prod(cn.out) // cn.out[0]});"),
 ))

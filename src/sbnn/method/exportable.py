@@ -102,9 +102,9 @@ MODULES = (SBLayer, RSign, LearnableBias, RPReLU, nn.Conv2d, nn.Linear, nn.Batch
 
 
 def module_problem(m: nn.Module, where: str = "") -> str | None:
-    """Why :func:`sbnn.deploy.export.export` cannot take the layer ``m`` whatever its input, or ``None`` (a layer
-    of a kind the tracer takes, a container, or a module of the user's own that it traces
-    through). Checks only the module itself: :func:`export_problems` traces the whole model."""
+    """Why :func:`sbnn.deploy.export.export` cannot take the layer ``m`` whatever its input, or
+    ``None`` (a layer of a kind the tracer takes, a container, or a module of the user's own that
+    it traces through). Checks only the module itself: ``export_problems`` traces the model."""
     kind = type(m).__name__
     try:
         if isinstance(m, SBLinear) and m.act is not None:
