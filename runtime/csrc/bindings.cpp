@@ -397,6 +397,17 @@ NB_MODULE(_core, m) {
           "t"_a, "lo"_a = -1.0f, "hi"_a = 1.0f)
       .def(
           "relu", [](PyEngine& e, int t) { return e.eng().relu(t); }, "t"_a)
+      .def(
+          "activation",
+          [](PyEngine& e, int t, int kind, float alpha) { return e.eng().activation(t, kind, alpha); },
+          "t"_a, "kind"_a, "alpha"_a = 0.0f)
+      .def(
+          "softmax", [](PyEngine& e, int t) { return e.eng().softmax(t); }, "t"_a)
+      .def(
+          "eltwise", [](PyEngine& e, int a, int b, int kind) { return e.eng().eltwise(a, b, kind); },
+          "a"_a, "b"_a, "kind"_a)
+      .def(
+          "concat", [](PyEngine& e, int a, int b) { return e.eng().concat(a, b); }, "a"_a, "b"_a)
       .def("rprelu", &PyEngine::rprelu, "t"_a, "shift_in"_a, "slope"_a, "shift_out"_a)
       .def(
           "add", [](PyEngine& e, int a, int b) { return e.eng().add(a, b); }, "t1"_a, "t2"_a)

@@ -125,7 +125,7 @@ def test_bad_files_say_what_is_wrong(tmp_path):
         data[:100] + bytes([data[100] ^ 4]) + data[101:]: "checksum mismatch",
         _reseal(b"[1, 2]", payload): "not an sbnn graph",
         _reseal(b"\xff\xfe", payload): "not valid UTF-8 JSON",
-        _reseal(header.replace(b'"affine"', b'"softmax"'), payload): "unknown op 'softmax'",
+        _reseal(header.replace(b'"affine"', b'"swish3"'), payload): "unknown op 'swish3'",
     }
     for bad, msg in cases.items():
         with pytest.raises(SBNNFormatError, match=msg):

@@ -321,3 +321,55 @@ def test_kernel_files_ship_as_sources():
             assert Path(name).stem in {"sbnn_eltwise", "sbnn_pool", "sbnn_conv2d",
                                        "sbnn_linear", "sbnn_sbdecode", "sbnn_sbconv",
                                        "sbnn_epilogue"}
+
+
+@pytest.fixture(scope="module")
+def libm_kernels(tmp_path_factory):
+    """The kernels that need libm, which travel in the model file (the op's ``c_source``), built
+    under the strict flags with callable wrappers."""
+    d = tmp_path_factory.mktemp("libm")
+    (d / "sbnn_micro.h").write_bytes(kernel_files()["sbnn_micro.h"])
+    src = d / "k.c"
+    src.write_text('#include <math.h>\n#include "sbnn_micro.h"\n' + OPS["activation"].c_source
+                   + OPS["softmax"].c_source + """
+void t_activation(const float *x, float *y, int kind, float alpha, int n);
+void t_softmax(const float *x, float *y, int c, int hw);
+void t_activation(const float *x, float *y, int kind, float alpha, int n)
+{ sbnn_activation(x, y, kind, alpha, n); }
+void t_softmax(const float *x, float *y, int c, int hw) { sbnn_softmax(x, y, c, hw); }
+""")
+    so = d / "libk.so"
+    r = subprocess.run([COMPILERS[0], *STRICT, "-fPIC", "-shared", "-ffp-contract=off", str(src),
+                        "-o", str(so), "-lm"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return ctypes.CDLL(str(so))
+
+
+@pytest.mark.parametrize("c,hw", [(1, 1), (3, 7), (16, 25), (5, 1), (7, 33)])
+def test_activations_softmax_eltwise_concat(lib, libm_kernels, c, hw):
+    """The C kernels of issue 19's common ops against the op table's numpy references."""
+    from sbnn_runtime.ops import ACTIVATION_KINDS, ELTWISE_KINDS
+
+    rng = np.random.default_rng(c * 100 + hw)
+    x = f32(rng, c, hw, lo=-6, hi=6)
+    x.flat[:3] = [0.0, -3.0, 3.0][: x.size]  # the kinks of hardswish/hardsigmoid
+    y = np.zeros((c, hw), np.float32)
+    x4 = x.reshape(1, c, hw, 1)
+
+    def ref(op, attrs, *xs):
+        return OPS[op].reference(Node(op, [], attrs, {}), list(xs))
+
+    for k, kind in enumerate(ACTIVATION_KINDS):
+        libm_kernels.t_activation(fp(x), fp(y), k, ctypes.c_float(0.125), c * hw)
+        close(y, ref("activation", {"kind": kind, "alpha": 0.125}, x4).reshape(c, hw))
+    libm_kernels.t_softmax(fp(x), fp(y), c, hw)
+    close(y, ref("softmax", {}, x4).reshape(c, hw))
+    for k, kind in enumerate(ELTWISE_KINDS):
+        for b in (f32(rng, c, hw), f32(rng, c, 1)):
+            lib.sbnn_eltwise(fp(x), fp(b), fp(y), k, c, hw, b.shape[1])
+            close(y, ref("eltwise", {"kind": kind}, x4, b.reshape(1, c, -1, 1)).reshape(c, hw))
+    b = f32(rng, 2, hw)
+    yc = np.zeros((c + 2, hw), np.float32)
+    lib.sbnn_concat(fp(x), fp(b), fp(yc), c * hw, 2 * hw)
+    np.testing.assert_array_equal(yc, ref("concat", {}, x4, b.reshape(1, 2, hw, 1))
+                                  .reshape(c + 2, hw))

@@ -376,6 +376,53 @@ int Engine::relu(int t) {
   });
 }
 
+namespace {
+float activate(int kind, float alpha, float x) {
+  switch (kind) {
+    case 0: return x >= 0.0f ? x : alpha * x;
+    case 1: return 1.0f / (1.0f + std::exp(-x));
+    case 2: return std::tanh(x);
+    case 3: return x / (1.0f + std::exp(-x));
+    case 4: return x * std::min(std::max(x + 3.0f, 0.0f), 6.0f) / 6.0f;
+    default: return std::min(std::max(x + 3.0f, 0.0f), 6.0f) / 6.0f;
+  }
+}
+}  // namespace
+
+int Engine::activation(int t, int kind, float alpha) {
+  check_tensor(t, "activation");
+  if (kind < 0 || kind > 5) throw err("activation", "unknown kind " + std::to_string(kind));
+  const TensorShape s = shapes_[t];
+  return push("activation", {t}, s,
+              [s, kind, alpha](const std::vector<const float*>& in, float* out, int N) {
+                const size_t n = static_cast<size_t>(N) * s.numel();
+                for (size_t i = 0; i < n; ++i) out[i] = activate(kind, alpha, in[0][i]);
+              });
+}
+
+int Engine::softmax(int t) {
+  check_tensor(t, "softmax");
+  const TensorShape s = shapes_[t];
+  return push("softmax", {t}, s, [s](const std::vector<const float*>& in, float* out, int N) {
+    const size_t hw = static_cast<size_t>(s.H) * s.W;
+    for (int n = 0; n < N; ++n) {
+      const float* x = in[0] + static_cast<size_t>(n) * s.numel();
+      float* y = out + static_cast<size_t>(n) * s.numel();
+      for (size_t p = 0; p < hw; ++p) {
+        float m = x[p];
+        for (int c = 1; c < s.C; ++c) m = std::max(m, x[c * hw + p]);
+        float sum = 0.0f;
+        for (int c = 0; c < s.C; ++c) {
+          const float e = std::exp(x[c * hw + p] - m);
+          y[c * hw + p] = e;
+          sum += e;
+        }
+        for (int c = 0; c < s.C; ++c) y[c * hw + p] /= sum;
+      }
+    }
+  });
+}
+
 int Engine::rprelu(int t, const float* shift_in, const float* slope, const float* shift_out,
                    int C) {
   check_tensor(t, "rprelu");
@@ -421,6 +468,49 @@ int Engine::add(int a, int b) {
         for (size_t i = 0; i < n; ++i) out[i] = in[0][i] + in[1][i];
       },
       Kind::Add);
+}
+
+int Engine::eltwise(int a, int b, int kind) {
+  check_tensor(a, "eltwise");
+  check_tensor(b, "eltwise");
+  if (kind != 0 && kind != 1) throw err("eltwise", "unknown kind " + std::to_string(kind));
+  const TensorShape sa = shapes_[a], sb = shapes_[b];
+  const bool same = sa.C == sb.C && sa.H == sb.H && sa.W == sb.W && sa.flat == sb.flat;
+  const bool per_channel = sa.C == sb.C && sb.H == 1 && sb.W == 1 && !sa.flat && !sb.flat;
+  if (!same && !per_channel)
+    throw err("eltwise", "cannot broadcast " + sb.str() + " to " + sa.str());
+  const size_t bhw = same ? static_cast<size_t>(sa.H) * sa.W : 1;
+  return push("eltwise", {a, b}, sa,
+              [sa, bhw, kind](const std::vector<const float*>& in, float* out, int N) {
+                const size_t hw = static_cast<size_t>(sa.H) * sa.W;
+                for (size_t nc = 0; nc < static_cast<size_t>(N) * sa.C; ++nc) {
+                  const float* x = in[0] + nc * hw;
+                  const float* y = in[1] + nc * bhw;
+                  float* o = out + nc * hw;
+                  for (size_t i = 0; i < hw; ++i) {
+                    const float v = y[bhw == 1 ? 0 : i];
+                    o[i] = kind == 0 ? x[i] * v : x[i] + v;
+                  }
+                }
+              });
+}
+
+int Engine::concat(int a, int b) {
+  check_tensor(a, "concat");
+  check_tensor(b, "concat");
+  const TensorShape sa = shapes_[a], sb = shapes_[b];
+  if (sa.H != sb.H || sa.W != sb.W || sa.flat != sb.flat)
+    throw err("concat", "cannot join " + sa.str() + " and " + sb.str() + " along channels");
+  TensorShape o = sa;
+  o.C = sa.C + sb.C;
+  return push("concat", {a, b}, o, [sa, sb](const std::vector<const float*>& in, float* out,
+                                             int N) {
+    const size_t na = sa.numel(), nb = sb.numel();
+    for (int n = 0; n < N; ++n) {
+      std::copy(in[0] + n * na, in[0] + (n + 1) * na, out + n * (na + nb));
+      std::copy(in[1] + n * nb, in[1] + (n + 1) * nb, out + n * (na + nb) + na);
+    }
+  });
 }
 
 int Engine::avgpool(int t, int k, int stride, int pad, bool count_include_pad) {

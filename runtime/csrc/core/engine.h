@@ -59,6 +59,15 @@ class Engine {
   int affine(int t, const float* scale, const float* shift, int C);
   int hardtanh(int t, float lo, float hi);
   int relu(int t);
+  // element-wise activation `kind` (the index of sbnn_runtime.ops.ACTIVATION_KINDS:
+  // leaky_relu, sigmoid, tanh, silu, hardswish, hardsigmoid); alpha: leaky_relu's slope
+  int activation(int t, int kind, float alpha);
+  // softmax over the channels (features) at every position
+  int softmax(int t);
+  // a * b (kind 0) or a + b (kind 1), b of a's shape or one value per channel (C, 1, 1)
+  int eltwise(int a, int b, int kind);
+  // the channels of a, then those of b (same H, W)
+  int concat(int a, int b);
   int rprelu(int t, const float* shift_in, const float* slope, const float* shift_out, int C);
   int add(int a, int b);
   int avgpool(int t, int k, int stride, int pad, bool count_include_pad);

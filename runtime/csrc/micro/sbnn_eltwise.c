@@ -42,3 +42,23 @@ void sbnn_add(const float *a, const float *b, float *y, int n)
     for (i = 0; i < n; ++i)
         y[i] = a[i] + b[i];
 }
+
+void sbnn_eltwise(const float *a, const float *b, float *y, int kind, int c, int hw, int bhw)
+{
+    int i, j;
+    for (i = 0; i < c; ++i) {
+        for (j = 0; j < hw; ++j) {
+            const float v = b[i * bhw + (bhw == 1 ? 0 : j)];
+            y[i * hw + j] = kind == 0 ? a[i * hw + j] * v : a[i * hw + j] + v;
+        }
+    }
+}
+
+void sbnn_concat(const float *a, const float *b, float *y, int na, int nb)
+{
+    int i;
+    for (i = 0; i < na; ++i)
+        y[i] = a[i];
+    for (i = 0; i < nb; ++i)
+        y[na + i] = b[i];
+}

@@ -32,6 +32,11 @@ void sbnn_affine(const float *x, float *y, const float *scale, const float *shif
 void sbnn_hardtanh(const float *x, float *y, float lo, float hi, int n);
 /* y = max(x, 0) */
 void sbnn_relu(const float *x, float *y, int n);
+/* y = a * b (kind 0) or a + b (kind 1) over c channels of hw values; b holds bhw values per
+   channel: hw, or 1 (one per channel, broadcast) */
+void sbnn_eltwise(const float *a, const float *b, float *y, int kind, int c, int hw, int bhw);
+/* y = the na values of a, then the nb values of b (a channel concat of one image) */
+void sbnn_concat(const float *a, const float *b, float *y, int na, int nb);
 /* z = x - shift_in[c]; y = (z >= 0 ? z : slope[c] z) + shift_out[c]; x: (c, hw) */
 void sbnn_rprelu(const float *x, float *y, const float *shift_in, const float *slope,
                  const float *shift_out, int c, int hw);

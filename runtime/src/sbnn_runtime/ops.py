@@ -462,6 +462,124 @@ _register(OpSpec(
 ))
 
 
+# The element-wise activations of one op, `kind` picks which: its index in ACTIVATION_KINDS is
+# the kind code of the native and the C kernels (sbnn::Engine::activation, sbnn_activation).
+# ReLU6 is a hardtanh (0, 6), which the passes fuse into a conv. The C kernels of this op and
+# of softmax need libm (expf, tanhf): they travel in the model file (c_source), which may use
+# it, while the micro kernels stay free of libc.
+_ACTIVATION_C = """
+static float sbnn_clamp06(float v)
+{
+    return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
+}
+
+static void sbnn_activation(const float *x, float *y, int kind, float alpha, int n)
+{
+    int i;
+    for (i = 0; i < n; ++i) {
+        const float v = x[i];
+        float r;
+        switch (kind) {
+        case 0: r = v >= 0.0f ? v : alpha * v; break;
+        case 1: r = 1.0f / (1.0f + expf(-v)); break;
+        case 2: r = tanhf(v); break;
+        case 3: r = v / (1.0f + expf(-v)); break;
+        case 4: r = v * sbnn_clamp06(v + 3.0f) / 6.0f; break;
+        default: r = sbnn_clamp06(v + 3.0f) / 6.0f; break;
+        }
+        y[i] = r;
+    }
+}
+"""
+_SOFTMAX_C = """
+static void sbnn_softmax(const float *x, float *y, int c, int hw)
+{
+    int p, k;
+    for (p = 0; p < hw; ++p) {
+        float m = x[p], sum = 0.0f;
+        for (k = 1; k < c; ++k)
+            m = x[k * hw + p] > m ? x[k * hw + p] : m;
+        for (k = 0; k < c; ++k) {
+            const float e = expf(x[k * hw + p] - m);
+            y[k * hw + p] = e;
+            sum += e;
+        }
+        for (k = 0; k < c; ++k)
+            y[k * hw + p] /= sum;
+    }
+}
+"""
+ACTIVATION_KINDS = ("leaky_relu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid")
+
+
+def _activation_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    if nd.attrs["kind"] not in ACTIVATION_KINDS:
+        raise _err(f"{where}: unknown activation kind {nd.attrs['kind']!r}; known: "
+                   f"{', '.join(ACTIVATION_KINDS)}")
+    return ins[0]
+
+
+def _activation_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    v, kind = x[0].astype(np.float32), nd.attrs["kind"]
+    one, six = np.float32(1), np.float32(6)
+    with np.errstate(over="ignore"):
+        sig = one / (one + np.exp(-v))
+    y = {"leaky_relu": lambda: np.where(v >= 0, v, np.float32(nd.attrs["alpha"]) * v),
+         "sigmoid": lambda: sig,
+         "tanh": lambda: np.tanh(v),
+         "silu": lambda: v * sig,
+         "hardswish": lambda: v * np.clip(v + 3, 0, six) / six,
+         "hardsigmoid": lambda: np.clip(v + 3, 0, six) / six}[kind]()
+    return y.astype(np.float32)
+
+
+def _activation_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    kind = nd.attrs["kind"]
+    if kind == "leaky_relu":
+        ctx.node("LeakyRelu", ins, [out], alpha=float(nd.attrs["alpha"]))
+    elif kind == "silu":
+        s = ctx.tmp("sig")
+        ctx.node("Sigmoid", ins, [s])
+        ctx.node("Mul", [ins[0], s], [out])
+    elif kind == "hardsigmoid":
+        ctx.node("HardSigmoid", ins, [out], alpha=1.0 / 6.0, beta=0.5)
+    else:
+        ctx.node({"sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "HardSwish"}[kind], ins,
+                 [out])
+
+
+_register(OpSpec(
+    "activation", 1, {"kind": str, "alpha": _F}, {},
+    shape=_activation_shape, reference=_activation_reference,
+    lower_native=lambda eng, nd, src, opt: eng.activation(
+        src[0], ACTIVATION_KINDS.index(nd.attrs["kind"]), nd.attrs["alpha"]),
+    lower_onnx=_activation_onnx, macs=_elementwise,
+    c_inplace=True,
+    c_source=_ACTIVATION_C,
+    lower_c=lambda cn: (f"sbnn_activation({cn.x[0]}, {cn.y}, "
+                        f"{ACTIVATION_KINDS.index(cn.node.attrs['kind'])}, "
+                        f"{cn.flt(cn.node.attrs['alpha'])}, {math.prod(cn.out)});"),
+))
+
+
+def _softmax_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    v = x[0].astype(np.float32)
+    e = np.exp(v - v.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+_register(OpSpec(
+    "softmax", 1, {}, {},
+    shape=_same, reference=_softmax_reference,
+    lower_native=lambda eng, nd, src, opt: eng.softmax(src[0]),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node("Softmax", ins, [out], axis=1),
+    macs=_elementwise,
+    c_source=_SOFTMAX_C,
+    lower_c=lambda cn: (f"sbnn_softmax({cn.x[0]}, {cn.y}, {cn.out[0]}, "
+                        f"{math.prod(cn.out) // cn.out[0]});"),
+))
+
+
 def _rprelu_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
     P = nd.params
     z = x[0] - _cview(P["shift_in"], x[0])
@@ -505,6 +623,59 @@ _register(OpSpec(
     macs=_elementwise,
     c_inplace=True,
     lower_c=lambda cn: f"sbnn_add({cn.x[0]}, {cn.x[1]}, {cn.y}, {math.prod(cn.out)});",
+))
+
+
+ELTWISE_KINDS = ("mul", "add")  # the kind code of sbnn::Engine::eltwise and sbnn_eltwise
+
+
+def _eltwise_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    a, b = ins
+    if nd.attrs["kind"] not in ELTWISE_KINDS:
+        raise _err(f"{where}: unknown kind {nd.attrs['kind']!r}; known: {', '.join(ELTWISE_KINDS)}")
+    if b != a and not (len(a) == 3 and b == (a[0], 1, 1)):
+        raise _err(f"{where}: cannot broadcast {b} to {a} (the second input must have the first's "
+                   "shape or one value per channel, (C, 1, 1))")
+    return a
+
+
+def _eltwise_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    return (x[0] * x[1] if nd.attrs["kind"] == "mul" else x[0] + x[1]).astype(np.float32)
+
+
+def _eltwise_c(cn) -> str:
+    c, hw = cn.out[0], math.prod(cn.out) // cn.out[0]
+    bhw = math.prod(cn.ins[1]) // c
+    return (f"sbnn_eltwise({cn.x[0]}, {cn.x[1]}, {cn.y}, "
+            f"{ELTWISE_KINDS.index(cn.node.attrs['kind'])}, {c}, {hw}, {bhw});")
+
+
+_register(OpSpec(
+    "eltwise", 2, {"kind": str}, {},
+    shape=_eltwise_shape, reference=_eltwise_reference,
+    lower_native=lambda eng, nd, src, opt: eng.eltwise(
+        src[0], src[1], ELTWISE_KINDS.index(nd.attrs["kind"])),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node(
+        {"mul": "Mul", "add": "Add"}[nd.attrs["kind"]], ins, [out]),
+    macs=_elementwise, lower_c=_eltwise_c,
+))
+
+
+def _concat_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    a, b = ins
+    if len(a) != len(b) or a[1:] != b[1:]:
+        raise _err(f"{where}: cannot join {a} and {b} along channels")
+    return (a[0] + b[0],) + tuple(a[1:])
+
+
+_register(OpSpec(
+    "concat", 2, {}, {},
+    shape=_concat_shape,
+    reference=lambda nd, x: np.concatenate(x, axis=1),
+    lower_native=lambda eng, nd, src, opt: eng.concat(src[0], src[1]),
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node("Concat", ins, [out], axis=1),
+    lower_c=lambda cn: (f"sbnn_concat({cn.x[0]}, {cn.x[1]}, {cn.y}, {math.prod(cn.ins[0])}, "
+                        f"{math.prod(cn.ins[1])});"),
 ))
 
 

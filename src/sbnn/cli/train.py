@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from sbnn.cli.common import (
     add_device,
     add_logging,
@@ -47,6 +49,8 @@ def add_parser(subparsers) -> None:
                         "refused)")
     g.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit")
+    g.add_argument("--verbose", "-v", action="store_true",
+                   help="on a model that cannot be exported, say why for each layer")
     g = p.add_argument_group("where and how (also config keys)")
     add_device(g, default=None)
     add_threads(g)
@@ -75,6 +79,13 @@ def run(args) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    trainer = Trainer(cfg, out=out, resume=resume, overwrite=args.overwrite)
+    from sbnn.pipeline.train import NotExportableError
+
+    try:
+        trainer = Trainer(cfg, out=out, resume=resume, overwrite=args.overwrite)
+    except NotExportableError as e:
+        if args.verbose:
+            print(e.details(), file=sys.stderr)
+        raise
     trainer.fit(log_json=args.log_json)
     return 0

@@ -34,16 +34,24 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from sbnn.method.exportable import (
+    ACT_FUNCTIONS,
+    ACT_METHODS,
+    ACT_MODULES,
+    SUPPORTED,
+    ExportError,
+    check_conv,
+    module_problem,
+    pair,
+    suggest,
+)
 from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
 from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
 
-__all__ = ["ExportError", "to_graph", "export", "fold_sbconv", "parse_shape"]
-
-
-class ExportError(ValueError):
-    """The model holds a layer or an operation the sbnn engine does not support."""
+__all__ = ["ExportError", "to_graph", "export", "export_problems", "module_problem", "fold_sbconv",
+           "parse_shape", "SUPPORTED"]
 
 
 _LEAVES = (SBLayer, RSign, LearnableBias, RPReLU, nn.modules.batchnorm._BatchNorm)
@@ -93,23 +101,12 @@ def fold_sbconv(m: SBLayer, bn: nn.Module | None = None, where: str = "") -> dic
             "bias": _f32(bias)}
 
 
-def _pair(v, where: str, what: str) -> int:
-    if isinstance(v, (tuple, list)):
-        if len(set(v)) != 1:
-            raise ExportError(f"layer {where!r}: non-square {what} {tuple(v)} is not supported")
-        v = v[0]
-    if not isinstance(v, int):
-        raise ExportError(f"layer {where!r}: {what} {v!r} is not supported")
-    return int(v)
-
-
-def _check_conv(m: nn.Conv2d, where: str) -> tuple[int, int]:
-    if m.groups != 1 or _pair(m.dilation, where, "dilation") != 1:
-        raise ExportError(f"layer {where!r} ({type(m).__name__}): grouped or dilated convs are "
-                          "not supported by the sbnn engine")
-    if m.padding_mode != "zeros":
-        raise ExportError(f"layer {where!r}: padding_mode {m.padding_mode!r} is not supported")
-    return _pair(m.stride, where, "stride"), _pair(m.padding, where, "padding")
+def _call_args(node: fx.Node) -> str:
+    """``(a, b, k=v)`` of an fx call, tensors by their node names."""
+    parts = [a.name if isinstance(a, fx.Node) else repr(a) for a in node.args]
+    parts += [f"{k}={v.name if isinstance(v, fx.Node) else repr(v)}"
+              for k, v in node.kwargs.items()]
+    return f"({', '.join(parts)})"
 
 
 def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
@@ -158,9 +155,32 @@ class _Converter:
         return None, None
 
     # -- conversion --------------------------------------------------------------------------
-    def run(self) -> Graph:
+    def run(self, problems: list[tuple[str, str]] | None = None) -> Graph:
+        """The graph; with ``problems``, every layer that cannot be exported is appended to it
+        as ``(layer, why)`` (what only depends on such a layer is passed over) instead of the
+        first raising."""
         out = None
+        bad = _Val(-1, "bad")
         for node in self.gm.graph.nodes:
+            if problems is not None and node.op not in ("placeholder", "output"):
+                if any(self.vals.get(a) is bad for a in node.all_input_nodes):
+                    self.vals[node] = bad  # what it reads is not there: only the layer itself
+                    why = (module_problem(self.gm.get_submodule(node.target), node.target)
+                           if node.op == "call_module" else None)
+                    if why is not None:
+                        problems.append((str(node.target), why))
+                    continue
+                try:
+                    self.vals[node] = (self.folded[node] if node in self.folded
+                                       else self.convert(node))
+                except ExportError as exc:
+                    name = node.target if node.op in ("call_module", "get_attr") else node.name
+                    problems.append((str(name), str(exc)))
+                    self.vals[node] = bad
+                continue
+            if problems is not None and node.op == "output" and (
+                    not isinstance(node.args[0], fx.Node) or self.vals.get(node.args[0]) is bad):
+                continue
             if node.op == "placeholder":
                 if self.vals:
                     raise ExportError("models with more than one input are not supported")
@@ -177,8 +197,7 @@ class _Converter:
                 self.vals[node] = self.folded[node]
             else:
                 self.vals[node] = self.convert(node)
-        assert out is not None
-        return Graph(self.nodes, out)
+        return Graph(self.nodes, len(self.nodes) - 1 if out is None else out)
 
     def inp(self, node: fx.Node, i: int = 0) -> _Val:
         a = node.args[i]
@@ -200,16 +219,35 @@ class _Converter:
                 return self.emit("relu", [self.tensor(self.inp(node), where)], where)
             if name in ("contiguous",):
                 return self.inp(node)
-            raise ExportError(f"operation {where!r} (tensor method .{name}()) is not supported")
+            if name in ACT_METHODS:
+                return self.activation(node, ACT_METHODS[name], 0.0, where)
+            if name == "softmax":
+                return self.softmax(node, _arg(node, 1, "dim"), where)
+            if name == "mean":
+                return self.mean(node, _arg(node, 1, "dim"), _arg(node, 2, "keepdim", False), where)
+            if name in ("add", "mul", "add_", "mul_"):
+                return self.binary(node, name.rstrip("_"), where)
+            raise ExportError(f"operation {where!r} (tensor method .{name}()) is not supported; "
+                              f"{suggest(name)}")
         if fn in (operator.add, operator.iadd, torch.add):
-            if _arg(node, 2, "alpha", 1) != 1 or len(node.args) < 2 or not all(
-                isinstance(a, fx.Node) for a in node.args[:2]
-            ):
-                raise ExportError(f"operation {where!r}: only the sum of two tensors is supported")
-            a, b = (self.tensor(self.inp(node, i), where) for i in (0, 1))
-            return self.emit("add", [a, b], where)
+            return self.binary(node, "add", where)
+        if fn in (operator.mul, operator.imul, torch.mul):
+            return self.binary(node, "mul", where)
         if fn in (F.relu, torch.relu):
             return self.emit("relu", [self.tensor(self.inp(node), where)], where)
+        if fn is F.relu6:
+            return self.emit("hardtanh", [self.tensor(self.inp(node), where)], where,
+                             {"lo": 0.0, "hi": 6.0})
+        if fn is F.leaky_relu:
+            return self.activation(node, "leaky_relu", _arg(node, 1, "negative_slope", 0.01), where)
+        if fn in ACT_FUNCTIONS:
+            return self.activation(node, ACT_FUNCTIONS[fn], 0.0, where)
+        if fn in (F.softmax, torch.softmax):
+            return self.softmax(node, _arg(node, 1, "dim"), where)
+        if fn is torch.mean:
+            return self.mean(node, _arg(node, 1, "dim"), _arg(node, 2, "keepdim", False), where)
+        if fn is torch.cat:
+            return self.cat(node, where)
         if fn is F.hardtanh:
             lo, hi = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
             return self.emit("hardtanh", [self.tensor(self.inp(node), where)], where,
@@ -231,8 +269,57 @@ class _Converter:
             return self.pool("avgpool", node, k, s, p, _arg(node, 5, "count_include_pad", True),
                              where)
         name = getattr(fn, "__name__", repr(fn))
-        raise ExportError(f"operation {where!r} (function {name}) is not supported by the sbnn "
-                          "engine")
+        raise ExportError(f"operation {where!r} (function {name}{_call_args(node)}) is not "
+                          f"supported by the sbnn engine; {suggest(name)}")
+
+    def activation(self, node: fx.Node, kind: str, alpha: float, where: str) -> _Val:
+        return self.emit("activation", [self.tensor(self.inp(node), where)], where,
+                         {"kind": kind, "alpha": float(alpha)})
+
+    def softmax(self, node: fx.Node, dim, where: str) -> _Val:
+        src = self.tensor(self.inp(node), where)
+        if not isinstance(dim, int) or dim % (len(self.shapes[src]) + 1) != 1:
+            raise ExportError(f"operation {where!r}: softmax over dim {dim} (supported: over the "
+                              "channels or features, dim=1); permute is not supported yet")
+        return self.emit("softmax", [src], where)
+
+    def mean(self, node: fx.Node, dim, keepdim, where: str) -> _Val:
+        src = self.tensor(self.inp(node), where)
+        dims = sorted(d % 4 for d in (dim if isinstance(dim, (tuple, list)) else [dim])
+                      if isinstance(d, int))
+        if len(self.shapes[src]) != 3 or dims != [2, 3]:
+            raise ExportError(f"operation {where!r}: mean over dim {dim} of a {self.shapes[src]} "
+                              "tensor (supported: the spatial mean x.mean((2, 3)) of an image)")
+        v = self.emit("global_avgpool", [src], where)
+        return v if keepdim else self.emit("flatten", [v.tid], where + ".flat")
+
+    def binary(self, node: fx.Node, kind: str, where: str) -> _Val:
+        if (kind == "add" and _arg(node, 2, "alpha", 1) != 1) or len(node.args) < 2 or not all(
+            isinstance(a, fx.Node) for a in node.args[:2]
+        ):
+            raise ExportError(f"operation {where!r} ({kind}{_call_args(node)}): only the {kind} "
+                              "of two tensors is supported; fold constants into a layer")
+        a, b = (self.tensor(self.inp(node, i), where) for i in (0, 1))
+        if self.shapes[a] == self.shapes[b] and kind == "add":
+            return self.emit("add", [a, b], where)
+        if math.prod(self.shapes[a]) < math.prod(self.shapes[b]):
+            a, b = b, a  # the op broadcasts its second input
+        return self.emit("eltwise", [a, b], where, {"kind": kind})
+
+    def cat(self, node: fx.Node, where: str) -> _Val:
+        parts, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
+        if not isinstance(parts, (list, tuple)) or not parts or not all(
+                isinstance(p, fx.Node) for p in parts):
+            raise ExportError(f"operation {where!r}: torch.cat of a list of tensors only")
+        ids = [self.tensor(self.vals[p], where) for p in parts]
+        rank = len(self.shapes[ids[0]]) + 1
+        if dim % rank != 1:
+            raise ExportError(f"operation {where!r}: torch.cat along dim {dim} (supported: the "
+                              "channels, dim=1)")
+        out = ids[0]
+        for k, t in enumerate(ids[1:]):
+            out = self.emit("concat", [out, t], where if k == len(ids) - 2 else f"{where}.{k}").tid
+        return _Val(out)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> _Val:
         if start != 1 or end != -1:
@@ -245,7 +332,7 @@ class _Converter:
         return self.emit("global_avgpool", [self.tensor(self.inp(node), where)], where)
 
     def pool(self, op, node, k, s, p, cip, where) -> _Val:
-        k, s, p = (_pair(v, where, n) for v, n in ((k, "kernel"), (s, "stride"), (p, "padding")))
+        k, s, p = (pair(v, where, n) for v, n in ((k, "kernel"), (s, "stride"), (p, "padding")))
         attrs = {"k": k, "stride": s, "pad": p}
         if op == "avgpool":
             attrs["count_include_pad"] = bool(cip)
@@ -257,14 +344,13 @@ class _Converter:
             return self.sbconv(node, m, where)
         if isinstance(m, SBLinear):
             if m.act is not None:
-                raise ExportError(f"layer {where!r} (SBLinear with binary activations) is not "
-                                  "supported by the sbnn engine; use act=None or a 1x1 SBConv2d")
+                raise ExportError(module_problem(m, where))
             p = fold_sbconv(m, None, where)
             w = dequantized_weight(p["bits"], p["eta"], p["xi"])  # (out, in) float32
             return self.emit("linear", [self.tensor(self.inp(node), where)], where,
                              params={"weight": w, "bias": p["bias"]})
         if type(m) is nn.Conv2d:
-            stride, pad = _check_conv(m, where)
+            stride, pad = check_conv(m, where)
             bn, bn_node = self.bn_after(node)
             w = m.weight.detach().double()
             b = m.bias.detach().double() if m.bias is not None else None
@@ -309,10 +395,26 @@ class _Converter:
                              {"lo": float(m.min_val), "hi": float(m.max_val)})
         if isinstance(m, nn.ReLU):
             return self.emit("relu", [self.tensor(self.inp(node), where)], where)
+        if isinstance(m, nn.LeakyReLU):
+            return self.activation(node, "leaky_relu", m.negative_slope, where)
+        if type(m) in ACT_MODULES:
+            return self.activation(node, ACT_MODULES[type(m)], 0.0, where)
+        if isinstance(m, nn.Softmax):
+            return self.softmax(node, m.dim, where)
+        if isinstance(m, nn.PReLU):  # an RPReLU without its shifts
+            src = self.tensor(self.inp(node), where)
+            c = self.shapes[src][0]
+            if m.weight.numel() not in (1, c):
+                raise ExportError(f"layer {where!r} (PReLU with {m.weight.numel()} slopes) over "
+                                  f"{c} channels: use num_parameters=1 or {c}")
+            zero = np.zeros(c, np.float32)
+            return self.emit("rprelu", [src], where, params={
+                "shift_in": zero, "slope": np.broadcast_to(_f32(m.weight), (c,)).copy(),
+                "shift_out": zero})
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return self.inp(node)
         if isinstance(m, nn.MaxPool2d):
-            if _pair(m.dilation, where, "dilation") != 1 or m.ceil_mode:
+            if pair(m.dilation, where, "dilation") != 1 or m.ceil_mode:
                 raise ExportError(f"layer {where!r}: dilated/ceil-mode max pooling")
             return self.pool("maxpool", node, m.kernel_size, m.stride, m.padding, True, where)
         if isinstance(m, nn.AvgPool2d):
@@ -324,10 +426,11 @@ class _Converter:
             return self.global_pool(node, m.output_size, where)
         if isinstance(m, nn.Flatten):
             return self.flatten(node, m.start_dim, m.end_dim)
-        raise ExportError(f"layer {where!r} ({kind}) is not supported by the sbnn engine")
+        raise ExportError(f"layer {where!r} ({kind}) with arguments ({m.extra_repr()}) is not "
+                          f"supported by the sbnn engine; {suggest(kind)}")
 
     def sbconv(self, node: fx.Node, m: SBConv2d, where: str) -> _Val:
-        stride, pad = _check_conv(m, where)
+        stride, pad = check_conv(m, where)
         bn, bn_node = self.bn_after(node)
         params = fold_sbconv(m, bn, where)
         v = self.inp(node)
@@ -366,6 +469,29 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
     graph.metadata = dict(metadata or {})
     graph.metadata.setdefault("input_shape", list(input_shape))
     return graph
+
+
+def export_problems(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, str]]:
+    """``[(layer, why), ...]``: every layer of ``model`` that :func:`export` would refuse (empty
+    when it exports), found by tracing it as export does, without writing anything. Meant to run
+    before training (``sbnn train`` does), so that a model is refused in seconds, not after."""
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+    try:
+        graph_fx = _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError, ...)
+        return [(type(model).__name__, f"torch.fx could not trace it: {exc}")]
+    problems: list[tuple[str, str]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _Converter(fx.GraphModule(model, graph_fx), tuple(input_shape)).run(problems)
+    except ExportError as exc:  # a whole-model problem (inputs, outputs)
+        problems.append((type(model).__name__, str(exc)))
+    finally:
+        model.train(was_training)
+    return problems
 
 
 def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:

@@ -138,6 +138,31 @@ def _check_input_size(model: nn.Module, data, cfg: Config, device) -> None:
         model.train(was)
 
 
+class NotExportableError(ConfigError):
+    """The model holds layers ``sbnn export`` would refuse: said before training, not after.
+    ``problems``: ``[(layer, why), ...]``; :meth:`details` says why for each."""
+
+    def __init__(self, model_name: str, problems: list[tuple[str, str]]):
+        self.problems = problems
+        names = ", ".join(n for n, _ in problems)
+        super().__init__(
+            f"model {model_name!r}: {len(problems)} layer(s) cannot be exported, so the trained "
+            f"model could not be deployed: {names}. Nothing was trained; see why with --verbose")
+
+    def details(self) -> str:
+        return "\n".join(f"  {n}: {why}" for n, why in self.problems)
+
+
+def _check_exportable(model: nn.Module, data, cfg: Config) -> None:
+    """Trace the model through the exporter on the data's image shape: a layer that ``sbnn
+    export`` cannot take stops the run here, before the first step (and before its folder)."""
+    from sbnn.deploy.export import export_problems
+
+    problems = export_problems(model, tuple(int(v) for v in data.images.shape[1:]))
+    if problems:
+        raise NotExportableError(cfg.model.name, problems)
+
+
 def _cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo, else ``platform.processor()``)."""
     import platform
@@ -323,6 +348,7 @@ class Trainer:
 
         set_fixed_r_(model, -self.cfg.sparsity.ec)  # the abr domain's r (no-op for the others)
         _check_input_size(model, train_set, self.cfg, self.device)
+        _check_exportable(model, train_set, self.cfg)
         arch = models.architecture_kwargs(model, self.cfg.model.kwargs)
         if arch != self.cfg.model.kwargs:  # record the defaults too: see architecture_kwargs
             self.cfg = replace(self.cfg, model=replace(self.cfg.model, kwargs=arch))

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from sbnn.method import estimators
 from sbnn.method.constraint import sb_layers
+from sbnn.method.exportable import module_problem
 from sbnn.method.layers import DOMAINS, SBConv2d, SBLayer, SBLinear
 from sbnn.method.primitives import closed_form
 
@@ -180,6 +181,27 @@ def _warn_relus(model: nn.Module, targets: set[str]) -> None:
         ReLUBeforeBinaryWarning, stacklevel=3)
 
 
+class UnexportableLayerWarning(UserWarning):
+    """``binarize_`` skipped a layer, or left one that ``sbnn export`` cannot take."""
+
+
+def _warn_unexportable(model: nn.Module) -> None:
+    """One warning naming every weight layer ``binarize_`` passes over (it swaps only
+    ``nn.Conv2d`` and ``nn.Linear``) and every layer export would refuse."""
+    found = []
+    for name, m in model.named_modules():
+        why = module_problem(m, name)
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)) and not isinstance(
+                m, SBLayer) and type(m) not in (nn.Conv2d, nn.Linear):
+            why = (f"{name!r} ({type(m).__name__}) skipped: binarize_ swaps only nn.Conv2d and "
+                   f"nn.Linear" + (f"; {why}" if why else ""))
+        if why:
+            found.append(why)
+    if found:
+        warnings.warn(f"binarize_: {len(found)} layer(s) skipped or not exportable: "
+                      + "; ".join(found), UnexportableLayerWarning, stacklevel=3)
+
+
 def binarize_(
     model: nn.Module,
     config: BinarizeConfig | None = None,
@@ -214,6 +236,7 @@ def binarize_(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, _swap(m, config))
+    _warn_unexportable(model)
     return model
 
 
