@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the standalone C++ kernel test driver (runtime/csrc/tests/kernel_test.cpp, no Python) with
 # AddressSanitizer + UndefinedBehaviorSanitizer and runs it: every ISA path this CPU runs against
-# the reference kernels on a few shapes, and one engine run by several threads at once.
+# the reference kernels on a few shapes, every small geometry (input 1-4, kernel 1-5, stride 1-3,
+# pad 0-2, and 200 non-square ones) of the float conv, both binary kernels and the pools, and one
+# engine run by several threads at once.
 # Usage: scripts/sanitize.sh [build-dir] [driver args]
 # SBNN_SANITIZE=thread builds it with ThreadSanitizer instead (data races; default build dir
 # build/sanitize-thread). SBNN_SANITIZE=0 builds the same driver optimised and without

@@ -131,6 +131,12 @@ def test_rotation_zero_and_bounded():
     # the centre pixel of an odd image is the rotation centre: it does not move
     torch.testing.assert_close(y[:, :, 4, 4], x[:, :, 4, 4], atol=1e-5, rtol=0)
     assert not torch.equal(y, x)
+    # nearest neighbour, as the authors' RandomRotation: every output pixel is an input pixel of
+    # the same image and channel, or the zero fill
+    for i in range(3):
+        for c in range(3):
+            vals = set(x[i, c].flatten().tolist()) | {0.0}
+            assert set(y[i, c].flatten().tolist()) <= vals
 
 
 def test_normalize_and_mixup():

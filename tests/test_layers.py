@@ -22,6 +22,9 @@ def reference_weight(layer):
         return alpha + (beta - alpha) * b
     if layer.domain == "pm1":  # tied phi = 0
         return layer.tau.detach() * s
+    if layer.domain == "abr":  # alpha = r (beta - alpha), beta - alpha = 2 tau
+        step = 2 * layer.tau.detach()
+        return float(layer.r) * step + step * b
     return 2 * layer.tau.detach() * b  # 01: tied phi = tau
 
 

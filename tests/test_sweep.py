@@ -114,3 +114,75 @@ def test_gamma_table():
     assert sweep.gamma_for(0.01) == 0.10
     assert sweep.gamma_for(0.01, "cifar100") == 0.07
     assert sweep.gamma_for(0.06) == 0.07  # nearest listed EC is 0.05
+
+
+def test_sweep_appends_rows_and_resumes_from_the_csv_alone(toy_root, tmp_path, monkeypatch):
+    """A committed results.csv is enough: with the run folders gone, nothing is retrained; a
+    row appears as soon as its run finishes; extra columns and every row are kept."""
+    import shutil
+
+    out = tmp_path / "sweep"
+    base = ["sweep", "--seeds", "0", "--no-fp", "--no-latency", "--set", f"data.root={toy_root}",
+            *ARGS, "--set", "sparsity.mode=exact", "--out", str(out)]
+    seen = []
+    real = sweep.append_row
+
+    def spy(o, row):
+        real(o, row)
+        seen.append(len(sweep.read_rows(o / "results.csv")))  # on disk before the next run
+
+    monkeypatch.setattr(sweep, "append_row", spy)
+    assert main([*base, "--ec", "0.1", "--domain", "abr,01"]) == 0
+    assert seen == [1, 2]
+    rows = sweep.read_rows(out / "results.csv")
+    assert [(r["domain"], r["ec"], r["sparsity_mode"]) for r in rows] == [
+        ("abr", 0.1, "exact"), ("01", 0.1, "exact")]
+    for r in rows:
+        assert r["steps"] == 4 and r["threads"] >= 1 and r["cpu_model"]
+        assert r["collapsed"] in (0, 1)
+        assert abs(r["ones_fraction"] - 0.1) < 0.01  # exact per layer, rounded per layer
+    text = (out / "results.csv").read_text().replace("run_dir", "run_dir,note", 1)
+    (out / "results.csv").write_text(text.replace("\n", ",kept\n").replace("note,kept", "note"))
+    shutil.rmtree(out / "runs")
+    calls = []
+    monkeypatch.setattr("sbnn.pipeline.train.Trainer.fit", lambda self: calls.append(self) or {})
+    assert main([*base, "--ec", "0.1", "--domain", "01,abr"]) == 0
+    assert calls == []
+    again = sweep.read_rows(out / "results.csv")
+    assert [r["domain"] for r in again] == ["abr", "01"] and again[0]["note"] == "kept"
+    assert "abr" in (out / "results.md").read_text()
+
+
+def test_shards_partition_the_plan_and_collect_merges_them(toy_root, tmp_path, monkeypatch):
+    names = []
+
+    def fake(spec):
+        d, arm, ec, seed, run_cfg, run_dir, *_ = spec
+        names.append(run_dir.name)
+        return {"domain": d, "arm": arm, "ec": ec, "seed": seed, "test_accuracy": 0.5,
+                "ones_fraction": ec, "run_dir": str(run_dir)}
+
+    monkeypatch.setattr(sweep, "_run_row", fake)
+    monkeypatch.setattr(sweep, "plot_results", lambda rows, out: None)
+    base = ["sweep", "--seeds", "0,1", "--ec", "0.25,0.1", "--domain", "ab,01", "--no-fp",
+            "--set", f"data.root={toy_root}", *ARGS]
+    for i in range(3):
+        assert main([*base, "--shard", f"{i}/3", "--out", str(tmp_path / f"s{i}")]) == 0
+    assert len(names) == len(set(names)) == 8  # disjoint, and together the whole plan
+    assert main(["sweep", "--collect", *(str(tmp_path / f"s{i}") for i in range(3)),
+                 "--out", str(tmp_path / "all")]) == 0
+    rows = sweep.read_rows(tmp_path / "all" / "results.csv")
+    assert sorted(r["run_dir"].rsplit("/", 1)[1] for r in rows) == sorted(names)
+    assert main([*base, "--shard", "3/3", "--out", str(tmp_path / "x")]) == 2
+    assert main(["sweep", "--collect", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_jobs_run_in_parallel_processes(toy_root, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--seeds", "0,1", "--ec", "0.1", "--domain", "ab", "--no-fp",
+                 "--no-latency", "--jobs", "2", "--set", "threads=2",
+                 "--set", f"data.root={toy_root}", *ARGS, "--out", str(out)]) == 0
+    rows = sweep.read_rows(out / "results.csv")
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    assert all(r["threads"] == 1 for r in rows)  # 2 threads split between 2 jobs

@@ -285,6 +285,29 @@ NB_MODULE(_core, m) {
       "default_impl", [] { return std::string(sbnn::isa_name(sbnn::default_isa())); },
       "What impl='auto' picks (the best ISA, or the SBNN_ISA environment variable).");
 
+  m.def(
+      "bconv_geometry",
+      [](int Ci, int H, int W, int kh, int kw, int stride, int pad, int vec_bytes,
+         int max_group) {
+        const sbnn::ConvGeom g =
+            sbnn::make_geom(Ci, H, W, kh, kw, stride, pad, vec_bytes, max_group);
+        nb::dict d;
+#define SBNN_GEOM_FIELD(f) d[#f] = static_cast<int64_t>(g.f)
+        SBNN_GEOM_FIELD(Ci); SBNN_GEOM_FIELD(H); SBNN_GEOM_FIELD(W); SBNN_GEOM_FIELD(kh);
+        SBNN_GEOM_FIELD(kw); SBNN_GEOM_FIELD(stride); SBNN_GEOM_FIELD(pad);
+        SBNN_GEOM_FIELD(Hp); SBNN_GEOM_FIELD(Wp); SBNN_GEOM_FIELD(Ho); SBNN_GEOM_FIELD(Wo);
+        SBNN_GEOM_FIELD(Hs); SBNN_GEOM_FIELD(Wph); SBNN_GEOM_FIELD(G); SBNN_GEOM_FIELD(Hph);
+        SBNN_GEOM_FIELD(L); SBNN_GEOM_FIELD(Lr); SBNN_GEOM_FIELD(phase_size);
+        SBNN_GEOM_FIELD(plane_elems); SBNN_GEOM_FIELD(plane_alloc); SBNN_GEOM_FIELD(ssum_alloc);
+        SBNN_GEOM_FIELD(Cw); SBNN_GEOM_FIELD(K); SBNN_GEOM_FIELD(Kp);
+        SBNN_GEOM_FIELD(prep_work_bytes);
+#undef SBNN_GEOM_FIELD
+        return d;
+      },
+      "Ci"_a, "H"_a, "W"_a, "kh"_a, "kw"_a, "stride"_a, "pad"_a, "vec_bytes"_a = 32,
+      "max_group"_a = 64,
+      "The binary conv's grid layout (sbnn::make_geom), for the loader's cost model's tests.");
+
   nb::class_<PyBConv>(m, "BConv2d",
                       "Binary conv prepared for one input size: y = eta*conv(x,b) + "
                       "xi*conv(x,1) + bias, x = +1 if input >= thr else -1, zero padding.")

@@ -55,3 +55,23 @@ def test_conv2d_bad_impl():
     x = np.zeros((1, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="unknown impl"):
         core.conv2d(x, np.zeros((1, 2, 1, 1), np.float32), impl="nope")
+
+
+@needs_core
+@pytest.mark.parametrize("impl", impl_params())
+def test_conv2d_tap_past_a_short_row(impl):
+    # Issue 18 item 1: stride 2, pad 1 on a 1x1 input: the tap kx=2 lands at w = 1 (past the
+    # row) for the only output column; (W - 1 + pad - kx) / stride truncated toward zero made it
+    # a valid column and read x[1] outside the buffer (gave [3, 2] where the reference says [1, 2])
+    x = np.array([[[[1.0]]]], np.float32)
+    wt = np.ones((2, 1, 3, 3), np.float32)
+    wt[1] *= 2
+    ref = kernels.conv2d_reference(x, wt, None, 2, 1)
+    np.testing.assert_array_equal(ref.reshape(-1), [1, 2])
+    for nt in (1, 3):
+        # surround x with junk so that a read past it shows in the result
+        buf = np.full((1, 1, 1, 64), 1000.0, np.float32)
+        buf[..., 0] = 1.0
+        xv = buf[..., :1]
+        y = core.conv2d(np.ascontiguousarray(xv), wt, None, 2, 1, num_threads=nt, impl=impl)
+        np.testing.assert_array_equal(y.reshape(-1), [1, 2])

@@ -152,9 +152,13 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, fl
       for (int kx = 0; kx < kw_; ++kx) {
         const int k = (ci * kh_ + ky) * kw_ + kx;
         const float* xc = x + static_cast<size_t>(ci) * H_ * W_;
-        // Valid output columns of this tap: ow*s + kx - pad in [0, W).
+        // Valid output columns of this tap: ow*s + kx - pad in [0, W), i.e. ow in
+        // [ceil((pad - kx) / s), floor((W - 1 + pad - kx) / s)]. C++ division truncates toward
+        // zero, so a negative numerator is handled apart: on the left it clamps to 0 anyway; on
+        // the right it means the tap never lands inside the row (no valid column at all).
         const int ow0 = std::min(Wo_, std::max(0, (pad_ - kx + stride_ - 1) / stride_));
-        const int ow1 = std::max(ow0, std::min(Wo_, (W_ - 1 + pad_ - kx) / stride_ + 1));
+        const int last = W_ - 1 + pad_ - kx;
+        const int ow1 = last < 0 ? ow0 : std::max(ow0, std::min(Wo_, last / stride_ + 1));
         for (int oh = 0; oh < Ho_; ++oh) {
           const int h = oh * stride_ + ky - pad_;
           const bool hin = h >= 0 && h < H_;

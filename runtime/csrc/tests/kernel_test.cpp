@@ -283,6 +283,165 @@ void check_floatconv(Isa isa) {
   }
 }
 
+// Every small geometry (issue 18): input 1-4 square, kernel 1-5, stride 1-3, pad 0-2 (pad <
+// kernel, the format's rule; the kernel must fit the padded input, PyTorch's), plus a fixed
+// sample of non-square ones (kh != kw, H != W up to 9): the float conv against a plain loop,
+// both binary kernels (binarised input) against the reference twin (exact counts), and max/avg
+// pooling (pad <= k/2) and the global average pool through the engine against plain loops.
+struct Geo {
+  int H, W, kh, kw, s, p;
+};
+
+std::vector<Geo> small_geometries() {
+  std::vector<Geo> out;
+  for (int n = 1; n <= 4; ++n)
+    for (int k = 1; k <= 5; ++k)
+      for (int s = 1; s <= 3; ++s)
+        for (int p = 0; p <= 2; ++p)
+          if (p < k && n + 2 * p >= k) out.push_back({n, n, k, k, s, p});
+  std::mt19937 rng(1818);
+  std::uniform_int_distribution<int> side(1, 9), ker(1, 5), st(1, 3), pd(0, 2);
+  while (out.size() < 260) {
+    Geo g{side(rng), side(rng), ker(rng), ker(rng), st(rng), pd(rng)};
+    if (g.p < std::max(g.kh, g.kw) && g.H + 2 * g.p >= g.kh && g.W + 2 * g.p >= g.kw)
+      out.push_back(g);
+  }
+  return out;
+}
+
+float plain_conv_at(const std::vector<float>& x, const std::vector<float>& w, int Ci, const Geo& g,
+                    int n, int co, int oh, int ow) {
+  float a = 0.0f;
+  for (int ci = 0; ci < Ci; ++ci)
+    for (int ky = 0; ky < g.kh; ++ky)
+      for (int kx = 0; kx < g.kw; ++kx) {
+        const int h = oh * g.s + ky - g.p, ww = ow * g.s + kx - g.p;
+        if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) continue;
+        a += w[((static_cast<size_t>(co) * Ci + ci) * g.kh + ky) * g.kw + kx] *
+             x[((static_cast<size_t>(n) * Ci + ci) * g.H + h) * g.W + ww];
+      }
+  return a;
+}
+
+void check_geometries(Isa isa) {
+  const int N = 2, Ci = 3, Co = 5;
+  std::mt19937 rng(99);
+  std::normal_distribution<float> nd;
+  int ncase = 0, bad = 0;
+  for (const Geo& g : small_geometries()) {
+    if (std::getenv("SBNN_TEST_VERBOSE"))
+      std::fprintf(stderr, "geometry %s %dx%d k=%dx%d s=%d p=%d\n", isa_name(isa), g.H, g.W, g.kh,
+                   g.kw, g.s, g.p);
+    std::vector<float> x(static_cast<size_t>(N) * Ci * g.H * g.W),
+        w(static_cast<size_t>(Co) * Ci * g.kh * g.kw);
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : w) v = nd(rng);
+    const int Ho = (g.H + 2 * g.p - g.kh) / g.s + 1, Wo = (g.W + 2 * g.p - g.kw) / g.s + 1;
+    const size_t out = static_cast<size_t>(N) * Co * Ho * Wo;
+    // float conv, the ISA's panels and GEMM (and the reference GEMM)
+    for (Isa fi : {isa, Isa::Ref}) {
+      FloatConv fc(w.data(), Co, Ci, g.kh, g.kw, nullptr, g.s, g.p, g.H, g.W, fi);
+      std::vector<float> y(out, -7.0f);
+      fc.forward(x.data(), N, y.data(), nullptr);
+      bool ok = fc.Ho() == Ho && fc.Wo() == Wo;
+      for (int n = 0; n < N && ok; ++n)
+        for (int co = 0; co < Co; ++co)
+          for (int oh = 0; oh < Ho; ++oh)
+            for (int ow = 0; ow < Wo; ++ow) {
+              const float want = plain_conv_at(x, w, Ci, g, n, co, oh, ow);
+              const float got = y[((static_cast<size_t>(n) * Co + co) * Ho + oh) * Wo + ow];
+              if (std::fabs(got - want) > 1e-4f * (1.0f + std::fabs(want)) * g.kh * g.kw) ok = false;
+            }
+      if (!ok) {
+        ++bad;
+        std::printf("FAIL geometry float conv %s %dx%d k=%dx%d s=%d p=%d\n", isa_name(fi), g.H,
+                    g.W, g.kh, g.kw, g.s, g.p);
+      }
+      ++ncase;
+    }
+    // binary conv on binarised input: both kernels, exact integer parts
+    std::vector<uint8_t> bits(w.size());
+    for (size_t i = 0; i < bits.size(); ++i) bits[i] = w[i] > 0.3f;
+    std::vector<float> eta(Co, 1.0f), xi(Co, 0.25f), bias(Co, 0.5f);
+    BConvLayer ref(bits.data(), Co, Ci, g.kh, g.kw, eta.data(), xi.data(), bias.data(), nullptr,
+                   g.s, g.p, g.H, g.W, BConvKind::Sparse, Isa::Ref);
+    std::vector<int32_t> rc(out), rw(static_cast<size_t>(N) * Ho * Wo);
+    ref.counts(x.data(), N, rc.data(), rw.data(), nullptr);
+    for (BConvKind kind : {BConvKind::Sparse, BConvKind::Dense}) {
+      BConvLayer opt(bits.data(), Co, Ci, g.kh, g.kw, eta.data(), xi.data(), bias.data(), nullptr,
+                     g.s, g.p, g.H, g.W, kind, isa);
+      std::vector<int32_t> oc(out, -7), ow(rw.size(), -7);
+      opt.counts(x.data(), N, oc.data(), ow.data(), nullptr);
+      if (oc != rc || ow != rw) {
+        ++bad;
+        std::printf("FAIL geometry bconv %s %s %dx%d k=%dx%d s=%d p=%d\n", isa_name(isa),
+                    kind == BConvKind::Sparse ? "sparse" : "dense", g.H, g.W, g.kh, g.kw, g.s,
+                    g.p);
+      }
+      ++ncase;
+    }
+    // pools: square windows k = kh, pad <= k / 2
+    if (g.kh != g.kw || 2 * g.p > g.kh) continue;
+    for (int kind = 0; kind < 3; ++kind) {
+      Engine e(1);
+      const int t = e.input(Ci, g.H, g.W);
+      int u;
+      if (kind == 0) u = e.maxpool(t, g.kh, g.s, g.p);
+      else u = e.avgpool(t, g.kh, g.s, g.p, kind == 1);
+      e.set_output(u);
+      std::vector<float> y(static_cast<size_t>(N) * Ci * Ho * Wo, -7.0f);
+      e.run(x.data(), N, y.data());
+      bool ok = true;
+      for (int n = 0; n < N; ++n)
+        for (int c = 0; c < Ci; ++c)
+          for (int oh = 0; oh < Ho; ++oh)
+            for (int ow2 = 0; ow2 < Wo; ++ow2) {
+              float mx = -INFINITY, sum = 0.0f;
+              int cnt = 0;
+              for (int ky = 0; ky < g.kh; ++ky)
+                for (int kx = 0; kx < g.kh; ++kx) {
+                  const int h = oh * g.s + ky - g.p, ww = ow2 * g.s + kx - g.p;
+                  if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) continue;
+                  const float v = x[((static_cast<size_t>(n) * Ci + c) * g.H + h) * g.W + ww];
+                  mx = std::max(mx, v);
+                  sum += v;
+                  ++cnt;
+                }
+              const float want = kind == 0 ? mx : sum / (kind == 1 ? g.kh * g.kh : cnt);
+              const float got = y[((static_cast<size_t>(n) * Ci + c) * Ho + oh) * Wo + ow2];
+              if (!(std::fabs(got - want) <= 1e-5f * (1.0f + std::fabs(want)))) ok = false;
+            }
+      if (!ok) {
+        ++bad;
+        std::printf("FAIL geometry %s %dx%d k=%d s=%d p=%d\n",
+                    kind == 0 ? "maxpool" : (kind == 1 ? "avgpool(pad counted)" : "avgpool"), g.H,
+                    g.W, g.kh, g.s, g.p);
+      }
+      ++ncase;
+    }
+  }
+  // global average pool on every small map
+  for (int h = 1; h <= 9; ++h)
+    for (int w = 1; w <= 9; ++w) {
+      Engine e(1);
+      e.set_output(e.global_avgpool(e.input(2, h, w)));
+      std::vector<float> x(static_cast<size_t>(2) * h * w), y(2, -7.0f);
+      for (auto& v : x) v = nd(rng);
+      e.run(x.data(), 1, y.data());
+      for (int c = 0; c < 2; ++c) {
+        float s = 0.0f;
+        for (int i = 0; i < h * w; ++i) s += x[static_cast<size_t>(c) * h * w + i];
+        if (!(std::fabs(y[c] - s / (h * w)) <= 1e-5f * (1.0f + std::fabs(s)))) {
+          ++bad;
+          std::printf("FAIL geometry global_avgpool %dx%d\n", h, w);
+        }
+      }
+      ++ncase;
+    }
+  g_fail += bad;
+  std::printf("geometries %s: %d cases, %d failures\n", isa_name(isa), ncase, bad);
+}
+
 // sbconv -> add(skip) -> hardtanh -> sbconv s2 -> hardtanh, fused (with the per-layer choice;
 // the groups the graph passes would give) against the same graph unfused and sparse-only.
 void check_fusion(Isa isa) {
@@ -410,6 +569,7 @@ int main(int argc, char** argv) {
           }
     check_floatconv(isa);
     check_fusion(isa);
+    check_geometries(isa);
   }
   check_isa_names();
   check_float_conv();

@@ -85,9 +85,10 @@ class Engine:
 
     ``num_threads``: None (every core) or 1 to :data:`MAX_THREADS` (256), else ``ValueError``;
     a pool whose threads cannot be started (e.g. under a memory limit) raises ``RuntimeError``.
-    ``max_macs`` / ``max_memory``: see :class:`sbnn_runtime.ops.Limits` (defaults 1e11 MACs per
-    image and 4 GiB; ``$SBNN_MAX_MACS`` / ``$SBNN_MAX_MEMORY``); a graph past them, or a batch
-    whose activations would pass ``max_memory``, raises :class:`sbnn_runtime.SBNNLimitError`.
+    ``max_macs`` / ``max_memory``: see :class:`sbnn_runtime.ops.Limits` (defaults 3e10 kernel
+    steps per image and 4 GiB; ``$SBNN_MAX_MACS`` / ``$SBNN_MAX_MEMORY``); a graph past them, or
+    a batch whose activations would pass ``max_memory``, raises
+    :class:`sbnn_runtime.SBNNLimitError`.
 
     Thread safety: one engine may be called from many Python threads at once; each call gets
     its own activation buffers and per-op timings (the GIL is released while it runs), and the
@@ -202,8 +203,8 @@ def load(path: str | os.PathLike, num_threads: int | None = None, *, sparse: boo
     """Load a ``.sbnn`` file into a callable :class:`Engine`.
 
     The file is checked whole from its header, and held to ``max_macs`` (per image, default
-    1e11) and ``max_memory`` (bytes, default 4 GiB), before anything is decoded or built; see
-    :class:`sbnn_runtime.ops.Limits` to raise them for a model you trust.
+    3e10 kernel steps) and ``max_memory`` (bytes, default 4 GiB), before anything is decoded or
+    built; see :class:`sbnn_runtime.ops.Limits` to raise them for a model you trust.
 
     ``num_threads=None`` uses every core. By default each binary conv runs the faster of the
     sparse and the dense kernel for its shape, ones and ISA (timed on the first batch of each

@@ -130,28 +130,56 @@ def encode_bits(bits: np.ndarray) -> tuple[bytes, dict[str, Any]]:
 
 
 def decode_bits(blob: bytes, shape: tuple[int, ...], fields: dict[str, Any]) -> np.ndarray:
-    """Inverse of :func:`encode_bits`; raises :class:`SBNNFormatError` on inconsistent data."""
+    """Inverse of :func:`encode_bits`; raises :class:`SBNNFormatError` on inconsistent data.
+
+    Decodes the streams in chunks of :data:`_DECODE_CHUNK` unary bytes, so that what it holds
+    besides the output is bounded by a constant (a few tens of MiB), whatever the tensor.
+    """
     n = math.prod(shape)
     k, ones, flip, ub = _check_rice(n, len(blob), fields)
-    unary = np.unpackbits(np.frombuffer(blob, np.uint8, ub), bitorder="little")
-    zeros = np.flatnonzero(unary == 0)
-    if zeros.size < ones:
-        raise _err(f"rice_gaps blob: unary stream holds {zeros.size} runs, expected {ones}")
-    q = np.diff(zeros[:ones], prepend=-1) - 1
-    rem_bits = np.unpackbits(np.frombuffer(blob, np.uint8, offset=ub), bitorder="little")
-    rem_bits = rem_bits[: ones * k].reshape(ones, k).astype(np.int64)
-    r = rem_bits @ (np.int64(1) << np.arange(k, dtype=np.int64)) if k else 0
-    gaps = (q.astype(np.int64) << k) + r
-    if ones and int(gaps.max()) >= n:  # also keeps the cumulative sum below from overflowing
-        raise _err(f"rice_gaps blob: a run of {int(gaps.max())} 0-bits in a {n}-bit tensor")
-    pos = np.cumsum(gaps + 1) - 1
-    if ones and (pos[-1] >= n or pos[-1] < 0):
-        raise _err(f"rice_gaps blob: runs reach bit {int(pos[-1])} of a {n}-bit tensor")
     out = np.zeros(n, dtype=np.uint8)
-    out[pos] = 1
+    ubuf = np.frombuffer(blob, np.uint8, ub)
+    rbuf = np.frombuffer(blob, np.uint8, offset=ub)
+    weights = np.int64(1) << np.arange(k, dtype=np.int64)
+    found, prev_zero, pos = 0, -1, -1  # runs decoded, unary bit of the last 0, last 1-bit
+    for b0 in range(0, ub, _DECODE_CHUNK):
+        if found == ones:
+            break
+        unary = np.unpackbits(ubuf[b0: b0 + _DECODE_CHUNK], bitorder="little")
+        z = np.flatnonzero(unary == 0)[: ones - found] + 8 * b0
+        del unary
+        m = int(z.size)
+        if not m:
+            continue
+        q = np.diff(z, prepend=prev_zero) - 1
+        prev_zero = int(z[-1])
+        del z
+        if k:
+            lo = found * k
+            rb = np.unpackbits(rbuf[lo // 8: (lo + m * k + 7) // 8], bitorder="little")
+            rb = rb[lo % 8: lo % 8 + m * k].reshape(m, k)
+            r = np.zeros(m, np.int64)
+            for j in range(k):
+                r += rb[:, j] * weights[j]
+            del rb
+        else:
+            r = 0
+        gaps = (q << k) + r
+        if int(gaps.max()) >= n:  # also keeps the cumulative sum below from overflowing
+            raise _err(f"rice_gaps blob: a run of {int(gaps.max())} 0-bits in a {n}-bit tensor")
+        p = pos + np.cumsum(gaps + 1)
+        if p[-1] >= n:
+            raise _err(f"rice_gaps blob: runs reach bit {int(p[-1])} of a {n}-bit tensor")
+        out[p] = 1
+        pos, found = int(p[-1]), found + m
+    if found < ones:
+        raise _err(f"rice_gaps blob: unary stream holds {found} runs, expected {ones}")
     if flip:
-        out = 1 - out
+        np.bitwise_xor(out, 1, out=out)
     return out.reshape(shape)
+
+
+_DECODE_CHUNK = 1 << 17  # unary bytes per chunk: up to 2^20 runs, about 40 MiB of temporaries
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -334,7 +362,10 @@ def loads(data: bytes | bytearray | memoryview, *, max_macs: Any = None,
         for p, ref in params.items():
             where = f"node {i} ({op}) param {p!r}"
             shape, dt, off, length = _check_ref(ref, len(payload), where)
-            stand_ins[p] = shape_only(shape, _DTYPES[dt])
+            ones = None  # raw: unknown, every element counts
+            if ref.get("encoding") == "rice_gaps":  # the 1-bits the header declares (checked)
+                ones = math.prod(shape) - ref["ones"] if ref["flip"] else ref["ones"]
+            stand_ins[p] = shape_only(shape, _DTYPES[dt], ones)
             node_refs[p] = (ref, shape, dt, off, length)
             blobs.append((off, length, where))
         nodes.append(Node(op, inputs, attrs, stand_ins, name))

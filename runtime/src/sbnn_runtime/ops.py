@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from sbnn_runtime import kernel_costs as kc
 from sbnn_runtime import kernels
 
 __all__ = [
@@ -94,9 +95,15 @@ class ShapeOnly(np.ndarray):
     """
 
 
-def shape_only(shape: tuple[int, ...], dtype) -> ShapeOnly:
-    """A :class:`ShapeOnly` array of ``shape`` and ``dtype`` that allocates one element."""
-    return np.broadcast_to(np.zeros((), dtype), tuple(shape)).view(ShapeOnly)
+def shape_only(shape: tuple[int, ...], dtype, ones: int | None = None) -> ShapeOnly:
+    """A :class:`ShapeOnly` array of ``shape`` and ``dtype`` that allocates one element.
+
+    ``ones``: how many of its elements are 1 (binary weights: the file header says it, and the
+    sparse kernel's cost depends on it); None counts every element.
+    """
+    a = np.broadcast_to(np.zeros((), dtype), tuple(shape)).view(ShapeOnly)
+    a.ones = math.prod(shape) if ones is None else int(ones)
+    return a
 
 
 @dataclass
@@ -142,6 +149,11 @@ class OpSpec:
     lower_c: Callable[..., Any] | None = None
     macs: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
     workspace: Callable[[Node, list[Shape], Shape], int] = lambda nd, ins, out: 0
+    # kernel steps per image (see sbnn_runtime.kernel_costs); None: the MACs plus one pass
+    # over the output
+    work: Callable[[Node, list[Shape], Shape], int] | None = None
+    # bytes the native engine holds for the node's parameters; None: one copy of them
+    engine_bytes: Callable[[Node, list[Shape], Shape], int] | None = None
     bit_params: tuple[str, ...] = ()
     binary: Callable[[Node], bool] = lambda nd: False
     c_source: str = ""
@@ -188,6 +200,7 @@ def _cview(v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 _I, _F, _B = int, float, bool
+_F32_MAX = float(np.finfo(np.float32).max)  # float attributes run as float32
 
 
 # -- conv2d / sbconv2d ------------------------------------------------------------------------
@@ -213,6 +226,10 @@ def _conv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
             raise _err(f"{where}: bits must be 0/1")
         if "thr" in P:
             _expect(where, "thr", P["thr"], (c,))
+        if nd.attrs["binary_input"]:  # every limit of the native binary conv, before it runs
+            why = kc.bconv_limit_error(c, h, w, kh, kw, st, pad)
+            if why:
+                raise _err(f"{where}: {why}")
     return (co, oh, ow)
 
 
@@ -221,18 +238,51 @@ def _conv_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
     return int(np.prod(out)) * int(np.prod(wt.shape[1:]))
 
 
+def _ones(bits: np.ndarray) -> int:
+    """1-bits of a binary weight: counted, or as the file header declares them (stand-ins)."""
+    if isinstance(bits, ShapeOnly):
+        return int(getattr(bits, "ones", bits.size))  # views of a stand-in lose it
+    return int(np.count_nonzero(bits))
+
+
+def _bgeom(nd: Node, ins: list[Shape]) -> kc.BConvGeometry:
+    co, ci, kh, kw = nd.params["bits"].shape
+    _, h, w = ins[0]
+    return kc.bconv_geometry(ci, h, w, kh, kw, nd.attrs["stride"], nd.attrs["padding"], 64)
+
+
+def _is_bconv(nd: Node) -> bool:
+    return nd.op == "sbconv2d" and nd.attrs["binary_input"]
+
+
 def _conv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
-    # float conv (and sbconv2d on real inputs): im2col columns (Ci kh kw, Ho Wo) float32, unless
-    # the conv is a plain 1x1; binary conv: the input's bit planes and channel sums, padded
+    # float conv (and sbconv2d on real inputs): the im2col column panels of one image; binary
+    # conv: the larger scratch of its sparse and dense kernels (kernel_costs)
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
-    ci, kh, kw = wt.shape[1:]
-    st, pad = nd.attrs["stride"], nd.attrs["padding"]
-    p = out[1] * out[2]
-    if nd.op == "conv2d" or not nd.attrs["binary_input"]:
-        direct = kh == kw == 1 and st == 1 and pad == 0
-        return 0 if direct else 4 * ci * kh * kw * p
-    hp, wp = ins[0][1] + 2 * pad + st, ins[0][2] + 2 * pad + st
-    return 2 * (ci + 4) * hp * wp + 16 * p + 4096
+    if _is_bconv(nd):
+        return kc.bconv_workspace(_bgeom(nd, ins), wt.shape[0])
+    return kc.fconv_workspace(int(np.prod(wt.shape[1:])), out[1] * out[2])
+
+
+def _conv_work(nd: Node, ins: list[Shape], out: Shape) -> int:
+    wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
+    co = wt.shape[0]
+    if _is_bconv(nd):  # both kernels may run (the engine times them at the first run)
+        g = _bgeom(nd, ins)
+        return kc.sparse_steps(g, co, _ones(wt)) + kc.dense_steps(g, co)
+    c, h, w = ins[0]
+    return kc.fconv_steps(co, int(np.prod(wt.shape[1:])), out[1] * out[2], c, h, w)
+
+
+def _conv_engine_bytes(nd: Node, ins: list[Shape], out: Shape) -> int:
+    wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
+    co = wt.shape[0]
+    vecs = sum(int(a.size) for p, a in nd.params.items() if p not in ("weight", "bits"))
+    if _is_bconv(nd):
+        return 4 * vecs + kc.bconv_param_bytes(_bgeom(nd, ins), co, _ones(wt))
+    # the float weight (dequantized from the bits: a transient numpy array) and FloatConv's
+    return (4 * wt.size if nd.op == "sbconv2d" else 0) + 4 * vecs + kc.fconv_param_bytes(
+        co, int(np.prod(wt.shape[1:])))
 
 
 def _onnx_conv(ctx, nd: Node, ins: list[str], out: str, w: np.ndarray, x: str) -> None:
@@ -266,7 +316,8 @@ _register(OpSpec(
         src[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
         nd.attrs["padding"]),
     lower_onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
-    macs=_conv_macs, workspace=_conv_workspace, lower_c=_conv2d_c,
+    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work, lower_c=_conv2d_c,
+    engine_bytes=_conv_engine_bytes,
 ))
 
 
@@ -332,7 +383,8 @@ _register(OpSpec(
      "thr": ("f32", False)},
     shape=_conv_shape, reference=_sbconv_reference, lower_native=_sbconv_build,
     lower_onnx=_sbconv_onnx,
-    macs=_conv_macs, workspace=_conv_workspace, lower_c=_sbconv_c,
+    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work, lower_c=_sbconv_c,
+    engine_bytes=_conv_engine_bytes,
     bit_params=("bits",), binary=lambda nd: bool(nd.attrs["binary_input"]),
     c_scratch=_sbconv_c_scratch, c_input_first=lambda nd: nd.attrs["binary_input"],
 ))
@@ -477,6 +529,13 @@ def _pool_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
     return int(np.prod(out)) * nd.attrs["k"] ** 2
 
 
+_POOL_TAP_STEPS = 16  # a window tap of the engine's pools (bounds checks, scalar) in kernel steps
+
+
+def _pool_work(nd: Node, ins: list[Shape], out: Shape) -> int:
+    return (_POOL_TAP_STEPS * nd.attrs["k"] ** 2 + 1) * int(np.prod(out))
+
+
 def _pool_windows(x: np.ndarray, k: int, s: int, p: int, fill: float) -> np.ndarray:
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -532,7 +591,7 @@ _register(OpSpec(
     lower_native=lambda eng, nd, src, opt: eng.avgpool(
         src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"],
         nd.attrs["count_include_pad"]),
-    lower_onnx=_pool_onnx("AveragePool"), macs=_pool_macs, lower_c=_pool_c,
+    lower_onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
     c_epilogue=_pool_c_epilogue(0),
 ))
 
@@ -541,7 +600,7 @@ _register(OpSpec(
     shape=_pool_shape, reference=_maxpool_reference,
     lower_native=lambda eng, nd, src, opt: eng.maxpool(
         src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"]),
-    lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, lower_c=_pool_c,
+    lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
     c_epilogue=_pool_c_epilogue(1),
 ))
 
@@ -649,7 +708,9 @@ def _check_node(i: int, nd: Node) -> OpSpec:
             ok = True
         if ok and t is int and not 0 <= v <= 1 << 16:
             ok = False  # strides, paddings, windows: small non-negative ints
-        if not ok or (t is float and not math.isfinite(v)):
+        if ok and t is float and not abs(v) <= _F32_MAX:
+            ok = False  # NaN, inf, and numbers float32 cannot hold (a 400-digit int literal)
+        if not ok:
             raise _err(f"{where}: attribute {a!r} must be {t.__name__}, got {v!r}")
     for p, (dt, required) in spec.params.items():
         arr = nd.params.get(p)
@@ -731,7 +792,7 @@ def reference_forward(graph: Graph, x: np.ndarray, profile: bool = False):
 
 # -- what a graph costs, and the limits a loader holds it to ---------------------------------
 
-DEFAULT_MAX_MACS = 10**11  # per image: 3.7x our CIFAR-style ResNet-18 at 224x224 (27 G)
+DEFAULT_MAX_MACS = 3 * 10**10  # kernel steps per image: seconds of run time (docs/HARDENING.md)
 DEFAULT_MAX_MEMORY = 4 << 30  # bytes, at the batch being run
 
 
@@ -739,12 +800,13 @@ DEFAULT_MAX_MEMORY = 4 << 30  # bytes, at the batch being run
 class GraphCost:
     """What running a graph costs, from its shapes alone (see :func:`graph_cost`).
 
-    ``macs``: multiply-accumulates per image (``node_macs`` per node); ``param_bytes``: the
-    decoded parameters; ``engine_param_bytes``: the parameters once an engine holds them (the
-    decoded arrays, the native engine's copy and, per bit, up to 8 bytes of sparse indices or
-    dequantized weights); ``activation_bytes``: per image, the native engine's activation
-    buffers (its reuse of freed buffers simulated exactly) plus the output; ``workspace_bytes``:
-    the largest kernel scratch, per image worked on at once.
+    ``macs``: multiply-accumulates per image (``node_macs`` per node); ``work``: kernel steps
+    per image (``node_work``; what the native kernels really iterate, see
+    :mod:`sbnn_runtime.kernel_costs`), the quantity ``max_macs`` bounds; ``param_bytes``: the
+    decoded parameters; ``engine_param_bytes``: those plus what the native engine builds from
+    them (its copies, sparse offsets, packed weights, border tables); ``activation_bytes``: per
+    image, the native engine's activation buffers (its reuse of freed buffers simulated exactly)
+    plus the output; ``workspace_bytes``: the largest kernel scratch of one thread.
     """
 
     macs: int
@@ -753,11 +815,13 @@ class GraphCost:
     engine_param_bytes: int
     activation_bytes: int
     workspace_bytes: int
+    work: int = 0
+    node_work: tuple[int, ...] = ()
 
     def memory(self, batch: int = 1, threads: int = 1) -> int:
-        """Bytes an engine needs to run ``batch`` images with ``threads`` threads (an estimate)."""
+        """Bytes an engine needs to run ``batch`` images with ``threads`` threads (a bound)."""
         return (self.engine_param_bytes + batch * self.activation_bytes
-                + min(batch, max(threads, 1)) * self.workspace_bytes)
+                + max(threads, 1) * self.workspace_bytes)
 
 
 _MAX_FREE = 4096
@@ -803,18 +867,20 @@ def graph_cost(graph: Graph, shapes: list[Shape] | None = None) -> GraphCost:
     """
     if shapes is None:
         shapes = infer_shapes(graph)
-    macs, work, pbytes, ebytes = [], 0, 0, 0
+    macs, steps, scratch, pbytes, ebytes = [], [], 0, 0, 0
     for i, nd in enumerate(graph.nodes):
         spec = OPS[nd.op]
-        ins = [shapes[j] for j in nd.inputs]
-        macs.append(int(spec.macs(nd, ins, shapes[i])))
-        work = max(work, int(spec.workspace(nd, ins, shapes[i])))
-        for p, arr in nd.params.items():
-            nb = int(arr.size) * arr.dtype.itemsize
-            pbytes += nb
-            ebytes += 2 * nb + (8 * int(arr.size) if p in spec.bit_params else 0)
+        ins, out = [shapes[j] for j in nd.inputs], shapes[i]
+        macs.append(int(spec.macs(nd, ins, out)))
+        steps.append(int(spec.work(nd, ins, out)) if spec.work else macs[-1] + math.prod(out))
+        scratch = max(scratch, int(spec.workspace(nd, ins, out)))
+        nb = sum(int(arr.size) * arr.dtype.itemsize for arr in nd.params.values())
+        pbytes += nb
+        ebytes += nb + (int(spec.engine_bytes(nd, ins, out)) if spec.engine_bytes else
+                        sum(4 * int(arr.size) for arr in nd.params.values()))
     act = 4 * _activation_elems(graph, shapes)
-    return GraphCost(sum(macs), tuple(macs), pbytes, ebytes, act, work)
+    return GraphCost(sum(macs), tuple(macs), pbytes, ebytes, act, scratch, sum(steps),
+                     tuple(steps))
 
 
 def _amount(value: Any, name: str, unit: int) -> float:
@@ -839,7 +905,8 @@ class Limits:
     """The most work and memory a loader lets one model take; past them it raises
     :class:`SBNNLimitError` before decoding or allocating anything.
 
-    ``max_macs``: multiply-accumulates per image (default :data:`DEFAULT_MAX_MACS`, 1e11);
+    ``max_macs``: kernel steps per image (multiply-accumulates and the rest of what the native
+    kernels iterate, :attr:`GraphCost.work`; default :data:`DEFAULT_MAX_MACS`, 3e10, seconds);
     ``max_memory``: bytes for parameters, activations and kernel scratch at the batch being run
     (default :data:`DEFAULT_MAX_MEMORY`, 4 GiB). Both defaults fit our CIFAR-style ResNet-18
     (``resnet18_irnet``) at 224x224 with room to spare (27.3 GMACs, about 154 MiB at batch 1,
@@ -868,11 +935,12 @@ class Limits:
     def check(self, cost: GraphCost, batch: int = 1, threads: int = 1,
               what: str = "the model") -> None:
         """Raise :class:`SBNNLimitError` when ``cost`` at ``batch`` exceeds a limit."""
-        if cost.macs > self.max_macs:
-            top = max(range(len(cost.node_macs)), key=cost.node_macs.__getitem__)
+        if cost.work > self.max_macs:
+            top = max(range(len(cost.node_work)), key=cost.node_work.__getitem__)
             raise SBNNLimitError(
-                f"{what} needs {cost.macs / 1e9:.4g} GMACs per image (node {top}: "
-                f"{cost.node_macs[top] / 1e9:.4g} G), above the limit of "
+                f"{what} needs {cost.work / 1e9:.4g} G kernel steps per image (multiply-"
+                f"accumulates and the kernels' other work; node {top}: "
+                f"{cost.node_work[top] / 1e9:.4g} G), above the limit of "
                 f"{self.max_macs / 1e9:.4g} G; if you trust it, raise max_macs (e.g. "
                 "sbnn_runtime.load(path, max_macs=...)) or $SBNN_MAX_MACS")
         need = cost.memory(batch, threads)
@@ -882,7 +950,7 @@ class Limits:
                 f"{what} needs about {need / mib:.1f} MiB at batch {batch} (parameters "
                 f"{cost.engine_param_bytes / mib:.1f}, activations "
                 f"{batch * cost.activation_bytes / mib:.1f}, kernel scratch "
-                f"{min(batch, max(threads, 1)) * cost.workspace_bytes / mib:.1f}), above the "
+                f"{max(threads, 1) * cost.workspace_bytes / mib:.1f}), above the "
                 f"limit of {self.max_memory / mib:.1f} MiB; run smaller batches or, if you trust "
                 "it, raise max_memory (e.g. sbnn_runtime.load(path, max_memory=...)) or "
                 "$SBNN_MAX_MEMORY")

@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except errors as e:
         print(f"sbnn {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during training: one line, exit 130
+        print(f"sbnn {args.command}: {_one_line(e) if str(e) else 'interrupted'}",
+              file=sys.stderr)
+        return 130
 
 
 def _one_line(e: BaseException) -> str:

@@ -27,6 +27,12 @@ BatchNorm after the layer only alpha / beta matters, and tau's own gradient is a
 moves it by about ``lr`` a step, so a small fitted tau (pm1: ~0.01) can change sign in training,
 which inverts the layer (measured in docs/RESULTS.md).
 
+``"abr"`` (the {alpha, beta} domain with its ratio fixed)
+    phi = (1 + 2 r) * tau is tied, with ``r = alpha / (beta - alpha)`` a fixed buffer that the
+    trainer sets to ``-sparsity.ec`` (:func:`set_fixed_r_`; -0.05 until set): the least-squares
+    r of a split at ones fraction p is about -p (docs/DOMAINS.md). In this family 01 is r = 0
+    and pm1 is r = -1/2; ``"learned"`` is r free. tau is learnable.
+
 ``"closed_form"``
     alpha and beta are the group means of the latent weights over the current split (the
     least-squares levels for that split), recomputed at each forward without gradient, per layer;
@@ -42,12 +48,19 @@ from torch import nn
 from sbnn.method import estimators
 from sbnn.method.primitives import dequantize, group_means, to_bits
 
-__all__ = ["DOMAINS", "TIED_DOMAINS", "SBLayer", "SBConv2d", "SBLinear", "LearnableBias", "RSign",
+__all__ = ["DOMAINS", "TIED_DOMAINS", "SCALE_ONLY_DOMAINS", "set_fixed_r_", "SBLayer", "SBConv2d",
+           "SBLinear", "LearnableBias", "RSign",
            "RPReLU"]
 
-DOMAINS = ("learned", "closed_form", "pm1", "01")
+DOMAINS = ("learned", "closed_form", "pm1", "01", "abr")
 # domains of the form tau * s + phi with learnable scalars, and their tie of phi to tau
-TIED_DOMAINS = ("learned", "pm1", "01")
+TIED_DOMAINS = ("learned", "pm1", "01", "abr")
+# tied domains whose tau is only a scale (alpha / beta fixed): the BatchNorm after the layer absorbs
+# it, so sparsity.mode = exact freezes it (Adam would otherwise drift it by ~lr a step, and a sign
+# change inverts the layer)
+SCALE_ONLY_DOMAINS = ("pm1", "01", "abr")
+# the abr domain's r until set_fixed_r_ sets it: -0.05, the main job's EC
+DEFAULT_R = -0.05
 
 
 def _check_domain(domain: str) -> str:
@@ -72,6 +85,8 @@ class SBLayer:
             self.tau = nn.Parameter(torch.tensor(1.0, device=dev, dtype=dt))
             if self.domain == "learned":
                 self.phi = nn.Parameter(torch.tensor(0.0, device=dev, dtype=dt))
+            if self.domain == "abr":  # sbnn train sets -sparsity.ec; a checkpoint restores it
+                self.register_buffer("r", torch.tensor(DEFAULT_R, device=dev, dtype=dt))
 
     def tau_phi(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(tau, phi) with the domain's tie applied: pm1 has phi = 0, 01 has phi = tau."""
@@ -81,6 +96,8 @@ class SBLayer:
             return self.tau, torch.zeros_like(self.tau)
         if self.domain == "01":
             return self.tau, self.tau
+        if self.domain == "abr":
+            return self.tau, (1 + 2 * self.r) * self.tau
         raise ValueError(f"domain {self.domain!r} has no tau/phi")
 
     @torch.no_grad()
@@ -88,7 +105,8 @@ class SBLayer:
         """Set tau (and phi) to the least-squares levels of ``w`` (default: the latent weights)
         split by ``bits`` (default: ``w >= 0``), under the domain's tie, per layer:
         learned: alpha, beta = group means; pm1: ``tau = mean(w * s)``; 01:
-        ``tau = mean(w[b]) / 2``. A split with an empty group keeps the current levels."""
+        ``tau = mean(w[b]) / 2``; abr: ``tau = <w, s + c> / |s + c|^2`` with ``c = 1 + 2 r``.
+        A split with an empty group keeps the current levels."""
         if self.domain not in TIED_DOMAINS:
             return
         w = (self.weight if w is None else w).detach()
@@ -97,6 +115,12 @@ class SBLayer:
         s = b.to(w.dtype) * 2 - 1
         if self.domain == "pm1":
             self.tau.fill_(float((w * s).mean()))
+            return
+        if self.domain == "abr":  # q = tau * (s + c), c = 1 + 2r: tau = <w, s+c> / |s+c|^2
+            u = s + (1 + 2 * float(self.r))
+            den = float((u * u).sum())
+            if den > 0:
+                self.tau.fill_(float((w * u).sum()) / den)
             return
         if n1 == 0 or (self.domain == "learned" and n1 == n):
             return
@@ -232,6 +256,20 @@ class SBLinear(SBLayer, nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.sb_extra_repr()
+
+
+@torch.no_grad()
+def set_fixed_r_(model: nn.Module, r: float) -> int:
+    """Set the fixed ``r = alpha / (beta - alpha)`` of every ``abr`` layer of ``model`` (the
+    trainer uses ``r = -sparsity.ec``); returns how many layers were set."""
+    if not -1.0 < float(r) <= 0.0:
+        raise ValueError(f"r = alpha / (beta - alpha) must be in (-1, 0], got {r}")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, SBLayer) and m.domain == "abr":
+            m.r.fill_(float(r))
+            n += 1
+    return n
 
 
 def _legacy_channel_tau(domain: str, w: torch.Tensor) -> torch.Tensor:

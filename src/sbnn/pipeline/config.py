@@ -3,13 +3,16 @@
 ``Config()`` is the embedded default, the main job (Fashion-MNIST, the small sparse binary CNN,
 EC = 0.05, closed-form start at the target). A YAML file gives values for any subset of the fields;
 ``--set optim.lr=0.01`` overrides one field after the file, with its type checked. The resolved
-config is written as ``config.yaml`` into every run folder, so ``sbnn train --config
-RUN/config.yaml`` reruns it.
+config is written as ``config.yaml`` into every run folder (by :mod:`sbnn.pipeline.runs`), so
+``sbnn train --config RUN/config.yaml`` reruns it. YAML anchors and aliases are refused, and every
+key has a type and a range (:data:`RANGES`), checked before anything is created.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,8 +25,9 @@ from sbnn.verbs.prune_config import PruneConfig
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig", "Config",
-    "ConfigError", "load_config", "save_config", "apply_overrides", "from_dict", "to_dict",
-    "validate", "config_keys",
+    "ConfigError", "load_config", "loads_config", "dump_config", "save_config", "apply_overrides",
+    "from_dict", "to_dict", "validate", "config_keys", "parse_yaml", "RANGES", "FREE_KEYS",
+    "MAX_CONFIG_BYTES", "check_device", "max_threads",
 ]
 
 
@@ -49,7 +53,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "fmnist_cnn"  # see `sbnn.models.list_models()`
-    domain: str = "learned"  # learned | closed_form | pm1 | 01
+    domain: str = "learned"  # learned | closed_form | pm1 | 01 | abr (r = -sparsity.ec)
     weight_estimator: str = "ste"  # ste | clipped_ste | ede | approx_sign
     act: str | None = "approx_sign"  # estimator of the binary activations; None: float inputs
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments (e.g. width)
@@ -78,6 +82,9 @@ class SparsityConfig:
     levels: str = "fit"
     ede_schedule: bool = True  # advance t/k of every EDE estimator with the epoch
     clamp: bool = True  # clamp latent weights to [-1.5, 1.5] after every step
+    # penalty: the paper's hinge penalty with gamma | exact: after every step each binary layer is
+    # split at exactly round(ec * n) ones (no penalty; pm1/01/abr freeze their scale tau)
+    mode: str = "penalty"
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Config:
 # dict <-> dataclass with type checks
 # --------------------------------------------------------------------------------------------
 
+@functools.cache
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -124,13 +132,16 @@ def _check(value: Any, tp: Any, key: str) -> Any:
                 return _check(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of "
-                          f"{[getattr(a, '__name__', str(a)) for a in args]}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {_short(value)} matches "
+                          f"none of {[getattr(a, '__name__', str(a)) for a in args]}")
     if tp is Any:
         return value
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_short(value)}")
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{key}: keys must be names (strings), got {_short(bad[0])}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -140,11 +151,30 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer too large for a float
+                raise ConfigError(f"{key}: {_short(value)} is too large; expected a finite "
+                                  "number") from None
     elif tp is str:
         if isinstance(value, str):
+            if "\0" in value or len(value) > MAX_STR:
+                raise ConfigError(f"{key}: {_short(value)} is not allowed; expected a text of at "
+                                  f"most {MAX_STR} characters without NUL")
             return value
-    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {_short(value)}")
+
+
+MAX_STR = 4096  # a path or a name; longer is a mistake
+
+
+def _short(value: Any, n: int = 60) -> str:
+    """``repr(value)``, cut to ``n`` characters (a huge value must not flood the error line)."""
+    try:
+        r = repr(value)
+    except ValueError:  # an integer too long for repr (sys.int_info limit)
+        return f"<an integer of more than {4300} digits>"
+    return r if len(r) <= n else r[:n - 3] + "..."
 
 
 def from_dict(cls, d: dict | None, prefix: str = ""):
@@ -156,7 +186,7 @@ def from_dict(cls, d: dict | None, prefix: str = ""):
     hints = _hints(cls)
     unknown = set(d) - set(hints)
     if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(prefix + k for k in unknown)}; valid: "
+        raise ConfigError(f"unknown key(s) {sorted(prefix + str(k) for k in unknown)}; valid: "
                           f"{sorted(prefix + k for k in hints)}")
     kwargs = {}
     for k, v in d.items():
@@ -175,17 +205,73 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# a config is a few kilobytes; a larger file is not one (and YAML parsing time grows with it)
+MAX_CONFIG_BYTES = 1 << 20
+# and a few levels deep (section, key, a list in model.kwargs)
+MAX_CONFIG_DEPTH = 32
+
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
+
+
+def _refuse_anchors(text: str, where: str) -> None:
+    """Anchors and aliases are refused: a config never needs them, and an alias bomb (a few
+    lines that expand to billions of nodes when the config is copied) hangs the process.
+    Nesting deeper than :data:`MAX_CONFIG_DEPTH` is refused here too, before any recursion."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{where}: nested too deeply to be a config (more than "
+                                  f"{MAX_CONFIG_DEPTH} levels at line "
+                                  f"{event.start_mark.line + 1})")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+        if getattr(event, "anchor", None) is not None:
+            kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+            raise ConfigError(f"{where}: YAML {kind} '{event.anchor}' at line "
+                              f"{event.start_mark.line + 1}: anchors and aliases are not allowed "
+                              "in a config; write the values out")
+
+
+def parse_yaml(text: str, where: str = "config") -> Any:
+    """YAML text -> plain Python values, refusing anchors/aliases, oversized and too deeply
+    nested input with a :class:`ConfigError` (never a parser traceback)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters; a config is at most "
+                          f"{MAX_CONFIG_BYTES} (expected a few kilobytes)")
+    try:
+        _refuse_anchors(text, where)  # events only: nothing is built yet
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(lines[:3])}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """The default config, updated by the YAML file at ``path`` and then by ``key=value``
     overrides."""
     data: dict = {}
     if path is not None:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a YAML mapping at the top level")
-    cfg = from_dict(Config, data)
-    return validate(apply_overrides(cfg, overrides or []))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        return loads_config(text, overrides, where=str(path))
+    return validate(apply_overrides(from_dict(Config, data), overrides or []))
+
+
+def loads_config(text: str, overrides: list[str] | None = None, where: str = "config") -> Config:
+    """:func:`load_config` from YAML text (``where`` names it in errors)."""
+    data = parse_yaml(text, where) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a YAML mapping at the top level")
+    return validate(apply_overrides(from_dict(Config, data), overrides or []))
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -197,7 +283,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
         key = key.strip()
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = parse_yaml(raw, f"--set {key}") if raw.strip() != "" else ""
         # YAML reads '1e-3' as a string; accept it as a float when that is what it looks like.
         if isinstance(value, str):
             try:
@@ -224,15 +310,25 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return from_dict(Config, d)
 
 
-def save_config(cfg: Config, path: str | Path, header: str | None = None) -> None:
-    """Write ``cfg`` as YAML (atomically); ``header`` lines go first as ``#`` comments (e.g. the
-    world size of a torchrun run), which loading ignores."""
-    from sbnn_runtime.files import atomic_write
-
+def dump_config(cfg: Config, header: str | None = None) -> str:
+    """``cfg`` as YAML text; ``header`` lines go first as ``#`` comments (e.g. the world size of
+    a torchrun run), which loading ignores. :func:`sbnn.pipeline.runs.save_config` writes it."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if header:
         text = "".join(f"# {ln}\n" for ln in header.splitlines()) + text
-    atomic_write(path, text)
+    return text
+
+
+def save_config(cfg: Config, path: str | Path, header: str | None = None) -> None:
+    """Deprecated (one release): :func:`sbnn.pipeline.runs.save_config`, the one writer of
+    run-folder files, does this."""
+    import warnings
+
+    from sbnn_runtime.files import atomic_write
+
+    warnings.warn("sbnn.pipeline.config.save_config moved to sbnn.pipeline.runs.save_config",
+                  DeprecationWarning, stacklevel=2)
+    atomic_write(path, dump_config(cfg, header))
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +336,7 @@ def save_config(cfg: Config, path: str | Path, header: str | None = None) -> Non
 # --------------------------------------------------------------------------------------------
 
 def _bad(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+    return ConfigError(f"{key}: {_short(value)} is not allowed; expected {allowed}")
 
 
 def _choice(key: str, value: Any, valid) -> None:
@@ -249,71 +345,184 @@ def _choice(key: str, value: Any, valid) -> None:
         raise _bad(key, value, "one of " + ", ".join(str(v) for v in valid))
 
 
-def _positive(key: str, value, integer: bool = True, zero: bool = False) -> None:
-    import math
+_INF = float("inf")
 
-    if value is None:
-        return
-    ok = math.isfinite(value) and (value >= 0 if zero else value > 0)
-    if not ok:
-        what = "an integer" if integer else "a finite number"
-        raise _bad(key, value, f"{what} {'>= 0' if zero else '> 0'}")
+# The range of every numeric key: (low, high, low_open, high_open). Bounds are what the code can
+# honour, not what is sensible: a typo (batch_size=1e9, seed=-1, epochs=10**20) is refused here
+# instead of crashing later. ``threads`` is also bounded by the CPUs (see validate).
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "data.batch_size": (1, 65536, False, False),
+    "data.eval_batch_size": (1, 65536, False, False),
+    "data.crop_padding": (0, 64, False, False),
+    "data.rotation": (0, 180, False, False),
+    "data.mixup_alpha": (0, 100, False, False),
+    "data.train_subset": (1, 2**31 - 1, False, False),
+    "data.test_subset": (1, 2**31 - 1, False, False),
+    "optim.lr": (0, 100, True, False),
+    "optim.weight_decay": (0, 10, False, False),
+    "optim.momentum": (0, 1, False, True),
+    "optim.warmup_epochs": (0, 100_000, False, False),
+    "sparsity.ec": (0, 0.5, True, False),
+    "sparsity.gamma": (0, 1, False, True),
+    "prune.magnitude": (0, 1, False, True),
+    "prune.filters": (0, 1, False, True),
+    "prune.kernels": (0, 1, False, True),
+    "prune.patterns": (1, 8, False, False),
+    "epochs": (1, 100_000, False, False),
+    "seed": (0, 2**32 - 1, False, False),
+    "threads": (1, 1024, False, False),
+    "eval_every": (0, 100_000, False, False),
+    "log_every": (0, 10**9, False, False),
+}
 
 
-def validate(cfg: Config, training: bool = True) -> Config:
-    """Check the values of ``cfg`` (types are checked by :func:`from_dict`); raise a
-    :class:`ConfigError` naming the key, the value and what is allowed. ``training``: also
-    require what a training run needs (``epochs >= 1``). Returns ``cfg``."""
-    import math
-
-    import torch
-
+def _choices() -> dict[str, list]:
+    """The allowed values of every key that names something (registries are read now, so a
+    model or estimator registered later is allowed too)."""
     from sbnn import models
     from sbnn.method import estimators
     from sbnn.method.layers import DOMAINS
     from sbnn.pipeline.data import DATASETS
 
-    d, m, o, sp = cfg.data, cfg.model, cfg.optim, cfg.sparsity
-    _choice("data.name", d.name, DATASETS)
-    _positive("data.batch_size", d.batch_size)
-    _positive("data.eval_batch_size", d.eval_batch_size)
-    _positive("data.crop_padding", d.crop_padding, zero=True)
-    _positive("data.rotation", d.rotation, integer=False, zero=True)
-    _positive("data.mixup_alpha", d.mixup_alpha, integer=False, zero=True)
-    _positive("data.train_subset", d.train_subset)
-    _positive("data.test_subset", d.test_subset)
-    if not models.is_registered(m.name):
-        raise _bad("model.name", m.name, "a registered model: " + ", ".join(models.list_models()))
-    _choice("model.domain", m.domain, DOMAINS)
-    _choice("model.weight_estimator", m.weight_estimator, estimators.names())
-    if m.act is not None:
-        _choice("model.act", m.act, estimators.names() + ["null (float inputs)"])
-    _choice("optim.name", o.name, ("adam", "adamw", "sgd"))
-    _positive("optim.lr", o.lr, integer=False)
-    _positive("optim.weight_decay", o.weight_decay, integer=False, zero=True)
-    if not (math.isfinite(o.momentum) and 0.0 <= o.momentum < 1.0):
-        raise _bad("optim.momentum", o.momentum, "a number in [0, 1)")
-    _choice("optim.schedule", o.schedule, ("cosine", "constant"))
-    _choice("optim.schedule_step", o.schedule_step, ("step", "epoch"))
-    _positive("optim.warmup_epochs", o.warmup_epochs, zero=True)
-    if not (math.isfinite(sp.ec) and 0.0 < sp.ec <= 0.5):
-        raise _bad("sparsity.ec", sp.ec, "a ones fraction in (0, 0.5] (0.5: the dense BNN)")
-    if not (math.isfinite(sp.gamma) and 0.0 <= sp.gamma < 1.0):
-        raise _bad("sparsity.gamma", sp.gamma, "a share of the loss in [0, 1)")
-    _choice("sparsity.init", sp.init, ("closed_form", "authors", "none"))
-    _choice("sparsity.levels", sp.levels, ("fit", "unit"))
-    if training:
-        _positive("epochs", cfg.epochs)
-    else:
-        _positive("epochs", cfg.epochs, zero=True)
-    _positive("threads", cfg.threads)
-    _positive("eval_every", cfg.eval_every, zero=True)
-    _positive("log_every", cfg.log_every, zero=True)
-    if cfg.device != "auto":
-        try:
-            torch.device(cfg.device)
-        except (RuntimeError, ValueError):
-            raise _bad("device", cfg.device, "auto, cpu, cuda or cuda:N") from None
+    est = estimators.names()
+    return {
+        "data.name": list(DATASETS),
+        "model.name": models.list_models(),
+        "model.domain": list(DOMAINS),
+        "model.weight_estimator": est,
+        "model.act": est + [None],
+        "optim.name": ["adam", "adamw", "sgd"],
+        "optim.schedule": ["cosine", "constant"],
+        "optim.schedule_step": ["step", "epoch"],
+        "sparsity.init": ["closed_form", "authors", "none"],
+        "sparsity.levels": ["fit", "unit"],
+        "sparsity.mode": ["penalty", "exact"],
+        "device": ["auto", "cpu", "cuda", "cuda:N"],
+    }
+
+
+# keys whose value is free text (a path), a switch, or checked on its own (model.kwargs)
+FREE_KEYS = ("data.root", "out", "model.kwargs")
+
+# model.kwargs: architecture numbers (width, strides, block counts) are small non-negative ints
+_KWARG_INT_MAX = 1024
+_KWARG_LIST_MAX = 64
+
+
+def _range(key: str, value) -> None:
+    import math
+
+    if value is None:
+        return
+    lo, hi, lo_open, hi_open = RANGES[key]
+    ok = (math.isfinite(value) and (value > lo if lo_open else value >= lo)
+          and (value < hi if hi_open else value <= hi))
+    if not ok:
+        what = "an integer" if isinstance(value, int) else "a number"
+        raise _bad(key, value, f"{what} in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}"
+                               f"{')' if hi_open else ']'}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    """model.kwargs: plain scalars or short lists of them; integers in [0, 1024] (a width must be
+    >= 1). Whether the model takes them is checked when it is built (before any folder)."""
+    import math
+
+    def scalar(k, v):
+        if v is None or isinstance(v, (bool, str)):
+            if isinstance(v, str) and len(v) > 256:
+                raise _bad(f"model.kwargs.{k}", v, "a short text")
+            return
+        if isinstance(v, int):
+            lo = 1 if k == "width" else 0
+            if not lo <= v <= _KWARG_INT_MAX:
+                raise _bad(f"model.kwargs.{k}", v, f"an integer in [{lo}, {_KWARG_INT_MAX}]")
+            return
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise _bad(f"model.kwargs.{k}", v, "a finite number")
+            return
+        raise _bad(f"model.kwargs.{k}", v, "a number, text, true/false or a list of those")
+
+    for k, v in kwargs.items():
+        if isinstance(v, (list, tuple)):
+            if len(v) > _KWARG_LIST_MAX:
+                raise _bad(f"model.kwargs.{k}", v, f"a list of at most {_KWARG_LIST_MAX} items")
+            for x in v:
+                if isinstance(x, (list, tuple, dict)):
+                    raise _bad(f"model.kwargs.{k}", v, "a flat list")
+                scalar(k, x)
+        else:
+            scalar(k, v)
+
+
+def check_device(name: str) -> None:
+    """A device that exists here: auto, cpu, cuda / cuda:N when CUDA has that many devices."""
+    import torch
+
+    allowed = "auto, cpu, cuda or cuda:N (N < the number of CUDA devices)"
+    if name in ("auto", "cpu"):
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise _bad("device", name, allowed) from None
+    if dev.type != "cuda":  # meta, mps, xla...: sbnn trains on cpu or cuda only
+        raise _bad("device", name, allowed)
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} is not available here (CUDA is not); use "
+                          "device=cpu or device=auto")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise ConfigError(f"device: {name!r} does not exist; this machine has {n} CUDA "
+                          f"device(s): cuda:0..cuda:{n - 1}")
+
+
+def max_threads() -> int:
+    """The most ``threads`` a run may ask for here: 4x the CPUs (at most 1024)."""
+    return min(RANGES["threads"][1], 4 * (os.cpu_count() or 1))
+
+
+def _leaves(obj, prefix: str = ""):
+    """``(dotted key, value)`` of every non-section field of a config dataclass instance."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            yield from _leaves(v, prefix + f.name + ".")
+        else:
+            yield prefix + f.name, v
+
+
+def validate(cfg: Config, training: bool = True) -> Config:
+    """Check the values of ``cfg`` (types are checked by :func:`from_dict`); raise a
+    :class:`ConfigError` naming the key, the value and what is allowed. Every numeric key has a
+    range (:data:`RANGES`), every naming key a list of choices; impossible combinations (a device
+    that is not there, more threads than 4x the CPUs) are refused too. ``training``: also
+    require what a training run needs (``epochs >= 1``). Returns ``cfg``."""
+    choices = _choices()
+    for key, value in _leaves(cfg):
+        if key == "epochs" and not training and value == 0:
+            continue
+        if key in RANGES:
+            _range(key, value)
+        elif key == "device":
+            check_device(value)
+        elif key == "model.act" and value is not None and value not in choices[key]:
+            raise _bad(key, value, "one of " + ", ".join(choices[key][:-1]) + " or null (float "
+                                   "inputs)")
+        elif key in choices:
+            if key == "model.name" and value not in choices[key]:
+                raise _bad(key, value, "a registered model: " + ", ".join(choices[key]))
+            _choice(key, value, choices[key])
+        elif key == "model.kwargs":
+            _check_kwargs(value)
+    if cfg.threads is not None and cfg.threads > max_threads():
+        raise ConfigError(f"threads: {cfg.threads} is more than this machine can use; expected "
+                          f"at most {max_threads()} (4 x {os.cpu_count()} CPUs)")
     return cfg
 
 

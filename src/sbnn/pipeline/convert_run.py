@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from sbnn.method.constraint import sb_layers
+from sbnn.pipeline.runs import write_json
 from sbnn.verbs.convert import (
     ALLOCATIONS,
     GRANULARITIES,
@@ -117,12 +119,6 @@ def _scratch_summary(run_dir: str) -> dict:
                 "bits_per_binary_weight_kernel")}
 
 
-def _atomic_json(path, obj) -> None:
-    import json
-
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
 @dataclass
 class ConvertJob:
     """One ``sbnn convert`` run: what :func:`run_convert` does, checked on construction.
@@ -202,6 +198,15 @@ class ConvertJob:
         s = self.seed
         if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
             raise ConversionError(f"--seed must be an integer, got {self.seed!r}")
+        from sbnn.pipeline.config import ConfigError, check_device, max_threads
+
+        if self.threads is not None and self.threads > max_threads():
+            raise ConversionError(f"--threads must be at most {max_threads()} (4 x the CPUs), "
+                                  f"got {self.threads}")
+        try:
+            check_device(self.device)
+        except ConfigError as e:
+            raise ConversionError(f"--{e}") from None
         g = self.gamma
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= g < 1.0:
             raise ConversionError(f"--gamma must be a share in [0, 1), got {g}")
@@ -214,37 +219,48 @@ class ConvertJob:
 def run_convert(job: ConvertJob) -> dict:
     """What ``sbnn convert`` does; returns the report dict. Everything is written to a temporary
     folder next to ``job.out`` and renamed to it at the end, so a failure leaves no ``out``."""
-    import json
-    import shutil
-    import time
-    from dataclasses import replace
-    from pathlib import Path
-
-    import sbnn.pipeline.data as sdata
-    from sbnn.pipeline.checks import format_warnings, run_warnings
-    from sbnn.pipeline.config import save_config, to_dict
-    from sbnn.pipeline.evaluate import evaluate_loader, format_report, make_report
-    from sbnn.pipeline.runs import make_checkpoint, resolve_device, save_checkpoint
+    from sbnn.pipeline.checks import format_warnings
+    from sbnn.pipeline.evaluate import format_report
+    from sbnn.pipeline.runs import resolve_device
 
     if not isinstance(job, ConvertJob):
         raise TypeError(f"run_convert takes a ConvertJob, got {type(job).__name__}")
-    # -- check the disk before writing anything ----------------------------------------------
-    outp = Path(job.out)
-    if outp.exists() and (not outp.is_dir() or any(outp.iterdir())):
-        raise ConversionError(f"--out '{job.out}' exists and is not empty; choose a new run "
-                              "folder")
-    prune = job.prune
+    outp = _check_out(job.out)  # the disk is checked before anything is written
     scratch = _scratch_summary(job.from_scratch) if job.from_scratch else None
     if job.threads:
         torch.set_num_threads(job.threads)
     fp, model, cfg, ckpt = _load_float_model(job.checkpoint, job.domain)
     dev = resolve_device(job.device)
-    model, info = convert(model, job.ones, job.granularity, job.allocation, prune=prune,
+    model, info = convert(model, job.ones, job.granularity, job.allocation, prune=job.prune,
                           inplace=True, return_info=True)
     q_before = quantization_errors(info["float_weights"], model)
+    cfg = _run_config(job, cfg, outp, dev)
+    data = _load_data(job, cfg, dev)
+    fp, model = fp.to(dev), model.to(dev)
+    acc = _start_accuracies(job, cfg, fp, model, data)
+    report = _write_run(job, outp, cfg, model, ckpt, info, data, acc, scratch, q_before)
+    print(format_report(report, title=f"converted run {outp}"))
+    print(format_comparison(report))
+    print(format_warnings(report["warnings"]), end="")
+    return report
+
+
+def _check_out(out: str):
+    from pathlib import Path
+
+    outp = Path(out)
+    if outp.exists() and (not outp.is_dir() or any(outp.iterdir())):
+        raise ConversionError(f"--out '{out}' exists and is not empty; choose a new run "
+                              "folder")
+    return outp
+
+
+def _run_config(job: ConvertJob, cfg, outp, dev):
+    """The converted run's config: the checkpoint's, with the job's overrides."""
+    from dataclasses import replace
 
     d = cfg.data
-    cfg = replace(
+    return replace(
         cfg, epochs=job.finetune_epochs, out=str(outp), device=str(dev), threads=job.threads,
         progress=job.progress, seed=cfg.seed if job.seed is None else job.seed,
         data=replace(d, root=job.data_root if job.data_root is not None else d.root,
@@ -255,95 +271,147 @@ def run_convert(job: ConvertJob) -> dict:
         optim=replace(cfg.optim, lr=job.lr if job.lr is not None else cfg.optim.lr),
         # fine-tuning always clamps (the budget trim after each step assumes it)
         sparsity=replace(cfg.sparsity, ec=job.ones, gamma=job.gamma, init="none", clamp=True))
+
+
+def _load_data(job: ConvertJob, cfg, dev) -> dict:
+    """The test loader, and the training set when BatchNorm recalibration or fine-tuning
+    needs it."""
+    import sbnn.pipeline.data as sdata
+
     d = cfg.data
     test_set = sdata.load_dataset(d.name, d.root, train=False).subset(d.test_subset)
-    test_loader = sdata.BatchLoader(test_set, d.eval_batch_size, device=dev)
-    fp, model = fp.to(dev), model.to(dev)
-    acc_fp = evaluate_loader(fp, test_loader)["accuracy"]
-    acc_conv = evaluate_loader(model, test_loader)["accuracy"]
-    acc_recal = None
     train_set = None
     if job.bn_batches or job.finetune_epochs:
         train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
-    if job.bn_batches:
-        calib = sdata.BatchLoader(train_set, d.batch_size, shuffle=True, device=dev,
-                                  seed=cfg.seed + 12345)
-        recalibrate_batchnorm_(model, itertools.islice(iter(calib), job.bn_batches))
-        acc_recal = evaluate_loader(model, test_loader)["accuracy"]
+    return {"test": sdata.BatchLoader(test_set, d.eval_batch_size, device=dev),
+            "train_set": train_set}
 
-    source = os.path.abspath(job.checkpoint)
+
+def _start_accuracies(job: ConvertJob, cfg, fp, model, data) -> dict:
+    """Test accuracy of the float model, of the converted one, and after BatchNorm
+    recalibration (``None`` without ``bn_batches``), which updates ``model`` in place."""
+    import sbnn.pipeline.data as sdata
+    from sbnn.pipeline.evaluate import evaluate_loader
+
+    acc = {"fp": evaluate_loader(fp, data["test"])["accuracy"],
+           "conv": evaluate_loader(model, data["test"])["accuracy"], "recal": None}
+    if job.bn_batches:
+        calib = sdata.BatchLoader(data["train_set"], cfg.data.batch_size, shuffle=True,
+                                  device=model_device(model), seed=cfg.seed + 12345)
+        recalibrate_batchnorm_(model, itertools.islice(iter(calib), job.bn_batches))
+        acc["recal"] = evaluate_loader(model, data["test"])["accuracy"]
+    return acc
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _write_run(job: ConvertJob, outp, cfg, model, ckpt, info, data, acc, scratch,
+               q_before) -> dict:
+    """Write the run into ``.OUT.tmp-PID`` (fine-tuning on the way) and rename it to ``out``;
+    any failure removes the temporary folder. Returns the report."""
+    import shutil
+
+    from sbnn.pipeline.checks import run_warnings
+    from sbnn.pipeline.runs import save_config
+
     tmp = outp.parent / f".{outp.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         save_config(cfg, tmp / "config.yaml")
-
-        def checkpoint_dict(epoch: int, best: float) -> dict:
-            return make_checkpoint(
-                model, to_dict(cfg), ckpt["num_classes"], ckpt["in_chans"], epoch, best,
-                convert={"source": source, "ones": job.ones, "granularity": job.granularity,
-                         "allocation": job.allocation, "prune": prune.to_dict(),
-                         "budgets": info["budgets"]})
-
-        acc0 = acc_conv if acc_recal is None else acc_recal
-        metrics = [{"epoch": 0, "test_accuracy": acc0, "ones_fraction": _ones(model),
-                    "stage": "converted" if acc_recal is None else "converted+bn"}]
-        best = acc0
-        save_checkpoint(checkpoint_dict(0, best), tmp / "best.pt")
-        t0 = time.perf_counter()
-        if job.finetune_epochs:
-            loader = sdata.BatchLoader(
-                train_set, d.batch_size, shuffle=True, device=dev, seed=cfg.seed,
-                augment=sdata.Augment(d.crop_padding, d.hflip, d.rotation))
-            metrics += _finetune(model, cfg, loader, test_loader, info["budgets"],
-                                 job.granularity, evaluate_loader, job.progress)
-            for row in metrics[1:]:
-                if row["test_accuracy"] > best:
-                    best = row["test_accuracy"]
-                    save_checkpoint(checkpoint_dict(row["epoch"], best), tmp / "best.pt")
-        save_checkpoint(checkpoint_dict(job.finetune_epochs, best), tmp / "last.pt")
-        with open(tmp / "metrics.jsonl", "w") as f:
-            for row in metrics:
-                f.write(json.dumps(row) + "\n")
-
-        model.eval()
-        report = make_report(model, test_loader, cfg=cfg)
-        report["best_test_accuracy"] = best
-        report["epochs"] = job.finetune_epochs
-        report["train_wall_time_s"] = time.perf_counter() - t0
-        x = next(iter(test_loader))[0][:8]
-        from sbnn.verbs.prune import prune_stats
-
-        conv = {
-            "source": source, "ones": job.ones, "granularity": job.granularity,
-            "allocation": job.allocation, "domain": cfg.model.domain, "prune": prune.to_dict(),
-            "finetune_epochs": job.finetune_epochs, "gamma": job.gamma, "lr": cfg.optim.lr,
-            "bn_batches": job.bn_batches,
-            "accuracy": {"full_precision": acc_fp, "converted": acc_conv,
-                         "converted_bn_recalibrated": acc_recal,
-                         "finetuned": report["test_accuracy"] if job.finetune_epochs else None,
-                         "from_scratch": scratch["test_accuracy"] if scratch else None},
-            "from_scratch": scratch,
-            "quantization_error_converted": q_before,
-            "quantization_error_final": quantization_errors(info["float_weights"], model),
-            "pruning": prune_stats(model, x),
-        }
-        if prune.filters and prune.shrink:
-            conv["shrink"] = _shrink_copy(model, x, tmp / "shrunk_model.pt")
-        report["convert"] = conv
+        best, wall = _checkpoints_and_metrics(job, tmp, cfg, model, ckpt, info, data, acc)
+        report = _convert_report(job, tmp, cfg, model, info, data, acc, scratch, q_before,
+                                 best, wall)
         report["warnings"] = run_warnings(model, report, job.ones, ckpt["num_classes"],
-                                          test_loader, pruned_filters=prune.filters)
-        _atomic_json(tmp / "report.json", report)
+                                          data["test"], pruned_filters=job.prune.filters)
+        write_json(tmp / "report.json", report)
         if outp.exists():
             outp.rmdir()
         os.replace(tmp, outp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(format_report(report, title=f"converted run {outp}"))
-    print(format_comparison(report))
-    print(format_warnings(report["warnings"]), end="")
+    return report
+
+
+def _checkpoints_and_metrics(job: ConvertJob, tmp, cfg, model, ckpt, info, data, acc
+                             ) -> tuple[float, float]:
+    """best.pt (the converted model, then every better fine-tuned epoch), last.pt and
+    metrics.jsonl; returns the best test accuracy and the fine-tuning time."""
+    import time
+
+    import sbnn.pipeline.data as sdata
+    from sbnn.pipeline.config import to_dict
+    from sbnn.pipeline.evaluate import evaluate_loader
+    from sbnn.pipeline.runs import make_checkpoint, save_checkpoint, write_text
+
+    source = os.path.abspath(job.checkpoint)
+
+    def checkpoint_dict(epoch: int, best: float) -> dict:
+        return make_checkpoint(
+            model, to_dict(cfg), ckpt["num_classes"], ckpt["in_chans"], epoch, best,
+            convert={"source": source, "ones": job.ones, "granularity": job.granularity,
+                     "allocation": job.allocation, "prune": job.prune.to_dict(),
+                     "budgets": info["budgets"]})
+
+    acc0 = acc["conv"] if acc["recal"] is None else acc["recal"]
+    metrics = [{"epoch": 0, "test_accuracy": acc0, "ones_fraction": _ones(model),
+                "stage": "converted" if acc["recal"] is None else "converted+bn"}]
+    best = acc0
+    save_checkpoint(checkpoint_dict(0, best), tmp / "best.pt")
+    t0 = time.perf_counter()
+    if job.finetune_epochs:
+        d = cfg.data
+        loader = sdata.BatchLoader(
+            data["train_set"], d.batch_size, shuffle=True, device=model_device(model),
+            seed=cfg.seed, augment=sdata.Augment(d.crop_padding, d.hflip, d.rotation))
+        metrics += _finetune(model, cfg, loader, data["test"], info["budgets"],
+                             job.granularity, evaluate_loader, job.progress)
+        for row in metrics[1:]:
+            if row["test_accuracy"] > best:
+                best = row["test_accuracy"]
+                save_checkpoint(checkpoint_dict(row["epoch"], best), tmp / "best.pt")
+    save_checkpoint(checkpoint_dict(job.finetune_epochs, best), tmp / "last.pt")
+    write_text(tmp / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in metrics))
+    return best, time.perf_counter() - t0
+
+
+def _convert_report(job: ConvertJob, tmp, cfg, model, info, data, acc, scratch, q_before,
+                    best: float, wall: float) -> dict:
+    """The run's report: :func:`make_report` plus what the conversion did (``convert``);
+    writes ``shrunk_model.pt`` when filters were pruned and shrinking is on."""
+    from sbnn.pipeline.evaluate import make_report
+    from sbnn.verbs.prune import prune_stats
+
+    model.eval()
+    test_loader = data["test"]
+    report = make_report(model, test_loader, cfg=cfg)
+    report["best_test_accuracy"] = best
+    report["epochs"] = job.finetune_epochs
+    report["train_wall_time_s"] = wall
+    x = next(iter(test_loader))[0][:8]
+    prune = job.prune
+    conv = {
+        "source": os.path.abspath(job.checkpoint), "ones": job.ones,
+        "granularity": job.granularity, "allocation": job.allocation,
+        "domain": cfg.model.domain, "prune": prune.to_dict(),
+        "finetune_epochs": job.finetune_epochs, "gamma": job.gamma, "lr": cfg.optim.lr,
+        "bn_batches": job.bn_batches,
+        "accuracy": {"full_precision": acc["fp"], "converted": acc["conv"],
+                     "converted_bn_recalibrated": acc["recal"],
+                     "finetuned": report["test_accuracy"] if job.finetune_epochs else None,
+                     "from_scratch": scratch["test_accuracy"] if scratch else None},
+        "from_scratch": scratch,
+        "quantization_error_converted": q_before,
+        "quantization_error_final": quantization_errors(info["float_weights"], model),
+        "pruning": prune_stats(model, x),
+    }
+    if prune.filters and prune.shrink:
+        conv["shrink"] = _shrink_copy(model, x, tmp / "shrunk_model.pt")
+    report["convert"] = conv
     return report
 
 

@@ -360,7 +360,8 @@ def random_hflip(x: torch.Tensor, g: torch.Generator | None = None, p: float = 0
 def random_rotation(x: torch.Tensor, degrees: float, g: torch.Generator | None = None
                     ) -> torch.Tensor:
     """Rotate each sample by an angle uniform in ``[-degrees, degrees]`` about its centre
-    (bilinear, zeros outside), via ``affine_grid`` + ``grid_sample``."""
+    (nearest neighbour, zeros outside, as the authors' torchvision ``RandomRotation`` whose
+    default interpolation is nearest), via ``affine_grid`` + ``grid_sample``."""
     if degrees <= 0:
         return x
     n = x.shape[0]
@@ -369,7 +370,7 @@ def random_rotation(x: torch.Tensor, degrees: float, g: torch.Generator | None =
     zero = torch.zeros_like(theta)
     mat = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(mat.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -109,9 +109,13 @@ def _weights_figure(run: Path):
 
 
 def _save(fig, out: Path) -> Path:
+    from sbnn.pipeline.runs import save_figure
+
     plt = _plt()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -279,11 +283,13 @@ def plot_runs(runs: list[str | Path], out_dir: str | Path | None = None,
         raise ValueError(f"plot formats must be among {', '.join(FORMATS)}, got {list(formats)}")
     written = []
 
+    from sbnn.pipeline.runs import save_figure
+
     def save(fig, stem: Path) -> None:
         if fig is None:
             return
         for fmt in formats:
-            fig.savefig(stem.with_suffix("." + fmt), dpi=110)
+            save_figure(fig, stem.with_suffix("." + fmt), dpi=110)
             written.append(stem.with_suffix("." + fmt))
         pyplot().close(fig)
 

@@ -16,7 +16,15 @@ What is guaranteed:
   written before ``last.pt`` and both before ``report.json``, and each records its ``epoch``,
   so ``report.json`` never names an epoch newer than the checkpoints it sits beside;
 * leftovers of interrupted writes (``.NAME.*.tmp`` files) are removed when a run folder is
-  created or resumed.
+  created or resumed;
+* one writer at a time: a process that writes a run folder holds an exclusive lock on it
+  (:class:`RunLock`, ``flock`` on the folder itself, released when the process ends however it
+  ends), and a second writer is refused (:class:`RunBusyError`);
+* an ``--out`` whose last component is a symbolic link to an existing run is refused (symbolic
+  links higher up the path are fine);
+* every file in a run folder is written through this module (:func:`write_text`,
+  :func:`write_json`, :func:`append_jsonl`, :func:`save_figure`, :func:`save_checkpoint`), and
+  each write is atomic.
 
 A checkpoint is a dict written by :func:`save_checkpoint` (atomically) and read by
 :func:`load_checkpoint`, with the keys of :data:`CHECKPOINT_KEYS`:
@@ -30,6 +38,12 @@ A checkpoint is a dict written by :func:`save_checkpoint` (atomically) and read 
 ``convert``         what ``sbnn convert`` did (``None`` for ``sbnn train`` runs)
 ``sbnn_format``     :data:`CHECKPOINT_FORMAT`
 
+Every checkpoint (and ``shrunk_model.pt``) also holds ``sbnn_sha256``: the SHA-256 of its
+contents (every tensor's dtype, shape and bytes, every other value's type and repr, in order),
+checked on load. ``torch.load`` ignores the zip's CRCs, so without it a flipped bit in a tensor
+would load silently as a different model; a mismatch is a :class:`CheckpointError` ("corrupt
+checkpoint"). A checkpoint of an older sbnn, without the entry, loads with a note on stderr.
+
 Loading never runs code from the file: checkpoints are read with ``torch.load(...,
 weights_only=True)``, which accepts tensors and plain Python containers only; every value here is
 one of those (the numpy RNG state is stored as a tensor).
@@ -37,9 +51,14 @@ one of those (the numpy RNG state is stored as a tensor).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
+import json
 import os
 import random
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +93,15 @@ __all__ = [
     "clean_stale_tmp_dirs",
     "save_shrunk",
     "load_shrunk",
+    "RunBusyError",
+    "RunLock",
+    "lock_run_dir",
+    "payload_sha256",
+    "save_config",
+    "write_text",
+    "write_json",
+    "append_jsonl",
+    "save_figure",
 ]
 
 CHECKPOINT_FORMAT = 2
@@ -87,6 +115,10 @@ class CheckpointError(ValueError):
 
 class RunExistsError(ValueError):
     """The run folder already holds a run and neither resume nor overwrite was asked for."""
+
+
+class RunBusyError(RunExistsError):
+    """Another process is writing the run folder (it holds the folder's lock)."""
 
 
 # the files a run folder's format defines (removed by ``overwrite``; nothing else is)
@@ -143,13 +175,77 @@ def clean_stale_tmp_dirs(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder: ``flock`` on the folder's own file
+    descriptor, so no lock file is left behind and the kernel releases it when the process ends
+    (a ``kill -9`` included). The lock follows the folder, not its name: two paths to one folder
+    (a symbolic link higher up) share it. Where ``flock`` is missing (Windows) it locks nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunBusyError(
+                    f"'{self.path}' is being written by another sbnn process; wait for it to "
+                    "end or choose another --out") from None
+            raise
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def __del__(self) -> None:  # a Trainer dropped without fit() frees its folder
+        self.release()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_run_dir(path: str | os.PathLike) -> RunLock:
+    """Lock the existing run folder ``path`` for this process (:class:`RunLock`), or raise
+    :class:`RunBusyError`."""
+    return RunLock(path).acquire()
+
+
+def _symlinked_run(p: Path) -> bool:
+    return p.is_symlink() and holds_run(p)
+
+
 def check_run_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check that ``out`` may become a new run folder, touching nothing.
 
-    Raises :class:`RunExistsError` when ``out`` holds a run and ``overwrite`` is false, and a
-    ``ValueError`` when ``out`` is a file. Returns ``out`` as a ``Path``.
+    Raises :class:`RunExistsError` when ``out`` holds a run and ``overwrite`` is false, or when
+    ``out`` itself is a symbolic link to a run (even with ``overwrite``: replacing a run through
+    another name is refused), and a ``ValueError`` when ``out`` is a file. Returns ``out`` as a
+    ``Path``.
     """
     p = Path(out)
+    if _symlinked_run(p):
+        raise RunExistsError(
+            f"'{p}' is a symbolic link to the run '{os.path.realpath(p)}'; give that folder "
+            "itself (--resume or --overwrite apply to it there) or a new --out")
     if p.exists() and not p.is_dir():
         raise ValueError(f"run folder '{p}' exists and is not a folder")
     if not overwrite and holds_run(p):
@@ -160,15 +256,26 @@ def check_run_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
     return p
 
 
-def create_run_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+def create_run_dir(out: str | os.PathLike, overwrite: bool = False,
+                   lock: RunLock | None = None) -> Path:
     """Make ``out`` a fresh run folder (see :func:`check_run_dir`) and return it.
 
     With ``overwrite``, the files of :data:`RUN_FILES` are removed (other files are left). A
     folder without a checkpoint or report (a run killed in its first epoch) is reused: its stale
-    ``config.yaml`` / ``metrics.jsonl`` are removed so two runs never mix.
+    ``config.yaml`` / ``metrics.jsonl`` are removed so two runs never mix. ``lock``: a
+    :class:`RunLock` on ``out`` taken as soon as the folder exists, and the folder checked again
+    under it (another process may have written a run in between); :class:`RunBusyError` when
+    another process holds it, and then nothing is touched.
     """
     p = check_run_dir(out, overwrite)
     p.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        lock.acquire()
+        try:
+            check_run_dir(out, overwrite)
+        except BaseException:
+            lock.release()
+            raise
     for name in RUN_FILES:
         f = p / name
         if f.is_file():
@@ -251,12 +358,102 @@ def make_checkpoint(model: nn.Module, config: dict, num_classes: int, in_chans: 
     }
 
 
+_SHA_KEY = "sbnn_sha256"
+
+
+def _feed(h, obj: Any) -> None:
+    """Feed ``obj`` (tensors, plain containers and scalars) into hash ``h``, unambiguously."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):  # one tag: a tuple may come back as a list
+        h.update(f"L{len(obj)};".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        r = repr(obj).encode()
+        h.update(f"S{type(obj).__name__}{len(r)};".encode() + r)
+
+
+def payload_sha256(obj: dict) -> str:
+    """The SHA-256 of a checkpoint dict's contents, its own ``sbnn_sha256`` entry left out."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in obj.items() if k != _SHA_KEY})
+    return h.hexdigest()
+
+
+_NOTED: set[str] = set()
+
+
+def _verify(obj: Any, p: Path) -> Any:
+    """Check a loaded dict's ``sbnn_sha256`` and drop it; no entry: a note, once per file."""
+    if not isinstance(obj, dict):
+        return obj
+    want = obj.pop(_SHA_KEY, None)
+    if want is None:
+        if str(p) not in _NOTED:
+            _NOTED.add(str(p))
+            print(f"note: '{p}' carries no SHA-256 (written by an older sbnn); loaded without "
+                  "an integrity check", file=sys.stderr)
+        return obj
+    if not isinstance(want, str) or payload_sha256(obj) != want:
+        raise CheckpointError(
+            f"corrupt checkpoint '{p}': its contents do not match the SHA-256 written with it "
+            "(a damaged copy or a flipped bit); use another copy (best.pt, last.pt) or retrain")
+    return obj
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` written atomically: a kill at any moment leaves either the old file or
-    the new one, never a truncated one."""
+    the new one, never a truncated one. A dict gets its ``sbnn_sha256`` (checked on load)."""
+    if isinstance(obj, dict):
+        obj = {**{k: v for k, v in obj.items() if k != _SHA_KEY},
+               _SHA_KEY: payload_sha256(obj)}
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(path, buf.getbuffer())
+
+
+def save_config(cfg, path: str | os.PathLike, header: str | None = None) -> None:
+    """Write a :class:`~sbnn.pipeline.config.Config` as YAML (``config.yaml``), atomically;
+    ``header`` lines go first as ``#`` comments."""
+    from sbnn.pipeline.config import dump_config
+
+    atomic_write(path, dump_config(cfg, header))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file of a run folder atomically."""
+    atomic_write(path, text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Add one JSON line to ``path`` (``metrics.jsonl``). The file is rewritten atomically (it is
+    small: one line per epoch), so a kill or a full disk never leaves a torn line."""
+    p = Path(path)
+    old = p.read_bytes() if p.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    atomic_write(p, old + (json.dumps(row) + "\n").encode())
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
+    """``fig.savefig(path, **kwargs)``, atomically (the format follows the file's suffix)."""
+    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".") or "png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, **kwargs)
+    atomic_write(path, buf.getvalue())
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
@@ -274,7 +471,7 @@ def _safe_load(p: Path):
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols: our error says it
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, refused globals
         lines = [ln for ln in str(exc).splitlines() if ln.strip()]
         why = lines[0] if lines else type(exc).__name__
@@ -284,6 +481,7 @@ def _safe_load(p: Path):
                    "refuses to load because unpickling it could run code"
                    + (f" ({glob[0]})" if glob else ""))
         raise CheckpointError(f"cannot read checkpoint '{p}': {why}") from None
+    return _verify(obj, p)
 
 
 def load_checkpoint(path: str | os.PathLike, which: str = "last") -> dict:
@@ -316,9 +514,18 @@ def build_model(cfg, num_classes: int, in_chans: int) -> nn.Module:
                              weight_estimator=m.weight_estimator, act=m.act, **m.kwargs)
     except TypeError as e:  # a bad model.kwargs key ('{width:32}' is YAML for {'width:32': None})
         if "unexpected keyword" not in str(e):
-            raise
+            raise ConfigError(f"model.kwargs {m.kwargs!r} do not build model '{m.name}': "
+                              f"{_first_line(e)}") from None
         raise ConfigError(f"model.kwargs {m.kwargs!r} does not fit model '{m.name}': {e}. "
                           "In YAML flow style put a space after the colon: {width: 32}") from None
+    except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as e:  # e.g. a zero width
+        raise ConfigError(f"model.kwargs {m.kwargs!r} do not build model '{m.name}': "
+                          f"{_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def reattach_masks(model: nn.Module, ckpt: dict) -> None:
@@ -406,3 +613,20 @@ def load_shrunk(run: str | os.PathLike, device: str = "cpu") -> nn.Module:
         raise CheckpointError(f"'{p}' does not fit the model of '{p.parent / 'last.pt'}': "
                               f"{str(e).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+@contextmanager
+def locked_file(path: str | os.PathLike):
+    """An exclusive advisory lock on the file ``path`` (POSIX ``flock``; a no-op where there is
+    none), e.g. around a read-modify-write of a sweep's ``results.csv`` by parallel workers."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,6 +1,7 @@
 """``sbnn sweep``: one training per (domain, start arm, EC, seed), then tables and plots.
 
-The domains ``ab`` (learned {alpha, beta}), ``pm1`` and ``01`` are one parametrisation
+The domains ``ab`` (learned {alpha, beta}), ``pm1``, ``01`` and ``abr`` (alpha / (beta - alpha)
+fixed at -EC) are one parametrisation
 ``tau * s + phi`` with different ties (see :mod:`sbnn.method.layers`), so the tie is the only
 difference between them. Each can start from two arms: ``cf`` (tau/phi fitted in closed form to
 the initial split, ``sparsity.levels=fit``) and ``authors`` (tau = 1, phi = 0,
@@ -8,19 +9,24 @@ the initial split, ``sparsity.levels=fit``) and ``authors`` (tau = 1, phi = 0,
 closed-form split at the target).
 
 Each run lives in ``SWEEP_DIR/runs/<domain>_<arm>_ec<EC>_s<seed>/`` and is a normal ``sbnn train``
-run folder. A run with a ``report.json`` is finished and skipped; one with only a ``last.pt``
-resumes from it; so killing the sweep loses at most the run in progress. After training, each run is
-exported to ``model.sbnn`` and timed on the engine (batch 1, one thread). The sweep then writes
-``results.csv`` (one row per run: achieved ones fraction, its H(p), alpha/beta per layer, ...),
-``results.md`` and three PNG plots: test accuracy against the achieved ones fraction, against bits
-per binary weight (as stored in the exported file) and against measured engine latency, one curve
-per (domain, arm), with
-the full-precision twin and the dense BNN (the {alpha, beta} run at EC 0.5) as horizontal lines.
+run folder. After training, each run is exported to ``model.sbnn`` and timed on the engine (batch
+1, one thread), and its row is appended to ``SWEEP_DIR/results.csv`` at once (atomically, under a
+lock). A run whose (domain, arm, EC, seed) row is already in ``results.csv`` is skipped, so a sweep
+resumes from a committed CSV on another machine; a run with a ``report.json`` is tabulated without
+training; one with only a ``last.pt`` resumes from it; so killing the sweep loses at most the runs
+in progress. ``jobs`` runs train at once (one process each, the threads split among them); ``shard
+= (i, n)`` keeps plan entries ``i, i + n, i + 2n, ...`` (0-based), one deterministic slice for a
+job array; :func:`collect` merges the slices' ``results.csv``. The sweep then writes ``results.md``
+(from every row of ``results.csv``) and three PNG plots: test accuracy against the achieved ones
+fraction, against bits per binary weight (as stored in the exported file) and against measured
+engine latency, one curve per (domain, arm), with the full-precision twin and the dense BNN (the
+{alpha, beta} run at EC 0.5) as horizontal lines.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -29,8 +35,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from sbnn.pipeline.config import Config
+from sbnn.pipeline.runs import locked_file
 
-__all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep"]
+__all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "read_rows",
+           "append_row", "collect", "parse_shard"]
 
 # The authors' (EC, gamma) pairs (Schiavone et al., arXiv:2306.13515, their public code).
 GAMMAS_CIFAR10 = {0.50: 0.0, 0.25: 0.02, 0.10: 0.04, 0.05: 0.07, 0.04: 0.07, 0.03: 0.08,
@@ -39,7 +47,7 @@ GAMMAS_CIFAR100 = {0.50: 0.0, 0.05: 0.05, 0.04: 0.05, 0.03: 0.05, 0.02: 0.06, 0.
 
 # sweep domain names -> model.domain; "ab" is the paper's learned {alpha, beta} domain
 DOMAIN_ALIASES = {"ab": "learned", "learned": "learned", "closed_form": "closed_form",
-                  "pm1": "pm1", "01": "01"}
+                  "pm1": "pm1", "01": "01", "abr": "abr"}
 
 # start arms -> sparsity.levels
 ARMS = {"cf": "fit", "authors": "unit"}
@@ -47,7 +55,10 @@ ARMS = {"cf": "fit", "authors": "unit"}
 COLUMNS = ["domain", "arm", "ec", "gamma", "seed", "test_accuracy", "best_test_accuracy",
            "ones_fraction", "ones_over_target", "entropy_ones", "alpha_over_beta",
            "alpha_beta_per_layer", "bits_per_binary_weight", "entropy_bits_per_weight",
-           "binary_weights", "model_bytes", "latency_b1_ms", "train_wall_time_s", "run_dir"]
+           "binary_weights", "model_bytes", "latency_b1_ms", "train_wall_time_s", "steps",
+           "sparsity_mode", "cpu_model", "threads", "collapsed", "run_dir"]
+# the columns that name a run: a row with the same key in results.csv means "done, skip it"
+KEY = ("domain", "arm", "ec", "seed")
 
 
 def gamma_for(ec: float, dataset: str = "fashion_mnist") -> float:
@@ -101,6 +112,169 @@ def _train_one(cfg: Config, run_dir: Path) -> dict:
     return json.loads(report_path.read_text())
 
 
+def collapsed(row: dict) -> bool:
+    """A run is flagged collapsed (kept, never dropped) when its final test accuracy is more than
+    5 points under its best epoch's, or its ones fraction fell under half the target."""
+    acc, best = row.get("test_accuracy"), row.get("best_test_accuracy")
+    p, ec = row.get("ones_fraction"), row.get("ec")
+    if acc is not None and best is not None and acc < best - 0.05:
+        return True
+    return p is not None and ec is not None and p < 0.5 * ec
+
+
+def _run_row(spec: tuple) -> dict | None:
+    """Train one plan entry and build its ``results.csv`` row (None on a non-zero rank); a
+    top-level function so that ``--jobs`` can run it in a worker process."""
+    d, arm, ec, seed, run_cfg, run_dir, shape, deploy, latency = spec
+    report = _train_one(run_cfg, run_dir)
+    if _rank() != 0:
+        return None
+    p = report.get("ones_fraction")
+    row = {"domain": d, "arm": arm, "ec": ec,
+           "gamma": None if ec is None else run_cfg.sparsity.gamma,
+           "seed": seed, "test_accuracy": report.get("test_accuracy"),
+           "best_test_accuracy": report.get("best_test_accuracy"),
+           "ones_fraction": p, "entropy_ones": _entropy(p),
+           "ones_over_target": None if (p is None or ec is None) else p / ec,
+           "train_wall_time_s": report.get("train_wall_time_s"),
+           "steps": report.get("steps"), "cpu_model": report.get("cpu_model"),
+           "threads": report.get("threads"),
+           "sparsity_mode": None if ec is None else run_cfg.sparsity.mode,
+           "run_dir": str(run_dir), **_level_columns(report)}
+    row["collapsed"] = int(collapsed(row)) if ec is not None else None
+    if deploy and d != "fp" and shape is not None:
+        row.update(_deploy_metrics(run_dir, shape, latency))
+    return row
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------
+# results.csv: one row per run, appended as runs finish
+# --------------------------------------------------------------------------------------------
+
+# text columns: never parsed as numbers (the domain "01" is not the number 1)
+TEXT_COLUMNS = ("domain", "arm", "alpha_beta_per_layer", "sparsity_mode", "cpu_model", "run_dir")
+
+
+def _parse(col: str, v: str):
+    if v == "":
+        return None
+    if col in TEXT_COLUMNS:
+        return v
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _key(row: dict) -> tuple[str, ...]:
+    def norm(c):
+        v = row.get(c)
+        if v is None or v == "":
+            return ""
+        if c == "ec":
+            return f"{float(v):g}"
+        if c == "seed":
+            return str(int(v))
+        return str(v)
+
+    return tuple(norm(c) for c in KEY)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a sweep's ``results.csv`` (numbers parsed, empty cells None); [] when there is
+    no such file. Columns this version does not know are kept."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _parse(k, v) for k, v in r.items() if k is not None}
+                for r in csv.DictReader(f)]
+
+
+def _csv_text(rows: list[dict]) -> str:
+    extra = [c for r in rows for c in r if c not in COLUMNS]
+    cols = COLUMNS + list(dict.fromkeys(extra))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: _fmt_csv(r.get(c)) for c in cols})
+    return buf.getvalue()
+
+
+def _fmt_csv(v) -> str:
+    return "" if v is None else str(v)
+
+
+
+
+def _merge(rows: list[dict], new: list[dict]) -> list[dict]:
+    """``rows`` with each of ``new`` replacing the row of the same key, or appended."""
+    out = list(rows)
+    index = {_key(r): i for i, r in enumerate(out)}
+    for r in new:
+        k = _key(r)
+        if k in index:
+            out[index[k]] = r
+        else:
+            index[k] = len(out)
+            out.append(r)
+    return out
+
+
+def append_row(out: str | os.PathLike, row: dict) -> None:
+    """Add ``row`` to ``out/results.csv`` (replacing a row of the same run), atomically and under
+    a lock, so that parallel workers and a kill at any moment leave a whole file."""
+    from sbnn.pipeline.runs import write_text
+
+    out = Path(out)
+    path = out / "results.csv"
+    with locked_file(out / ".results.csv.lock"):
+        write_text(path, _csv_text(_merge(read_rows(path), [row])))
+
+
+def collect(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[dict]:
+    """Merge the ``results.csv`` of every folder (or CSV file) in ``sources`` into
+    ``out/results.csv`` (rows already there first; a later source's row replaces an earlier one
+    of the same run), then write ``results.md`` and the plots. Returns every row."""
+    from sbnn.pipeline.runs import write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.csv"
+    with locked_file(out / ".results.csv.lock"):
+        rows = read_rows(path)
+        for src in sources:
+            src = Path(src)
+            csv_path = src if src.suffix == ".csv" else src / "results.csv"
+            if not csv_path.is_file():
+                raise ValueError(f"--collect: no results.csv in '{src}'")
+            if csv_path.resolve() != path.resolve():
+                rows = _merge(rows, read_rows(csv_path))
+        write_text(path, _csv_text(rows))
+    write_results(rows, out, csv_too=False)
+    return rows
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> ``(i, n)``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects i/n with integers 0 <= i < n, got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard expects i/n with integers 0 <= i < n, got {text!r}")
+    return i, n
+
+
 def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
     """Export the run to ``model.sbnn``; bits in the file, its size and engine latency."""
     import numpy as np
@@ -133,10 +307,14 @@ def _deploy_metrics(run_dir: Path, input_shape, latency: bool) -> dict:
 def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: list[str],
               seeds: list[int], gammas: list[float] | None = None, fp_reference: bool = True,
               deploy: bool = True, latency: bool = True, arms: list[str] | None = None,
-              train: bool = True) -> list[dict]:
+              train: bool = True, jobs: int = 1, shard: tuple[int, int] | None = None
+              ) -> list[dict]:
     """Train every (domain, arm, EC, seed) combination of ``cfg`` and write the sweep's
     results. ``arms`` (default ``["cf"]``): keys of :data:`ARMS`. ``train=False`` tabulates the
-    finished runs of the plan only (several sweeps sharing one folder, or a cut-short sitting)."""
+    plan's rows already in ``results.csv`` and its finished runs only (several sweeps sharing one
+    folder, or a cut-short sitting). ``jobs``: runs at once, each in its own process with
+    ``threads // jobs`` threads (``threads``: ``cfg.threads`` or the CPU count). ``shard=(i, n)``:
+    only plan entries ``i, i + n, ...``. Returns the plan's rows (in plan order)."""
     arms = arms or ["cf"]
     for a in arms:
         if a not in ARMS:
@@ -152,6 +330,10 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
             raise ValueError(f"EC values must be in (0, 0.5], got {ec}")
     if gammas is not None and len(gammas) not in (1, len(ecs)):
         raise ValueError(f"--gamma needs one value or one per EC ({len(ecs)}), got {len(gammas)}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--jobs > 1 cannot run under torchrun (use one or the other)")
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
 
@@ -172,35 +354,61 @@ def run_sweep(cfg: Config, out: str | os.PathLike, ecs: list[float], domains: li
                         cfg, seed=seed, model=replace(cfg.model, domain=DOMAIN_ALIASES[d]),
                         sparsity=replace(cfg.sparsity, ec=ec, gamma=gamma, levels=ARMS[arm]))
                     plan.append((d, arm, ec, seed, run_cfg))
+    if shard is not None:
+        plan = plan[shard[0]::shard[1]]
 
+    threads = cfg.threads or os.cpu_count() or 1
+    per_job = max(1, threads // jobs)
     shape = DATASET_SHAPES.get(cfg.data.name)
-    rows = []
+    done = {_key(r): r for r in read_rows(out / "results.csv")}
+    main = _rank() == 0
+    rows: dict[int, dict] = {}
+    todo = []
     for k, (d, arm, ec, seed, run_cfg) in enumerate(plan, 1):
         run_dir = out / "runs" / _run_name(d, arm, ec, seed)
+        key = _key({"domain": d, "arm": arm, "ec": ec, "seed": seed})
+        tag = f"[sweep {k}/{len(plan)}] {run_dir.name}"
+        if key in done:
+            if main:
+                print(f"{tag}: in results.csv, skipped", flush=True)
+            rows[k] = done[key]
+            continue
         if not train and not (run_dir / "report.json").is_file():
-            if _rank() == 0:
-                print(f"[sweep {k}/{len(plan)}] {run_dir.name}: not finished, left out", flush=True)
+            if main:
+                print(f"{tag}: not finished, left out", flush=True)
             continue
-        if _rank() == 0:
-            print(f"[sweep {k}/{len(plan)}] {run_dir.name}", flush=True)
-        report = _train_one(run_cfg, run_dir)
-        if _rank() != 0:
-            continue
-        p = report.get("ones_fraction")
-        row = {"domain": d, "arm": arm, "ec": ec,
-               "gamma": None if ec is None else run_cfg.sparsity.gamma,
-               "seed": seed, "test_accuracy": report.get("test_accuracy"),
-               "best_test_accuracy": report.get("best_test_accuracy"),
-               "ones_fraction": p, "entropy_ones": _entropy(p),
-               "ones_over_target": None if (p is None or ec is None) else p / ec,
-               "train_wall_time_s": report.get("train_wall_time_s"),
-               "run_dir": str(run_dir), **_level_columns(report)}
-        if deploy and d != "fp" and shape is not None:
-            row.update(_deploy_metrics(run_dir, shape, latency))
-        rows.append(row)
-    if _rank() == 0:
-        write_results(rows, out)
-    return rows
+        if jobs > 1:
+            run_cfg = replace(run_cfg, threads=per_job, progress=False)
+        todo.append((k, tag, (d, arm, ec, seed, run_cfg, run_dir, shape, deploy, latency)))
+
+    def finished(k: int, row: dict | None) -> None:
+        if row is not None and main:
+            append_row(out, row)  # at once: a kill later loses nothing of this run
+            rows[k] = row
+
+    if jobs == 1 or len(todo) <= 1:
+        for k, tag, spec in todo:
+            if main:
+                print(tag, flush=True)
+            finished(k, _run_row(spec))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: a forked child would inherit the parent's OpenMP thread pool state
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(per_job,)) as pool:
+            futs = {}
+            for k, tag, spec in todo:
+                print(f"{tag} (queued; {jobs} jobs x {per_job} threads)", flush=True)
+                futs[pool.submit(_run_row, spec)] = (k, tag)
+            for fut in as_completed(futs):
+                k, tag = futs[fut]
+                finished(k, fut.result())
+                print(f"{tag}: done", flush=True)
+    if main:
+        write_results(read_rows(out / "results.csv"), out, csv_too=False)
+    return [rows[k] for k in sorted(rows)]
 
 
 def _fmt(v) -> str:
@@ -220,14 +428,14 @@ def _mean_std(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}"
 
 
-def write_results(rows: list[dict], out: str | os.PathLike) -> None:
-    """``results.csv`` (one row per run), ``results.md`` (per run and mean over seeds), plots."""
+def write_results(rows: list[dict], out: str | os.PathLike, csv_too: bool = True) -> None:
+    """``results.csv`` (one row per run; unless ``csv_too=False``), ``results.md`` (per run and
+    mean over seeds), plots."""
+    from sbnn.pipeline.runs import write_text
+
     out = Path(out)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c, "") for c in COLUMNS})
+    if csv_too:
+        write_text(out / "results.csv", _csv_text(rows))
 
     lines = ["# Sweep results", "", "## Per run", "",
              "| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
@@ -249,7 +457,7 @@ def write_results(rows: list[dict], out: str | os.PathLike) -> None:
             f"| {_mean_std([r.get('alpha_over_beta') for r in rs])} "
             f"| {_mean_std([r.get('bits_per_binary_weight') for r in rs])} "
             f"| {_mean_std([r.get('latency_b1_ms') for r in rs])} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     plot_results(rows, out)
 
 
@@ -320,6 +528,8 @@ def plot_results(rows: list[dict], out: Path) -> None:
                                "accuracy_vs_bits.png"),
                               ("latency_b1_ms", "engine latency, batch 1, 1 thread (ms)",
                                "accuracy_vs_latency.png")):
+        from sbnn.pipeline.runs import save_figure
+
         fig = sweep_figure(rows, key, label)
-        fig.savefig(out / fname, dpi=120)
+        save_figure(fig, out / fname, dpi=120)
         plt.close(fig)

@@ -18,10 +18,12 @@ each rank reads its own shard, only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,13 +40,14 @@ from sbnn.pipeline.config import (
     Config,
     ConfigError,
     from_dict,
-    save_config,
     to_dict,
     validate,
 )
 from sbnn.pipeline.evaluate import evaluate_loader
 from sbnn.pipeline.runs import (
     CheckpointError,
+    RunLock,
+    append_jsonl,
     build_model,
     check_run_dir,
     clean_tmp_files,
@@ -55,11 +58,14 @@ from sbnn.pipeline.runs import (
     resolve_device,
     rng_state,
     save_checkpoint,
+    save_config,
     set_rng_state,
+    write_json,
+    write_text,
 )
-from sbnn_runtime.files import atomic_write
 
-__all__ = ["Trainer", "train", "run_epoch", "make_optimizer", "make_scheduler"]
+__all__ = ["Trainer", "TrainingInterrupted", "train", "run_epoch", "make_optimizer",
+           "make_scheduler"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,12 +130,25 @@ def _check_input_size(model: nn.Module, data, cfg: Config, device) -> None:
     try:
         with torch.no_grad():
             model(x)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, ZeroDivisionError, IndexError) as e:
         raise ConfigError(
             f"data: images of shape {tuple(data.images.shape[1:])} (C, H, W) from '{cfg.data.name}'"
             f" do not fit model.name {cfg.model.name!r}: {str(e).splitlines()[0]}") from None
     finally:
         model.train(was)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else ``platform.processor()``)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "cpu model", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def has_sb_layers(model: nn.Module) -> bool:
@@ -186,6 +205,8 @@ def run_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, schedu
             scheduler.step()
         if constraint is not None and cfg.sparsity.clamp:
             constraint.clamp_()
+        if constraint is not None and constraint.mode == "exact":
+            constraint.project_()
         if after_step is not None:
             after_step()
         loss_sum += float(loss.detach()) * len(y)
@@ -218,7 +239,22 @@ class Trainer:
                  overwrite: bool = False):
         # Everything is checked (config values, checkpoint, data, model) before the run folder
         # is created or touched, so a bad value never leaves a half-made run behind.
-        ckpt = None
+        self.stop_after = stop_after
+        self.overwrite = overwrite
+        self._lock = None
+        cfg, ckpt, ckpt_path, out = self._read_resume(cfg, out, resume)
+        self._setup_processes(cfg)
+        self._plan_run_folder(cfg, out, ckpt_path if ckpt is not None else None)
+        train_set = self._setup_data()
+        self._setup_model(train_set)
+        self._restore(ckpt, ckpt_path)
+        self._open_run_folder()
+
+    @staticmethod
+    def _read_resume(cfg, out, resume):
+        """``(validated config, checkpoint or None, its path, out)``; the checkpoint's config
+        is used when none is given."""
+        ckpt = ckpt_path = None
         if resume is not None:
             rpath = Path(resume)
             ckpt_path = rpath / "last.pt" if rpath.is_dir() else rpath
@@ -228,10 +264,10 @@ class Trainer:
             if cfg is None:
                 cfg = from_dict(Config, ckpt["config"])
             out = out or ckpt_path.parent
-        cfg = validate(cfg if cfg is not None else Config())
-        self.stop_after = stop_after
+        return validate(cfg if cfg is not None else Config()), ckpt, ckpt_path, out
 
-        # -- distributed ---------------------------------------------------------------------
+    def _setup_processes(self, cfg: Config) -> None:
+        """Rank, world size and device (torchrun), the process group, threads."""
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -248,17 +284,19 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest
 
-        # -- run folder: checked now, created once everything else is known to work ---------
+    def _plan_run_folder(self, cfg: Config, out, ckpt_path: Path | None) -> None:
+        """The run folder: checked now, created once everything else is known to work."""
         if out is None:
             out = cfg.out or f"runs/{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out = Path(out)
-        self.resuming = ckpt is not None and self.out.resolve() == ckpt_path.parent.resolve()
+        self.resuming = (ckpt_path is not None
+                         and self.out.resolve() == ckpt_path.parent.resolve())
         if not self.resuming:
-            check_run_dir(self.out, overwrite)
-        self.overwrite = overwrite
+            check_run_dir(self.out, self.overwrite)
         self.cfg = replace(cfg, out=str(self.out))
 
-        # -- data ------------------------------------------------------------------------------
+    def _setup_data(self):
+        """The train and test loaders; returns the training set (its images check the model)."""
         d = self.cfg.data
         train_set = sdata.load_dataset(d.name, d.root, train=True).subset(d.train_subset)
         test_set = sdata.load_dataset(d.name, d.root, train=False).subset(d.test_subset)
@@ -274,43 +312,66 @@ class Trainer:
             train_set, d.batch_size, shuffle=True, augment=augment, device=self.device,
             seed=self.cfg.seed, rank=self.rank, world_size=self.world)
         self.test_loader = sdata.BatchLoader(test_set, d.eval_batch_size, device=self.device)
+        return train_set
 
-        # -- model, constraint, optimiser ----------------------------------------------------
+    def _setup_model(self, train_set) -> None:
+        """Model (its starting weights, pruning masks), sparsity constraint, optimiser and
+        learning-rate schedule."""
         _seed_all(self.cfg.seed)
         model = build_model(self.cfg, self.num_classes, self.in_chans).to(self.device)
+        from sbnn.method.layers import set_fixed_r_
+
+        set_fixed_r_(model, -self.cfg.sparsity.ec)  # the abr domain's r (no-op for the others)
         _check_input_size(model, train_set, self.cfg, self.device)
         arch = models.architecture_kwargs(model, self.cfg.model.kwargs)
         if arch != self.cfg.model.kwargs:  # record the defaults too: see architecture_kwargs
             self.cfg = replace(self.cfg, model=replace(self.cfg.model, kwargs=arch))
         self.binary = has_sb_layers(model)
-        s = self.cfg.sparsity
         self.constraint = None
         if self.binary:
-            from sbnn.method.constraint import SparsityConstraint
-
-            self.constraint = SparsityConstraint(model, ec=s.ec, gamma=s.gamma)
-            from sbnn.verbs.binarize import LEVEL_STARTS, init_authors_, init_closed_form_
-
-            if s.levels not in LEVEL_STARTS:
-                raise ValueError(f"unknown sparsity.levels '{s.levels}'; valid: "
-                                 f"{', '.join(LEVEL_STARTS)}")
-            if s.init == "closed_form" and s.ec < 0.5:
-                init_closed_form_(model, s.ec, levels=s.levels)
-            elif s.init == "authors":
-                init_authors_(model)
-            elif s.init not in ("closed_form", "none"):
-                raise ValueError(f"unknown sparsity.init '{s.init}'; valid: closed_form, "
-                                 "authors, none")
-            if self.cfg.prune.active:  # pruning masks that training keeps (sbnn.verbs.prune)
-                from sbnn.verbs.prune import prune_
-
-                prune_(model, self.cfg.prune)
+            try:
+                self._init_binary(model)
+            except ValueError as e:  # e.g. a layer too small for the ones fraction
+                raise ConfigError(f"sparsity / model.kwargs: {str(e).splitlines()[0]}") from None
         self.model = model
         self.optimizer = make_optimizer(self.cfg, model)
         self.scheduler = make_scheduler(self.cfg, self.optimizer, len(self.train_loader))
         self.start_epoch = 0
         self.best_acc = -1.0
         self.best_epoch = None
+
+    def _init_binary(self, model: nn.Module) -> None:
+        """The sparsity constraint, the latent weights' start, and the pruning masks."""
+        from sbnn.method.constraint import SparsityConstraint, sb_layers
+        from sbnn.method.layers import SCALE_ONLY_DOMAINS
+        from sbnn.verbs.binarize import LEVEL_STARTS, init_authors_, init_closed_form_
+
+        s = self.cfg.sparsity
+        self.constraint = SparsityConstraint(model, ec=s.ec, gamma=s.gamma, mode=s.mode)
+        if s.levels not in LEVEL_STARTS:
+            raise ValueError(f"unknown sparsity.levels '{s.levels}'; valid: "
+                             f"{', '.join(LEVEL_STARTS)}")
+        if s.init == "closed_form" and s.ec < 0.5:
+            init_closed_form_(model, s.ec, levels=s.levels)
+        elif s.init == "authors":
+            init_authors_(model)
+        elif s.init not in ("closed_form", "none"):
+            raise ValueError(f"unknown sparsity.init '{s.init}'; valid: closed_form, "
+                             "authors, none")
+        if s.mode == "exact":  # exact count from the start; tau of pm1/01/abr is a scale
+            self.constraint.project_()
+            for _, m in sb_layers(model):
+                if m.domain in SCALE_ONLY_DOMAINS:
+                    m.tau.requires_grad_(False)
+        if self.cfg.prune.active:  # pruning masks that training keeps (sbnn.verbs.prune)
+            from sbnn.verbs.prune import prune_
+
+            prune_(model, self.cfg.prune)
+
+    def _restore(self, ckpt: dict | None, ckpt_path) -> None:
+        """Load a resumed run's weights, masks, optimiser, schedule and RNG states; then wrap
+        the model for DDP."""
+        model = self.model
         if ckpt is not None:
             try:
                 model.load_state_dict(ckpt["model"])
@@ -331,20 +392,31 @@ class Trainer:
         else:
             self.ddp = model
 
-        # -- now the run folder ----------------------------------------------------------------
-        self.global_batch = d.batch_size * self.world
+    def _open_run_folder(self) -> None:
+        """Create (or, resuming, reopen) the run folder under its lock and write config.yaml.
+        A failure here (a full disk, a read-only folder, another writer) leaves no folder."""
+        self.global_batch = self.cfg.data.batch_size * self.world
         self._made_dir = False
-        if self.is_main:
+        self._saved_epoch = None
+        self._lock = RunLock(self.out)
+        if not self.is_main:
+            return
+        try:
             if self.resuming:
+                self._lock.acquire()
                 clean_tmp_files(self.out)
             else:
                 self._made_dir = not self.out.exists()
-                create_run_dir(self.out, overwrite)
+                create_run_dir(self.out, self.overwrite, lock=self._lock)
             save_config(self.cfg, self.out / "config.yaml", header=self._run_header())
             if self.resuming:
                 self._truncate_metrics(self.start_epoch)
-            if self.distributed:
-                print(self._run_header(), flush=True)
+        except BaseException:
+            self._cleanup_failed_start()
+            self._lock.release()
+            raise
+        if self.distributed:
+            print(self._run_header(), flush=True)
 
     def _run_header(self) -> str | None:
         if not self.distributed:
@@ -366,7 +438,7 @@ class Trainer:
                 continue
             if isinstance(row, dict) and row.get("epoch", epochs_done + 1) <= epochs_done:
                 keep.append(ln)
-        atomic_write(path, "".join(ln + "\n" for ln in keep))
+        write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _best_epoch_from_metrics(self) -> int | None:
         """After a resume: the epoch of the best test accuracy, from metrics.jsonl."""
@@ -409,16 +481,43 @@ class Trainer:
 
     def fit(self, log_json: str | None = None) -> dict:
         """Train; returns the report. ``log_json``: also append machine-readable events
-        (:class:`sbnn.pipeline.logs.RunLog`) to this file."""
+        (:class:`sbnn.pipeline.logs.RunLog`) to this file. SIGINT/SIGTERM end training with
+        :class:`TrainingInterrupted` (its message names the command that resumes the run); a
+        failure before the first checkpoint leaves no run folder, a later one keeps the last
+        complete checkpoint."""
         try:
-            return self._fit(log_json)
+            with _signals_as_interrupt():
+                return self._fit(log_json)
+        except KeyboardInterrupt:
+            self._cleanup_failed_start()
+            raise TrainingInterrupted(self._resume_hint("interrupted")) from None
+        except OSError as e:  # a full disk, a folder made read-only, ...
+            self._cleanup_failed_start()
+            if self._saved_epoch is None or not self.is_main:
+                raise
+            raise OSError(e.errno, f"{e.strerror or e}; {self._resume_hint('stopped')}",
+                          e.filename) from None
         except BaseException:
             self._cleanup_failed_start()
             raise
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _resume_hint(self, what: str) -> str:
+        done = self._saved_epoch if self._saved_epoch is not None else (
+            self.start_epoch if self.resuming else None)
+        if done is None:
+            return (f"{what} before the first checkpoint: nothing was kept; run the same "
+                    "command again to start over")
+        return (f"{what} after epoch {done}/{self.cfg.epochs} (last.pt holds it); resume with: "
+                f"sbnn train --resume {shlex.quote(str(self.out))}")
 
     def _cleanup_failed_start(self) -> None:
-        """A fresh run that fails before its first checkpoint leaves nothing behind."""
-        if not self.is_main or self.resuming or (self.out / "last.pt").exists():
+        """A fresh run that fails before its first checkpoint leaves nothing behind. Only the
+        process holding the folder's lock touches it (never another writer's run)."""
+        if (not self.is_main or self.resuming or self._lock is None or not self._lock.held
+                or (self.out / "last.pt").exists()):
             return
         for name in ("config.yaml", "metrics.jsonl", "best.pt"):
             (self.out / name).unlink(missing_ok=True)
@@ -463,8 +562,7 @@ class Trainer:
             row = {"epoch": done, **row, "ones_fraction": self.ones_fraction(),
                    "lr": self.optimizer.param_groups[0]["lr"]}
             if self.is_main:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_jsonl(self.out / "metrics.jsonl", row)
                 acc = row.get("test_accuracy")
                 is_best = acc is not None and acc > self.best_acc
                 if is_best:
@@ -475,6 +573,7 @@ class Trainer:
                 if is_best:
                     save_checkpoint(ckpt, self.out / "best.pt")
                 save_checkpoint(ckpt, self.out / "last.pt")
+                self._saved_epoch = done
                 msg = f"epoch {done}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
                 if acc is not None:
                     msg += f", test acc {acc:.4f}"
@@ -500,12 +599,15 @@ class Trainer:
             # accuracy over epochs, which is best_test_accuracy (best.pt, epoch best_epoch)
             report["reported_checkpoint"] = "last"
             report["best_test_accuracy"] = self.best_acc
+            # the epoch best.pt holds (a checkpoint of an older sbnn lacks it: metrics.jsonl)
             report["best_epoch"] = self.best_epoch or self._best_epoch_from_metrics()
             report["train_wall_time_s"] = wall
+            report["steps"] = cfg.epochs * len(self.train_loader)
+            report["threads"] = torch.get_num_threads()
+            report["cpu_model"] = _cpu_model()
             report["epoch_times_s"] = epoch_times
             report["epochs"] = cfg.epochs
             report["last_epoch"] = cfg.epochs  # the epoch last.pt holds
-            report["best_epoch"] = self.best_epoch  # the epoch best.pt holds
             report["world_size"] = self.world
             report["batch_size_per_rank"] = cfg.data.batch_size
             report["global_batch_size"] = self.global_batch
@@ -513,7 +615,7 @@ class Trainer:
             report["warnings"] = run_warnings(
                 _unwrap(self.model), report, cfg.sparsity.ec if sb else None, self.num_classes,
                 self.test_loader, pruned_filters=cfg.prune.filters)
-            atomic_write(self.out / "report.json", json.dumps(report, indent=2) + "\n")
+            write_json(self.out / "report.json", report)
             print(format_report(report, title=f"run {self.out}"))
             print(format_warnings(report["warnings"]), end="")
             log = RunLog(0, progress=False, json_path=log_json)
@@ -525,6 +627,32 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         return report or {}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM ended training; the message says what was kept and the command
+    that resumes the run (``sbnn train`` prints it as one line and exits with 130)."""
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt like SIGINT does, so both end training the same way
+    (checkpoints are written atomically: an interrupt never leaves a torn file)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
 def train(cfg: Config | None = None, out=None, resume=None, stop_after: int | None = None,

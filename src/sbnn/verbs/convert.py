@@ -306,15 +306,7 @@ def convert(
         convert, or a group too small for the fraction (``round(p * n) == 0``) or with fewer
         free weights than its ones.
     """
-    if isinstance(ones, bool) or not isinstance(ones, (int, float)) or not 0.0 < ones < 1.0 \
-            or math.isnan(ones):
-        raise ConversionError(f"ones must be a fraction in the open interval (0, 1), got {ones!r}")
-    if granularity not in GRANULARITIES:
-        raise ConversionError(
-            f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
-    if allocation not in ALLOCATIONS:
-        raise ConversionError(
-            f"unknown allocation {allocation!r}; valid: {', '.join(ALLOCATIONS)}")
+    _check_target(ones, granularity, allocation)
     prune = prune or PruneConfig()
     if not inplace:
         model = copy.deepcopy(model)
@@ -326,6 +318,49 @@ def convert(
     bns = following_batchnorm(model) if prune.filters else {}
 
     # 1. float weights, magnitude pruning, dead filters, forced zeros
+    float_w, masks = _prune_floats(layers, prune, bns)
+    # 2. kernel removal: the weakest kernels against the uniform split threshold
+    spatial = {name for name, m in layers if m.weight.dim() == 4
+               and m.weight.shape[2] * m.weight.shape[3] > 1}
+    if prune.kernels:
+        _remove_kernels(layers, masks, spatial, ones, granularity, prune.kernels)
+    # 3. allocation
+    groups_rows = {name: _rows(m.weight, granularity) for name, m in layers}
+    groups_forced = {name: _rows(masks[name].zero, granularity) for name, _ in layers}
+    budgets = {name: _uniform_ks(name, groups_rows[name], groups_forced[name], ones, granularity)
+               for name, _ in layers}
+    if allocation == "global":
+        budgets = _global_budgets(layers, groups_rows, groups_forced, budgets)
+    # 4. split, levels, latent weights; then patterns
+    for name, m in layers:
+        _convert_layer(m, groups_rows[name], groups_forced[name], budgets[name], masks[name],
+                       float_w[name], granularity, prune,
+                       kernels=bool(prune.kernels) and name in spatial,
+                       patterns=bool(prune.patterns) and name in spatial)
+    if prune.active:
+        attach_(model, masks)
+    if return_info:
+        return model, {"float_weights": float_w, "budgets": budgets, "masks": masks,
+                       "granularity": granularity, "allocation": allocation, "ones": ones}
+    return model
+
+
+def _check_target(ones, granularity: str, allocation: str) -> None:
+    if isinstance(ones, bool) or not isinstance(ones, (int, float)) or not 0.0 < ones < 1.0 \
+            or math.isnan(ones):
+        raise ConversionError(f"ones must be a fraction in the open interval (0, 1), got {ones!r}")
+    if granularity not in GRANULARITIES:
+        raise ConversionError(
+            f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+    if allocation not in ALLOCATIONS:
+        raise ConversionError(
+            f"unknown allocation {allocation!r}; valid: {', '.join(ALLOCATIONS)}")
+
+
+def _prune_floats(layers, prune: PruneConfig, bns: dict
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, LayerMasks]]:
+    """Magnitude pruning (zeroes the smallest float weights in place) and dead filters; returns
+    the float weights (after magnitude pruning) and each layer's masks (``zero``: forced 0)."""
     float_w: dict[str, torch.Tensor] = {}
     masks: dict[str, LayerMasks] = {}
     for name, m in layers:
@@ -345,93 +380,95 @@ def convert(
         lm.zero = zero
         masks[name] = lm
         float_w[name] = w.detach().clone()
+    return float_w, masks
 
-    def uniform_ks(name: str, rows: torch.Tensor, forced: torch.Tensor) -> list[int]:
-        ks = []
-        for r in range(rows.shape[0]):
-            n, n_free = rows.shape[1], int((~forced[r]).sum())
-            k = int(math.floor(ones * n + 0.5))
-            where = f"layer {name!r}" + (f" channel {r}" if granularity == "channel" else "")
-            if n_free == 0:
-                ks.append(0)
-                continue
-            if k == 0:
-                raise ConversionError(
-                    f"{where} has {n} weights: ones={ones} rounds to 0 one-bits; choose a larger "
-                    "fraction or layer granularity")
-            if k > n_free:
-                raise ConversionError(
-                    f"{where}: {k} one-bits are asked but pruning leaves only {n_free} free "
-                    f"weights of {n}")
-            ks.append(k)
-        return ks
 
-    # 2. kernel removal: the weakest kernels against the uniform split threshold
-    spatial = {name for name, m in layers if m.weight.dim() == 4
-               and m.weight.shape[2] * m.weight.shape[3] > 1}
-    if prune.kernels:
-        for name, m in layers:
-            if name not in spatial:
-                continue
-            rows = _rows(m.weight, granularity)
-            forced = _rows(masks[name].zero, granularity)
-            _, thr = _split_rows(rows, forced, uniform_ks(name, rows, forced))
-            t = thr.to(m.weight.dtype)
-            masks[name].zero |= kernel_mask(m.weight, prune.kernels,
-                                            t[0] if granularity == "layer" else t,
-                                            masks[name].zero)
+def _uniform_ks(name: str, rows: torch.Tensor, forced: torch.Tensor, ones: float,
+                granularity: str) -> list[int]:
+    """``round(ones * n)`` one-bits per group (0 for a wholly forced one), or a ConversionError
+    when that is 0 or more than the group's free weights."""
+    ks = []
+    for r in range(rows.shape[0]):
+        n, n_free = rows.shape[1], int((~forced[r]).sum())
+        k = int(math.floor(ones * n + 0.5))
+        where = f"layer {name!r}" + (f" channel {r}" if granularity == "channel" else "")
+        if n_free == 0:
+            ks.append(0)
+            continue
+        if k == 0:
+            raise ConversionError(
+                f"{where} has {n} weights: ones={ones} rounds to 0 one-bits; choose a larger "
+                "fraction or layer granularity")
+        if k > n_free:
+            raise ConversionError(
+                f"{where}: {k} one-bits are asked but pruning leaves only {n_free} free "
+                f"weights of {n}")
+        ks.append(k)
+    return ks
 
-    # 3. allocation
-    groups_rows = {name: _rows(m.weight, granularity) for name, m in layers}
-    groups_forced = {name: _rows(masks[name].zero, granularity) for name, _ in layers}
-    uni = {name: uniform_ks(name, groups_rows[name], groups_forced[name]) for name, _ in layers}
-    budgets = uni
-    if allocation == "global":
-        curves, lo, hi, start, index = [], [], [], [], []
-        for name, _ in layers:
-            rows, forced = groups_rows[name], groups_forced[name]
-            for r in range(rows.shape[0]):
-                e = error_curve(rows[r], forced[r])
-                n_free = e.shape[0] - 1
-                curves.append(e)
-                lo.append(min(1, n_free))
-                hi.append(n_free)
-                start.append(uni[name][r])
-                index.append((name, r))
-        ks = allocate(curves, sum(start), lo, hi, start=start)
-        budgets = {name: [0] * groups_rows[name].shape[0] for name, _ in layers}
-        for (name, r), k in zip(index, ks, strict=True):
-            budgets[name][r] = k
 
-    # 4. split, levels, latent weights; then patterns
+def _remove_kernels(layers, masks: dict[str, LayerMasks], spatial: set[str], ones: float,
+                    granularity: str, share: float) -> None:
+    """Add the weakest kernels (against the uniform split's threshold) to the forced zeros."""
     for name, m in layers:
-        w = m.weight
+        if name not in spatial:
+            continue
+        rows = _rows(m.weight, granularity)
+        forced = _rows(masks[name].zero, granularity)
+        _, thr = _split_rows(rows, forced, _uniform_ks(name, rows, forced, ones, granularity))
+        t = thr.to(m.weight.dtype)
+        masks[name].zero |= kernel_mask(m.weight, share, t[0] if granularity == "layer" else t,
+                                        masks[name].zero)
+
+
+def _global_budgets(layers, groups_rows: dict, groups_forced: dict, uni: dict
+                    ) -> dict[str, list[int]]:
+    """The uniform allocation's total of one-bits spent across all groups to minimise the
+    summed squared error (:func:`allocate`)."""
+    curves, lo, hi, start, index = [], [], [], [], []
+    for name, _ in layers:
         rows, forced = groups_rows[name], groups_forced[name]
-        bits, thr = _split_rows(rows, forced, budgets[name])
-        if prune.kernels and name in spatial:
-            taps = w.shape[2] * w.shape[3]
-            for r in range(rows.shape[0]):
-                _fill_kernels(bits[r], rows[r], forced[r], taps)
-        latent = rows.double() - thr.unsqueeze(1)
-        latent = torch.where(bits, latent.clamp(min=0.0), latent.clamp(max=-_TINY))
-        if prune.patterns and name in spatial:
-            lat4 = latent.reshape(w.shape)
-            zero = masks[name].zero if bool(masks[name].zero.any()) else None
-            cb = learn_patterns(lat4, prune.patterns, forced=zero)
-            masks[name].codebook = cb
-            latent = _rows(project_patterns(lat4, cb, zero), granularity)
-            bits = to_bits(latent)
-        alpha, beta = group_means(_rows(float_w[name], granularity), bits)
-        w.copy_(latent.reshape(w.shape).to(w.dtype))
-        _set_levels(m, alpha, beta, granularity)
-        if not bool(masks[name].zero.any()):
-            masks[name].zero = None
-    if prune.active:
-        attach_(model, masks)
-    if return_info:
-        return model, {"float_weights": float_w, "budgets": budgets, "masks": masks,
-                       "granularity": granularity, "allocation": allocation, "ones": ones}
-    return model
+        for r in range(rows.shape[0]):
+            e = error_curve(rows[r], forced[r])
+            n_free = e.shape[0] - 1
+            curves.append(e)
+            lo.append(min(1, n_free))
+            hi.append(n_free)
+            start.append(uni[name][r])
+            index.append((name, r))
+    ks = allocate(curves, sum(start), lo, hi, start=start)
+    budgets = {name: [0] * groups_rows[name].shape[0] for name, _ in layers}
+    for (name, r), k in zip(index, ks, strict=True):
+        budgets[name][r] = k
+    return budgets
+
+
+def _convert_layer(m: nn.Module, rows: torch.Tensor, forced: torch.Tensor, ks: list[int],
+                   lm: LayerMasks, float_w: torch.Tensor, granularity: str, prune: PruneConfig,
+                   kernels: bool, patterns: bool) -> None:
+    """One layer: split its groups at their budgets, give emptied kernels a one-bit back
+    (``kernels``), write the latent weights, project them on learned patterns (``patterns``)
+    and set the levels to the float weights' group means."""
+    w = m.weight
+    bits, thr = _split_rows(rows, forced, ks)
+    if kernels:
+        taps = w.shape[2] * w.shape[3]
+        for r in range(rows.shape[0]):
+            _fill_kernels(bits[r], rows[r], forced[r], taps)
+    latent = rows.double() - thr.unsqueeze(1)
+    latent = torch.where(bits, latent.clamp(min=0.0), latent.clamp(max=-_TINY))
+    if patterns:
+        lat4 = latent.reshape(w.shape)
+        zero = lm.zero if bool(lm.zero.any()) else None
+        cb = learn_patterns(lat4, prune.patterns, forced=zero)
+        lm.codebook = cb
+        latent = _rows(project_patterns(lat4, cb, zero), granularity)
+        bits = to_bits(latent)
+    alpha, beta = group_means(_rows(float_w, granularity), bits)
+    w.copy_(latent.reshape(w.shape).to(w.dtype))
+    _set_levels(m, alpha, beta, granularity)
+    if not bool(lm.zero.any()):
+        lm.zero = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,217 @@
+"""What the native kernels really do and allocate, from shapes alone: the loader's limits.
+
+The C++ kernels (``runtime/csrc/core``) lay their work out in ways a multiply-accumulate count
+does not see: the sparse binary conv accumulates every 1-bit over a whole grid row span
+(``Lr`` bytes, padding columns included), both binary kernels are built for every sparse conv
+(the engine picks the faster one at the first run), and both keep their own copies of the bits.
+This module is the Python twin of that layout (:func:`bconv_geometry` mirrors
+``sbnn::make_geom`` field for field; a test checks them against each other on every small
+geometry), so that :func:`sbnn_runtime.ops.graph_cost` can bound work and memory before a
+single parameter is decoded.
+
+Work is counted in *kernel steps*: one byte lane of the sparse accumulation, one 64-bit word
+of the dense binary GEMM (64 binary MACs), one float multiply-accumulate, one element of a
+pass over a tensor. The steps run at rates within a small factor of each other (a 32-byte
+vector add does 32 sparse steps, an FMA 8 float steps, a popcount 1 dense step), which
+``scripts/bench_work.py`` checks on random graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "MAX_BCONV_CHANNELS",
+    "MAX_BCONV_CLASSES",
+    "INT32_MAX",
+    "BConvGeometry",
+    "bconv_geometry",
+    "bconv_limit_error",
+    "border_classes",
+    "sparse_steps",
+    "dense_steps",
+    "bconv_param_bytes",
+    "bconv_workspace",
+    "fconv_param_bytes",
+    "fconv_workspace",
+    "fconv_steps",
+]
+
+MAX_BCONV_CHANNELS = 32767  # sbnn::make_geom: int16 channel sums
+MAX_BCONV_CLASSES = 65536  # sbnn::BConvLayer: uint16 border-class ids of the dense kernel
+INT32_MAX = (1 << 31) - 1  # sbnn::make_geom: int32 offsets into the bit planes
+_GRID_BYTES = 8 * 32  # one register tile of the sparse kernel
+_GEMM_MR, _GEMM_VL = 12, 16  # the widest float GEMM tile (AVX-512); bounds the others
+
+
+@dataclass(frozen=True)
+class BConvGeometry:
+    """``sbnn::ConvGeom``: see ``runtime/csrc/core/bconv.h``."""
+
+    Ci: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    stride: int
+    pad: int
+    Hp: int
+    Wp: int
+    Ho: int
+    Wo: int
+    Hs: int
+    Wph: int
+    G: int
+    Hph: int
+    L: int
+    Lr: int
+    phase_size: int
+    plane_elems: int
+    plane_alloc: int
+    ssum_alloc: int
+    Cw: int
+    K: int
+    Kp: int
+    prep_work_bytes: int
+
+
+def bconv_geometry(Ci: int, H: int, W: int, kh: int, kw: int, stride: int, pad: int,
+                   vec_bytes: int = 32, max_group: int = 64) -> BConvGeometry:
+    """The twin of ``sbnn::make_geom`` (no checks: see :func:`bconv_limit_error`)."""
+    s = stride
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    Ho, Wo = (Hp - kh) // s + 1, (Wp - kw) // s + 1
+    Hs = (Hp + s - 1) // s * s
+    Wph = (Wp + s - 1) // s
+    if s == 1 and 1 <= pad <= kw - 1:
+        Wph = W + pad
+    rows_img, row_bytes = Hs // s, Wph
+    G, gmax = 1, max(1, min(64, max_group))
+    while G < gmax and (G * rows_img + Ho) * row_bytes <= _GRID_BYTES:
+        G += 1
+    Hph = G * rows_img
+    L = ((G - 1) * rows_img + Ho) * Wph
+    Lr = (L + 63) // 64 * 64
+    phase_size = Hph * Wph
+    plane_elems = Ci * s * s * phase_size
+    Cw = (Ci + 63) // 64
+    K = kh * kw * Cw
+    unit = vec_bytes // 8
+    return BConvGeometry(
+        Ci, H, W, kh, kw, s, pad, Hp, Wp, Ho, Wo, Hs, Wph, G, Hph, L, Lr, phase_size,
+        plane_elems, plane_elems + Lr + 256 + 64, s * s * phase_size + Lr + 256 + 64, Cw, K,
+        (K + unit - 1) // unit * unit, H * W + 64)
+
+
+def _mask_kinds(n_out: int, k: int, s: int, p: int, n: int) -> int:
+    """Distinct masks of in-image taps over the outputs of one axis (the dense border classes).
+
+    The mask of output ``o`` is the run of taps ``d`` with ``0 <= o*s + d - p < n``: it is fixed
+    by its (first, last) valid tap, so count the distinct pairs (at most ``n_out``).
+    """
+    a = np.arange(n_out, dtype=np.int64) * s - p
+    first, last = np.maximum(0, -a), np.minimum(k, n - a)
+    return int(np.unique(first * (k + 1) + last).size)
+
+
+def border_classes(g: BConvGeometry) -> int:
+    """``nclass_`` of the dense binary kernel: pixel classes by which taps fall in the image."""
+    return (_mask_kinds(g.Ho, g.kh, g.stride, g.pad, g.H)
+            * _mask_kinds(g.Wo, g.kw, g.stride, g.pad, g.W))
+
+
+def bconv_limit_error(Ci: int, H: int, W: int, kh: int, kw: int, stride: int,
+                      pad: int) -> str | None:
+    """Why the native binary-input conv cannot take this geometry, or None.
+
+    Every ``std::invalid_argument`` of ``sbnn::make_geom`` and ``sbnn::BConvLayer`` that a
+    graph passing :func:`sbnn_runtime.ops.infer_shapes` could still reach.
+    """
+    if Ci > MAX_BCONV_CHANNELS:
+        return f"{Ci} input channels, the binary conv takes at most {MAX_BCONV_CHANNELS}"
+    g = bconv_geometry(Ci, H, W, kh, kw, stride, pad, 64)
+    if max(g.plane_alloc, g.ssum_alloc, g.L + 64, g.Ho * g.Wph + g.Lr) > INT32_MAX:
+        return (f"its bit planes ({g.plane_alloc} bytes) exceed the binary conv's 32-bit "
+                "offsets")
+    if border_classes(g) > MAX_BCONV_CLASSES:
+        return f"more than {MAX_BCONV_CLASSES} border classes (a kernel far wider than its input)"
+    return None
+
+
+def _groups(N: int, G_full: int, T: int) -> tuple[int, list[int]]:
+    """``sbnn::BConvLayer::run`` (sparse) at batch N with T threads: the group size its plan is
+    made for, and the images of each group (the last may be partial)."""
+    G = max(1, min(G_full, N))
+    ngroups = (N + G - 1) // G
+    if T > 1 and ngroups >= T:
+        ngroups = (ngroups + T - 1) // T * T
+        G = (N + ngroups - 1) // ngroups
+        ngroups = (N + G - 1) // G
+    return G, [min(G, N - k * G) for k in range(ngroups)]
+
+
+def sparse_steps(g: BConvGeometry, Co: int, ones: int, N: int = 1, T: int = 1) -> int:
+    """Kernel steps of the sparse binary conv on N images (``BConvLayer::group_sparse``).
+
+    Per group of ``nimg`` images: the prep clears the planes and channel sums and binarises
+    the input; the window sum adds ``kh*kw`` rows of ``Lr``; every output channel clears or
+    widens its accumulator row, every 1-bit adds a row of ``Lr`` bytes, and the epilogue runs
+    over ``nimg * Ho * Wo`` pixels per channel.
+    """
+    P, total = g.Ho * g.Wo, 0
+    G, sizes = _groups(N, g.G, T)
+    sg = g if G >= g.G else bconv_geometry(g.Ci, g.H, g.W, g.kh, g.kw, g.stride, g.pad, 32, G)
+    for nimg in sizes:
+        lr = (((nimg - 1) * sg.Hs // sg.stride + sg.Ho) * sg.Wph + 31) // 32 * 32
+        total += (sg.plane_alloc + 2 * sg.ssum_alloc + nimg * g.Ci * g.H * g.W
+                  + g.kh * g.kw * lr + (Co + ones) * lr + Co * nimg * P)
+    return total
+
+
+def dense_steps(g: BConvGeometry, Co: int, N: int = 1) -> int:
+    """Kernel steps of the dense binary conv: pack, im2col, GEMM words, epilogue, per image."""
+    P = g.Ho * g.Wo
+    return N * (g.Ci * g.H * g.W + g.Hp * g.Wp * g.Cw + P * g.Kp + Co * P * g.Kp + Co * P)
+
+
+def bconv_param_bytes(g: BConvGeometry, Co: int, ones: int) -> int:
+    """Bytes the engine holds for one binary-input conv: a sparse and a dense ``BConvLayer``
+    (each with its own bits, channel vectors and full offset plan), the dense one's packed
+    weights and border tables, and up to ``G - 1`` sparse plans for partial groups."""
+    nb = Co * g.Ci * g.kh * g.kw
+    per_layer = nb + 12 * Co + 4 * g.Ci + 8 * (Co + 1) + 4 * ones + 4 * g.kh * g.kw
+    P = g.Ho * g.Wo
+    ncls = border_classes(g)
+    dense = 8 * Co * g.Kp + 6 * P + 4 * Co * ncls
+    # construction transients of the dense layer: 1-bits per (c, tap), the class map
+    dense_tmp = 4 * Co * g.kh * g.kw + ncls * (96 + g.kh + g.kw)
+    return 2 * per_layer + dense + dense_tmp + (g.G - 1) * (4 * ones + 4 * g.kh * g.kw)
+
+
+def bconv_workspace(g: BConvGeometry, Co: int, T: int = 1) -> int:
+    """Kernel scratch of one binary conv run with T threads (the larger of the two kernels)."""
+    P = g.Ho * g.Wo
+    block = 4 * g.Lr + g.Lr + 64
+    group = (g.plane_alloc + 2 * g.ssum_alloc + 4 * g.Lr + 4 * g.G * P + g.Lr + 64
+             + g.prep_work_bytes + 8)
+    sparse = T * (group + block)
+    dense = T * (8 * g.Hp * g.Wp * g.Cw + 8 * P * g.Kp + 8 * P + 4 * 16 * P)
+    return max(sparse, dense)
+
+
+def fconv_param_bytes(Co: int, K: int) -> int:
+    """``sbnn::FloatConv``: the weights, the bias and the weights packed in panels."""
+    return 4 * Co * K + 4 * Co + 4 * ((Co + _GEMM_MR - 1) // _GEMM_MR * _GEMM_MR) * K
+
+
+def fconv_workspace(K: int, P: int, T: int = 1) -> int:
+    """``FloatConv::image``: the column panels of one image (im2col), per thread."""
+    nr = 2 * _GEMM_VL
+    return T * 4 * K * ((P + nr - 1) // nr * nr)
+
+
+def fconv_steps(Co: int, K: int, P: int, Ci: int, H: int, W: int) -> int:
+    """Float conv: its multiply-accumulates plus the im2col pass."""
+    return Co * K * P + K * P + Ci * H * W
