@@ -101,7 +101,7 @@ def split_layer(nd, H: int, W: int, kernel: str, rounds: int) -> dict:
 
 def profile_model(path: str, runs: int, split_rounds: int, ghz: float) -> dict:
     from sbnn_runtime import Engine, fileformat
-    from sbnn_runtime.ops import graph_cost
+    from sbnn_runtime.ops import OPS, graph_cost
     from sbnn_runtime.passes import plan
 
     graph = fileformat.load(path)
@@ -136,12 +136,12 @@ def profile_model(path: str, runs: int, split_rounds: int, ghz: float) -> dict:
         li = info[k] if k < len(info) else {}
         row = {"name": nd.name if nd is not None else nm, "step": nm, "time_s": t,
                "share": t / total if total else 0.0}
-        if nd is not None and nd.op == "sbconv2d":
+        if nd is not None and OPS[nd.op].bit_params:  # a binary-weight conv (the op table says)
             _, ho, wo = shapes[i]
             c, h, w = shapes[nd.inputs[0]]
             bits = nd.params["bits"]
             kern = li.get("kernel", "sparse")
-            row.update(op="sbconv2d", kernel=f"{kern} {li.get('isa', '')}".strip(),
+            row.update(op=nd.op, cls="binary", kernel=f"{kern} {li.get('isa', '')}".strip(),
                        ones=float(bits.mean()), sparse_macs=int(bits.sum()) * ho * wo,
                        dense_macs=int(bits.size) * ho * wo)
             row.update(split_layer(nd, h, w, kern, split_rounds))
@@ -150,8 +150,9 @@ def profile_model(path: str, runs: int, split_rounds: int, ghz: float) -> dict:
                 row["peak"] = row["sparse_macs"] / max(k_t, 1e-12) / (PEAK_SPARSE * hz)
             else:
                 row["peak"] = row["dense_macs"] / max(t, 1e-12) / (PEAK_DENSE * hz)
-        elif nd is not None and nd.op in ("conv2d", "linear"):
-            row.update(op=nd.op, kernel=li.get("kernel", ""), float_macs=int(cost.node_macs[i]))
+        elif nd is not None and "weight" in nd.params:  # a float conv or linear layer
+            row.update(op=nd.op, cls="float", kernel=li.get("kernel", ""),
+                       float_macs=int(cost.node_macs[i]))
             row["peak"] = row["float_macs"] / max(t, 1e-12) / (PEAK_FMA * hz)
         else:
             row["op"] = nd.op if nd is not None else nm
@@ -171,7 +172,7 @@ def markdown(res: dict) -> str:
              "| binary MACs touched / dense | float MACs | peak |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        if r.get("op") == "sbconv2d":
+        if r.get("cls") == "binary":
             work = f"{r['sparse_macs'] / 1e6:.2f}M / {r['dense_macs'] / 1e6:.1f}M"
             split = f"{us(r['kernel_s'])} | {us(r['epilogue_s'])} | {us(r['layout_s'])}"
             fm = ""
@@ -182,8 +183,8 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['name']} ({r['step']}) | {r.get('kernel', '')} | {us(r['time_s'])} | "
                      f"{r['share']:.1%} | {split} | {work} | {fm} | {pk} |")
     # Totals by category.
-    b = [r for r in res["rows"] if r.get("op") == "sbconv2d"]
-    f = [r for r in res["rows"] if r.get("op") in ("conv2d", "linear")]
+    b = [r for r in res["rows"] if r.get("cls") == "binary"]
+    f = [r for r in res["rows"] if r.get("cls") == "float"]
     o = [r for r in res["rows"] if r not in b and r not in f]
     tot = res["ops_sum_s"]
 
