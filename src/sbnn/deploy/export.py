@@ -154,19 +154,27 @@ class _Converter:
         self.shapes = infer_shapes(Graph(self.nodes, 0))
         # tensors torch sees as (N, C, L) (the graph holds them as (C, 1, L))
         self.seq: set[int] = {0} if len(input_shape) == 2 else set()
-        self.first = _Val(0)  # what the model's input is (a flat (F,) input: reshaped)
-        if len(input_shape) == 1:
-            self.nodes.append(Node("reshape", [0], {"shape": [int(input_shape[0])]},
-                                   name="input.flat"))
-            self.shapes = infer_shapes(Graph(self.nodes, 1))
-            self.first = _Val(1)
+        # tensors torch sees as (N, F) that the graph holds as (F, 1, 1) maps: the outputs of
+        # binary linears (binary 1x1 convs) and the per-feature ops after them, so that those
+        # fuse into the conv and no reshape runs between two binary linears
+        self.flat: set[int] = {0} if len(input_shape) == 1 else set()
 
     def torch_shape(self, tid: int) -> tuple:
         """The torch shape of graph tensor ``tid``, batch first."""
         s = self.shapes[tid]
         if tid in self.seq:
             return (BATCH, s[0], s[2])
+        if tid in self.flat:
+            return (BATCH, s[0])
         return (BATCH, *s)
+
+    def image(self, tid: int) -> bool:
+        """Whether torch sees graph tensor ``tid`` as an (N, C, H, W) image."""
+        return len(self.shapes[tid]) == 3 and tid not in self.seq and tid not in self.flat
+
+    def features(self, tid: int, where: str) -> int:
+        """``tid`` as the flat (F,) tensor a linear reads (a (F, 1, 1) map is flattened)."""
+        return self.emit("flatten", [tid], where + ".flat").tid if tid in self.flat else tid
 
     # -- graph building ----------------------------------------------------------------------
     def emit(self, op: str, inputs: list[int], name: str, attrs=None, params=None) -> _Val:
@@ -182,6 +190,9 @@ class _Converter:
         s = self.shapes[tid]
         if op != "reshape" and len(s) == 3 and s[1] == 1 and any(i in self.seq for i in inputs):
             self.seq.add(tid)  # a (C, L) sequence stays one through per-position ops
+        if op not in ("reshape", "flatten") and len(s) == 3 and s[1] == s[2] == 1 and any(
+                i in self.flat for i in inputs):
+            self.flat.add(tid)  # so do features through per-feature ops
         return _Val(tid)
 
     def tensor(self, v: _Val, where: str) -> int:
@@ -240,12 +251,14 @@ class _Converter:
             if node.op == "placeholder":
                 if self.vals:
                     raise ExportError("models with more than one input are not supported")
-                self.vals[node] = self.first
+                self.vals[node] = _Val(0)
             elif node.op == "output":
                 arg = node.args[0]
                 if not isinstance(arg, fx.Node):
                     raise ExportError("the model must return a single tensor")
                 out = self.tensor(self.vals[arg], "output")
+                if out in self.flat:  # the caller gets (N, F)
+                    out = self.emit("flatten", [out], "output.flat").tid
             elif node.op == "get_attr":
                 raise ExportError(f"parameter access {node.target!r} outside a layer is not "
                                   "supported")
@@ -364,7 +377,7 @@ class _Converter:
                       if isinstance(d, int))
         if src in self.seq and dims == [2]:
             return self.seq_mean(src, keepdim, where)
-        if len(self.shapes[src]) != 3 or src in self.seq or dims != [2, 3]:
+        if not self.image(src) or dims != [2, 3]:
             raise ExportError(f"operation {where!r}: mean over dim {dim} of a {self.shapes[src]} "
                               "tensor (supported: the spatial mean x.mean((2, 3)) of an image)")
         v = self.emit("global_avgpool", [src], where)
@@ -512,7 +525,7 @@ class _Converter:
                               f"to (N, C, H, W) = (N, {c}, {h}, {w}) only (channel shuffle)")
         src = self.tensor(v, where)
         shape = self.shapes[src]
-        if len(rest) == 4 and len(shape) == 3 and src not in self.seq and \
+        if len(rest) == 4 and self.image(src) and \
                 rest[0] * rest[1] == shape[0] and rest[2:] == list(shape[1:]):
             return _Val(src, "split", obj=rest[0])  # (N, g, C // g, H, W): a shuffle begins
         if len(rest) not in (1, 2, 3):
@@ -532,7 +545,7 @@ class _Converter:
 
     def shuffle(self, node: fx.Node, groups, where: str) -> _Val:
         src = self.tensor(self.inp(node), where)
-        if len(self.shapes[src]) != 3 or src in self.seq or not isinstance(groups, int):
+        if not self.image(src) or not isinstance(groups, int):
             raise ExportError(f"operation {where!r}: channel shuffle of an (N, C, H, W) tensor "
                               "by an int number of groups only")
         return self.emit("channel_shuffle", [src], where, {"groups": groups})
@@ -543,7 +556,7 @@ class _Converter:
         shape = self.shapes[src]
         supported = (f"supported: mode 'nearest' or 'bilinear' (align_corners False or True), "
                      f"scale_factor in {UPSAMPLE_SCALES} on an (N, C, H, W) tensor")
-        if len(shape) != 3 or src in self.seq or mode not in ("nearest", "bilinear") or antialias:
+        if not self.image(src) or mode not in ("nearest", "bilinear") or antialias:
             raise ExportError(f"operation {where!r}: upsampling (mode={mode!r}) of a "
                               f"{self.torch_shape(src)} tensor; {supported}")
         k = None
@@ -594,8 +607,8 @@ class _Converter:
                 return self.sblinear(node, m, where)
             p = fold_sbconv(m, None, where)
             w = dequantized_weight(p["bits"], p["eta"], p["xi"])  # (out, in) float32
-            return self.emit("linear", [self.tensor(self.inp(node), where)], where,
-                             params={"weight": w, "bias": p["bias"]})
+            return self.emit("linear", [self.features(self.tensor(self.inp(node), where), where)],
+                             where, params={"weight": w, "bias": p["bias"]})
         if type(m) is nn.Conv2d:
             stride, pad = check_conv(m, where)
             bn, bn_node = self.bn_after(node)
@@ -612,7 +625,8 @@ class _Converter:
                 self.folded[bn_node] = v
             return v
         if type(m) is nn.Linear:
-            return self.emit("linear", [self.tensor(self.inp(node), where)], where,
+            return self.emit("linear", [self.features(self.tensor(self.inp(node), where), where)],
+                             where,
                              params={"weight": _f32(m.weight),
                                      "bias": None if m.bias is None else _f32(m.bias)})
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -621,7 +635,7 @@ class _Converter:
             s, t = _bn_scale_shift(m, where)
             src = self.tensor(self.inp(node), where)
             if isinstance(m, nn.BatchNorm1d) and len(self.shapes[src]) != 1 and \
-                    src not in self.seq:
+                    src not in self.seq and src not in self.flat:
                 raise ExportError(f"layer {where!r}: BatchNorm1d over a {self.torch_shape(src)} "
                                   "tensor (it takes (N, F) or (N, C, L))")
             return self.emit("affine", [src], where, params={"scale": _f32(s), "shift": _f32(t)})
@@ -696,21 +710,24 @@ class _Converter:
 
     def sblinear(self, node: fx.Node, m: SBLinear, where: str) -> _Val:
         """A binary linear layer with binary activations: the binary conv of a (F, 1, 1) map by
-        (O, F, 1, 1) bits, between two reshapes (free in C). A BatchNorm1d after it folds."""
+        (O, F, 1, 1) bits. Its output stays an (O, 1, 1) map (``self.flat``) through per-feature
+        ops, up to the next binary linear; a float linear or the output flattens it (free in
+        C). A BatchNorm1d after it folds."""
         bn, bn_node = self.bn_after(node)
         params = fold_sbconv(m, bn, where)
         src, thr, _ = self.binarised_source(self.inp(node), m, where)
         f = self.shapes[src]
-        if len(f) != 1:
+        if len(f) != 1 and src not in self.flat:
             raise ExportError(f"layer {where!r} (SBLinear) reads a {self.torch_shape(src)} "
                               "tensor; it takes (N, F): flatten first")
         o = params["bits"].shape[0]
         params["bits"] = params["bits"].reshape(o, f[0], 1, 1)
         params["thr"] = thr
-        x = self.emit("reshape", [src], where + ".map", {"shape": [f[0], 1, 1]})
-        y = self.emit("sbconv2d", [x.tid], where,
-                      {"stride": 1, "padding": 0, "binary_input": True}, params)
-        out = self.emit("reshape", [y.tid], where + ".flat", {"shape": [o]})
+        if src not in self.flat:
+            src = self.emit("reshape", [src], where + ".map", {"shape": [f[0], 1, 1]}).tid
+        out = self.emit("sbconv2d", [src], where,
+                        {"stride": 1, "padding": 0, "binary_input": True}, params)
+        self.flat.add(out.tid)
         if bn_node is not None:
             self.folded[bn_node] = out
         return out
