@@ -31,7 +31,8 @@ void for_planes(ThreadPool& pool, int N, int C, const std::function<void(int, in
 
 // PyTorch's output size of a pooling along one axis (leading pad p0, trailing pad p1)
 int pool_out(int n, int k, int s, int p0, int p1, bool ceil) {
-  int out = (n + p0 + p1 - k + (ceil ? s - 1 : 0)) / s + 1;
+  const int num = n + p0 + p1 - k + (ceil ? s - 1 : 0);
+  int out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;  // floor division
   if (ceil && (out - 1) * s >= n + p0) --out;
   return out;
 }
@@ -42,8 +43,6 @@ TensorShape pooled_shape(const TensorShape& s, const PoolGeom& g, const char* op
   if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || std::min({g.pt, g.pl, g.pb, g.pr}) < 0 ||
       2 * std::max(g.pt, g.pb) > g.kh || 2 * std::max(g.pl, g.pr) > g.kw)
     throw err(op, "need k >= 1, stride >= 1, 0 <= pad <= k / 2");
-  if (s.H + g.pt + g.pb < g.kh || s.W + g.pl + g.pr < g.kw)
-    throw err(op, "kernel larger than the padded input " + s.str());
   const int Ho = pool_out(s.H, g.kh, g.sh, g.pt, g.pb, g.ceil);
   const int Wo = pool_out(s.W, g.kw, g.sw, g.pl, g.pr, g.ceil);
   if (Ho < 1 || Wo < 1) throw err(op, "kernel larger than the padded input " + s.str());

@@ -893,15 +893,15 @@ def pool_geometry(nd: Node, where: str = "") -> PoolGeometry:
 
 
 def _pool_out(n: int, k: int, s: int, p0: int, p1: int, ceil: bool, where: str) -> int:
-    # PyTorch's rule, with the leading pad p0 and the trailing pad p1
+    # PyTorch's rule, with the leading pad p0 and the trailing pad p1 (floor division: with
+    # ceil_mode a window may be larger than the padded input when the stride reaches past it)
     if k < 1 or s < 1 or 2 * max(p0, p1) > k:
         raise _err(f"{where}: bad window k={k} stride={s} pad=({p0}, {p1}) (pads at most k/2)")
-    span = n + p0 + p1 - k
-    if span < 0:
-        raise _err(f"{where}: window {k} with pads ({p0}, {p1}) does not fit input size {n}")
-    out = (span + (s - 1 if ceil else 0)) // s + 1
+    out = (n + p0 + p1 - k + (s - 1 if ceil else 0)) // s + 1
     if ceil and (out - 1) * s >= n + p0:
         out -= 1
+    if out < 1:
+        raise _err(f"{where}: window {k} with pads ({p0}, {p1}) does not fit input size {n}")
     return out
 
 
