@@ -401,3 +401,19 @@ def test_native_engine_refuses_groups_it_cannot_fuse(groups, msg):
     with pytest.raises(ValueError, match=msg):
         eng._native.set_groups(groups)
     assert eng._native.groups == before  # a refused plan leaves the engine as it was
+
+
+def test_the_c_generator_writes_the_plans_offsets():
+    from sbnn_runtime.lower_c import generate_c
+
+    rng = np.random.default_rng(10)
+    graph = _block(rng)
+    pl = passes.plan(graph, "c")
+    cm = generate_c(graph)
+    assert cm.arena_bytes == pl.memory.nbytes
+    for st in pl.steps:  # every step writes at the offset the plan gave its output
+        off = pl.memory.offset(st.output)
+        assert off >= 0 and f"(A + {off})" in cm.model_c
+    for k, scratch in pl.memory.scratch.items():
+        for b in scratch.values():
+            assert f"(A + {b.offset})" in cm.model_c
