@@ -414,6 +414,6 @@ def test_the_c_generator_writes_the_plans_offsets():
     for st in pl.steps:  # every step writes at the offset the plan gave its output
         off = pl.memory.offset(st.output)
         assert off >= 0 and f"(A + {off})" in cm.model_c
-    for k, scratch in pl.memory.scratch.items():
+    for scratch in pl.memory.scratch.values():
         for b in scratch.values():
             assert f"(A + {b.offset})" in cm.model_c

@@ -616,8 +616,8 @@ def _plan_c(graph: Graph, steps: list[Step], shapes: list[Shape],
         for k, st in enumerate(steps)}
     cells = place(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()],
                   align)
-    tail = max((max(e.max_ones, 1) for i, e in encodings.items()
-                if any(st.node == i for st in steps)), default=0)
+    anchors = {st.node for st in steps}
+    tail = max((max(e.max_ones, 1) for i, e in encodings.items() if i in anchors), default=0)
     return Memory(bufs, store, scratch, binmap, in_map, max(cells, 1), tail, align)
 
 
