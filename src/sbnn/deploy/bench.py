@@ -84,7 +84,10 @@ def _twin_onnx(model: torch.nn.Module, input_shape) -> bytes:
     return to_onnx(to_graph(model, tuple(input_shape))).SerializeToString()
 
 
-def _quantize_int8(fp32: bytes, input_shape, seed: int = 0) -> bytes:
+def _quantize_int8(fp32: bytes, input_shape, seed: int = 0, calib=None) -> bytes:
+    """Static QDQ int8 (per-channel weights, uint8 activations) of the ONNX model ``fp32``,
+    calibrated on ``calib`` (a list of float32 input batches) or, without it, on
+    ``CALIB_BATCHES`` random batches."""
     import tempfile
 
     from onnxruntime.quantization import (
@@ -100,7 +103,8 @@ def _quantize_int8(fp32: bytes, input_shape, seed: int = 0) -> bytes:
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.batches = [{"x": rng.standard_normal((8, *input_shape), dtype=np.float32)}
-                            for _ in range(CALIB_BATCHES)]
+                            for _ in range(CALIB_BATCHES)] if calib is None else \
+                [{"x": np.ascontiguousarray(b, dtype=np.float32)} for b in calib]
 
         def get_next(self):
             return self.batches.pop() if self.batches else None

@@ -38,7 +38,7 @@ from sbnn.pipeline.config import Config
 from sbnn.pipeline.runs import locked_file
 
 __all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "read_rows",
-           "append_row", "collect", "parse_shard"]
+           "append_row", "update_rows", "collect", "parse_shard"]
 
 # The authors' (EC, gamma) pairs (Schiavone et al., arXiv:2306.13515, their public code).
 GAMMAS_CIFAR10 = {0.50: 0.0, 0.25: 0.02, 0.10: 0.04, 0.05: 0.07, 0.04: 0.07, 0.03: 0.08,
@@ -158,7 +158,8 @@ def _worker_init(threads: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 # text columns: never parsed as numbers (the domain "01" is not the number 1)
-TEXT_COLUMNS = ("domain", "arm", "alpha_beta_per_layer", "sparsity_mode", "cpu_model", "run_dir")
+TEXT_COLUMNS = ("domain", "arm", "alpha_beta_per_layer", "sparsity_mode", "cpu_model", "run_dir",
+                "latency_isa", "latency_cpu", "twin")
 
 
 def _parse(col: str, v: str):
@@ -214,8 +215,6 @@ def _fmt_csv(v) -> str:
     return "" if v is None else str(v)
 
 
-
-
 def _merge(rows: list[dict], new: list[dict]) -> list[dict]:
     """``rows`` with each of ``new`` replacing the row of the same key, or appended."""
     out = list(rows)
@@ -239,6 +238,29 @@ def append_row(out: str | os.PathLike, row: dict) -> None:
     path = out / "results.csv"
     with locked_file(out / ".results.csv.lock"):
         write_text(path, _csv_text(_merge(read_rows(path), [row])))
+
+
+def update_rows(path: str | os.PathLike, updates: list[dict]) -> list[dict]:
+    """Merge ``updates`` into the rows of the CSV at ``path`` (a sweep's ``results.csv``) under
+    the same lock as :func:`append_row`: an update whose run (domain, arm, EC, seed) has a row
+    sets the columns it names and keeps every other cell; one without a row is appended. Rows
+    that no update names are kept as they are, so a sweep appending rows meanwhile loses
+    nothing. Returns every row as written."""
+    from sbnn.pipeline.runs import write_text
+
+    path = Path(path)
+    with locked_file(path.parent / f".{path.name}.lock"):
+        rows = read_rows(path)
+        index = {_key(r): i for i, r in enumerate(rows)}
+        for u in updates:
+            k = _key(u)
+            if k in index:
+                rows[index[k]] = {**rows[index[k]], **u}
+            else:
+                index[k] = len(rows)
+                rows.append(dict(u))
+        write_text(path, _csv_text(rows))
+        return read_rows(path)
 
 
 def collect(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[dict]:
