@@ -142,6 +142,9 @@ def _run_row(spec: tuple) -> dict | None:
            "sparsity_mode": None if ec is None else run_cfg.sparsity.mode,
            "run_dir": str(run_dir), **_level_columns(report)}
     row["collapsed"] = int(collapsed(row)) if ec is not None else None
+    if run_cfg.prune.patterns:  # Sub-bit runs: 2**k kernel patterns, k/9 index bits per weight
+        row["prune_patterns"] = run_cfg.prune.patterns
+        row["patterns_trained"] = int(run_cfg.prune.patterns_trained)
     if deploy and d != "fp" and shape is not None:
         row.update(_deploy_metrics(run_dir, shape, latency))
     return row
