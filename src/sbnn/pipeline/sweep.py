@@ -47,7 +47,7 @@ GAMMAS_CIFAR100 = {0.50: 0.0, 0.05: 0.05, 0.04: 0.05, 0.03: 0.05, 0.02: 0.06, 0.
 
 # sweep domain names -> model.domain; "ab" is the paper's learned {alpha, beta} domain
 DOMAIN_ALIASES = {"ab": "learned", "learned": "learned", "closed_form": "closed_form",
-                  "pm1": "pm1", "01": "01", "abr": "abr"}
+                  "pm1": "pm1", "01": "01", "abr": "abr", "pm1c": "pm1c"}
 
 # start arms -> sparsity.levels
 ARMS = {"cf": "fit", "authors": "unit"}
@@ -88,7 +88,13 @@ def _level_columns(report: dict) -> dict:
     ratios, pairs = [], []
     for layer in report.get("layers", []):
         a, b = layer.get("alpha"), layer.get("beta")
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, list) and isinstance(b, list) and a and len(a) == len(b):
+            # per-channel levels (pm1c): the channels' mean ratio, levels as channel means
+            per = [x / y for x, y in zip(a, b, strict=True) if y != 0]
+            if per:
+                ratios.append(statistics.mean(per))
+            pairs.append(f"{statistics.mean(a):.4g}/{statistics.mean(b):.4g}")
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
             pairs.append(f"{a:.4g}/{b:.4g}")
             if b != 0:
                 ratios.append(a / b)
