@@ -8,7 +8,18 @@ import csv
 import pytest
 
 from sbnn.pipeline.data import write_synthetic_idx
-from sbnn.pipeline.ones_curve import epochs_to_target, main
+from sbnn.pipeline.ones_curve import epochs_to_target
+
+
+def _main():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ones_from_full.py"
+    spec = importlib.util.spec_from_file_location("ones_from_full", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
 
 
 def test_epochs_to_target_extrapolates_geometrically():
@@ -21,6 +32,7 @@ def test_epochs_to_target_extrapolates_geometrically():
 
 
 def test_ones_from_full_trains_in_slices_and_writes_the_curve(tmp_path, capsys):
+    main = _main()
     root = write_synthetic_idx(tmp_path / "data", n_train=128, n_test=64)
     out = tmp_path / "run"
     base = ["--set", f"data.root={root}", "--set", "data.batch_size=64",

@@ -74,6 +74,17 @@ def test_report_without_pairs_gives_no_verdict(tmp_path):
 # accuracy against latency and file bytes (scripts/study_latency.py)
 # --------------------------------------------------------------------------------------------
 
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_update_rows_merges_cells_and_keeps_every_row(tmp_path):
     from sbnn.pipeline.sweep import append_row, read_rows, update_rows
 
@@ -120,7 +131,7 @@ def test_study_latency_fills_the_columns_and_adds_onnxruntime_rows(tmp_path, cap
     from sbnn.cli import main as cli
     from sbnn.pipeline.data import write_synthetic_idx
     from sbnn.pipeline.study import write_report
-    from sbnn.pipeline.study_latency import main as latency_main
+    latency_main = _script("study_latency").main
     from sbnn.pipeline.sweep import read_rows
 
     root = write_synthetic_idx(tmp_path / "data", n_train=128, n_test=64)

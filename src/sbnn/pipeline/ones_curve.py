@@ -11,16 +11,14 @@ epochs the target still needs at the last epoch's rate of fall (an extrapolation
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-__all__ = ["curve_rows", "epochs_to_target", "write_curve", "ones_curve", "main"]
+__all__ = ["curve_rows", "epochs_to_target", "write_curve", "ones_curve"]
 
 
 def curve_rows(run_dir: str | Path) -> list[dict]:
@@ -112,36 +110,3 @@ def ones_curve(cfg, out: str | Path, epochs: int, ec: float, domain: str = "lear
         stop = None if stop_after is None else done + stop_after
         Trainer(cfg, out=out, resume=resume, stop_after=stop).fit()
     return write_curve(out, ec)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="ones_from_full.py",
-        description="Train from 100 %% ones (the authors' start: sparsity.init=authors, "
-                    "levels=unit, their penalty and gamma) and write the ones fraction and test "
-                    "accuracy per epoch (ones_curve.csv, ones_curve.png) into --out; resumes "
-                    "from --out/last.pt, so a long curve can grow a few epochs per sitting.")
-    p.add_argument("--config", "-c", help="base YAML config (default: the main job)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--ec", type=float, default=0.05, help="target ones fraction")
-    p.add_argument("--domain", default="learned", help="model.domain (default: learned = ab)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs of the whole run")
-    p.add_argument("--stop-after", type=int, help="train at most this many epochs in this call")
-    p.add_argument("--curve-only", action="store_true",
-                   help="train nothing: only write the CSV and figure from --out's metrics")
-    p.add_argument("--out", required=True, help="the run folder")
-    args = p.parse_args(argv)
-    try:
-        if args.curve_only:
-            s = write_curve(args.out, args.ec)
-        else:
-            from sbnn.pipeline.config import load_config
-
-            s = ones_curve(load_config(args.config, args.set), args.out, args.epochs, args.ec,
-                           args.domain, args.stop_after)
-    except ValueError as e:
-        print(f"ones_from_full: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{s['epochs']} epochs: ones {s['ones_fraction']}, test accuracy "
-          f"{s['test_accuracy']}; {s['note']} -> {Path(args.out) / 'ones_curve.csv'}")
-    return 0

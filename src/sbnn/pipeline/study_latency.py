@@ -29,16 +29,14 @@ into the existing rows), so a sweep appending rows to the same CSV meanwhile los
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["measure_study", "best_of", "find_run", "main"]
+__all__ = ["measure_study", "best_of", "find_run"]
 
 CALIB_IMAGES = 256  # training images that calibrate the int8 twin (in batches of 32)
 
@@ -77,12 +75,6 @@ def find_run(row: dict, study_dir: Path, run_roots: list[Path]) -> Path | None:
         if (root / p.name).is_dir():
             return root / p.name
     return None
-
-
-def _cpu_model() -> str:
-    from sbnn.pipeline.train import _cpu_model as cpu
-
-    return cpu()
 
 
 def _model_file(run_dir: Path, input_shape) -> Path | None:
@@ -129,7 +121,7 @@ def _ort_rows(graph, model: tuple, twin_run: Path | None, data_root: str | None,
         import onnxruntime as ort
     except ImportError as exc:
         return {}, [], f"onnxruntime not installed ({exc})"
-    from sbnn.deploy.bench import _ort_session, _quantize_int8, _twin_onnx
+    from sbnn.deploy.bench import ort_session, quantize_int8, twin_onnx
 
     model_name, dataset, model_kwargs = model
     tw = _twin(graph, model_name, twin_run, model_kwargs)
@@ -137,7 +129,7 @@ def _ort_rows(graph, model: tuple, twin_run: Path | None, data_root: str | None,
         return {}, [], "the network has no float twin in the registry"
     name, model, trained = tw
     shape = tuple(graph.input_shape)
-    fp32 = _twin_onnx(model, shape)
+    fp32 = twin_onnx(model, shape)
     calib, test = None, None
     dataset = graph.metadata.get("dataset") or dataset
     if trained and dataset:
@@ -146,10 +138,10 @@ def _ort_rows(graph, model: tuple, twin_run: Path | None, data_root: str | None,
         train = sdata.load_dataset(dataset, data_root, train=True).subset(CALIB_IMAGES)
         calib = [x.numpy() for x, _ in sdata.BatchLoader(train, 32)]
         test = sdata.BatchLoader(sdata.load_dataset(dataset, data_root, train=False), 1000)
-    models = {"fp32": fp32, "int8": _quantize_int8(fp32, shape, seed=seed, calib=calib)}
+    models = {"fp32": fp32, "int8": quantize_int8(fp32, shape, seed=seed, calib=calib)}
     sessions, rows = {}, []
     for arm, blob in models.items():
-        sess = _ort_session(ort, blob, 1)
+        sess = ort_session(ort, blob, 1)
         acc = None
         if test is not None:
             correct = total = 0
@@ -244,7 +236,9 @@ def measure_study(study_dir: str | os.PathLike, csv_path: str | os.PathLike | No
     log(f"[latency] timing {len(fns)} models: batch 1, 1 thread, median of {repeat} calls, best "
         f"of {rounds} interleaved rounds; load {load}")
     secs = best_of(fns, rounds=rounds, repeat=repeat)
-    cpu = _cpu_model()
+    from sbnn.pipeline.train import cpu_model
+
+    cpu = cpu_model()
     out = []
     for tag, u in updates.items():
         u.update(latency_b1_ms=1e3 * secs[tag], latency_cpu=cpu, latency_load=load,
@@ -254,29 +248,3 @@ def measure_study(study_dir: str | os.PathLike, csv_path: str | os.PathLike | No
         out.append(u)
     update_rows(csv_path, out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="study_latency.py",
-        description="Engine latency (batch 1, 1 thread) and .sbnn file size of every run of a "
-                    "study, plus onnxruntime fp32 / int8 on the float twin, merged into the "
-                    "study's results.csv (see sbnn.pipeline.study_latency).")
-    p.add_argument("study", help="the study folder (results.csv, runs/)")
-    p.add_argument("--csv", help="the CSV to update (default: STUDY/results.csv)")
-    p.add_argument("--runs", action="append", default=[], metavar="DIR",
-                   help="another folder holding run folders by name (repeatable)")
-    p.add_argument("--twin-run", help="a trained float twin's run folder (default: the study's "
-                                      "fp row, else a random-init twin: latency only)")
-    p.add_argument("--best-of", type=int, default=5, help="rounds; the best median is kept")
-    p.add_argument("--repeat", type=int, default=15, help="timed calls per round")
-    p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime baselines")
-    p.add_argument("--data-root", help="the data set's folder (for the twin's accuracy)")
-    args = p.parse_args(argv)
-    try:
-        measure_study(args.study, args.csv, args.runs, args.twin_run, args.best_of, args.repeat,
-                      ort=not args.no_ort, data_root=args.data_root)
-    except ValueError as e:
-        print(f"study_latency: error: {e}", file=sys.stderr)
-        return 2
-    return 0
