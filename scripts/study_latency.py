@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="another folder holding run folders by name (repeatable)")
     p.add_argument("--twin-run", help="a trained float twin's run folder (default: the study's "
                                       "fp row, else a random-init twin: latency only)")
-    p.add_argument("--best-of", type=int, default=5, help="rounds; the best median is kept")
+    p.add_argument("--best-of", type=int, default=10, help="rounds; the best median is kept")
     p.add_argument("--repeat", type=int, default=15, help="timed calls per round")
     p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime baselines")
     p.add_argument("--data-root", help="the data set's folder (for the twin's accuracy)")

@@ -116,7 +116,8 @@ def test_best_of_interleaves_and_keeps_the_best_median():
     calls = []
     res = best_of({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
                   rounds=3, repeat=4, warmup=2)
-    assert set(res) == {"a", "b"} and all(v >= 0 for v in res.values())
+    assert set(res) == {"a", "b"}
+    assert all(wall >= 0 and cpu >= 0 for wall, cpu in res.values())
     # warm-up of each, then rounds that alternate the candidates
     assert calls[:4] == ["a", "a", "b", "b"]
     assert calls[4:] == (["a"] * 4 + ["b"] * 4) * 3
@@ -158,7 +159,8 @@ def test_study_latency_fills_the_columns_and_adds_onnxruntime_rows(tmp_path, cap
         assert new["latency_b1_ms"] > 0 and new["latency_best_of"] == 1
         assert new["model_bytes"] == (out / "runs" / f"{old['domain']}_cf_ec0.1_s0"
                                       / "model.sbnn").stat().st_size
-        assert new["latency_isa"] and new["latency_cpu"]
+        assert new["latency_isa"] and new["latency_cpu"] and new["latency_b1_cpu_ms"] >= 0
+        assert set(new["latency_kernels"].split("/")) <= {"sparse", "dense"}
         for k in ("test_accuracy", "ones_fraction", "alpha_beta_per_layer", "run_dir"):
             assert new[k] == old[k]
     assert after[0]["latency_b1_ms"] is None  # the fp reference is the twin, not a run timed

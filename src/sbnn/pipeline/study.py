@@ -320,6 +320,11 @@ def deploy_figure(rows: list[dict], key: str, label: str, path: Path) -> bool:
     return True
 
 
+def _cpu_ms(rows: list[dict]) -> str:
+    vals = [float(r["latency_b1_cpu_ms"]) for r in rows if r.get("latency_b1_cpu_ms") is not None]
+    return f"{statistics.mean(vals):.4f}" if vals else "–"
+
+
 def _deploy_section(rows: list[dict]) -> list[str]:
     """README lines: accuracy against latency and file bytes (scripts/study_latency.py)."""
     runs = [r for r in rows if r.get("domain") in ARMS]
@@ -338,8 +343,11 @@ def _deploy_section(rows: list[dict]) -> list[str]:
             "timed calls, best of the interleaved rounds; file bytes = the `.sbnn` file. "
             f"CPU {cpus or '–'}, ISA {isas or '–'}, 1-minute load when measured {loads or '–'} "
             "(a loaded machine inflates every number alike; compare within one measurement).",
-            "", "| EC | arm | runs | latency b1 (ms), mean | file bytes, mean | accuracy (%), "
-            "mean |", "|---|---|---|---|---|---|"]
+            "The CPU-time column is the same statistic of the process's CPU time (one thread: "
+            "the latency without the time other processes held the core), the steadier figure "
+            "on a shared machine.",
+            "", "| EC | arm | runs | latency b1 (ms), mean | CPU time b1 (ms), mean | file bytes, "
+            "mean | accuracy (%), mean |", "|---|---|---|---|---|---|---|"]
     for ec in ECS:
         for d in ARMS:
             cell = [r for r in timed if r["domain"] == d and abs(float(r["ec"]) - ec) < 1e-12]
@@ -349,14 +357,15 @@ def _deploy_section(rows: list[dict]) -> list[str]:
             byt = statistics.mean(float(r["model_bytes"]) for r in cell if r.get("model_bytes")
                                   is not None)
             acc = statistics.mean(100 * float(r["test_accuracy"]) for r in cell)
-            out.append(f"| {ec:g} | {d} | {len(cell)} | {lat:.4f} | {byt:.0f} | {acc:.2f} |")
+            out.append(f"| {ec:g} | {d} | {len(cell)} | {lat:.4f} | {_cpu_ms(cell)} | "
+                       f"{byt:.0f} | {acc:.2f} |")
     ort = [r for r in rows if r.get("domain") == "onnxruntime"]
     for r in ort:
         acc = "not measured (twin not trained)" if r.get("test_accuracy") is None else \
             f"{100 * float(r['test_accuracy']):.2f}"
         lat = "–" if r.get("latency_b1_ms") is None else f"{float(r['latency_b1_ms']):.4f}"
         out.append(f"| – | onnxruntime {r.get('arm')} ({r.get('twin') or 'float twin'}) | 1 | "
-                   f"{lat} | {r.get('model_bytes') or '–'} | {acc} |")
+                   f"{lat} | {_cpu_ms([r])} | {r.get('model_bytes') or '–'} | {acc} |")
     if not ort:
         out += ["", "The onnxruntime baselines were not measured (onnxruntime missing, or "
                 "`--no-ort`)."]

@@ -11,9 +11,12 @@ the sweep; a run with only ``last.pt`` is exported first), this measures
 ``model_bytes``
     the size of the ``.sbnn`` file;
 
-and records beside them ``latency_isa`` (the kernel ISA), ``latency_cpu`` (the CPU model),
-``latency_load`` (the 1-minute load average when the measurement started) and
-``latency_best_of``. The same rounds time onnxruntime (one intra-op thread) on the ONNX lowering
+and records beside them ``latency_b1_cpu_ms`` (the same statistic of this process's CPU time:
+with one thread, the latency without the time other processes held the core, the steadier figure
+on a shared machine), ``latency_kernels`` (sparse / dense per binary conv, as the engine chose),
+``latency_isa`` (the kernel ISA), ``latency_cpu`` (the CPU model), ``latency_load`` (the 1-minute
+load average when the measurement started) and ``latency_best_of``. The same rounds time
+onnxruntime (one intra-op thread) on the ONNX lowering
 of the registry's float twin of the study's network, in float32 (``arm = fp32``) and statically
 quantised to int8 (``arm = int8``: QDQ, per-channel int8 weights, uint8 activations; the
 existing :mod:`sbnn.deploy.bench` code); these two rows have ``domain = onnxruntime`` and
@@ -41,25 +44,30 @@ __all__ = ["measure_study", "best_of", "find_run"]
 CALIB_IMAGES = 256  # training images that calibrate the int8 twin (in batches of 32)
 
 
-def best_of(fns: dict[str, Callable[[], Any]], rounds: int = 5, repeat: int = 15,
-            warmup: int = 3) -> dict[str, float]:
-    """Seconds per call of each of ``fns``: the median of ``repeat`` calls, best (smallest) of
-    ``rounds`` rounds; every round times every candidate in turn (interleaved)."""
+def best_of(fns: dict[str, Callable[[], Any]], rounds: int = 10, repeat: int = 15,
+            warmup: int = 3) -> dict[str, tuple[float, float]]:
+    """``(wall, cpu)`` seconds per call of each of ``fns``: the median of ``repeat`` calls, best
+    (smallest) of ``rounds`` rounds, for the wall clock and for this process's CPU time (with
+    one thread, the latency without the time other processes held the core); every round times
+    every candidate in turn (interleaved)."""
     if rounds < 1 or repeat < 1:
         raise ValueError(f"rounds and repeat must be >= 1, got {rounds} and {repeat}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    best = {k: float("inf") for k in fns}
+    wall = {k: float("inf") for k in fns}
+    cpu = dict(wall)
     for _ in range(rounds):
         for k, fn in fns.items():
-            times = []
+            tw, tc = [], []
             for _ in range(repeat):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 fn()
-                times.append(time.perf_counter() - t0)
-            best[k] = min(best[k], statistics.median(times))
-    return best
+                tw.append(time.perf_counter() - t0)
+                tc.append(time.process_time() - c0)
+            wall[k] = min(wall[k], statistics.median(tw))
+            cpu[k] = min(cpu[k], statistics.median(tc))
+    return {k: (wall[k], cpu[k]) for k in fns}
 
 
 def find_run(row: dict, study_dir: Path, run_roots: list[Path]) -> Path | None:
@@ -161,7 +169,7 @@ def _ort_rows(graph, model: tuple, twin_run: Path | None, data_root: str | None,
 def measure_study(study_dir: str | os.PathLike, csv_path: str | os.PathLike | None = None,
                   run_roots: list[str | os.PathLike] = (),
                   twin_run: str | os.PathLike | None = None,
-                  rounds: int = 5, repeat: int = 15, ort: bool = True,
+                  rounds: int = 10, repeat: int = 15, ort: bool = True,
                   data_root: str | None = None, log=print) -> list[dict]:
     """Measure latency and file bytes of every run of the study (see the module docstring) and
     merge them into ``csv_path`` (default ``study_dir/results.csv``); returns the measured rows."""
@@ -188,6 +196,7 @@ def measure_study(study_dir: str | os.PathLike, csv_path: str | os.PathLike | No
     twin_run = Path(twin_run) if twin_run is not None else None
     fns: dict[str, Callable[[], Any]] = {}
     updates: dict[str, dict] = {}
+    engines: dict[str, Any] = {}
     graph0, model0 = None, (None, None, None)
     for r in rows:
         if r.get("domain") in ("fp", "onnxruntime"):
@@ -213,6 +222,7 @@ def measure_study(study_dir: str | os.PathLike, csv_path: str | os.PathLike | No
         eng = engine.load(path, num_threads=1)
         x = np.random.default_rng(0).standard_normal((1, *graph.input_shape), dtype=np.float32)
         fns[tag] = lambda e=eng, x=x: e.run(x)
+        engines[tag] = eng
         updates[tag] = {k: r.get(k) for k in ("domain", "arm", "ec", "seed")}
         updates[tag]["model_bytes"] = path.stat().st_size
     note = None
@@ -236,15 +246,21 @@ def measure_study(study_dir: str | os.PathLike, csv_path: str | os.PathLike | No
     log(f"[latency] timing {len(fns)} models: batch 1, 1 thread, median of {repeat} calls, best "
         f"of {rounds} interleaved rounds; load {load}")
     secs = best_of(fns, rounds=rounds, repeat=repeat)
+    for tag, eng in engines.items():  # the kernel each binary conv settled on
+        kernels = [str(d.get("kernel")) for d in eng.layer_info()
+                   if d.get("kernel") in ("sparse", "dense")]
+        updates[tag]["latency_kernels"] = "/".join(kernels) or None
     from sbnn.pipeline.train import cpu_model
 
     cpu = cpu_model()
     out = []
     for tag, u in updates.items():
-        u.update(latency_b1_ms=1e3 * secs[tag], latency_cpu=cpu, latency_load=load,
+        u.update(latency_b1_ms=1e3 * secs[tag][0], latency_b1_cpu_ms=1e3 * secs[tag][1],
+                 latency_cpu=cpu, latency_load=load,
                  latency_best_of=rounds,
                  latency_isa=isa if u.get("domain") != "onnxruntime" else "onnxruntime")
-        log(f"[latency] {tag}: {u['latency_b1_ms']:.4f} ms, {u['model_bytes']} bytes")
+        log(f"[latency] {tag}: {u['latency_b1_ms']:.4f} ms wall, "
+            f"{u['latency_b1_cpu_ms']:.4f} ms CPU, {u['model_bytes']} bytes")
         out.append(u)
     update_rows(csv_path, out)
     return out

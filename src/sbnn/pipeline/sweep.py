@@ -168,7 +168,7 @@ def _worker_init(threads: int) -> None:
 
 # text columns: never parsed as numbers (the domain "01" is not the number 1)
 TEXT_COLUMNS = ("domain", "arm", "alpha_beta_per_layer", "sparsity_mode", "cpu_model", "run_dir",
-                "latency_isa", "latency_cpu", "twin")
+                "latency_isa", "latency_cpu", "latency_kernels", "twin")
 
 
 def _parse(col: str, v: str):
