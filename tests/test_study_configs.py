@@ -29,7 +29,7 @@ def _toy(root):
 
 
 @pytest.mark.parametrize("script", ["penalty/run_penalty.sh", "subbit/run_subbit.sh",
-                                    "run_study.sh"])
+                                    "run_study.sh", "run_latency.sh"])
 def test_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(STUDY / script)]).returncode == 0
 

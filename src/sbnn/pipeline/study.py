@@ -331,9 +331,9 @@ def _deploy_section(rows: list[dict]) -> list[str]:
     timed = [r for r in runs if r.get("latency_b1_ms") is not None]
     out = ["## Accuracy against latency and file bytes", ""]
     if not timed:
-        return out + [f"Not measured yet (0 of {len(runs)} runs timed). Run "
-                      "`python scripts/study_latency.py docs/study_domains` and then this "
-                      "script.", ""]
+        return out + [f"Not measured yet (0 of {len(runs)} runs timed). Once the runs are "
+                      "done: `bash docs/study_domains/run_latency.sh` (trains the float twin "
+                      "once, then `scripts/study_latency.py` and this script).", ""]
     loads = sorted({f"{float(r['latency_load']):.1f}" for r in timed
                     if r.get("latency_load") is not None})
     cpus = sorted({str(r["latency_cpu"]) for r in timed if r.get("latency_cpu")})
@@ -372,9 +372,7 @@ def _deploy_section(rows: list[dict]) -> list[str]:
     elif all(r.get("test_accuracy") is None for r in ort):
         out += ["", "The onnxruntime points are the float twin's latency and ONNX file size "
                 "only: the study has no trained float twin yet, so they are drawn as vertical "
-                "lines. Train one (`sbnn train -c docs/study_domains/config.yaml --set "
-                "model.name=fmnist_cnn_fp --out docs/study_domains/runs/fp_s0`) and rerun "
-                "`scripts/study_latency.py ... --twin-run docs/study_domains/runs/fp_s0`."]
+                "lines. `bash docs/study_domains/run_latency.sh` trains one and measures again."]
     out += ["", "![accuracy vs latency](study_accuracy_vs_latency.png)",
             "![accuracy vs file bytes](study_accuracy_vs_bytes.png)", ""]
     return out
