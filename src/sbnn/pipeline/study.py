@@ -501,6 +501,7 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
     write_text(study_dir / "README.md", text)
     if figures and rows:
         figure(rows, study_dir / "study_accuracy_vs_ones.png")
+    if figures and any(r.get("latency_b1_ms") is not None for r in rows):  # as the README says
         deploy_figure(rows, "latency_b1_ms", "engine latency, batch 1, 1 thread (ms, log)",
                       study_dir / "study_accuracy_vs_latency.png")
         deploy_figure(rows, "model_bytes", "model file bytes (log)",
