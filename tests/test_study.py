@@ -177,3 +177,15 @@ def test_study_latency_fills_the_columns_and_adds_onnxruntime_rows(tmp_path, cap
     assert (out / "study_accuracy_vs_bytes.png").is_file()
     assert latency_main([str(tmp_path / "nowhere")]) == 2
     assert "study_latency: error" in capsys.readouterr().err
+
+
+def test_sweep_tables_and_plots_take_the_onnxruntime_rows(tmp_path):
+    """A sweep that writes its results.md / plots after study_latency added its rows (no EC)."""
+    rows = [{"domain": "ab", "arm": "cf", "ec": 0.1, "seed": 0, "test_accuracy": 0.85,
+             "ones_fraction": 0.1, "bits_per_binary_weight": 0.5, "latency_b1_ms": 0.14,
+             "model_bytes": 47000},
+            {"domain": "onnxruntime", "arm": "fp32", "ec": None, "seed": 0,
+             "test_accuracy": 0.90, "latency_b1_ms": 0.17, "model_bytes": 1005413}]
+    sweep.write_results(rows, tmp_path)
+    assert "onnxruntime" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "accuracy_vs_latency.png").is_file()

@@ -533,8 +533,9 @@ def sweep_figure(rows: list[dict], key: str, label: str):
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts],
                     xerr=[p[2] for p in pts], fmt="o-", capsize=3, label=d)
         for x, y, _, _, ec in pts:
-            ax.annotate(f"EC {100 * ec:g}%", (x, y), xytext=(4, 4), textcoords="offset points",
-                        fontsize=6)
+            if ec is not None:  # rows without an EC (onnxruntime baselines) are points only
+                ax.annotate(f"EC {100 * ec:g}%", (x, y), xytext=(4, 4),
+                            textcoords="offset points", fontsize=6)
     if fp:
         ax.axhline(statistics.mean(fp), color="k", ls="--", label="full precision")
     if bnn:
