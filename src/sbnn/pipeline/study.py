@@ -342,7 +342,7 @@ def _deploy_section(rows: list[dict]) -> list[str]:
             "engine at batch 1, one thread, its own kernel choice per layer; the median of the "
             "timed calls, best of the interleaved rounds; file bytes = the `.sbnn` file. "
             f"CPU {cpus or '–'}, ISA {isas or '–'}, 1-minute load when measured {loads or '–'} "
-            "(a loaded machine inflates every number alike; compare within one measurement).",
+            "(a loaded machine inflates every number alike; compare within one measurement). "
             "The CPU-time column is the same statistic of the process's CPU time (one thread: "
             "the latency without the time other processes held the core), the steadier figure "
             "on a shared machine.",
