@@ -284,7 +284,8 @@ def _limit_families() -> dict:
 def limit_files(limits: dict) -> dict[str, bytes]:
     """For every family of :func:`_limit_families`, the file of the largest ``n`` that loads
     under ``limits`` (work and memory at batch 1, one thread)."""
-    from sbnn_runtime.ops import Limits, SBNNLimitError, graph_cost
+    from sbnn_runtime.ops import Limits, SBNNLimitError
+    from sbnn_runtime.passes import graph_cost
 
     lim = Limits.resolve(**limits)
 

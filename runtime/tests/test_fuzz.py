@@ -53,7 +53,8 @@ def test_mutants_are_deterministic():
 def test_files_at_the_limits_sit_at_them_and_run():
     # the campaign times these first: each must load under the limits, be the largest of its
     # family that does (work or memory near a limit), and run
-    from sbnn_runtime.ops import Limits, graph_cost
+    from sbnn_runtime.ops import Limits
+    from sbnn_runtime.passes import graph_cost
 
     limits = {"max_memory": "64M", "max_macs": 2e7}
     lim = Limits.resolve(**limits)
