@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sbnn_runtime.ops import Graph, Node, infer_shapes
+from sbnn_runtime.ops import Graph, Node, conv_geometry, conv_is_simple, infer_shapes
 
 __all__ = ["Step", "Encoding", "Buffer", "Plan", "readers", "live_nodes", "unfused_steps",
            "fold_affine_linear", "fuse_epilogues", "fuse_pool_residual", "binary_maps",
@@ -171,7 +171,9 @@ def unfused_steps(graph: Graph, order: list[int] | None = None) -> list[Step]:
 
 
 def _is_binary_conv(nd: Node) -> bool:
-    return nd.op == _BCONV and bool(nd.attrs["binary_input"])
+    # the packed binary kernels' convs (a grouped, dilated or non-square one runs alone)
+    return nd.op == _BCONV and bool(nd.attrs["binary_input"]) and \
+        conv_is_simple(conv_geometry(nd))
 
 
 def _is_float_conv(nd: Node) -> bool:
@@ -334,7 +336,7 @@ def binary_maps(graph: Graph, steps: list[Step]) -> dict[int, tuple[np.ndarray |
                 not all(_is_binary_conv(g.nodes[r]) for r in rd):
             continue
         thr = [g.nodes[r].params.get("thr") for r in rd]
-        pads = {g.nodes[r].attrs["padding"] for r in rd}
+        pads = {conv_geometry(g.nodes[r])[2] for r in rd}
         same = all((a is None and thr[0] is None) or (a is not None and thr[0] is not None
                                                       and np.array_equal(a, thr[0]))
                    for a in thr)
