@@ -40,12 +40,20 @@ from sbnn.method.exportable import (
     ACT_MODULES,
     SUPPORTED,
     ExportError,
-    check_conv,
+    conv_attrs,
     module_problem,
     pair,
     suggest,
 )
-from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
+from sbnn.method.layers import (
+    LearnableBias,
+    RPReLU,
+    RSign,
+    SBConv1d,
+    SBConv2d,
+    SBLayer,
+    SBLinear,
+)
 from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
@@ -67,8 +75,10 @@ class _Val:
     """A value during conversion: a tensor of the graph, or a pending binarisation / shift."""
 
     tid: int
-    kind: str = "t"  # "t": tensor; "bin": sign(x - thr) not materialised; "shift": x + shift
-    vec: np.ndarray | None = None  # thr for "bin", shift for "shift"
+    kind: str = "t"  # "t": tensor; "bin": sign(x - thr) not materialised; "shift": x + shift;
+    # "pad": x zero-padded by vec = (top, left, bottom, right), not materialised (a float conv
+    # after it takes the pads as its own)
+    vec: np.ndarray | None = None  # thr for "bin", shift for "shift", pads for "pad"
 
 
 def _f32(t) -> np.ndarray:
@@ -116,11 +126,15 @@ def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
 
 
 class _Converter:
-    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, int, int]):
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]):
         self.gm = gm
+        one_d = len(input_shape) == 2  # (C, L): the (C, 1, L) map
+        input_shape = _map_shape(input_shape)
         self.nodes: list[Node] = [Node("input", [], {"shape": [int(v) for v in input_shape]},
                                        name="input")]
         self.vals: dict[fx.Node, _Val] = {}
+        # tensors that are (N, C, L) in torch and (C, 1, L) maps here (Conv1d nets)
+        self.one_d: set[int] = {0} if one_d else set()
         self.folded: dict[fx.Node, _Val] = {}  # BatchNorm nodes already folded into a conv
         self.shapes = infer_shapes(Graph(self.nodes, 0))
 
@@ -133,12 +147,18 @@ class _Converter:
             self.shapes = infer_shapes(Graph(self.nodes, len(self.nodes) - 1))
         except ValueError as exc:
             raise ExportError(f"layer {name!r}: {exc}") from None
-        return _Val(len(self.nodes) - 1)
+        out = len(self.nodes) - 1
+        if any(i in self.one_d for i in inputs) and len(self.shapes[out]) == 3:
+            self.one_d.add(out)
+        return _Val(out)
 
     def tensor(self, v: _Val, where: str) -> int:
         """Materialise a value as a graph tensor."""
         if v.kind == "t":
             return v.tid
+        if v.kind == "pad":
+            return self.emit("zeropad", [v.tid], where + ".pad",
+                             {"pads": [int(p) for p in v.vec]}).tid
         if v.kind == "shift":
             c = self.shapes[v.tid][0]
             return self.emit("affine", [v.tid], where + ".shift",
@@ -248,6 +268,13 @@ class _Converter:
             return self.mean(node, _arg(node, 1, "dim"), _arg(node, 2, "keepdim", False), where)
         if fn is torch.cat:
             return self.cat(node, where)
+        if fn is F.pad:
+            if _arg(node, 2, "mode", "constant") != "constant" or _arg(node, 3, "value", None) \
+                    not in (None, 0, 0.0):
+                raise ExportError(f"operation {where!r} (F.pad{_call_args(node)}): only constant "
+                                  "zero padding is supported; nearest supported form: "
+                                  "F.pad(x, pads) (mode='constant', value=0)")
+            return self.zero_pad(node, _arg(node, 1, "pad"), where)
         if fn is F.hardtanh:
             lo, hi = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
             return self.emit("hardtanh", [self.tensor(self.inp(node), where)], where,
@@ -285,6 +312,9 @@ class _Converter:
 
     def mean(self, node: fx.Node, dim, keepdim, where: str) -> _Val:
         src = self.tensor(self.inp(node), where)
+        if src in self.one_d:  # (N, C, L): the mean over L is the spatial mean of (C, 1, L)
+            dim = [d % 3 + 1 if isinstance(d, int) and d % 3 == 2 else d
+                   for d in (dim if isinstance(dim, (tuple, list)) else [dim])] + [2]
         dims = sorted(d % 4 for d in (dim if isinstance(dim, (tuple, list)) else [dim])
                       if isinstance(d, int))
         if len(self.shapes[src]) != 3 or dims != [2, 3]:
@@ -321,6 +351,38 @@ class _Converter:
             out = self.emit("concat", [out, t], where if k == len(ids) - 2 else f"{where}.{k}").tid
         return _Val(out)
 
+    def zero_pad(self, node: fx.Node, pads, where: str) -> _Val:
+        """F.pad / nn.ZeroPad2d (torch order: left, right, top, bottom): a pending "pad"."""
+        v = self.inp(node)
+        src = self.tensor(v, where) if v.kind != "pad" else v.tid
+        pads = list(pads) if isinstance(pads, (tuple, list)) else [pads] * 4
+        if src in self.one_d and len(pads) == 2:
+            pads = pads + [0, 0]
+        if len(pads) != 4 or not all(isinstance(p, int) and p >= 0 for p in pads):
+            raise ExportError(f"operation {where!r}: padding {pads} (supported: the last two "
+                              "dims, each pad >= 0)")
+        left, right, top, bottom = pads
+        new = np.array([top, left, bottom, right], np.int64)
+        if v.kind == "pad":  # two pads in a row add up
+            new = new + v.vec
+        return _Val(src, "pad", new)
+
+    def conv_input(self, node: fx.Node, m: nn.Module, attrs: dict, where: str) -> int:
+        """The float conv's input tensor, a pending zero pad folded into its ``attrs`` (unless
+        a pad would then reach the kernel's extent, which the format refuses: a zeropad node
+        then)."""
+        v = self.inp(node)
+        if v.kind != "pad":
+            return self.tensor(v, where)
+        p = attrs["padding"]
+        p = [p] * 4 if isinstance(p, int) else list(p)
+        p = [int(a + b) for a, b in zip(p, v.vec, strict=True)]
+        k, d = np.atleast_1d(m.kernel_size), np.atleast_1d(m.dilation)
+        if max(p) >= int(((k - 1) * d + 1).max()):
+            return self.tensor(v, where)
+        attrs["padding"] = p[0] if len(set(p)) == 1 else p
+        return v.tid
+
     def flatten(self, node: fx.Node, start: int, end: int) -> _Val:
         if start != 1 or end != -1:
             raise ExportError(f"operation {node.name!r}: only flatten(x, 1) is supported")
@@ -340,8 +402,13 @@ class _Converter:
 
     def convert_module(self, node: fx.Node, m: nn.Module, where: str) -> _Val:
         kind = type(m).__name__
-        if isinstance(m, SBConv2d):
+        if isinstance(m, (SBConv2d, SBConv1d)):
             return self.sbconv(node, m, where)
+        if isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d, nn.ConstantPad1d)):
+            if float(m.value) != 0.0:
+                raise ExportError(f"layer {where!r} ({kind}({m.extra_repr()})): only zero padding "
+                                  "is supported; nearest supported form: nn.ZeroPad2d")
+            return self.zero_pad(node, m.padding, where)
         if isinstance(m, SBLinear):
             if m.act is not None:
                 raise ExportError(module_problem(m, where))
@@ -349,17 +416,18 @@ class _Converter:
             w = dequantized_weight(p["bits"], p["eta"], p["xi"])  # (out, in) float32
             return self.emit("linear", [self.tensor(self.inp(node), where)], where,
                              params={"weight": w, "bias": p["bias"]})
-        if type(m) is nn.Conv2d:
-            stride, pad = check_conv(m, where)
+        if type(m) in (nn.Conv2d, nn.Conv1d):
+            attrs = conv_attrs(m, where)
             bn, bn_node = self.bn_after(node)
             w = m.weight.detach().double()
+            if w.ndim == 3:  # Conv1d: a (1, k) kernel on the (C, 1, L) map
+                w = w.unsqueeze(2)
             b = m.bias.detach().double() if m.bias is not None else None
             if bn is not None:
                 s, t = _bn_scale_shift(bn, bn_node.target)
                 w = w * s.view(-1, 1, 1, 1)
                 b = (b * s if b is not None else 0) + t
-            v = self.emit("conv2d", [self.tensor(self.inp(node), where)], where,
-                          {"stride": stride, "padding": pad},
+            v = self.emit("conv2d", [self.conv_input(node, m, attrs, where)], where, attrs,
                           {"weight": _f32(w), "bias": None if b is None else _f32(b)})
             if bn_node is not None:
                 self.folded[bn_node] = v
@@ -373,8 +441,10 @@ class _Converter:
                 raise ExportError(f"layer {where!r} ({kind}) is not supported")
             s, t = _bn_scale_shift(m, where)
             src = self.tensor(self.inp(node), where)
-            if isinstance(m, nn.BatchNorm1d) and len(self.shapes[src]) != 1:
-                raise ExportError(f"layer {where!r}: BatchNorm1d over a (C, L) input")
+            if isinstance(m, nn.BatchNorm1d) and len(self.shapes[src]) != 1 and \
+                    src not in self.one_d:
+                raise ExportError(f"layer {where!r}: BatchNorm1d over a {self.shapes[src]} "
+                                  "tensor (supported: features, or the (C, L) map of a Conv1d)")
             return self.emit("affine", [src], where, params={"scale": _f32(s), "shift": _f32(t)})
         if isinstance(m, RSign):
             if not isinstance(node.args[0], fx.Node):
@@ -424,41 +494,55 @@ class _Converter:
                              m.count_include_pad, where)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return self.global_pool(node, m.output_size, where)
+        if isinstance(m, nn.AdaptiveAvgPool1d):
+            return self.global_pool(node, 1 if m.output_size in (1, (1,)) else m.output_size,
+                                    where)
         if isinstance(m, nn.Flatten):
             return self.flatten(node, m.start_dim, m.end_dim)
         raise ExportError(f"layer {where!r} ({kind}) with arguments ({m.extra_repr()}) is not "
                           f"supported by the sbnn engine; {suggest(kind)}")
 
-    def sbconv(self, node: fx.Node, m: SBConv2d, where: str) -> _Val:
-        stride, pad = check_conv(m, where)
+    def sbconv(self, node: fx.Node, m: SBConv2d | SBConv1d, where: str) -> _Val:
+        attrs = conv_attrs(m, where)
         bn, bn_node = self.bn_after(node)
         params = fold_sbconv(m, bn, where)
+        if params["bits"].ndim == 3:  # SBConv1d: a (1, k) kernel on the (C, 1, L) map
+            params["bits"] = params["bits"][:, :, None, :]
         v = self.inp(node)
         binary = True
         if v.kind == "bin":  # RSign before: the conv binarises with its threshold
             src, thr = v.tid, v.vec
         elif m.act is not None and v.kind == "shift":  # sign(x + shift) = [x >= -shift]
             src, thr = v.tid, -v.vec
-        elif m.act is not None:
-            src, thr = v.tid, None
+        elif m.act is not None:  # (a pending zero pad is padded here, then binarised to +1)
+            src, thr = self.tensor(v, where), None
         else:  # real activations: a float conv with the dequantized, folded weights
-            src, thr, binary = self.tensor(v, where), None, False
+            src, thr, binary = self.conv_input(node, m, attrs, where), None, False
         params["thr"] = thr
-        out = self.emit("sbconv2d", [src], where,
-                        {"stride": stride, "padding": pad, "binary_input": binary}, params)
+        out = self.emit("sbconv2d", [src], where, {**attrs, "binary_input": binary}, params)
         if bn_node is not None:
             self.folded[bn_node] = out
         return out
 
 
-def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
+def _map_shape(input_shape) -> tuple[int, int, int]:
+    """The graph's (C, H, W) input of a model's ``input_shape``: (C, H, W) as it is, and the
+    (C, L) of a Conv1d net as the (C, 1, L) map (its inputs are then given as (N, C, 1, L))."""
+    if len(input_shape) == 2:
+        return (int(input_shape[0]), 1, int(input_shape[1]))
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W) or (C, L), got {input_shape}")
+    return tuple(int(v) for v in input_shape)  # type: ignore[return-value]
+
+
+def to_graph(model: nn.Module, input_shape: tuple[int, ...],
              metadata: dict[str, Any] | None = None) -> Graph:
     """Trace ``model`` (used in eval mode) into an engine :class:`~sbnn_runtime.fileformat.Graph`.
 
-    ``input_shape`` is ``(C, H, W)`` of one sample; the batch size is free at run time.
+    ``input_shape`` is ``(C, H, W)`` of one sample, or ``(C, L)`` for a Conv1d net (the graph
+    then takes ``(N, C, 1, L)``); the batch size is free at run time.
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+    _map_shape(input_shape)
     try:
         graph_fx = _Tracer().trace(model)
     except Exception as exc:  # fx raises many kinds (TraceError, TypeError, ...)
@@ -467,7 +551,7 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
     with torch.no_grad():
         graph = _Converter(gm, tuple(input_shape)).run()
     graph.metadata = dict(metadata or {})
-    graph.metadata.setdefault("input_shape", list(input_shape))
+    graph.metadata.setdefault("input_shape", list(_map_shape(input_shape)))
     return graph
 
 
@@ -475,8 +559,7 @@ def export_problems(model: nn.Module, input_shape: tuple[int, int, int]) -> list
     """``[(layer, why), ...]``: every layer of ``model`` that :func:`export` would refuse (empty
     when it exports), found by tracing it as export does, without writing anything. Meant to run
     before training (``sbnn train`` does), so that a model is refused in seconds, not after."""
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+    _map_shape(input_shape)
     try:
         graph_fx = _Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError, ...)
@@ -518,7 +601,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
             x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
             with torch.no_grad():
                 want = model(x).numpy()
-            got = reference_forward(graph, x.numpy())
+            got = reference_forward(graph, x.numpy().reshape(2, *_map_shape(input_shape)))
             err = _max_rel_err(got, want)
             if not math.isfinite(err) or err > 5e-2:
                 warnings.warn(f"exported graph differs from the model by {err:.3g} (relative "
