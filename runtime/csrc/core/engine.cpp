@@ -345,7 +345,7 @@ int Engine::conv2d_ex(int t, const float* w, int Co, int Cig, int kh, int kw, co
                        conv->forward(in[0], N, out, pool);
                      },
                      Kind::FloatConv);
-  ops_.back().kernel = geo.groups == s.C ? std::string("depthwise")
+  ops_.back().kernel = geo.groups == s.C && s.C > 1 ? std::string("depthwise")
                                          : std::string("gemm:") + conv->gemm_name();
   ops_.back().fconv = conv;
   return r;

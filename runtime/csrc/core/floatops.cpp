@@ -136,7 +136,8 @@ FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float
   if (isa_ == Isa::Ref) return;
   kt_ = &kernel_table(isa_);
   if (!kt_->sgemm) kt_ = &kernels_scalar();
-  if (G_ == Ci_) return;  // depthwise: the direct kernel reads w_ as it is
+  // depthwise (a one-channel input with groups = 1 is not: its outputs are one GEMM's rows)
+  if (depthwise()) return;  // the direct kernel reads w_ as it is
   const int mr = kt_->sgemm_mr, vl = kt_->sgemm_vl;
   // One vector of columns when a whole image fits it (4x4 maps: 16 pixels), else two.
   nr_ = Ho_ * Wo_ <= vl ? vl : 2 * vl;
@@ -279,7 +280,7 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, fl
     clamp_all();
     return;
   }
-  if (G_ == Ci_) {
+  if (depthwise()) {
     image_depthwise(x, y, pool);
     clamp_all();
     return;

@@ -40,6 +40,7 @@ class FloatConv {
   void image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo, float hi) const;
   void image_ref(const float* x, float* y, ThreadPool* pool) const;
   void image_depthwise(const float* x, float* y, ThreadPool* pool) const;
+  bool depthwise() const { return G_ == Ci_ && G_ > 1; }
   // im2col of group g's channels into column panels of nr_ columns (see image())
   void columns(const float* x, float* B) const;
   int Co_, Ci_, kh_, kw_, H_, W_, Ho_, Wo_;
