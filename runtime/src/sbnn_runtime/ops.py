@@ -472,8 +472,8 @@ def _sbconv_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> d
     # window sums with the channel-sum plane; a grouped, dilated or non-square binary conv:
     # its +-1 input as floats (then the float conv of its folded weight)
     ci, h, w = ins[0]
-    if _is_bconv(nd) and not _is_fast_bconv(nd):
-        return {"xp": ci * h * w}
+    if not conv_is_simple(conv_geometry(nd)):  # sign into xp (binary), then the float conv
+        return {"xp": ci * h * w} if nd.attrs["binary_input"] else {}
     p = conv_geometry(nd)[2]
     planes = ci * (h + 2 * p) * (w + 2 * p)
     sc = {} if in_map else {"xp": (planes + 3) // 4 if nd.attrs["binary_input"] else planes}
@@ -483,7 +483,7 @@ def _sbconv_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> d
 
 def _sbconv_c(cn) -> str:
     nd = cn.node
-    if not _is_fast_bconv(nd):  # real inputs, or a geometry the encoded kernels do not take
+    if not conv_is_simple(conv_geometry(nd)):  # a geometry the encoded kernels do not take
         P = nd.params
         w = kernels.dequantized_weight(P["bits"], P["eta"], P["xi"])
         if not nd.attrs["binary_input"]:
@@ -495,6 +495,8 @@ def _sbconv_c(cn) -> str:
                 f"{h * wd}); " + _conv_c_call(cn, w, P["bias"], xp))
     layer = cn.sb_layer()  # its encoded weights and vectors
     tail = f"{cn.scratch('ws')}, offs, {cn.epilogue()}"
+    if not nd.attrs["binary_input"]:
+        return f"sbnn_sbconv_real({layer}, {cn.x[0]}, {cn.y}, {cn.scratch('xp')}, {tail});"
     if cn.in_map:  # the producer wrote the padded int8 map already
         return f"sbnn_sbconv_bin({layer}, 0, {cn.y}, (int8_t *){cn.x[0]}, {tail});"
     return (f"sbnn_sbconv_bin({layer}, {cn.x[0]}, {cn.y}, (int8_t *){cn.scratch('xp')}, "

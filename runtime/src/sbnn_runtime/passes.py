@@ -472,10 +472,13 @@ def choose_encoding(bits: np.ndarray, binary_format: str = "auto") -> Encoding:
 
 def choose_encodings(graph: Graph, binary_format: str = "auto",
                      order: list[int] | None = None) -> dict[int, Encoding]:
-    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones)."""
+    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones)
+    whose bits a backend stores encoded: one stride, one padding, no dilation or groups (the
+    others run as the float conv of their folded weight in C)."""
     order = live_nodes(graph) if order is None else order
     return {i: choose_encoding(graph.nodes[i].params["bits"], binary_format)
-            for i in order if graph.nodes[i].op == _BCONV}
+            for i in order if graph.nodes[i].op == _BCONV
+            and conv_is_simple(conv_geometry(graph.nodes[i]))}
 
 
 # -- lifetimes and the arena ------------------------------------------------------------------
