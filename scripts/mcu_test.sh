@@ -5,6 +5,8 @@
 #   scripts/mcu_test.sh [RUN_DIR]          # default: closed-form fmnist_cnn (see mcu_check.py)
 #   scripts/mcu_test.sh --train            # train the main job 1 epoch on 2000 images first
 #   MCU_IMAGES=200 MCU_OUT=build/mcu scripts/mcu_test.sh
+#   MCU_MODEL=dscnn scripts/mcu_test.sh    # the binarized DS-CNN (keyword spotting, 49x10 MFCC)
+#   scripts/mcu_test.sh --all              # fmnist_cnn, then the DS-CNN (MCU_OUT/dscnn)
 #
 # Installs gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm with apt when they are
 # missing and it runs as root; exits non-zero on any failure. Prints flash (text + rodata + data)
@@ -15,6 +17,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 run_dir="${1:-}"
+if [ "$run_dir" = "--all" ]; then  # each network in its own folder, one after the other
+    MCU_OUT="$(realpath -m "${MCU_OUT:-$root/build/mcu}")"
+    MCU_MODEL=fmnist_cnn MCU_OUT="$MCU_OUT" "$0"
+    MCU_MODEL=dscnn MCU_OUT="$MCU_OUT/dscnn" "$0"
+    exit 0
+fi
+model="${MCU_MODEL:-fmnist_cnn}"
 n_images="${MCU_IMAGES:-200}"
 out="$(realpath -m "${MCU_OUT:-$root/build/mcu}")"
 python="${PYTHON:-python}"
@@ -55,7 +64,7 @@ fi
 if [ -n "$run_dir" ]; then
     step "$python" "$here/mcu/mcu_check.py" prepare "$out" --run "$run_dir" --n "$n_images"
 else
-    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --n "$n_images"
+    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --n "$n_images" --model "$model"
 fi
 
 cpu=(-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16)

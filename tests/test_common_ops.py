@@ -137,6 +137,7 @@ class Mixed(nn.Module):
     def __init__(self):
         super().__init__()
         self.audio = nn.Conv1d(1, 4, 3)
+        self.volume = nn.Conv3d(1, 4, 3)
         self.conv = nn.Conv2d(1, 4, 3, groups=1)
         self.dw = nn.Conv2d(4, 4, 3, groups=4)
         self.norm = nn.GELU()
@@ -148,12 +149,16 @@ class Mixed(nn.Module):
 
 def test_binarize_names_every_layer_it_skips_or_export_cannot_take():
     with pytest.warns(UnexportableLayerWarning) as rec:
-        sbnn.binarize_(Mixed())
-    msg = str(rec[0].message)
-    assert "'audio' (Conv1d) skipped" in msg  # never passed over in silence
-    assert "'dw'" in msg and "grouped and depthwise" in msg and "groups=1" in msg
+        model = sbnn.binarize_(Mixed())
+    msg = " ".join(str(r.message) for r in rec if r.category is UnexportableLayerWarning)
+    assert "'volume' (Conv3d) skipped" in msg  # never passed over in silence
     assert "'norm' (GELU)" in msg and "nn.SiLU" in msg
-    assert "'conv'" not in msg and "'fc'" not in msg
+    assert "'conv'" not in msg and "'fc'" not in msg and "'dw'" not in msg
+    # Conv1d is swapped like Conv2d (here the first conv, kept float); the depthwise conv
+    # stays float, and binarize_ says so
+    said = " ".join(str(r.message) for r in rec)
+    assert "'dw'" in said and "depthwise" in said
+    assert isinstance(model.conv, sbnn.SBLayer) and not isinstance(model.dw, sbnn.SBLayer)
     with warnings.catch_warnings():  # a model export takes: not a word
         warnings.simplefilter("error", UnexportableLayerWarning)
         sbnn.binarize_(models.create("fmnist_cnn_fp"))
@@ -161,7 +166,7 @@ def test_binarize_names_every_layer_it_skips_or_export_cannot_take():
 
 def test_export_problems_counts_each_layer_once_even_downstream():
     problems = export_problems(Mixed(), (1, 28, 28))
-    assert [n for n, _ in problems] == ["dw", "norm"]
+    assert [n for n, _ in problems] == ["norm"]
     assert export_problems(_randomize(SENet()), (3, 8, 8)) == []
 
 
@@ -178,8 +183,9 @@ def test_export_errors_name_module_op_arguments_and_suggest():
 
     with pytest.raises(ExportError, match=r"function sub\(x, 1.0\).*fold the constant"):
         to_graph(Sub(), (1, 4, 4))
-    with pytest.raises(ExportError, match="dilated convs.*dilation=1"):
-        to_graph(nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2)), (1, 8, 8))
+    with pytest.raises(ExportError, match="padding_mode 'replicate'.*padding_mode='zeros'"):
+        to_graph(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="replicate")),
+                 (1, 8, 8))
 
 
 @pytest.fixture
@@ -188,7 +194,8 @@ def unexportable_model():
     if not models.is_registered(name):
         @models.register(name)
         def _build(num_classes=10, in_chans=1, **_):
-            return nn.Sequential(nn.Conv2d(in_chans, 4, 3, dilation=2), nn.GELU(),
+            return nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1, padding_mode="circular"),
+                                 nn.GELU(),
                                  nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
     return name
 
@@ -206,7 +213,7 @@ def test_train_refuses_before_the_first_step(unexportable_model, tmp_path, capsy
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
     assert main(args + ["--verbose"]) == 2
     err = capsys.readouterr().err
-    assert "dilated convs" in err and "AdaptiveMaxPool2d" in err
+    assert "padding_mode 'circular'" in err and "AdaptiveMaxPool2d" in err
 
 
 def test_every_new_op_in_c_matches_the_engine(tmp_path):

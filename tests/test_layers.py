@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sbnn
-from sbnn import DOMAINS, SBConv2d, SBLinear
+from sbnn import DOMAINS, SBConv1d, SBConv2d, SBLinear
 
 
 def reference_weight(layer):
@@ -31,7 +31,7 @@ def reference_weight(layer):
 
 
 def test_signatures_match_torch():
-    for ours, theirs in ((SBConv2d, nn.Conv2d), (SBLinear, nn.Linear)):
+    for ours, theirs in ((SBConv2d, nn.Conv2d), (SBConv1d, nn.Conv1d), (SBLinear, nn.Linear)):
         p_ours = list(inspect.signature(ours.__init__).parameters.values())
         p_theirs = list(inspect.signature(theirs.__init__).parameters.values())
         assert [(p.name, p.default, p.kind) for p in p_ours[: len(p_theirs)]] == [

@@ -18,6 +18,8 @@ def _input(name):
         return torch.randn(4, 1, 28, 28), 1
     if name.startswith("fc_autoencoder"):  # features in, their reconstruction out
         return torch.randn(4, 640), 1
+    if name.startswith("dscnn"):
+        return torch.randn(4, 1, 49, 10), 1
     return torch.randn(4, 3, 32, 32), 3
 
 
@@ -90,6 +92,12 @@ def test_first_conv_and_classifier_are_full_precision(name):
         assert all(isinstance(c, SBLayer) for c in linears[1:-1])
         return
     assert not isinstance(convs[0], SBLayer) and not isinstance(linears[-1], SBLayer)
+    if name.startswith(("dscnn", "mobilenet")):
+        # depthwise-separable nets: the pointwise (1x1) convs are the binary ones, every
+        # depthwise conv stays float
+        assert all(c.kernel_size == (1, 1) for c in convs if isinstance(c, SBLayer))
+        assert all(not isinstance(c, SBLayer) for c in convs if c.groups > 1)
+        return
     # every binary conv is 3x3; 1x1 shortcuts stay full precision
     assert all(c.kernel_size == (3, 3) for c in convs if isinstance(c, SBLayer))
     assert all(not isinstance(c, SBLayer) for c in convs if c.kernel_size == (1, 1))

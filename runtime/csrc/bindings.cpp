@@ -160,6 +160,13 @@ PyBConv make_bconv_for(const FArr& x, U8Arr bits, FArr eta, FArr xi, FArr bias, 
                  kind, impl, num_threads);
 }
 
+sbnn::ConvGeometry to_geometry(const std::vector<int>& g) {
+  if (g.size() != 9)
+    throw std::invalid_argument("conv geometry: needs 9 numbers (sh, sw, pt, pl, pb, pr, dh, "
+                                "dw, groups)");
+  return sbnn::ConvGeometry{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+}
+
 // ------------------------------------------------------------------ engine binding
 class PyEngine {
  public:
@@ -185,6 +192,29 @@ class PyEngine {
                          vec_or_null(bias, Co, "sbconv2d bias", true), stride, padding,
                          vec_or_null(thr, Ci, "sbconv2d thr", false), sparse,
                          sbnn::parse_isa(impl));
+  }
+
+  // geom: sbnn_runtime.ops.conv_geometry's 9 numbers
+  int conv2d_ex(int t, FArr w, OptF bias, const std::vector<int>& geom) {
+    expect_ndim(w, 4, "conv2d weight", "(Co, Ci / groups, kh, kw)");
+    const int Co = as_int(w.shape(0));
+    return eng_.conv2d_ex(t, w.data(), Co, as_int(w.shape(1)), as_int(w.shape(2)),
+                          as_int(w.shape(3)), vec_or_null(bias, Co, "conv2d bias", false),
+                          to_geometry(geom));
+  }
+
+  int sbconv2d_ex(int t, U8Arr bits, FArr eta, FArr xi, FArr bias, OptF thr,
+                  const std::vector<int>& geom) {
+    expect_ndim(bits, 4, "sbconv2d bits", "(Co, Ci / groups, kh, kw)");
+    const int Co = as_int(bits.shape(0));
+    const sbnn::ConvGeometry g = to_geometry(geom);
+    return eng_.sbconv2d_ex(t, bits.data(), Co, as_int(bits.shape(1)), as_int(bits.shape(2)),
+                            as_int(bits.shape(3)), vec_or_null(eta, Co, "sbconv2d eta", true),
+                            vec_or_null(xi, Co, "sbconv2d xi", true),
+                            vec_or_null(bias, Co, "sbconv2d bias", true),
+                            vec_or_null(thr, as_int(bits.shape(1)) * g.groups, "sbconv2d thr",
+                                        false),
+                            g);
   }
 
   int affine(int t, FArr scale, FArr shift) {
@@ -381,6 +411,36 @@ NB_MODULE(_core, m) {
       "Float conv2d (im2col into panels + the ISA's register-tiled FMA GEMM), as the engine "
       "runs it; impl='ref' runs the plain blocked loops.");
 
+  m.def(
+      "conv2d_ex",
+      [](FArr x, FArr w, OptF bias, const std::vector<int>& geom, int num_threads,
+         const std::string& impl) {
+        expect_ndim(x, 4, "x", "(N, Ci, H, W)");
+        expect_ndim(w, 4, "weight", "(Co, Ci / groups, kh, kw)");
+        const sbnn::ConvGeometry g = to_geometry(geom);
+        if (static_cast<int64_t>(w.shape(1)) * g.groups != static_cast<int64_t>(x.shape(1)))
+          throw std::invalid_argument("conv2d: x has " + std::to_string(x.shape(1)) +
+                                      " channels, weight and groups expect " +
+                                      std::to_string(w.shape(1) * g.groups));
+        const int Co = as_int(w.shape(0));
+        sbnn::FloatConv conv(w.data(), Co, as_int(x.shape(1)), as_int(w.shape(2)),
+                             as_int(w.shape(3)), vec_or_null(bias, Co, "bias", false), g,
+                             as_int(x.shape(2)), as_int(x.shape(3)), sbnn::parse_isa(impl));
+        float* y;
+        auto out = new_array<float>({x.shape(0), static_cast<size_t>(Co),
+                                     static_cast<size_t>(conv.Ho()), static_cast<size_t>(conv.Wo())},
+                                    &y);
+        sbnn::ThreadPool pool(num_threads);
+        {
+          nb::gil_scoped_release rel;
+          conv.forward(x.data(), as_int(x.shape(0)), y, &pool);
+        }
+        return out;
+      },
+      "x"_a, "weight"_a, "bias"_a, "geom"_a, "num_threads"_a = 1, "impl"_a = "auto",
+      "Float conv2d of any geometry (geom: sh, sw, pt, pl, pb, pr, dh, dw, groups), as the "
+      "engine runs it: depthwise direct, else im2col + GEMM per group; impl='ref': plain loops.");
+
   nb::class_<PyEngine>(m, "Engine",
                        "Native inference runtime: build a graph op by op (each returns a tensor "
                        "id), set_output, then run(x) on float32 (N, C, H, W) batches.")
@@ -391,6 +451,9 @@ NB_MODULE(_core, m) {
       .def("sbconv2d", &PyEngine::sbconv2d, "t"_a, "bits"_a, "eta"_a, "xi"_a, "bias"_a,
            "stride"_a = 1, "padding"_a = 0, "thr"_a = nb::none(), "sparse"_a = true,
            "impl"_a = "auto")
+      .def("conv2d_ex", &PyEngine::conv2d_ex, "t"_a, "weight"_a, "bias"_a, "geom"_a)
+      .def("sbconv2d_ex", &PyEngine::sbconv2d_ex, "t"_a, "bits"_a, "eta"_a, "xi"_a, "bias"_a,
+           "thr"_a, "geom"_a)
       .def("affine", &PyEngine::affine, "t"_a, "scale"_a, "shift"_a)
       .def(
           "hardtanh", [](PyEngine& e, int t, float lo, float hi) { return e.eng().hardtanh(t, lo, hi); },

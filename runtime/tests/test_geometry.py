@@ -230,3 +230,48 @@ def test_shape_rules_refuse_only_what_pytorch_refuses(op):
         except SBNNFormatError:
             ok = False
         assert ok == op.fits(geo), (op.name, geo)
+
+
+def dilated_grouped_geometries():
+    """(h, w, kh, kw, geom): every small dilation (1-3 per axis), per-axis stride and pad of
+    non-square inputs and kernels, with groups 1, 2 and depthwise (issue 19)."""
+    out = []
+    for h, w, kh, kw in ((5, 7, 3, 2), (9, 4, 2, 3), (6, 6, 3, 3), (3, 8, 1, 4)):
+        for dh in (1, 2, 3):
+            for dw in (1, 3):
+                for sh, sw in ((1, 1), (2, 1), (1, 3)):
+                    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+                    pads = (0, min(1, ekw - 1), min(2, ekh - 1), 0)  # top, left, bottom, right
+                    if h + pads[0] + pads[2] < ekh or w + pads[1] + pads[3] < ekw:
+                        continue
+                    for groups in (1, 2, 4):
+                        out.append((h, w, kh, kw, (sh, sw, *pads, dh, dw, groups)))
+    return out
+
+
+@needs_core
+def test_dilated_grouped_nonsquare_convs_on_every_isa():
+    from sbnn_runtime.engine import Engine
+
+    rng = np.random.default_rng(19)
+    n = 0
+    for h, w, kh, kw, geom in dilated_grouped_geometries():
+        sh, sw, pt, pl, pb, pr, dh, dw, g = geom
+        x = rng.standard_normal((2, 4, h, w)).astype(np.float32)
+        wt = rng.standard_normal((8, 4 // g, kh, kw)).astype(np.float32)
+        ref = kernels.conv2d_reference(x, wt, None, (sh, sw), (pt, pl, pb, pr), (dh, dw), g)
+        for impl in impls():
+            y = core.conv2d_ex(x, wt, None, list(geom), 1, impl)
+            np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4, err_msg=f"{impl} {geom}")
+            n += 1
+        attrs = {"stride": [sh, sw], "padding": [pt, pl, pb, pr], "dilation": [dh, dw],
+                 "groups": g, "binary_input": True}
+        bits = (wt > 0.3).astype(np.uint8)
+        vec = rng.standard_normal((3, 8)).astype(np.float32)
+        graph = Graph([Node("input", [], {"shape": [4, h, w]}),
+                       Node("sbconv2d", [0], attrs, {"bits": bits, "eta": vec[0], "xi": vec[1],
+                                                     "bias": vec[2]})], 1)
+        np.testing.assert_allclose(Engine(graph, num_threads=1)(x), reference_forward(graph, x),
+                                   rtol=1e-5, atol=1e-5, err_msg=str(geom))
+        n += 1
+    assert n > 300

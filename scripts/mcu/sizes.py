@@ -1,9 +1,12 @@
 """Flash and RAM of C exports on a Cortex-M4F (-Os), for the table of docs/DEPLOY.md.
 
     python scripts/mcu/sizes.py [--models main resnet18_ec0.05 resnet18_ec0.01] [--json out.json]
+    python scripts/mcu/sizes.py --models dscnn mobilenet_v1   # the MLPerf Tiny nets, EC 0.05
 
 For each model (closed form at its ones fraction from random weights, as docs/DEPLOY.md makes
-them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05):
+them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05; ``dscnn`` and
+``mobilenet_v1`` are the registry's DS-CNN (1x49x10, 12 classes) and MobileNetV1-0.25 (3x96x96,
+2 classes) at EC 0.05; each row also gives the dense-equivalent MACs of one inference):
 
 * **sbnn**: ``sbnn_runtime.lower_c`` (per layer the smallest of gaps, indices, packed bits),
   compiled with ``arm-none-eabi-gcc -Os -flto -mcpu=cortex-m4 -mfpu=fpv4-sp-d16``; flash = text
@@ -59,18 +62,25 @@ def arm_size(cm, tmp: Path) -> dict:
             "weight_bytes": cm.const_bytes, "arena_bytes": cm.arena_bytes}
 
 
+# the MLPerf Tiny networks of the registry: (model, input shape, classes)
+TINY = {"dscnn": ("dscnn", (1, 49, 10), 12), "mobilenet_v1": ("mobilenet_v1", (3, 96, 96), 2)}
+
+
 def make(name: str):
     import sbnn
     from sbnn import models
 
     torch.manual_seed(0)
+    classes = 10
     if name == "main":
         arch, ones, shape, kw = "fmnist_cnn", 0.05, (1, 28, 28), {}
+    elif name in TINY:
+        (arch, shape, classes), ones, kw = TINY[name], 0.05, {}
     else:
         arch, ones, shape, kw = "resnet18_irnet", float(name.split("ec")[1]), (3, 32, 32), {}
-    m = models.create(arch, num_classes=10, **kw)
+    m = models.create(arch, num_classes=classes, **kw)
     sbnn.init_closed_form_(m, ones)
-    fp = models.create(arch + "_fp", num_classes=10, **kw)
+    fp = models.create(arch + "_fp", num_classes=classes, **kw)
     return m.eval(), fp.eval(), shape
 
 
@@ -82,15 +92,16 @@ def weight_tensor_bytes(graph) -> int:
 def measure(name: str, code_fp: int | None) -> dict:
     from sbnn.deploy.export import to_graph
     from sbnn_runtime.lower_c import generate_c
+    from sbnn_runtime.ops import graph_macs
 
     model, fp, shape = make(name)
     g, gfp = to_graph(model, shape), to_graph(fp, shape)
-    row = {"model": name}
+    row = {"model": name, "dense_macs": sum(graph_macs(gfp))}
     with tempfile.TemporaryDirectory() as d:
         row["sbnn"] = arm_size(generate_c(g), Path(d))
         row["sbnn"]["layers"] = generate_c(g, values=False).layers
         row["dense_bnn"] = arm_size(generate_c(g, "packed"), Path(d))
-        if name == "main":
+        if name == "main" or name in TINY:
             row["fp32"] = arm_size(generate_c(gfp), Path(d))
             row["fp32"]["code"] = row["fp32"]["flash"] - row["fp32"]["weight_bytes"]
         else:
@@ -122,7 +133,8 @@ def main(argv=None) -> int:
               f"{kb(r['dense_bnn']['flash'])} / {kb(r['dense_bnn']['ram'])}, int8 twin (est.) "
               f"{kb(r['int8']['flash'])} / {kb(r['int8']['ram'])}, fp32 twin "
               f"{kb(r['fp32']['flash'])} / {kb(r['fp32']['ram'])}  (flash / RAM); fp32 twin "
-              f"flash / sbnn flash = {r['fp32']['flash'] / r['sbnn']['flash']:.1f}x", flush=True)
+              f"flash / sbnn flash = {r['fp32']['flash'] / r['sbnn']['flash']:.1f}x; "
+              f"{r['dense_macs'] / 1e6:.2f} M dense-equivalent MACs", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

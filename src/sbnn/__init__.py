@@ -38,6 +38,7 @@ _LAZY = {
     "DOMAINS": "sbnn.method.layers",
     "SBLayer": "sbnn.method.layers",
     "SBConv2d": "sbnn.method.layers",
+    "SBConv1d": "sbnn.method.layers",
     "SBLinear": "sbnn.method.layers",
     "RSign": "sbnn.method.layers",
     "RPReLU": "sbnn.method.layers",

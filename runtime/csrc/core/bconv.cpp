@@ -466,4 +466,101 @@ void BConvLayer::run_reference(const float* x, int N, float* y, int32_t* cnt, in
   }
 }
 
+BConvDirect::BConvDirect(const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
+                         const float* xi, const float* bias, const float* thr,
+                         const ConvGeometry& geo, int H, int W)
+    : Co_(Co), Ci_(Ci), kh_(kh), kw_(kw), H_(H), W_(W), geo_(geo) {
+  if (Co < 1 || Ci < 1 || kh < 1 || kw < 1 || H < 1 || W < 1)
+    throw std::invalid_argument("bconv: channels, spatial size and kernel size must be >= 1");
+  if (geo.sh < 1 || geo.sw < 1 || geo.dh < 1 || geo.dw < 1 || geo.groups < 1 ||
+      std::min({geo.pt, geo.pl, geo.pb, geo.pr}) < 0)
+    throw std::invalid_argument("bconv: stride, dilation, groups >= 1 and padding >= 0");
+  if (Ci % geo.groups || Co % geo.groups)
+    throw std::invalid_argument("bconv: channels do not split into the groups");
+  Hp_ = H + geo.pt + geo.pb;
+  Wp_ = W + geo.pl + geo.pr;
+  const int ekh = (kh - 1) * geo.dh + 1, ekw = (kw - 1) * geo.dw + 1;
+  if (Hp_ < ekh || Wp_ < ekw)
+    throw std::invalid_argument("bconv: kernel larger than the padded input");
+  if (static_cast<int64_t>(Ci) * Hp_ * Wp_ > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("bconv: input too large for 32-bit offsets");
+  Ho_ = (Hp_ - ekh) / geo.sh + 1;
+  Wo_ = (Wp_ - ekw) / geo.sw + 1;
+  eta_.assign(eta, eta + Co);
+  xi_.assign(xi, xi + Co);
+  bias_.assign(bias, bias + Co);
+  thr_.assign(Ci, 0.0f);
+  if (thr) thr_.assign(thr, thr + Ci);
+  const int cig = Ci / geo.groups;
+  for (int ky = 0; ky < kh; ++ky)
+    for (int kx = 0; kx < kw; ++kx) taps_.push_back(ky * geo.dh * Wp_ + kx * geo.dw);
+  start_.assign(Co + 1, 0);
+  for (int c = 0; c < Co; ++c) {
+    for (int ci = 0; ci < cig; ++ci)
+      for (int t = 0; t < kh * kw; ++t) {
+        const uint8_t b = bits[(static_cast<size_t>(c) * cig + ci) * kh * kw + t];
+        if (b > 1) throw std::invalid_argument("bconv: bits must be 0 or 1");
+        if (b) offsets_.push_back(ci * Hp_ * Wp_ + taps_[t]);
+      }
+    start_[c + 1] = static_cast<int64_t>(offsets_.size());
+  }
+}
+
+void BConvDirect::forward(const float* x, int N, float* y, ThreadPool* pool) const {
+  if (N < 0) throw std::invalid_argument("bconv: negative batch");
+  const int G = geo_.groups, cig = Ci_ / G, cog = Co_ / G, sh = geo_.sh, sw = geo_.sw;
+  const size_t plane = static_cast<size_t>(Hp_) * Wp_, P = static_cast<size_t>(Ho_) * Wo_;
+  std::vector<int8_t> xp(static_cast<size_t>(Ci_) * plane);
+  std::vector<int32_t> csum(plane), ws(static_cast<size_t>(G) * P);
+  for (int n = 0; n < N; ++n) {
+    const float* xn = x + static_cast<size_t>(n) * Ci_ * H_ * W_;
+    float* yn = y + static_cast<size_t>(n) * Co_ * P;
+    // +-1 planes (sign(0) = +1 against thr), zero in the padding
+    std::fill(xp.begin(), xp.end(), int8_t{0});
+    for (int ci = 0; ci < Ci_; ++ci)
+      for (int h = 0; h < H_; ++h) {
+        const float* r = xn + (static_cast<size_t>(ci) * H_ + h) * W_;
+        int8_t* d = xp.data() + ci * plane + static_cast<size_t>(h + geo_.pt) * Wp_ + geo_.pl;
+        for (int w = 0; w < W_; ++w) d[w] = r[w] >= thr_[ci] ? 1 : -1;
+      }
+    // each group's window sum: its channel-sum plane, summed over the taps
+    for (int g = 0; g < G; ++g) {
+      std::fill(csum.begin(), csum.end(), 0);
+      for (int ci = g * cig; ci < (g + 1) * cig; ++ci)
+        for (size_t i = 0; i < plane; ++i) csum[i] += xp[ci * plane + i];
+      int32_t* wg = ws.data() + g * P;
+      std::fill(wg, wg + P, 0);
+      for (int32_t t : taps_)
+        for (int oh = 0; oh < Ho_; ++oh)
+          for (int ow = 0; ow < Wo_; ++ow)
+            wg[oh * Wo_ + ow] += csum[static_cast<size_t>(oh) * sh * Wp_ + ow * sw + t];
+    }
+    auto chan = [&](int c) {
+      std::vector<int32_t> acc(P, 0);
+      const int g = c / cog;
+      const int8_t* base = xp.data() + static_cast<size_t>(g) * cig * plane;
+      for (int64_t q = start_[c]; q < start_[c + 1]; ++q) {
+        const int8_t* src = base + offsets_[q];
+        for (int oh = 0; oh < Ho_; ++oh) {
+          const int8_t* r = src + static_cast<size_t>(oh) * sh * Wp_;
+          int32_t* a = acc.data() + oh * Wo_;
+          if (sw == 1)
+            for (int ow = 0; ow < Wo_; ++ow) a[ow] += r[ow];
+          else
+            for (int ow = 0; ow < Wo_; ++ow) a[ow] += r[ow * sw];
+        }
+      }
+      const int32_t* wg = ws.data() + g * P;
+      float* yc = yn + c * P;
+      for (size_t p = 0; p < P; ++p)
+        yc[p] = eta_[c] * static_cast<float>(acc[p]) +
+                (xi_[c] * static_cast<float>(wg[p]) + bias_[c]);
+    };
+    if (pool && pool->size() > 1 && Co_ > 1)
+      pool->parallel_for(Co_, chan);
+    else
+      for (int c = 0; c < Co_; ++c) chan(c);
+  }
+}
+
 }  // namespace sbnn

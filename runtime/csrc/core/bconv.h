@@ -10,6 +10,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/floatops.h"
 #include "core/isa.h"
 #include "core/kernels.h"
 #include "core/threadpool.h"
@@ -104,6 +105,32 @@ class BConvLayer {
   std::vector<int32_t> nvalid_;  // per output pixel: number of valid taps
   int nclass_ = 0;
   std::vector<int32_t> corr_;  // (Co, nclass)
+};
+
+// A binary conv of any geometry (groups, dilation, non-square strides and pads), which the
+// packed kernels above do not take: the input binarised once into zero-padded int8 planes, the
+// window sum of each group from its channel-sum plane, and per output channel one pass per
+// 1-bit at its offset (ci * Hp + ky * dh) * Wp + kx * dw, so a dilated or wide kernel costs its
+// 1-bits and nothing more. y_c = eta_c * count + (xi_c * wsum_g(c) + bias_c), exactly the
+// integers and float steps of kernels.bconv2d_reference.
+class BConvDirect {
+ public:
+  // bits: (Co, Ci / groups, kh, kw) 0/1; eta, xi, bias: (Co); thr: (Ci) or null.
+  BConvDirect(const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
+              const float* xi, const float* bias, const float* thr, const ConvGeometry& geo,
+              int H, int W);
+  // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo)
+  void forward(const float* x, int N, float* y, ThreadPool* pool) const;
+  int Ho() const { return Ho_; }
+  int Wo() const { return Wo_; }
+
+ private:
+  int Co_, Ci_, kh_, kw_, H_, W_, Hp_, Wp_, Ho_, Wo_;
+  ConvGeometry geo_;
+  std::vector<float> eta_, xi_, bias_, thr_;
+  std::vector<int32_t> offsets_;  // per output channel: offsets_[start_[c] .. start_[c+1])
+  std::vector<int64_t> start_;
+  std::vector<int32_t> taps_;  // every tap's offset, for the window sums
 };
 
 }  // namespace sbnn

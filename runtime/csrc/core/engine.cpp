@@ -399,6 +399,47 @@ int Engine::sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw,
   return r;
 }
 
+int Engine::conv2d_ex(int t, const float* w, int Co, int Cig, int kh, int kw, const float* bias,
+                      const ConvGeometry& geo) {
+  check_tensor(t, "conv2d");
+  const TensorShape s = shapes_[t];
+  if (s.flat) throw err("conv2d", "input is a flat tensor " + s.str());
+  if (static_cast<int64_t>(Cig) * geo.groups != s.C)
+    throw err("conv2d", "weight has " + std::to_string(Cig) + " input channels per group, " +
+                            std::to_string(geo.groups) + " groups, tensor is " + s.str());
+  auto conv = std::make_shared<FloatConv>(w, Co, s.C, kh, kw, bias, geo, s.H, s.W);
+  ThreadPool* pool = &pool_;
+  const int r = push("conv2d", {t}, TensorShape{Co, conv->Ho(), conv->Wo(), false},
+                     [conv, pool](const std::vector<const float*>& in, float* out, int N) {
+                       conv->forward(in[0], N, out, pool);
+                     },
+                     Kind::FloatConv);
+  ops_.back().kernel = geo.groups == s.C && s.C > 1 ? std::string("depthwise")
+                                         : std::string("gemm:") + conv->gemm_name();
+  ops_.back().fconv = conv;
+  return r;
+}
+
+int Engine::sbconv2d_ex(int t, const uint8_t* bits, int Co, int Cig, int kh, int kw,
+                        const float* eta, const float* xi, const float* bias, const float* thr,
+                        const ConvGeometry& geo) {
+  check_tensor(t, "sbconv2d");
+  const TensorShape s = shapes_[t];
+  if (s.flat) throw err("sbconv2d", "input is a flat tensor " + s.str());
+  if (static_cast<int64_t>(Cig) * geo.groups != s.C)
+    throw err("sbconv2d", "bits have " + std::to_string(Cig) + " input channels per group, " +
+                              std::to_string(geo.groups) + " groups, tensor is " + s.str());
+  auto b = std::make_shared<BConvDirect>(bits, Co, s.C, kh, kw, eta, xi, bias, thr, geo, s.H,
+                                         s.W);
+  ThreadPool* pool = &pool_;
+  const int r = push("sbconv2d", {t}, TensorShape{Co, b->Ho(), b->Wo(), false},
+                     [b, pool](const std::vector<const float*>& in, float* out, int N) {
+                       b->forward(in[0], N, out, pool);
+                     });
+  ops_.back().kernel = "direct";
+  return r;
+}
+
 int Engine::affine(int t, const float* scale, const float* shift, int C) {
   check_tensor(t, "affine");
   const TensorShape s = shapes_[t];

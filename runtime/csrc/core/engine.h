@@ -63,6 +63,12 @@ class Engine {
   int sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
                const float* xi, const float* bias, int stride, int pad, const float* thr,
                bool sparse, Isa isa);
+  // Any conv geometry (groups, dilation, non-square strides and pads): w / bits are
+  // (Co, Ci / groups, kh, kw). The binary one runs sbnn::BConvDirect (no fusion).
+  int conv2d_ex(int t, const float* w, int Co, int Cig, int kh, int kw, const float* bias,
+                const ConvGeometry& geo);
+  int sbconv2d_ex(int t, const uint8_t* bits, int Co, int Cig, int kh, int kw, const float* eta,
+                  const float* xi, const float* bias, const float* thr, const ConvGeometry& geo);
   int affine(int t, const float* scale, const float* shift, int C);
   int hardtanh(int t, float lo, float hi);
   int relu(int t);

@@ -103,66 +103,79 @@ void gemm_f32(const float* w, int K, const float* col, int P, const float* bias,
 
 FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias, int stride,
                      int pad, int H, int W, Isa isa)
-    : Co_(Co), Ci_(Ci), kh_(kh), kw_(kw), stride_(stride), pad_(pad), H_(H), W_(W), isa_(isa) {
+    : FloatConv(w, Co, Ci, kh, kw, bias,
+                ConvGeometry{stride, stride, pad, pad, pad, pad, 1, 1, 1}, H, W, isa) {}
+
+FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias,
+                     const ConvGeometry& geo, int H, int W, Isa isa)
+    : Co_(Co), Ci_(Ci), kh_(kh), kw_(kw), H_(H), W_(W), sh_(geo.sh), sw_(geo.sw), pt_(geo.pt),
+      pl_(geo.pl), dh_(geo.dh), dw_(geo.dw), G_(geo.groups), isa_(isa) {
   if (Co < 1 || Ci < 1 || kh < 1 || kw < 1)
     throw std::invalid_argument("conv2d: weight dimensions must be >= 1");
-  if (stride < 1 || pad < 0) throw std::invalid_argument("conv2d: stride >= 1 and padding >= 0");
-  Ho_ = (H + 2 * pad - kh) / stride + 1;
-  Wo_ = (W + 2 * pad - kw) / stride + 1;
-  if (H + 2 * pad < kh || W + 2 * pad < kw || Ho_ < 1 || Wo_ < 1)
+  if (geo.sh < 1 || geo.sw < 1 || geo.dh < 1 || geo.dw < 1 || geo.groups < 1 ||
+      std::min({geo.pt, geo.pl, geo.pb, geo.pr}) < 0)
+    throw std::invalid_argument("conv2d: stride, dilation, groups >= 1 and padding >= 0");
+  if (Ci % G_ || Co % G_)
+    throw std::invalid_argument("conv2d: channels " + std::to_string(Ci) + " -> " +
+                                std::to_string(Co) + " do not split into " +
+                                std::to_string(G_) + " groups");
+  Cig_ = Ci / G_;
+  Cog_ = Co / G_;
+  const int ekh = (kh - 1) * dh_ + 1, ekw = (kw - 1) * dw_ + 1;
+  const int hp = H + geo.pt + geo.pb, wp = W + geo.pl + geo.pr;
+  if (hp < ekh || wp < ekw)
     throw std::invalid_argument("conv2d: kernel larger than the padded input");
+  Ho_ = (hp - ekh) / sh_ + 1;
+  Wo_ = (wp - ekw) / sw_ + 1;
   if (!isa_supported(isa))
     throw std::invalid_argument(std::string("conv2d: impl '") + isa_name(isa) +
                                 "' is not supported by this CPU");
-  w_.assign(w, w + static_cast<size_t>(Co) * Ci * kh * kw);
+  const int K = Cig_ * kh * kw;
+  w_.assign(w, w + static_cast<size_t>(Co) * K);
   if (bias) bias_.assign(bias, bias + Co);
   if (isa_ == Isa::Ref) return;
   kt_ = &kernel_table(isa_);
   if (!kt_->sgemm) kt_ = &kernels_scalar();
-  const int mr = kt_->sgemm_mr, vl = kt_->sgemm_vl, K = Ci * kh * kw;
+  // depthwise (a one-channel input with groups = 1 is not: its outputs are one GEMM's rows)
+  if (depthwise()) return;  // the direct kernel reads w_ as it is
+  const int mr = kt_->sgemm_mr, vl = kt_->sgemm_vl;
   // One vector of columns when a whole image fits it (4x4 maps: 16 pixels), else two.
   nr_ = Ho_ * Wo_ <= vl ? vl : 2 * vl;
-  const int npan = (Co + mr - 1) / mr;
-  apack_.assign(static_cast<size_t>(npan) * K * mr, 0.0f);
-  for (int c = 0; c < Co; ++c)
+  const int npan = (Cog_ + mr - 1) / mr;
+  apack_.assign(static_cast<size_t>(G_) * npan * K * mr, 0.0f);
+  for (int c = 0; c < Co; ++c) {
+    const int g = c / Cog_, cg = c % Cog_;
     for (int k = 0; k < K; ++k)
-      apack_[(static_cast<size_t>(c / mr) * K + k) * mr + c % mr] =
+      apack_[((static_cast<size_t>(g) * npan + cg / mr) * K + k) * mr + cg % mr] =
           w_[static_cast<size_t>(c) * K + k];
+  }
 }
 
-void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo,
-                      float hi) const {
-  if (isa_ == Isa::Ref) {
-    image_ref(x, y, pool);
-    if (clamp)
-      for (size_t i = 0; i < static_cast<size_t>(Co_) * Ho_ * Wo_; ++i)
-        y[i] = std::min(std::max(y[i], lo), hi);
-    return;
-  }
-  const int P = Ho_ * Wo_, K = Ci_ * kh_ * kw_, nr = nr_, mr = kt_->sgemm_mr;
+void FloatConv::columns(const float* x, float* B) const {
+  const int P = Ho_ * Wo_, K = Cig_ * kh_ * kw_, nr = nr_;
   const int njb = (P + nr - 1) / nr;
-  // x (Ci, H, W) -> column panels Bp[jb][k][j] = x[ci][oh*s + ky - pad][ow*s + kx - pad] of
-  // pixel p = jb*nr + j = oh*Wo + ow, k = (ci*kh + ky)*kw + kx; zero in the padding and in the
-  // columns past P.
-  std::unique_ptr<float[]> bp(new float[static_cast<size_t>(njb) * K * nr]);
-  float* B = bp.get();
-  if (P % nr) std::fill(B + static_cast<size_t>(njb - 1) * K * nr, B + static_cast<size_t>(njb) * K * nr, 0.0f);
-  for (int ci = 0; ci < Ci_; ++ci)
+  // x (Cig, H, W) -> column panels Bp[jb][k][j] = x[ci][oh*sh + ky*dh - pt][ow*sw + kx*dw - pl]
+  // of pixel p = jb*nr + j = oh*Wo + ow, k = (ci*kh + ky)*kw + kx; zero in the padding and in
+  // the columns past P.
+  if (P % nr)
+    std::fill(B + static_cast<size_t>(njb - 1) * K * nr, B + static_cast<size_t>(njb) * K * nr,
+              0.0f);
+  for (int ci = 0; ci < Cig_; ++ci)
     for (int ky = 0; ky < kh_; ++ky)
       for (int kx = 0; kx < kw_; ++kx) {
-        const int k = (ci * kh_ + ky) * kw_ + kx;
+        const int k = (ci * kh_ + ky) * kw_ + kx, ox = kx * dw_ - pl_;
         const float* xc = x + static_cast<size_t>(ci) * H_ * W_;
-        // Valid output columns of this tap: ow*s + kx - pad in [0, W), i.e. ow in
-        // [ceil((pad - kx) / s), floor((W - 1 + pad - kx) / s)]. C++ division truncates toward
-        // zero, so a negative numerator is handled apart: on the left it clamps to 0 anyway; on
-        // the right it means the tap never lands inside the row (no valid column at all).
-        const int ow0 = std::min(Wo_, std::max(0, (pad_ - kx + stride_ - 1) / stride_));
-        const int last = W_ - 1 + pad_ - kx;
-        const int ow1 = last < 0 ? ow0 : std::max(ow0, std::min(Wo_, last / stride_ + 1));
+        // Valid output columns of this tap: ow*sw + ox in [0, W), i.e. ow in
+        // [ceil(-ox / sw), floor((W - 1 - ox) / sw)]. C++ division truncates toward zero, so a
+        // negative numerator is handled apart: on the left it clamps to 0 anyway; on the right
+        // it means the tap never lands inside the row (no valid column at all).
+        const int ow0 = std::min(Wo_, std::max(0, (-ox + sw_ - 1) / sw_));
+        const int last = W_ - 1 - ox;
+        const int ow1 = last < 0 ? ow0 : std::max(ow0, std::min(Wo_, last / sw_ + 1));
         for (int oh = 0; oh < Ho_; ++oh) {
-          const int h = oh * stride_ + ky - pad_;
+          const int h = oh * sh_ + ky * dh_ - pt_;
           const bool hin = h >= 0 && h < H_;
-          const float* xr = xc + static_cast<size_t>(hin ? h : 0) * W_ + (kx - pad_);
+          const float* xr = xc + static_cast<size_t>(hin ? h : 0) * W_ + ox;
           // Runs of one output row that stay inside one panel are contiguous there.
           for (int ow = 0; ow < Wo_;) {
             const int p = oh * Wo_ + ow, j = p % nr;
@@ -173,73 +186,177 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, fl
             const int a0 = hin ? std::min(std::max(ow0 - ow, 0), n) : n;
             const int a1 = hin ? std::min(std::max(ow1 - ow, a0), n) : n;
             for (int q = 0; q < a0; ++q) d[q] = 0.0f;
-            if (stride_ == 1) {
+            if (sw_ == 1) {
               const float* src = xr + ow;
               for (int q = a0; q < a1; ++q) d[q] = src[q];
             } else {
-              for (int q = a0; q < a1; ++q) d[q] = xr[(ow + q) * stride_];
+              for (int q = a0; q < a1; ++q) d[q] = xr[(ow + q) * sw_];
             }
             for (int q = a1; q < n; ++q) d[q] = 0.0f;
             ow += n;
           }
         }
       }
+}
+
+namespace {
+
+// One depthwise output plane: y = bias, then tap by tap (in (ky, kx) order, the order of the
+// reference GEMM's sum, so the outputs equal it) over the output pixels whose input lies
+// inside the image: no bounds test in the inner loop, which is contiguous at stride 1.
+struct DwArgs {
+  const float *x, *w;
+  float b;
+  float* y;
+  int H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw;
+};
+
+inline __attribute__((always_inline)) void dw_plane_body(const DwArgs& a) {
+  for (int i = 0; i < a.Ho * a.Wo; ++i) a.y[i] = a.b;
+  for (int ky = 0; ky < a.kh; ++ky) {
+    const int oy = ky * a.dh - a.pt;  // input row of output row 0
+    const int oh0 = std::min(a.Ho, std::max(0, (-oy + a.sh - 1) / a.sh));
+    const int lasth = a.H - 1 - oy;
+    const int oh1 = lasth < 0 ? oh0 : std::max(oh0, std::min(a.Ho, lasth / a.sh + 1));
+    for (int kx = 0; kx < a.kw; ++kx) {
+      const float wv = a.w[ky * a.kw + kx];
+      const int ox = kx * a.dw - a.pl;
+      const int ow0 = std::min(a.Wo, std::max(0, (-ox + a.sw - 1) / a.sw));
+      const int lastw = a.W - 1 - ox;
+      const int ow1 = lastw < 0 ? ow0 : std::max(ow0, std::min(a.Wo, lastw / a.sw + 1));
+      for (int oh = oh0; oh < oh1; ++oh) {
+        const float* xr = a.x + static_cast<size_t>(oh * a.sh + oy) * a.W + ox;
+        float* yr = a.y + static_cast<size_t>(oh) * a.Wo;
+        if (a.sw == 1) {
+          for (int ow = ow0; ow < ow1; ++ow) yr[ow] += wv * xr[ow];
+        } else {
+          for (int ow = ow0; ow < ow1; ++ow) yr[ow] += wv * xr[ow * a.sw];
+        }
+      }
+    }
+  }
+}
+
+void dw_plane_portable(const DwArgs& a) { dw_plane_body(a); }
+
+#if defined(SBNN_HAVE_X86_KERNELS) && defined(__GNUC__)
+// The same loops compiled for AVX2 (no FMA: a product and a sum, each rounded, as above, so
+// both give the same bits).
+__attribute__((target("avx2"))) void dw_plane_avx2(const DwArgs& a) { dw_plane_body(a); }
+#endif
+
+}  // namespace
+
+void FloatConv::image_depthwise(const float* x, float* y, ThreadPool* pool) const {
+  const int m = Co_ / Ci_;  // outputs per input channel (the depth multiplier)
+  void (*fn)(const DwArgs&) = dw_plane_portable;
+#if defined(SBNN_HAVE_X86_KERNELS) && defined(__GNUC__)
+  if (isa_ == Isa::Avx2 || isa_ == Isa::Avx512) fn = dw_plane_avx2;
+#endif
+  const size_t P = static_cast<size_t>(Ho_) * Wo_;
+  auto chan = [&](int o) {
+    DwArgs a{x + static_cast<size_t>(o / m) * H_ * W_,
+             w_.data() + static_cast<size_t>(o) * kh_ * kw_,
+             bias_.empty() ? 0.0f : bias_[o], y + o * P, H_, W_, Ho_, Wo_, kh_, kw_, sh_, sw_,
+             pt_, pl_, dh_, dw_};
+    fn(a);
+  };
+  if (pool && pool->size() > 1 && Co_ > 1)
+    pool->parallel_for(Co_, chan);
+  else
+    for (int o = 0; o < Co_; ++o) chan(o);
+}
+
+void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo,
+                      float hi) const {
+  const size_t P = static_cast<size_t>(Ho_) * Wo_;
+  auto clamp_all = [&]() {
+    if (clamp)
+      for (size_t i = 0; i < static_cast<size_t>(Co_) * P; ++i)
+        y[i] = std::min(std::max(y[i], lo), hi);
+  };
+  if (isa_ == Isa::Ref) {
+    image_ref(x, y, pool);
+    clamp_all();
+    return;
+  }
+  if (depthwise()) {
+    image_depthwise(x, y, pool);
+    clamp_all();
+    return;
+  }
+  const int K = Cig_ * kh_ * kw_, nr = nr_, mr = kt_->sgemm_mr;
+  const int njb = static_cast<int>((P + nr - 1) / nr);
+  std::unique_ptr<float[]> bp(new float[static_cast<size_t>(njb) * K * nr]);
+  float* B = bp.get();
   const float* bias = bias_.empty() ? nullptr : bias_.data();
-  const int npan = (Co_ + mr - 1) / mr;
+  const int npan = (Cog_ + mr - 1) / mr;
   const int T = pool ? pool->size() : 1;
   // Whole A panels per task: several tasks per thread for balance, one when single-threaded.
   const int ppt = T > 1 ? std::max(1, npan / (2 * T)) : npan;
   const int ntask = (npan + ppt - 1) / ppt;
-  auto task = [&](int t) {
-    const int i0 = t * ppt * mr, i1 = std::min(Co_, (t + 1) * ppt * mr);
-    kt_->sgemm(apack_.data() + static_cast<size_t>(t) * ppt * K * mr, B, i1 - i0, P, K, nr,
-               bias ? bias + i0 : nullptr, y + static_cast<size_t>(i0) * P, P);
-    if (clamp) {
-      float* r = y + static_cast<size_t>(i0) * P;
-      for (size_t i = 0; i < static_cast<size_t>(i1 - i0) * P; ++i)
-        r[i] = std::min(std::max(r[i], lo), hi);
-    }
-  };
-  if (T > 1 && ntask > 1)
-    pool->parallel_for(ntask, task);
-  else
-    for (int t = 0; t < ntask; ++t) task(t);
+  for (int g = 0; g < G_; ++g) {
+    columns(x + static_cast<size_t>(g) * Cig_ * H_ * W_, B);
+    const int c0 = g * Cog_;
+    const float* ap = apack_.data() + static_cast<size_t>(g) * npan * K * mr;
+    auto task = [&](int t) {
+      const int i0 = t * ppt * mr, i1 = std::min(Cog_, (t + 1) * ppt * mr);
+      float* r = y + static_cast<size_t>(c0 + i0) * P;
+      kt_->sgemm(ap + static_cast<size_t>(t) * ppt * K * mr, B, i1 - i0, static_cast<int>(P),
+                 K, nr, bias ? bias + c0 + i0 : nullptr, r, static_cast<int>(P));
+      if (clamp)
+        for (size_t i = 0; i < static_cast<size_t>(i1 - i0) * P; ++i)
+          r[i] = std::min(std::max(r[i], lo), hi);
+    };
+    if (T > 1 && ntask > 1)
+      pool->parallel_for(ntask, task);
+    else
+      for (int t = 0; t < ntask; ++t) task(t);
+  }
 }
 
 void FloatConv::image_ref(const float* x, float* y, ThreadPool* pool) const {
-  const int P = Ho_ * Wo_, K = Ci_ * kh_ * kw_;
-  const bool direct = kh_ == 1 && kw_ == 1 && stride_ == 1 && pad_ == 0;
+  const int P = Ho_ * Wo_, K = Cig_ * kh_ * kw_;
+  const bool direct = kh_ == 1 && kw_ == 1 && sh_ == 1 && sw_ == 1 && pt_ == 0 && pl_ == 0 &&
+                      Ho_ == H_ && Wo_ == W_;
   std::unique_ptr<float[]> colbuf;
-  const float* col = x;
-  if (!direct) {
-    colbuf.reset(new float[static_cast<size_t>(K) * P]);
-    float* cb = colbuf.get();
-    for (int ci = 0; ci < Ci_; ++ci)
-      for (int ky = 0; ky < kh_; ++ky)
-        for (int kx = 0; kx < kw_; ++kx) {
-          float* dst = cb + static_cast<size_t>((ci * kh_ + ky) * kw_ + kx) * P;
-          for (int oh = 0; oh < Ho_; ++oh) {
-            const int h = oh * stride_ + ky - pad_;
-            for (int ow = 0; ow < Wo_; ++ow) {
-              const int w = ow * stride_ + kx - pad_;
-              dst[oh * Wo_ + ow] = (h >= 0 && h < H_ && w >= 0 && w < W_)
-                                       ? x[(static_cast<size_t>(ci) * H_ + h) * W_ + w]
-                                       : 0.0f;
+  if (!direct) colbuf.reset(new float[static_cast<size_t>(K) * P]);
+  const float* bias = bias_.empty() ? nullptr : bias_.data();
+  for (int g = 0; g < G_; ++g) {
+    const float* xg = x + static_cast<size_t>(g) * Cig_ * H_ * W_;
+    const float* col = xg;
+    if (!direct) {
+      float* cb = colbuf.get();
+      for (int ci = 0; ci < Cig_; ++ci)
+        for (int ky = 0; ky < kh_; ++ky)
+          for (int kx = 0; kx < kw_; ++kx) {
+            float* dst = cb + static_cast<size_t>((ci * kh_ + ky) * kw_ + kx) * P;
+            for (int oh = 0; oh < Ho_; ++oh) {
+              const int h = oh * sh_ + ky * dh_ - pt_;
+              for (int ow = 0; ow < Wo_; ++ow) {
+                const int w = ow * sw_ + kx * dw_ - pl_;
+                dst[oh * Wo_ + ow] = (h >= 0 && h < H_ && w >= 0 && w < W_)
+                                         ? xg[(static_cast<size_t>(ci) * H_ + h) * W_ + w]
+                                         : 0.0f;
+              }
             }
           }
-        }
-    col = cb;
+      col = cb;
+    }
+    // group g: rows [g*Cog, (g+1)*Cog) of w (K = Cig*kh*kw each) against its columns
+    const float* wg = w_.data() + static_cast<size_t>(g) * Cog_ * K;
+    float* yg = y + static_cast<size_t>(g) * Cog_ * P;
+    const float* bg = bias ? bias + g * Cog_ : nullptr;
+    constexpr int CB = 16;
+    const int nblk = (Cog_ + CB - 1) / CB;
+    auto block = [&](int b) {
+      gemm_f32(wg, K, col, P, bg, b * CB, std::min(Cog_, (b + 1) * CB), yg);
+    };
+    if (pool && pool->size() > 1)
+      pool->parallel_for(nblk, block);
+    else
+      for (int b = 0; b < nblk; ++b) block(b);
   }
-  const float* bias = bias_.empty() ? nullptr : bias_.data();
-  constexpr int CB = 16;
-  const int nblk = (Co_ + CB - 1) / CB;
-  auto block = [&](int b) {
-    gemm_f32(w_.data(), K, col, P, bias, b * CB, std::min(Co_, (b + 1) * CB), y);
-  };
-  if (pool && pool->size() > 1)
-    pool->parallel_for(nblk, block);
-  else
-    for (int b = 0; b < nblk; ++b) block(b);
 }
 
 void FloatConv::forward(const float* x, int N, float* y, ThreadPool* pool, bool clamp, float lo,

@@ -8,6 +8,12 @@
 
 namespace sbnn {
 
+// A conv's geometry beyond the kernel size: strides, pads (top, left, bottom, right),
+// dilations, groups (sbnn_runtime.ops.conv_geometry's 9 numbers, in its order).
+struct ConvGeometry {
+  int sh = 1, sw = 1, pt = 0, pl = 0, pb = 0, pr = 0, dh = 1, dw = 1, groups = 1;
+};
+
 // Float conv2d: im2col written straight into the GEMM's column panels, then the ISA's register-
 // tiled FMA GEMM (KernelTable::sgemm) against the weights packed once here. Isa::Ref runs the
 // plain blocked loops of gemm_f32 (the reference twin).
@@ -16,6 +22,11 @@ class FloatConv {
   // w: (Co, Ci, kh, kw), bias: (Co) or null.
   FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias, int stride, int pad,
             int H, int W, Isa isa = default_isa());
+  // Any geometry: Ci input channels, w: (Co, Ci / groups, kh, kw). A depthwise conv (groups ==
+  // Ci) runs a direct kernel (per output channel, tap by tap over the pixels it reaches; AVX2
+  // or portable) instead of im2col; other groups run one im2col + GEMM each.
+  FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float* bias,
+            const ConvGeometry& geo, int H, int W, Isa isa = default_isa());
   // x: (N, Ci, H, W) -> y: (N, Co, Ho, Wo); with clamp, y = min(max(y, lo), hi) on the rows
   // of each GEMM task while they are in cache (the engine's conv + hardtanh fusion).
   void forward(const float* x, int N, float* y, ThreadPool* pool, bool clamp = false,
@@ -28,12 +39,17 @@ class FloatConv {
  private:
   void image(const float* x, float* y, ThreadPool* pool, bool clamp, float lo, float hi) const;
   void image_ref(const float* x, float* y, ThreadPool* pool) const;
-  int Co_, Ci_, kh_, kw_, stride_, pad_, H_, W_, Ho_, Wo_;
+  void image_depthwise(const float* x, float* y, ThreadPool* pool) const;
+  bool depthwise() const { return G_ == Ci_ && G_ > 1; }
+  // im2col of group g's channels into column panels of nr_ columns (see image())
+  void columns(const float* x, float* B) const;
+  int Co_, Ci_, kh_, kw_, H_, W_, Ho_, Wo_;
+  int sh_, sw_, pt_, pl_, dh_, dw_, G_, Cig_, Cog_;
   Isa isa_;
   const KernelTable* kt_ = nullptr;  // the table whose sgemm runs (scalar when the ISA has none)
   int nr_ = 0;                       // columns per B panel
   std::vector<float> w_, bias_;
-  std::vector<float> apack_;  // w in panels of kt_->sgemm_mr rows: [ib][k][r]
+  std::vector<float> apack_;  // w in panels of kt_->sgemm_mr rows: [g][ib][k][r]
 };
 
 // The kernel table of an ISA (scalar for Ref); defined in bconv.cpp.

@@ -1,36 +1,41 @@
 /* Float conv: the twin of conv2d in sbnn_runtime.ops. */
 #include "sbnn_micro.h"
 
-void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
-                 int w, int co, int kh, int kw, int s, int p, int oh, int ow, float *plane,
-                 float *tmp, const float *res, const sbnn_epi *e)
+void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
+                    int w, int co, int kh, int kw, const int *g, int oh, int ow, float *plane,
+                    float *tmp, const float *res, const sbnn_epi *e)
 {
+    const int sh = g[0], sw = g[1], pt = g[2], pl = g[3], dh = g[4], dw = g[5];
+    const int cig = ci / g[6], cog = co / g[6];
     int o, oy, ox, c, ky, kx;
     for (o = 0; o < co; ++o) {
         float *yo = e ? plane : y + o * oh * ow;
+        const float *xg = x + (o / cog) * cig * h * w; /* the group's first input channel */
         for (oy = 0; oy < oh * ow; ++oy)
             yo[oy] = 0.0f;
         /* tap by tap over the output pixels it reaches: the taps of each pixel still add up
            in (c, ky, kx) order, and no bounds test sits in the inner loop */
-        for (c = 0; c < ci; ++c) {
+        for (c = 0; c < cig; ++c) {
             for (ky = 0; ky < kh; ++ky) {
-                /* output rows whose input row oy*s - p + ky lies in [0, h) */
-                const int oy0 = ky >= p ? 0 : (p - ky + s - 1) / s;
-                const int oy1 = (h - 1 + p - ky) < 0 ? 0 : (h - 1 + p - ky) / s + 1;
+                /* output rows whose input row oy*sh + iy lies in [0, h) */
+                const int iy = ky * dh - pt;
+                const int oy0 = iy >= 0 ? 0 : (sh - 1 - iy) / sh;
+                const int oy1 = (h - 1 - iy) < 0 ? 0 : (h - 1 - iy) / sh + 1;
                 for (kx = 0; kx < kw; ++kx) {
-                    const float wv = wt[((o * ci + c) * kh + ky) * kw + kx];
-                    const int ox0 = kx >= p ? 0 : (p - kx + s - 1) / s;
-                    const int ox1 = (w - 1 + p - kx) < 0 ? 0 : (w - 1 + p - kx) / s + 1;
+                    const float wv = wt[((o * cig + c) * kh + ky) * kw + kx];
+                    const int ix = kx * dw - pl;
+                    const int ox0 = ix >= 0 ? 0 : (sw - 1 - ix) / sw;
+                    const int ox1 = (w - 1 - ix) < 0 ? 0 : (w - 1 - ix) / sw + 1;
                     const int oye = oy1 < oh ? oy1 : oh, oxe = ox1 < ow ? ox1 : ow;
                     for (oy = oy0; oy < oye; ++oy) {
-                        const float *xr = x + (c * h + oy * s - p + ky) * w - p + kx;
+                        const float *xr = xg + (c * h + oy * sh + iy) * w + ix;
                         float *yr = yo + oy * ow;
-                        if (s == 1) /* the common case: contiguous, no multiply per tap */
+                        if (sw == 1) /* the common case: contiguous, no multiply per tap */
                             for (ox = ox0; ox < oxe; ++ox)
                                 yr[ox] += wv * xr[ox];
                         else
                             for (ox = ox0; ox < oxe; ++ox)
-                                yr[ox] += wv * xr[ox * s];
+                                yr[ox] += wv * xr[ox * sw];
                     }
                 }
             }
@@ -40,5 +45,26 @@ void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, i
                 yo[oy] += bias[o];
         if (e)
             sbnn_epilogue(e, plane, oh, ow, o, y, tmp, res);
+    }
+}
+
+void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
+                 int w, int co, int kh, int kw, int s, int p, int oh, int ow, float *plane,
+                 float *tmp, const float *res, const sbnn_epi *e)
+{
+    int g[7];
+    g[0] = g[1] = s;
+    g[2] = g[3] = p;
+    g[4] = g[5] = g[6] = 1;
+    sbnn_conv2d_ex(x, y, wt, bias, ci, h, w, co, kh, kw, g, oh, ow, plane, tmp, res, e);
+}
+
+void sbnn_sign_planes(const float *x, float *y, const float *thr, int c, int hw)
+{
+    int i, j;
+    for (i = 0; i < c; ++i) {
+        const float t = thr ? thr[i] : 0.0f;
+        for (j = 0; j < hw; ++j)
+            y[i * hw + j] = x[i * hw + j] >= t ? 1.0f : -1.0f;
     }
 }

@@ -93,6 +93,16 @@ void sbnn_epilogue(const sbnn_epi *e, float *plane, int h, int w, int o, float *
 void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
                  int w, int co, int kh, int kw, int s, int p, int oh, int ow, float *plane,
                  float *tmp, const float *res, const sbnn_epi *e);
+/* any geometry: g = {sh, sw, pt, pl, dh, dw, groups} (the bottom and right pads follow from oh
+   and ow); wt: (co, ci / groups, kh, kw), output o reads the input channels of its group
+   (depthwise: groups = ci). sbnn_conv2d is this with g = {s, s, p, p, 1, 1, 1}. */
+void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
+                    int w, int co, int kh, int kw, const int *g, int oh, int ow, float *plane,
+                    float *tmp, const float *res, const sbnn_epi *e);
+/* y = +1 where x >= thr[c] (0 when thr is 0) else -1, as floats: the input of a grouped,
+   dilated or non-square binary conv, which then runs as sbnn_conv2d_ex of its folded weight.
+   x, y: (c, hw) */
+void sbnn_sign_planes(const float *x, float *y, const float *thr, int c, int hw);
 /* y = W x + b; W: (o, n); bias: (o) or 0 */
 void sbnn_linear(const float *x, float *y, const float *wt, const float *bias, int o, int n);
 

@@ -48,16 +48,35 @@ def _bits(bits) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(bits), dtype=np.uint8)
 
 
+def _pair(v, n: int) -> tuple[int, ...]:
+    return (int(v),) * n if np.isscalar(v) else tuple(int(u) for u in v)
+
+
 def conv2d_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
-                     stride: int = 1, padding: int = 0) -> np.ndarray:
+                     stride=1, padding=0, dilation=1, groups: int = 1) -> np.ndarray:
     """Plain float32 conv2d (zero padding), numpy only.
-    x: (N, Ci, H, W), w: (Co, Ci, kh, kw) -> (N, Co, Ho, Wo)."""
+    x: (N, Ci, H, W), w: (Co, Ci / groups, kh, kw) -> (N, Co, Ho, Wo).
+
+    ``stride``: int or (sh, sw); ``padding``: int or (top, left, bottom, right);
+    ``dilation``: int or (dh, dw); ``groups``: input and output channels split into that
+    many groups, group g's outputs reading only group g's inputs (depthwise: groups = Ci)."""
     x = np.asarray(x, dtype=np.float32)
     w = np.asarray(w, dtype=np.float32)
-    if padding:
-        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    sh, sw = _pair(stride, 2)
+    pt, pl, pb, pr = _pair(padding, 4)
+    dh, dw = _pair(dilation, 2)
+    if groups > 1:  # a grouped conv is the channel concat of its groups' convs
+        cig, cog = x.shape[1] // groups, w.shape[0] // groups
+        return np.concatenate([
+            conv2d_reference(x[:, g * cig:(g + 1) * cig], w[g * cog:(g + 1) * cog],
+                             None if bias is None else np.asarray(bias)[g * cog:(g + 1) * cog],
+                             (sh, sw), (pt, pl, pb, pr), (dh, dw))
+            for g in range(groups)], axis=1)
+    if pt or pl or pb or pr:
+        x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     kh, kw = w.shape[2:]
-    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    win = sliding_window_view(x, (ekh, ekw), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
     # win: (N, Ci, Ho, Wo, kh, kw); contract (Ci, kh, kw) with the weight
     y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # (N, Ho, Wo, Co)
     y = np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -73,28 +92,34 @@ def binarize_reference(x: np.ndarray, thr: np.ndarray | None = None) -> np.ndarr
     return np.where(x >= t, np.float32(1), np.float32(-1))
 
 
-def bconv2d_counts_reference(x, bits, stride: int = 1, padding: int = 0, thr=None
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """The exact integer parts, numpy only. x: (N, Ci, H, W), bits: (Co, Ci, kh, kw) ->
-    (conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo)). float64 holds these
-    integers exactly (|count| <= Ci*kh*kw)."""
+def bconv2d_counts_reference(x, bits, stride=1, padding=0, thr=None, dilation=1,
+                             groups: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The exact integer parts, numpy only. x: (N, Ci, H, W), bits: (Co, Ci / groups, kh, kw)
+    -> (conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo), or (N, groups, Ho, Wo)
+    when grouped: each group's window sum over its own input channels). float64 holds these
+    integers exactly (|count| <= Ci*kh*kw). Geometry arguments as :func:`conv2d_reference`."""
     sx = binarize_reference(x, thr).astype(np.float64)
     b = np.asarray(bits, dtype=np.float64)
-    cnt = conv2d_reference(sx, b, None, stride, padding)
-    ones = np.ones((1,) + b.shape[1:])
-    ws = conv2d_reference(sx, ones, None, stride, padding)[:, 0]
+    cnt = conv2d_reference(sx, b, None, stride, padding, dilation, groups)
+    ones = np.ones((groups,) + b.shape[1:])
+    ws = conv2d_reference(sx, ones, None, stride, padding, dilation, groups)
+    ws = ws[:, 0] if groups == 1 else ws
     return cnt.round().astype(np.int32), ws.round().astype(np.int32)
 
 
-def bconv2d_reference(x, bits, eta, xi, bias, stride: int = 1, padding: int = 0, thr=None
-                      ) -> np.ndarray:
+def bconv2d_reference(x, bits, eta, xi, bias, stride=1, padding=0, thr=None, dilation=1,
+                      groups: int = 1) -> np.ndarray:
     """Float output from the integer parts, numpy only: (N, Co, Ho, Wo) float32, computed as
-    ``eta * count + (xi * wsum + bias)`` in float32, as the native kernels do."""
-    cnt, ws = bconv2d_counts_reference(x, bits, stride, padding, thr)
+    ``eta * count + (xi * wsum + bias)`` in float32, as the native kernels do (``wsum``: the
+    window sum of the output channel's group)."""
+    cnt, ws = bconv2d_counts_reference(x, bits, stride, padding, thr, dilation, groups)
+    if groups == 1:
+        ws = ws[:, None]
+    ws = np.repeat(ws, cnt.shape[1] // groups, axis=1)  # (N, Co, Ho, Wo)
     eta = np.asarray(eta, dtype=np.float32)[None, :, None, None]
     xi = np.asarray(xi, dtype=np.float32)[None, :, None, None]
     bias = np.asarray(bias, dtype=np.float32)[None, :, None, None]
-    return (eta * cnt.astype(np.float32) + (xi * ws[:, None].astype(np.float32) + bias)
+    return (eta * cnt.astype(np.float32) + (xi * ws.astype(np.float32) + bias)
             ).astype(np.float32)
 
 

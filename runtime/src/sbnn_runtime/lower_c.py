@@ -50,7 +50,7 @@ import numpy as np
 
 from sbnn_runtime import passes
 from sbnn_runtime.files import atomic_write
-from sbnn_runtime.ops import OPS, Graph, lowering
+from sbnn_runtime.ops import OPS, Graph, conv_geometry, lowering
 
 __all__ = ["CExportError", "BINARY_FORMATS", "ARENA_ALIGN", "CModel", "CNode", "check_name",
            "generate_c", "export_c", "export_file", "format_sizes", "kernel_files"]
@@ -233,7 +233,8 @@ class CNode:
                           enc.data_bytes, enc.data)
             sbytes = enc.start_bytes
             start, bits = em.uarr(f"L{i}_start", _UINT[sbytes], sbytes, enc.starts), "0"
-        fields = [ci, h, w, co, kh, kw, A["stride"], A["padding"], self.out[1], self.out[2],
+        geom = conv_geometry(nd)  # a square, ungrouped one (ops._is_fast_bconv)
+        fields = [ci, h, w, co, kh, kw, geom[0], geom[2], self.out[1], self.out[2],
                   _CODE[enc.kind], sbytes, idx, start, bits, self.farr("eta", P["eta"]),
                   self.farr("xi", P["xi"]), self.farr("bias", P["bias"]),
                   self.farr("thr", P.get("thr")) if A["binary_input"] else "0"]

@@ -75,6 +75,9 @@ __all__ = [
     "pool_geometry",
     "user_input_shape",
     "UPSAMPLE_MODES",
+    "INTS",
+    "conv_geometry",
+    "conv_is_simple",
 ]
 
 DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1")}
@@ -178,8 +181,9 @@ class OpSpec:
     # (node, output_shape) -> k, stride, pad, oh, ow, is_max, count_include_pad of an
     # sbnn_epi: a pooling a conv may run channel by channel in its epilogue
     c_epilogue: Callable[[Node, Shape], list[int]] | None = None
-    # optional attributes: name -> value when a node leaves it out (files written before it)
-    defaults: dict[str, Any] = field(default_factory=dict)
+    # attributes a node may leave out (files written before them; each op's rule then reads
+    # its default)
+    optional_attrs: tuple[str, ...] = ()
 
 
 OPS: dict[str, OpSpec] = {}
@@ -213,24 +217,91 @@ def _cview(v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 _I, _F, _B = int, float, bool
+
+
+class INTS:
+    """Attribute type: an int or a list of ints (a conv's stride, padding, dilation)."""
+
+
+def _int_or_ints(v: Any) -> bool:
+    def small(u: Any) -> bool:
+        return isinstance(u, int) and not isinstance(u, bool) and 0 <= u <= 1 << 16
+    return small(v) or (isinstance(v, (list, tuple)) and 1 <= len(v) <= 4
+                        and all(small(u) for u in v))
 _F32_MAX = float(np.finfo(np.float32).max)  # float attributes run as float32
 
 
 # -- conv2d / sbconv2d ------------------------------------------------------------------------
 
+ConvGeometry = tuple[int, int, int, int, int, int, int, int, int]
+
+
+def conv_geometry(nd: Node) -> ConvGeometry:
+    """A conv-like node's attributes as ``(sh, sw, pt, pl, pb, pr, dh, dw, groups)``.
+
+    The one reader of a conv's geometry (shape rules, references, costs, every lowering):
+    ``stride`` is an int or ``[sh, sw]``; ``padding`` an int or ``[top, left, bottom, right]``;
+    ``dilation`` (default 1) an int or ``[dh, dw]``; ``groups`` (default 1) an int. Files
+    written before these forms existed (ints, no dilation or groups) read unchanged. Raises
+    :class:`SBNNFormatError` on any other form.
+    """
+    A = nd.attrs
+
+    def ints(name: str, n: int, default: int = 0) -> tuple[int, ...]:
+        v = A.get(name, default)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return (v,) * n
+        if isinstance(v, (list, tuple)) and len(v) == n and all(
+                isinstance(u, int) and not isinstance(u, bool) for u in v):
+            return tuple(v)
+        raise _err(f"{nd.op} {nd.name!r}: attribute {name!r} must be an int or a list of {n} "
+                   f"ints, got {v!r}")
+
+    sh, sw = ints("stride", 2)
+    pt, pl, pb, pr = ints("padding", 4)
+    dh, dw = ints("dilation", 2, 1)
+    (groups,) = ints("groups", 1, 1)
+    if min(sh, sw, dh, dw, groups) < 1 or min(pt, pl, pb, pr) < 0:
+        raise _err(f"{nd.op} {nd.name!r}: stride, dilation and groups must be >= 1, padding "
+                   f">= 0 (stride {A.get('stride')!r}, padding {A.get('padding')!r}, dilation "
+                   f"{A.get('dilation', 1)!r}, groups {A.get('groups', 1)!r})")
+    return sh, sw, pt, pl, pb, pr, dh, dw, groups
+
+
+def conv_is_simple(geom: ConvGeometry) -> bool:
+    """One stride, one padding on every side, no dilation, no groups: the geometry every
+    backend had before grouped, dilated and non-square convs (the fast binary kernels')."""
+    sh, sw, pt, pl, pb, pr, dh, dw, groups = geom
+    return sh == sw and pt == pl == pb == pr and dh == dw == groups == 1
+
+
+def _conv_out(where: str, geom: ConvGeometry, h: int, w: int, kh: int, kw: int) -> tuple[int, int]:
+    sh, sw, pt, pl, pb, pr, dh, dw, _ = geom
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # the dilated kernel's extent
+    if min(kh, kw) < 1 or max(pt, pl, pb, pr) >= max(ekh, ekw):
+        raise _err(f"{where}: bad kernel {kh}x{kw} (dilation {dh}x{dw}) or padding "
+                   f"{[pt, pl, pb, pr]}: each pad must be smaller than the kernel's extent "
+                   "(a larger one: a zeropad node before the conv)")
+    oh, ow = (h + pt + pb - ekh) // sh + 1, (w + pl + pr - ekw) // sw + 1
+    if min(oh, ow) < 1:
+        raise _err(f"{where}: kernel {kh}x{kw} (dilation {dh}x{dw}, padding "
+                   f"{[pt, pl, pb, pr]}) does not fit input {h}x{w}")
+    return oh, ow
+
+
 def _conv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
     c, h, w = _spatial(where, ins[0])
     P = nd.params
+    geom = conv_geometry(nd)
+    groups = geom[8]
     wt = P["weight"] if nd.op == "conv2d" else P["bits"]
-    if wt.ndim != 4 or wt.shape[1] != c:
-        raise _err(f"{where}: weight shape {wt.shape} does not take {c} input channels")
+    if wt.ndim != 4 or c % groups or wt.shape[1] * groups != c:
+        raise _err(f"{where}: weight shape {wt.shape} does not take {c} input channels in "
+                   f"{groups} group(s)")
     co, _, kh, kw = wt.shape
-    st, pad = nd.attrs["stride"], nd.attrs["padding"]
-    if co < 1 or st < 1 or not 0 <= pad < max(kh, kw, 1) or min(kh, kw) < 1:
-        raise _err(f"{where}: bad kernel {kh}x{kw}, stride {st} or padding {pad}")
-    oh, ow = (h + 2 * pad - kh) // st + 1, (w + 2 * pad - kw) // st + 1
-    if min(oh, ow) < 1:
-        raise _err(f"{where}: kernel {kh}x{kw} pad {pad} does not fit input {h}x{w}")
+    if co < 1 or co % groups:
+        raise _err(f"{where}: {co} output channels do not split into {groups} groups")
+    oh, ow = _conv_out(where, geom, h, w, kh, kw)
     for p in (["bias"] if nd.op == "conv2d" else ["eta", "xi", "bias"]):
         if p in P:
             _expect(where, p, P[p], (co,))
@@ -239,8 +310,8 @@ def _conv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
             raise _err(f"{where}: bits must be 0/1")
         if "thr" in P:
             _expect(where, "thr", P["thr"], (c,))
-        if nd.attrs["binary_input"]:  # every limit of the native binary conv, before it runs
-            why = kc.bconv_limit_error(c, h, w, kh, kw, st, pad)
+        if _is_fast_bconv(nd):  # every limit of the native binary conv, before it runs
+            why = kc.bconv_limit_error(c, h, w, kh, kw, geom[0], geom[2])
             if why:
                 raise _err(f"{where}: {why}")
     return (co, oh, ow)
@@ -261,28 +332,43 @@ def _ones(bits: np.ndarray) -> int:
 def _bgeom(nd: Node, ins: list[Shape]) -> kc.BConvGeometry:
     co, ci, kh, kw = nd.params["bits"].shape
     _, h, w = ins[0]
-    return kc.bconv_geometry(ci, h, w, kh, kw, nd.attrs["stride"], nd.attrs["padding"], 64)
+    geom = conv_geometry(nd)
+    return kc.bconv_geometry(ci, h, w, kh, kw, geom[0], geom[2], 64)
 
 
 def _is_bconv(nd: Node) -> bool:
     return nd.op == "sbconv2d" and nd.attrs["binary_input"]
 
 
+def _is_fast_bconv(nd: Node) -> bool:
+    """A binary conv the engine's packed sparse/dense kernels take (sbnn::BConvLayer); a
+    grouped, dilated or non-square one runs sbnn::BConvDirect (bconv.cpp) instead."""
+    return _is_bconv(nd) and conv_is_simple(conv_geometry(nd))
+
+
 def _conv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
-    # float conv (and sbconv2d on real inputs): the im2col column panels of one image; binary
-    # conv: the larger scratch of its sparse and dense kernels (kernel_costs)
+    # float conv (and sbconv2d on real inputs): the im2col column panels of one image (one
+    # group's); binary conv: the larger scratch of its sparse and dense kernels
+    # (kernel_costs); the direct binary conv: its +-1 padded input and one int32 output plane
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
-    if _is_bconv(nd):
+    if _is_fast_bconv(nd):
         return kc.bconv_workspace(_bgeom(nd, ins), wt.shape[0])
+    if _is_bconv(nd):
+        sh, sw, pt, pl, pb, pr, *_ = conv_geometry(nd)
+        c, h, w = ins[0]
+        return c * (h + pt + pb) * (w + pl + pr) + 8 * out[1] * out[2] + 64
     return kc.fconv_workspace(int(np.prod(wt.shape[1:])), out[1] * out[2])
 
 
 def _conv_work(nd: Node, ins: list[Shape], out: Shape) -> int:
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
     co = wt.shape[0]
-    if _is_bconv(nd):  # both kernels may run (the engine times them at the first run)
+    if _is_fast_bconv(nd):  # both kernels may run (the engine times them at the first run)
         g = _bgeom(nd, ins)
         return kc.sparse_steps(g, co, _ones(wt)) + kc.dense_steps(g, co)
+    if _is_bconv(nd):  # the direct kernel: every tap of the window sum, every 1-bit
+        return (int(np.prod(out)) * int(np.prod(wt.shape[1:]))
+                + out[1] * out[2] * _ones(wt) + int(np.prod(ins[0])))
     c, h, w = ins[0]
     return kc.fconv_steps(co, int(np.prod(wt.shape[1:])), out[1] * out[2], c, h, w)
 
@@ -291,46 +377,67 @@ def _conv_engine_bytes(nd: Node, ins: list[Shape], out: Shape) -> int:
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
     co = wt.shape[0]
     vecs = sum(int(a.size) for p, a in nd.params.items() if p not in ("weight", "bits"))
-    if _is_bconv(nd):
+    if _is_fast_bconv(nd):
         return 4 * vecs + kc.bconv_param_bytes(_bgeom(nd, ins), co, _ones(wt))
+    if _is_bconv(nd):  # its bits and one 4-byte offset per 1-bit
+        return 4 * vecs + int(wt.size) + 4 * _ones(wt) + 64
     # the float weight (dequantized from the bits: a transient numpy array) and FloatConv's
     return (4 * wt.size if nd.op == "sbconv2d" else 0) + 4 * vecs + kc.fconv_param_bytes(
         co, int(np.prod(wt.shape[1:])))
 
 
 def _onnx_conv(ctx, nd: Node, ins: list[str], out: str, w: np.ndarray, x: str) -> None:
-    P, A = nd.params, nd.attrs
+    P = nd.params
+    sh, sw, pt, pl, pb, pr, dh, dw, groups = conv_geometry(nd)
     args = [x, ctx.const("w", w)]
     if "bias" in P:
         args.append(ctx.const("b", P["bias"]))
-    p = A["padding"]
-    ctx.node("Conv", args, [out], kernel_shape=list(w.shape[2:]), strides=[A["stride"]] * 2,
-             pads=[p] * 4)
+    ctx.node("Conv", args, [out], kernel_shape=list(w.shape[2:]), strides=[sh, sw],
+             pads=[pt, pl, pb, pr], dilations=[dh, dw], group=groups)
 
 
-def _conv2d_c(cn) -> str:
+def _conv_reference(x: np.ndarray, nd: Node, w: np.ndarray, bias) -> np.ndarray:
+    sh, sw, pt, pl, pb, pr, dh, dw, groups = conv_geometry(nd)
+    return kernels.conv2d_reference(x, w, bias, (sh, sw), (pt, pl, pb, pr), (dh, dw), groups)
+
+
+def _conv_native(eng, src: int, nd: Node, w: np.ndarray, bias) -> int:
+    geom = conv_geometry(nd)
+    if conv_is_simple(geom):
+        return eng.conv2d(src, w, bias, geom[0], geom[2])
+    return eng.conv2d_ex(src, w, bias, list(geom))
+
+
+def _conv_c_call(cn, w: np.ndarray, bias, x: str) -> str:
     # x: (ci, h, w) -> y: (co, oh, ow), through the fused epilogue when there is one
-    (ci, h, w), (co, oh, ow) = cn.ins[0], cn.out
-    kh, kw = cn.node.params["weight"].shape[2:]
-    A = cn.node.attrs
-    return (f"sbnn_conv2d({cn.x[0]}, {cn.y}, {cn.farr('w', cn.node.params['weight'])}, "
-            f"{cn.farr('b', cn.node.params.get('bias'))}, {ci}, {h}, {w}, {co}, {kh}, {kw}, "
-            f"{A['stride']}, {A['padding']}, {oh}, {ow}, {cn.epilogue()});")
+    (ci, h, wd), (co, oh, ow) = cn.ins[0], cn.out
+    kh, kw = w.shape[2:]
+    geom = conv_geometry(cn.node)
+    wa, ba = cn.farr("w", w), cn.farr("b", bias)
+    if conv_is_simple(geom):
+        return (f"sbnn_conv2d({x}, {cn.y}, {wa}, {ba}, {ci}, {h}, {wd}, {co}, {kh}, {kw}, "
+                f"{geom[0]}, {geom[2]}, {oh}, {ow}, {cn.epilogue()});")
+    # sh, sw, pt, pl, dh, dw, groups: the bottom and right pads follow from oh and ow
+    g = "{" + ", ".join(str(v) for v in (*geom[:4], *geom[6:])) + "}"
+    return (f"{{ static const int G[7] = {g}; sbnn_conv2d_ex({x}, {cn.y}, {wa}, {ba}, {ci}, "
+            f"{h}, {wd}, {co}, {kh}, {kw}, G, {oh}, {ow}, {cn.epilogue()}); }}")
 
+
+_CONV_ATTRS = {"stride": INTS, "padding": INTS, "dilation": INTS, "groups": _I}
 
 _register(OpSpec(
-    "conv2d", 1, {"stride": _I, "padding": _I},
+    "conv2d", 1, dict(_CONV_ATTRS),
     {"weight": ("f32", True), "bias": ("f32", False)},
     shape=_conv_shape,
-    reference=lambda nd, x: kernels.conv2d_reference(
-        x[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
-        nd.attrs["padding"]),
-    lower_native=lambda eng, nd, src, opt: eng.conv2d(
-        src[0], nd.params["weight"], nd.params.get("bias"), nd.attrs["stride"],
-        nd.attrs["padding"]),
+    reference=lambda nd, x: _conv_reference(x[0], nd, nd.params["weight"],
+                                            nd.params.get("bias")),
+    lower_native=lambda eng, nd, src, opt: _conv_native(eng, src[0], nd, nd.params["weight"],
+                                                        nd.params.get("bias")),
     lower_onnx=lambda ctx, nd, ins, out: _onnx_conv(ctx, nd, ins, out, nd.params["weight"], ins[0]),
-    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work, lower_c=_conv2d_c,
-    engine_bytes=_conv_engine_bytes,
+    macs=_conv_macs, workspace=_conv_workspace, work=_conv_work,
+    lower_c=lambda cn: _conv_c_call(cn, cn.node.params["weight"], cn.node.params.get("bias"),
+                                    cn.x[0]),
+    engine_bytes=_conv_engine_bytes, optional_attrs=("dilation", "groups"),
 ))
 
 
@@ -338,19 +445,23 @@ def _sbconv_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
     P, A = nd.params, nd.attrs
     if not A["binary_input"]:  # real activations: a float conv with the folded weight
         w = kernels.dequantized_weight(P["bits"], P["eta"], P["xi"])
-        return kernels.conv2d_reference(x[0], w, P["bias"], A["stride"], A["padding"])
-    return kernels.bconv2d_reference(x[0], P["bits"], P["eta"], P["xi"], P["bias"], A["stride"],
-                                     A["padding"], P.get("thr"))
+        return _conv_reference(x[0], nd, w, P["bias"])
+    sh, sw, pt, pl, pb, pr, dh, dw, groups = conv_geometry(nd)
+    return kernels.bconv2d_reference(x[0], P["bits"], P["eta"], P["xi"], P["bias"], (sh, sw),
+                                     (pt, pl, pb, pr), P.get("thr"), (dh, dw), groups)
 
 
 def _sbconv_build(eng, nd: Node, src: list[int], opt: dict) -> int:
     P, A = nd.params, nd.attrs
     if not A["binary_input"]:
         w = kernels.dequantized_weight(P["bits"], P["eta"], P["xi"])
-        return eng.conv2d(src[0], w, P["bias"], A["stride"], A["padding"])
-    return eng.sbconv2d(src[0], P["bits"], P["eta"], P["xi"], P["bias"], A["stride"],
-                        A["padding"], P.get("thr"), opt.get("sparse", True),
-                        opt.get("impl", "auto"))
+        return _conv_native(eng, src[0], nd, w, P["bias"])
+    geom = conv_geometry(nd)
+    if not conv_is_simple(geom):  # grouped, dilated, non-square: the direct binary kernel
+        return eng.sbconv2d_ex(src[0], P["bits"], P["eta"], P["xi"], P["bias"], P.get("thr"),
+                               list(geom))
+    return eng.sbconv2d(src[0], P["bits"], P["eta"], P["xi"], P["bias"], geom[0], geom[2],
+                        P.get("thr"), opt.get("sparse", True), opt.get("impl", "auto"))
 
 
 def _sbconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
@@ -358,7 +469,7 @@ def _sbconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
     P = nd.params
     x = ins[0]
     if nd.attrs["binary_input"]:
-        c = P["bits"].shape[1]
+        c = P["thr"].shape[0] if "thr" in P else P["bits"].shape[1] * conv_geometry(nd)[8]
         thr = P.get("thr", np.zeros(c, np.float32))
         ge = ctx.tmp("ge")
         ctx.node("GreaterOrEqual", [x, ctx.const("thr", thr.reshape(1, -1, 1, 1))], [ge])
@@ -370,9 +481,12 @@ def _sbconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
 
 def _sbconv_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> dict[str, int]:
     # the padded input planes (int8 when binarised, unless the producer wrote them) and the
-    # window sums with the channel-sum plane
+    # window sums with the channel-sum plane; a grouped, dilated or non-square binary conv:
+    # its +-1 input as floats (then the float conv of its folded weight)
     ci, h, w = ins[0]
-    p = nd.attrs["padding"]
+    if not conv_is_simple(conv_geometry(nd)):  # sign into xp (binary), then the float conv
+        return {"xp": ci * h * w} if nd.attrs["binary_input"] else {}
+    p = conv_geometry(nd)[2]
     planes = ci * (h + 2 * p) * (w + 2 * p)
     sc = {} if in_map else {"xp": (planes + 3) // 4 if nd.attrs["binary_input"] else planes}
     sc["ws"] = out[1] * out[2] + (h + 2 * p) * (w + 2 * p)
@@ -380,9 +494,20 @@ def _sbconv_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> d
 
 
 def _sbconv_c(cn) -> str:
+    nd = cn.node
+    if not conv_is_simple(conv_geometry(nd)):  # a geometry the encoded kernels do not take
+        P = nd.params
+        w = kernels.dequantized_weight(P["bits"], P["eta"], P["xi"])
+        if not nd.attrs["binary_input"]:
+            return _conv_c_call(cn, w, P["bias"], cn.x[0])
+        ci, h, wd = cn.ins[0]
+        xp = cn.scratch("xp")
+        # its input as +-1 floats (sbnn_sign_planes), then the float conv of its folded weight
+        return (f"sbnn_sign_planes({cn.x[0]}, {xp}, {cn.farr('thr', P.get('thr'))}, {ci}, "
+                f"{h * wd}); " + _conv_c_call(cn, w, P["bias"], xp))
     layer = cn.sb_layer()  # its encoded weights and vectors
     tail = f"{cn.scratch('ws')}, offs, {cn.epilogue()}"
-    if not cn.node.attrs["binary_input"]:
+    if not nd.attrs["binary_input"]:
         return f"sbnn_sbconv_real({layer}, {cn.x[0]}, {cn.y}, {cn.scratch('xp')}, {tail});"
     if cn.in_map:  # the producer wrote the padded int8 map already
         return f"sbnn_sbconv_bin({layer}, 0, {cn.y}, (int8_t *){cn.x[0]}, {tail});"
@@ -391,7 +516,7 @@ def _sbconv_c(cn) -> str:
 
 
 _register(OpSpec(
-    "sbconv2d", 1, {"stride": _I, "padding": _I, "binary_input": _B},
+    "sbconv2d", 1, {**_CONV_ATTRS, "binary_input": _B},
     {"bits": ("u8", True), "eta": ("f32", True), "xi": ("f32", True), "bias": ("f32", True),
      "thr": ("f32", False)},
     shape=_conv_shape, reference=_sbconv_reference, lower_native=_sbconv_build,
@@ -399,7 +524,62 @@ _register(OpSpec(
     macs=_conv_macs, workspace=_conv_workspace, work=_conv_work, lower_c=_sbconv_c,
     engine_bytes=_conv_engine_bytes,
     bit_params=("bits",), binary=lambda nd: bool(nd.attrs["binary_input"]),
-    c_scratch=_sbconv_c_scratch, c_input_first=lambda nd: nd.attrs["binary_input"],
+    c_scratch=_sbconv_c_scratch, c_input_first=_is_fast_bconv,
+    optional_attrs=("dilation", "groups"),
+))
+
+
+# -- zeropad: nn.ZeroPad2d / F.pad that no conv could take as its own padding --------------
+# (the tracer folds a zero pad into the float conv after it; before a binary conv it pads with
+# zeros that the conv then binarises to +1, so it stays a node). Every backend runs it as the
+# identity depthwise 1x1 conv with these pads: no kernel of its own.
+
+def _zeropad_pads(nd: Node, where: str) -> tuple[int, int, int, int]:
+    p = nd.attrs["pads"]
+    if len(p) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                              for v in p):
+        raise _err(f"{where}: pads must be 4 ints >= 0 (top, left, bottom, right), got {p!r}")
+    return tuple(p)  # type: ignore[return-value]
+
+
+def _zeropad_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    c, h, w = _spatial(where, ins[0])
+    t, left, b, r = _zeropad_pads(nd, where)
+    return (c, h + t + b, w + left + r)
+
+
+def _zeropad_geom(nd: Node, c: int) -> list[int]:
+    t, left, b, r = nd.attrs["pads"]
+    return [1, 1, t, left, b, r, 1, 1, c]
+
+
+def _zeropad_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    t, left, b, r = nd.attrs["pads"]
+    return np.pad(x[0], ((0, 0), (0, 0), (t, b), (left, r)))
+
+
+def _zeropad_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    c = ctx.shapes[nd.inputs[0]][0]
+    t, left, b, r = nd.attrs["pads"]
+    ctx.node("Conv", [ins[0], ctx.const("one", np.ones((c, 1, 1, 1), np.float32))], [out],
+             kernel_shape=[1, 1], pads=[t, left, b, r], group=c)
+
+
+def _zeropad_c(cn) -> str:
+    (c, h, w), (_, oh, ow) = cn.ins[0], cn.out
+    g = "{" + ", ".join(str(v) for v in _zeropad_geom(cn.node, c)[:4] + [1, 1, c]) + "}"
+    return (f"{{ static const int G[7] = {g}; sbnn_conv2d_ex({cn.x[0]}, {cn.y}, "
+            f"{cn.farr('one', np.ones((c, 1, 1, 1), np.float32))}, 0, {c}, {h}, {w}, {c}, 1, 1, "
+            f"G, {oh}, {ow}, 0, 0, 0, 0); }}")
+
+
+_register(OpSpec(
+    "zeropad", 1, {"pads": list}, {},
+    shape=_zeropad_shape, reference=_zeropad_reference,
+    lower_native=lambda eng, nd, src, opt: eng.conv2d_ex(
+        src[0], np.ones((eng.shape(src[0])[0], 1, 1, 1), np.float32), None,
+        _zeropad_geom(nd, eng.shape(src[0])[0])),
+    lower_onnx=_zeropad_onnx, lower_c=_zeropad_c, macs=lambda nd, ins, out: int(np.prod(out)),
 ))
 
 
@@ -908,8 +1088,6 @@ def _pool_out(n: int, k: int, s: int, p0: int, p1: int, ceil: bool, where: str) 
 def _pool_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
     c, h, w = _spatial(where, ins[0])
     g = pool_geometry(nd, where)
-    if "ceil_mode" in nd.attrs and not isinstance(nd.attrs["ceil_mode"], bool):
-        raise _err(f"{where}: attribute 'ceil_mode' must be bool")
     return (c, _pool_out(h, g.kh, g.sh, g.pt, g.pb, g.ceil, where),
             _pool_out(w, g.kw, g.sw, g.pl, g.pr, g.ceil, where))
 
@@ -1005,21 +1183,23 @@ def _pool_native(eng, nd: Node, src: list[int], opt: dict) -> int:
                       nd.attrs.get("count_include_pad", True))
 
 
-_KSP = (int, list)  # an int, or a list of ints per axis / side
+_KSP = INTS  # an int, or a list of ints per axis / side
 _register(OpSpec(
-    "avgpool", 1, {"k": _KSP, "stride": _KSP, "pad": _KSP, "count_include_pad": _B}, {},
+    "avgpool", 1,
+    {"k": _KSP, "stride": _KSP, "pad": _KSP, "count_include_pad": _B, "ceil_mode": _B},
+    {},
     shape=_pool_shape, reference=_avgpool_reference,
     lower_native=_pool_native,
     lower_onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
-    c_epilogue=_pool_c_epilogue(0), defaults={"ceil_mode": False},
+    c_epilogue=_pool_c_epilogue(0), optional_attrs=("ceil_mode",),
 ))
 
 _register(OpSpec(
-    "maxpool", 1, {"k": _KSP, "stride": _KSP, "pad": _KSP}, {},
+    "maxpool", 1, {"k": _KSP, "stride": _KSP, "pad": _KSP, "ceil_mode": _B}, {},
     shape=_pool_shape, reference=_maxpool_reference,
     lower_native=_pool_native,
     lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
-    c_epilogue=_pool_c_epilogue(1), defaults={"ceil_mode": False},
+    c_epilogue=_pool_c_epilogue(1), optional_attrs=("ceil_mode",),
 ))
 
 
@@ -1121,10 +1301,12 @@ def _check_node(i: int, nd: Node) -> OpSpec:
         raise _err(f"{where}: needs {spec.inputs} input(s) among earlier nodes, got {nd.inputs}")
     for a, t in spec.attrs.items():
         v = nd.attrs.get(a)
-        if isinstance(t, tuple):  # one of several types (e.g. an int or a list of ints): the
-            if not isinstance(v, t) or isinstance(v, bool):  # op's shape rule checks values
-                raise _err(f"{where}: attribute {a!r} must be "
-                           f"{' or '.join(x.__name__ for x in t)}, got {v!r}")
+        if v is None and a in spec.optional_attrs:
+            continue
+        if t is INTS:  # an int or a list of ints: the op's shape rule checks the values
+            if not _int_or_ints(v):
+                raise _err(f"{where}: attribute {a!r} must be an int or a list of ints, got "
+                           f"{v!r}")
             continue
         ok = isinstance(v, t) and not (t is int and isinstance(v, bool))
         if t is float and isinstance(v, int) and not isinstance(v, bool):

@@ -75,7 +75,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sbnn_runtime.ops import OPS, Graph, GraphCost, Node, infer_shapes, pool_geometry
+from sbnn_runtime.ops import (
+    OPS,
+    Graph,
+    GraphCost,
+    Node,
+    conv_geometry,
+    conv_is_simple,
+    infer_shapes,
+    pool_geometry,
+)
 
 __all__ = ["Step", "Encoding", "Buffer", "Plan", "readers", "live_nodes", "unfused_steps",
            "fold_affine_linear", "fuse_epilogues", "fuse_pool_residual", "binary_maps",
@@ -231,7 +240,9 @@ def unfused_steps(graph: Graph, order: list[int] | None = None) -> list[Step]:
 
 
 def _is_binary_conv(nd: Node) -> bool:
-    return nd.op == _BCONV and bool(nd.attrs["binary_input"])
+    # the packed binary kernels' convs (a grouped, dilated or non-square one runs alone)
+    return nd.op == _BCONV and bool(nd.attrs["binary_input"]) and \
+        conv_is_simple(conv_geometry(nd))
 
 
 def _is_float_conv(nd: Node) -> bool:
@@ -394,7 +405,7 @@ def binary_maps(graph: Graph, steps: list[Step]) -> dict[int, tuple[np.ndarray |
                 not all(_is_binary_conv(g.nodes[r]) for r in rd):
             continue
         thr = [g.nodes[r].params.get("thr") for r in rd]
-        pads = {g.nodes[r].attrs["padding"] for r in rd}
+        pads = {conv_geometry(g.nodes[r])[2] for r in rd}
         same = all((a is None and thr[0] is None) or (a is not None and thr[0] is not None
                                                       and np.array_equal(a, thr[0]))
                    for a in thr)
@@ -462,10 +473,13 @@ def choose_encoding(bits: np.ndarray, binary_format: str = "auto") -> Encoding:
 
 def choose_encodings(graph: Graph, binary_format: str = "auto",
                      order: list[int] | None = None) -> dict[int, Encoding]:
-    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones)."""
+    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones)
+    whose bits a backend stores encoded: one stride, one padding, no dilation or groups (the
+    others run as the float conv of their folded weight in C)."""
     order = live_nodes(graph) if order is None else order
     return {i: choose_encoding(graph.nodes[i].params["bits"], binary_format)
-            for i in order if graph.nodes[i].op == _BCONV}
+            for i in order if graph.nodes[i].op == _BCONV
+            and conv_is_simple(conv_geometry(graph.nodes[i]))}
 
 
 # -- lifetimes and the arena ------------------------------------------------------------------

@@ -40,12 +40,20 @@ from sbnn.method.exportable import (
     ACT_MODULES,
     SUPPORTED,
     ExportError,
-    check_conv,
+    conv_attrs,
     hw_pair,
     module_problem,
     suggest,
 )
-from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
+from sbnn.method.layers import (
+    LearnableBias,
+    RPReLU,
+    RSign,
+    SBConv1d,
+    SBConv2d,
+    SBLayer,
+    SBLinear,
+)
 from sbnn.method.primitives import fold_levels
 from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
@@ -70,12 +78,14 @@ class _Val:
     """A value during conversion: a tensor of the graph, or a pending binarisation / shift."""
 
     tid: int
-    # "t": tensor; "bin": sign(x - thr) not materialised; "shift": x + shift; "int": a Python
-    # int or the batch size (obj; x.size(0), C // g); "size": the torch shape of tensor tid;
-    # "split": tensor tid viewed as (N, g, C // g, H, W) (obj: g); "split_t": that with dims 1
-    # and 2 swapped (a channel shuffle once reshaped back)
+    # "t": tensor; "bin": sign(x - thr) not materialised; "shift": x + shift; "pad": x
+    # zero-padded by vec = (top, left, bottom, right), not materialised (a float conv after it
+    # takes the pads as its own); "int": a Python int or the batch size (obj; x.size(0),
+    # C // g); "size": the torch shape of tensor tid; "split": tensor tid viewed as
+    # (N, g, C // g, H, W) (obj: g); "split_t": that with dims 1 and 2 swapped (a channel
+    # shuffle once reshaped back)
     kind: str = "t"
-    vec: np.ndarray | None = None  # thr for "bin", shift for "shift"
+    vec: np.ndarray | None = None  # thr for "bin", shift for "shift", pads for "pad"
     obj: Any = None
 
 
@@ -206,6 +216,9 @@ class _Converter:
             raise ExportError(f"operation {where!r} reads a 5-D view (N, g, C // g, H, W); the "
                               "only 5-D view supported is a channel shuffle: x.view(N, g, C // g, "
                               "H, W).transpose(1, 2).reshape(N, C, H, W), or nn.ChannelShuffle")
+        if v.kind == "pad":
+            return self.emit("zeropad", [v.tid], where + ".pad",
+                             {"pads": [int(p) for p in v.vec]}).tid
         if v.kind == "shift":
             c = self.shapes[v.tid][0]
             return self.emit("affine", [v.tid], where + ".shift",
@@ -332,6 +345,13 @@ class _Converter:
             return self.mean(node, _arg(node, 1, "dim"), _arg(node, 2, "keepdim", False), where)
         if fn is torch.cat:
             return self.cat(node, where)
+        if fn is F.pad:
+            if _arg(node, 2, "mode", "constant") != "constant" or _arg(node, 3, "value", None) \
+                    not in (None, 0, 0.0):
+                raise ExportError(f"operation {where!r} (F.pad{_call_args(node)}): only constant "
+                                  "zero padding is supported; nearest supported form: "
+                                  "F.pad(x, pads) (mode='constant', value=0)")
+            return self.zero_pad(node, _arg(node, 1, "pad"), where)
         if fn is F.hardtanh:
             lo, hi = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
             return self.emit("hardtanh", [self.tensor(self.inp(node), where)], where,
@@ -414,6 +434,38 @@ class _Converter:
         for k, t in enumerate(ids[1:]):
             out = self.emit("concat", [out, t], where if k == len(ids) - 2 else f"{where}.{k}").tid
         return _Val(out)
+
+    def zero_pad(self, node: fx.Node, pads, where: str) -> _Val:
+        """F.pad / nn.ZeroPad2d (torch order: left, right, top, bottom): a pending "pad"."""
+        v = self.inp(node)
+        src = self.tensor(v, where) if v.kind != "pad" else v.tid
+        pads = list(pads) if isinstance(pads, (tuple, list)) else [pads] * 4
+        if src in self.seq and len(pads) == 2:
+            pads = pads + [0, 0]
+        if len(pads) != 4 or not all(isinstance(p, int) and p >= 0 for p in pads):
+            raise ExportError(f"operation {where!r}: padding {pads} (supported: the last two "
+                              "dims, each pad >= 0)")
+        left, right, top, bottom = pads
+        new = np.array([top, left, bottom, right], np.int64)
+        if v.kind == "pad":  # two pads in a row add up
+            new = new + v.vec
+        return _Val(src, "pad", new)
+
+    def conv_input(self, node: fx.Node, m: nn.Module, attrs: dict, where: str) -> int:
+        """The float conv's input tensor, a pending zero pad folded into its ``attrs`` (unless
+        a pad would then reach the kernel's extent, which the format refuses: a zeropad node
+        then)."""
+        v = self.inp(node)
+        if v.kind != "pad":
+            return self.tensor(v, where)
+        p = attrs["padding"]
+        p = [p] * 4 if isinstance(p, int) else list(p)
+        p = [int(a + b) for a, b in zip(p, v.vec, strict=True)]
+        k, d = np.atleast_1d(m.kernel_size), np.atleast_1d(m.dilation)
+        if max(p) >= int(((k - 1) * d + 1).max()):
+            return self.tensor(v, where)
+        attrs["padding"] = p[0] if len(set(p)) == 1 else p
+        return v.tid
 
     def flatten(self, node: fx.Node, start: int, end: int) -> _Val:
         v, where = self.inp(node), node.name
@@ -600,8 +652,13 @@ class _Converter:
 
     def convert_module(self, node: fx.Node, m: nn.Module, where: str) -> _Val:
         kind = type(m).__name__
-        if isinstance(m, SBConv2d):
+        if isinstance(m, (SBConv2d, SBConv1d)):
             return self.sbconv(node, m, where)
+        if isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d, nn.ConstantPad1d)):
+            if float(m.value) != 0.0:
+                raise ExportError(f"layer {where!r} ({kind}({m.extra_repr()})): only zero padding "
+                                  "is supported; nearest supported form: nn.ZeroPad2d")
+            return self.zero_pad(node, m.padding, where)
         if isinstance(m, SBLinear):
             if m.act is not None:
                 return self.sblinear(node, m, where)
@@ -609,17 +666,18 @@ class _Converter:
             w = dequantized_weight(p["bits"], p["eta"], p["xi"])  # (out, in) float32
             return self.emit("linear", [self.features(self.tensor(self.inp(node), where), where)],
                              where, params={"weight": w, "bias": p["bias"]})
-        if type(m) is nn.Conv2d:
-            stride, pad = check_conv(m, where)
+        if type(m) in (nn.Conv2d, nn.Conv1d):
+            attrs = conv_attrs(m, where)
             bn, bn_node = self.bn_after(node)
             w = m.weight.detach().double()
+            if w.ndim == 3:  # Conv1d: a (1, k) kernel on the (C, 1, L) map
+                w = w.unsqueeze(2)
             b = m.bias.detach().double() if m.bias is not None else None
             if bn is not None:
                 s, t = _bn_scale_shift(bn, bn_node.target)
                 w = w * s.view(-1, 1, 1, 1)
                 b = (b * s if b is not None else 0) + t
-            v = self.emit("conv2d", [self.tensor(self.inp(node), where)], where,
-                          {"stride": stride, "padding": pad},
+            v = self.emit("conv2d", [self.conv_input(node, m, attrs, where)], where, attrs,
                           {"weight": _f32(w), "bias": None if b is None else _f32(b)})
             if bn_node is not None:
                 self.folded[bn_node] = v
@@ -693,6 +751,9 @@ class _Converter:
             return self.shuffle(node, m.groups, where)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return self.global_pool(node, m.output_size, where)
+        if isinstance(m, nn.AdaptiveAvgPool1d):
+            return self.global_pool(node, 1 if m.output_size in (1, (1,)) else m.output_size,
+                                    where)
         if isinstance(m, nn.Flatten):
             return self.flatten(node, m.start_dim, m.end_dim)
         raise ExportError(f"layer {where!r} ({kind}) with arguments ({m.extra_repr()}) is not "
@@ -732,15 +793,20 @@ class _Converter:
             self.folded[bn_node] = out
         return out
 
-    def sbconv(self, node: fx.Node, m: SBConv2d, where: str) -> _Val:
-        stride, pad = check_conv(m, where)
+    def sbconv(self, node: fx.Node, m: SBConv2d | SBConv1d, where: str) -> _Val:
+        attrs = conv_attrs(m, where)
         bn, bn_node = self.bn_after(node)
         params = fold_sbconv(m, bn, where)
-        # without binary activations: a float conv with the dequantized, folded weights
-        src, thr, binary = self.binarised_source(self.inp(node), m, where)
+        if params["bits"].ndim == 3:  # SBConv1d: a (1, k) kernel on the (C, 1, L) map
+            params["bits"] = params["bits"][:, :, None, :]
+        v = self.inp(node)
+        if v.kind != "bin" and m.act is None:  # real activations: a float conv with the
+            # dequantized, folded weights (a pending zero pad folds into its padding)
+            src, thr, binary = self.conv_input(node, m, attrs, where), None, False
+        else:  # (a pending zero pad is padded here, then binarised to +1)
+            src, thr, binary = self.binarised_source(self.inp(node), m, where)
         params["thr"] = thr
-        out = self.emit("sbconv2d", [src], where,
-                        {"stride": stride, "padding": pad, "binary_input": binary}, params)
+        out = self.emit("sbconv2d", [src], where, {**attrs, "binary_input": binary}, params)
         if bn_node is not None:
             self.folded[bn_node] = out
         return out

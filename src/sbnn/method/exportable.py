@@ -11,8 +11,8 @@ from torch import nn
 
 from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBLayer
 
-__all__ = ["ExportError", "pair", "hw_pair", "check_conv", "module_problem", "suggest", "SUPPORTED",
-           "MODULES", "ACT_MODULES", "ACT_FUNCTIONS", "ACT_METHODS"]
+__all__ = ["ExportError", "pair", "hw_pair", "conv_attrs", "module_problem", "suggest",
+           "SUPPORTED", "MODULES", "ACT_MODULES", "ACT_FUNCTIONS", "ACT_METHODS"]
 
 
 class ExportError(ValueError):
@@ -40,20 +40,50 @@ def hw_pair(v, where: str, what: str) -> tuple[int, int]:
     raise ExportError(f"layer {where!r}: {what} {v!r} is not supported (an int or (h, w))")
 
 
-def check_conv(m: nn.Conv2d, where: str) -> tuple[int, int]:
-    """``(stride, padding)`` of a conv the exporter takes; else :class:`ExportError` naming it
-    and its arguments, with the nearest supported form."""
+def _ints(v, n: int, where: str, what: str) -> tuple[int, ...]:
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+    if len(v) != n or not all(isinstance(u, int) and not isinstance(u, bool) for u in v):
+        raise ExportError(f"layer {where!r}: {what} {v!r} is not supported")
+    return tuple(int(u) for u in v)
+
+
+def conv_attrs(m: nn.Module, where: str) -> dict:
+    """The graph attributes of a ``Conv2d`` / ``Conv1d`` (or their sparse-binary twins) in the
+    runtime's form (``sbnn_runtime.ops.conv_geometry``): ``stride`` an int or ``[sh, sw]``,
+    ``padding`` an int or ``[top, left, bottom, right]``, ``dilation`` and ``groups`` only when
+    not 1. ``padding='same'`` becomes its explicit pads (torch puts the odd one at the end); a
+    ``Conv1d`` is the conv2d of a ``(1, k)`` kernel on the ``(C, 1, L)`` map. Anything else
+    raises :class:`ExportError` naming the layer, its arguments and the nearest supported form.
+    """
     args = f"{type(m).__name__}({m.extra_repr()})"
-    if m.groups != 1:
-        raise ExportError(f"layer {where!r} ({args}): grouped and depthwise convs are not "
-                          "supported yet; nearest supported form: groups=1 (a dense nn.Conv2d)")
-    if pair(m.dilation, where, "dilation") != 1:
-        raise ExportError(f"layer {where!r} ({args}): dilated convs are not supported yet; "
-                          "nearest supported form: dilation=1 with a larger kernel")
     if m.padding_mode != "zeros":
         raise ExportError(f"layer {where!r} ({args}): padding_mode {m.padding_mode!r} is not "
-                          "supported; nearest supported form: padding_mode='zeros'")
-    return pair(m.stride, where, "stride"), pair(m.padding, where, "padding")
+                          "supported; nearest supported form: padding_mode='zeros' (or an "
+                          "explicit nn.ZeroPad2d / F.pad before a padding=0 conv)")
+    one_d = isinstance(m, nn.Conv1d)
+    n = 1 if one_d else 2
+    k = _ints(m.kernel_size, n, where, "kernel size")
+    st = _ints(m.stride, n, where, "stride")
+    dl = _ints(m.dilation, n, where, "dilation")
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            pads = (0,) * n, (0,) * n
+        else:  # 'same' (torch allows it at stride 1 only): total d (k - 1), the odd one after
+            tot = [d * (kk - 1) for d, kk in zip(dl, k, strict=True)]
+            pads = tuple(t // 2 for t in tot), tuple(t - t // 2 for t in tot)
+    else:
+        p = _ints(m.padding, n, where, "padding")
+        pads = p, p
+    if one_d:  # (1, k) on (C, 1, L)
+        st, dl, pads = (1, *st), (1, *dl), ((0, *pads[0]), (0, *pads[1]))
+    (pt, pl), (pb, pr) = pads
+    attrs: dict = {"stride": st[0] if st[0] == st[1] else list(st),
+                   "padding": pt if pt == pl == pb == pr else [pt, pl, pb, pr]}
+    if dl != (1, 1):
+        attrs["dilation"] = dl[0] if dl[0] == dl[1] else list(dl)
+    if m.groups != 1:
+        attrs["groups"] = int(m.groups)
+    return attrs
 
 
 ACT_MODULES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Hardswish: "hardswish",
@@ -65,9 +95,10 @@ ACT_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
 
 # What the tracer takes, for error messages (the layers; functions and methods alike)
 SUPPORTED = (
-    "Conv2d (square stride and padding, groups=1, no dilation; a BatchNorm2d after it is "
-    "folded), Linear, SBConv2d, SBLinear (with or without binary activations), BatchNorm2d, "
-    "BatchNorm1d (on features or (N, C, L)), "
+    "Conv2d and Conv1d (any stride, padding, 'same', dilation, groups; padding_mode='zeros'; "
+    "a BatchNorm after it is folded), ZeroPad2d / F.pad (constant 0), Linear, SBConv2d, "
+    "SBConv1d, SBLinear (with or without binary activations), BatchNorm2d, BatchNorm1d (on "
+    "features or (N, C, L)), "
     "ReLU, ReLU6, Hardtanh, LeakyReLU, PReLU, RPReLU, SiLU, Hardswish, Hardsigmoid, Sigmoid, "
     "Tanh, Softmax(dim=1), RSign, LearnableBias, MaxPool2d, AvgPool2d (any window, stride, "
     "padding, ceil_mode), AdaptiveAvgPool2d(1), "
@@ -79,8 +110,6 @@ SUPPORTED = (
 
 # The nearest supported form of what users reach for (by torch class or function name)
 _NEAREST = {
-    "Conv1d": "no 1-D convs yet: give the model (C, 1, L) inputs and use nn.Conv2d, or keep "
-              "this part of the model outside sbnn",
     "Conv3d": "use nn.Conv2d",
     "ConvTranspose2d": "use nn.Upsample(scale_factor=2) followed by nn.Conv2d",
     "Upsample": "nn.Upsample(scale_factor=2, mode='nearest' or 'bilinear')",
@@ -115,10 +144,11 @@ def suggest(kind: str, full: bool = True) -> str:
 
 
 # the torch layers the tracer takes (a container is traced through)
-MODULES = (SBLayer, RSign, LearnableBias, RPReLU, nn.Conv2d, nn.Linear, nn.BatchNorm1d,
-            nn.BatchNorm2d, nn.Hardtanh, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Softmax,
+MODULES = (SBLayer, RSign, LearnableBias, RPReLU, nn.Conv2d, nn.Conv1d, nn.ZeroPad2d,
+            nn.ConstantPad2d, nn.ConstantPad1d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
+            nn.Hardtanh, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Softmax,
             *ACT_MODULES, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d,
-            nn.AdaptiveAvgPool2d, nn.Flatten, nn.Upsample, nn.ChannelShuffle)
+            nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.Flatten, nn.Upsample, nn.ChannelShuffle)
 
 
 def module_problem(m: nn.Module, where: str = "") -> str | None:
@@ -141,8 +171,11 @@ def module_problem(m: nn.Module, where: str = "") -> str | None:
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
             raise ExportError(f"layer {where!r} ({kind}({m.extra_repr()})): divisor_override; "
                               "nearest supported form: divisor_override=None")
-        if isinstance(m, nn.Conv2d):
-            check_conv(m, where)
+        if isinstance(m, (nn.Conv2d, nn.Conv1d)):
+            conv_attrs(m, where)
+        if isinstance(m, (nn.ConstantPad1d, nn.ConstantPad2d)) and float(m.value) != 0.0:
+            raise ExportError(f"layer {where!r} ({kind}({m.extra_repr()})): only zero padding "
+                              "is supported; nearest supported form: nn.ZeroPad2d")
     except ExportError as exc:
         return str(exc)
     if isinstance(m, MODULES) or next(m.children(), None) is not None:

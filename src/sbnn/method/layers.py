@@ -53,7 +53,7 @@ from sbnn.method import estimators
 from sbnn.method.primitives import dequantize, group_means, to_bits
 
 __all__ = ["DOMAINS", "TIED_DOMAINS", "SCALE_ONLY_DOMAINS", "set_fixed_r_", "SBLayer", "SBConv2d",
-           "SBLinear", "LearnableBias", "RSign",
+           "SBConv1d", "SBLinear", "LearnableBias", "RSign",
            "RPReLU"]
 
 DOMAINS = ("learned", "closed_form", "pm1", "01", "abr", "pm1c")
@@ -204,6 +204,44 @@ class SBConv2d(SBLayer, nn.Conv2d):
     """Sparse-binary ``nn.Conv2d``: same signature, plus ``domain``, ``weight_estimator``, ``act``.
 
     ``x: (N, C_in, H, W) -> (N, C_out, H', W')``; zero padding pads the binarised input with 0.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        domain: str = "learned",
+        weight_estimator="ste",
+        act="approx_sign",
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )
+        self._init_sb(domain, weight_estimator, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.binarize_input(x), self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self.sb_extra_repr()
+
+
+class SBConv1d(SBLayer, nn.Conv1d):
+    """Sparse-binary ``nn.Conv1d`` (audio, sensor nets): as :class:`SBConv2d`, one dimension.
+
+    ``x: (N, C_in, L) -> (N, C_out, L')``; the exporter runs it as a conv2d with a (1, k) kernel
+    on the (C, 1, L) map.
     """
 
     def __init__(

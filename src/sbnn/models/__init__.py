@@ -74,4 +74,11 @@ def architecture_kwargs(model: nn.Module, given: dict | None = None) -> dict:
 
 
 # Importing the model modules fills the registry.
-from sbnn.models import fmnist, reactnet, resnet_irnet, tiny  # noqa: E402, F401
+from sbnn.models import (  # noqa: E402, F401
+    fmnist,
+    kws,
+    mobilenet,
+    reactnet,
+    resnet_irnet,
+    tiny,
+)

@@ -15,11 +15,19 @@ from torch import fx, nn
 from sbnn.method import estimators
 from sbnn.method.constraint import sb_layers
 from sbnn.method.exportable import module_problem
-from sbnn.method.layers import DOMAINS, SBConv2d, SBLayer, SBLinear
+from sbnn.method.layers import DOMAINS, SBConv1d, SBConv2d, SBLayer, SBLinear
 from sbnn.method.primitives import closed_form
 
 __all__ = ["BinarizeConfig", "binarize_", "init_closed_form_", "init_authors_", "LEVEL_STARTS",
-           "ReLUBeforeBinaryWarning", "relus_feeding"]
+           "ReLUBeforeBinaryWarning", "relus_feeding", "MIN_GROUP_CHANNELS", "SWAPPED"]
+
+# the torch layers binarize_ swaps for sparse-binary twins
+SWAPPED = (nn.Conv2d, nn.Conv1d, nn.Linear)
+# A grouped conv with fewer input channels per group stays float (depthwise: 1). Its binary
+# twin would sum a handful of +-1 taps per output (9 for a 3x3 depthwise): too coarse to keep
+# accuracy, and too little work for the binary kernels to save anything (MobileNets spend ~3 %
+# of their MACs there). binarize_ says which it kept.
+MIN_GROUP_CHANNELS = 8
 
 # how a closed-form start sets tau/phi: "fit" = least squares under the domain's tie, "unit" =
 # the authors' tau = 1, phi = 0 (01: phi = tau = 1)
@@ -35,7 +43,9 @@ class BinarizeConfig:
         weight_estimator: estimator name for the weights' sign
             (see ``sbnn.method.estimators.names()``).
         act: estimator name for the input activations, or ``None`` for real activations.
-        keep_first: keep the first ``nn.Conv2d`` in full precision (the paper's layout).
+        keep_first: keep the first conv (``nn.Conv2d`` or ``nn.Conv1d``) in full precision (the
+            paper's layout). Depthwise and grouped convs with fewer than
+            :data:`MIN_GROUP_CHANNELS` input channels per group always stay float.
         keep_last: keep the last ``nn.Linear`` (the classifier) in full precision.
         linear: also swap ``nn.Linear`` layers other than the kept classifier.
     """
@@ -63,8 +73,9 @@ class BinarizeConfig:
 def _swap(module: nn.Module, config: BinarizeConfig) -> nn.Module:
     kw = dict(domain=config.domain, weight_estimator=config.weight_estimator, act=config.act)
     dev, dt = module.weight.device, module.weight.dtype
-    if isinstance(module, nn.Conv2d):
-        new = SBConv2d(
+    if isinstance(module, (nn.Conv2d, nn.Conv1d)):
+        cls = SBConv2d if isinstance(module, nn.Conv2d) else SBConv1d
+        new = cls(
             module.in_channels, module.out_channels, module.kernel_size, module.stride,
             module.padding, module.dilation, module.groups, module.bias is not None,
             module.padding_mode, device=dev, dtype=dt, **kw,
@@ -192,9 +203,9 @@ def _warn_unexportable(model: nn.Module) -> None:
     for name, m in model.named_modules():
         why = module_problem(m, name)
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)) and not isinstance(
-                m, SBLayer) and type(m) not in (nn.Conv2d, nn.Linear):
-            why = (f"{name!r} ({type(m).__name__}) skipped: binarize_ swaps only nn.Conv2d and "
-                   f"nn.Linear" + (f"; {why}" if why else ""))
+                m, SBLayer) and type(m) not in SWAPPED:
+            why = (f"{name!r} ({type(m).__name__}) skipped: binarize_ swaps only nn.Conv2d, "
+                   f"nn.Conv1d and nn.Linear" + (f"; {why}" if why else ""))
         if why:
             found.append(why)
     if found:
@@ -207,19 +218,22 @@ def binarize_(
     config: BinarizeConfig | None = None,
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
 ) -> nn.Module:
-    """Swap ``nn.Conv2d`` / ``nn.Linear`` layers of ``model`` for sparse-binary twins, in place.
+    """Swap ``nn.Conv2d`` / ``nn.Conv1d`` / ``nn.Linear`` layers of ``model`` for sparse-binary
+    twins, in place.
 
-    Weights and biases are copied. The first conv and the last linear (the classifier) stay full
-    precision unless ``config.keep_first`` / ``config.keep_last`` say otherwise. ``filter_fn(name,
-    module)`` can veto further layers (return False to keep one). Returns ``model``.
+    Weights and biases are copied. Depthwise convs, and grouped convs with fewer than
+    :data:`MIN_GROUP_CHANNELS` input channels per group, stay float (a warning names them).
+    The first conv and the last linear (the classifier) stay full precision unless
+    ``config.keep_first`` / ``config.keep_last`` say otherwise. ``filter_fn(name, module)`` can
+    veto further layers (return False to keep one). Returns ``model``.
     """
     config = config or BinarizeConfig()
     candidates = [
         (name, m)
         for name, m in model.named_modules()
-        if type(m) in (nn.Conv2d, nn.Linear) and not isinstance(m, SBLayer)
+        if type(m) in SWAPPED and not isinstance(m, SBLayer)
     ]
-    convs = [n for n, m in candidates if isinstance(m, nn.Conv2d)]
+    convs = [n for n, m in candidates if isinstance(m, (nn.Conv2d, nn.Conv1d))]
     linears = [n for n, m in candidates if isinstance(m, nn.Linear)]
     skip = set()
     if config.keep_first and convs:
@@ -228,6 +242,13 @@ def binarize_(
         skip.add(linears[-1])
     if not config.linear:
         skip.update(linears)
+    thin = [n for n, m in candidates if isinstance(m, (nn.Conv2d, nn.Conv1d)) and m.groups > 1
+            and m.in_channels // m.groups < MIN_GROUP_CHANNELS and n not in skip]
+    if thin:
+        skip.update(thin)
+        warnings.warn(f"binarize_: kept {len(thin)} depthwise/grouped conv(s) in float (fewer "
+                      f"than {MIN_GROUP_CHANNELS} input channels per group): "
+                      + ", ".join(repr(n) for n in thin), UserWarning, stacklevel=2)
     swap = [(name, m) for name, m in candidates
             if name not in skip and (filter_fn is None or filter_fn(name, m))]
     if config.act is not None and swap:
