@@ -1,0 +1,79 @@
+// The int8 GEMM for AVX2 (flags set per file in CMakeLists.txt): vpmaddwd on operands widened
+// to int16, four weight rows by two columns at a time. vpmaddubsw would take uint8 x int8
+// directly but sums each pair in saturating int16 (255 * 127 * 2 > 32767): widening first keeps
+// every sum exact.
+#include <immintrin.h>
+
+#include "core/int8.h"
+
+namespace sbnn {
+
+namespace {
+
+inline int32_t hsum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i wrow(const int8_t* p) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+inline __m256i ucol(const uint8_t* p) {
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+}  // namespace
+
+void qgemm_avx2(const int8_t* w, const int32_t* /*wsum*/, const uint8_t* col, int Co, int P,
+                int Kp, int32_t* acc, int ldc) {
+  int c = 0;
+  for (; c + 4 <= Co; c += 4) {
+    const int8_t* w0 = w + static_cast<size_t>(c) * Kp;
+    int p = 0;
+    for (; p + 2 <= P; p += 2) {
+      const uint8_t* x0 = col + static_cast<size_t>(p) * Kp;
+      const uint8_t* x1 = x0 + Kp;
+      __m256i a[8];
+      for (auto& v : a) v = _mm256_setzero_si256();
+      for (int k = 0; k < Kp; k += 16) {
+        const __m256i u0 = ucol(x0 + k), u1 = ucol(x1 + k);
+        for (int r = 0; r < 4; ++r) {
+          const __m256i wr = wrow(w0 + static_cast<size_t>(r) * Kp + k);
+          a[2 * r] = _mm256_add_epi32(a[2 * r], _mm256_madd_epi16(wr, u0));
+          a[2 * r + 1] = _mm256_add_epi32(a[2 * r + 1], _mm256_madd_epi16(wr, u1));
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        acc[static_cast<size_t>(c + r) * ldc + p] = hsum(a[2 * r]);
+        acc[static_cast<size_t>(c + r) * ldc + p + 1] = hsum(a[2 * r + 1]);
+      }
+    }
+    for (; p < P; ++p) {
+      const uint8_t* x0 = col + static_cast<size_t>(p) * Kp;
+      __m256i a[4];
+      for (auto& v : a) v = _mm256_setzero_si256();
+      for (int k = 0; k < Kp; k += 16) {
+        const __m256i u0 = ucol(x0 + k);
+        for (int r = 0; r < 4; ++r)
+          a[r] = _mm256_add_epi32(a[r],
+                                  _mm256_madd_epi16(wrow(w0 + static_cast<size_t>(r) * Kp + k), u0));
+      }
+      for (int r = 0; r < 4; ++r) acc[static_cast<size_t>(c + r) * ldc + p] = hsum(a[r]);
+    }
+  }
+  for (; c < Co; ++c) {
+    const int8_t* wr = w + static_cast<size_t>(c) * Kp;
+    for (int p = 0; p < P; ++p) {
+      const uint8_t* x0 = col + static_cast<size_t>(p) * Kp;
+      __m256i a = _mm256_setzero_si256();
+      for (int k = 0; k < Kp; k += 16)
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(wrow(wr + k), ucol(x0 + k)));
+      acc[static_cast<size_t>(c) * ldc + p] = hsum(a);
+    }
+  }
+}
+
+}  // namespace sbnn
