@@ -82,7 +82,8 @@ def test_reference_sum_is_exact_integer_arithmetic():
                     for c in range(cig):
                         for ky in range(kh):
                             for kx in range(kw):
-                                iy, ix = oy * st[0] - pads[0] + ky * dil[0], ox * st[1] - pads[1] + kx * dil[1]
+                                iy = oy * st[0] - pads[0] + ky * dil[0]
+                                ix = ox * st[1] - pads[1] + kx * dil[1]
                                 v = int(xq[b, (o // (co // g)) * cig + c, iy, ix]) if (
                                     0 <= iy < h and 0 <= ix < wd) else z
                                 s += int(w[o, c, ky, kx]) * (v - z)
