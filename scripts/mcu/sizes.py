@@ -14,6 +14,9 @@ them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05):
 * **fp32 float twin**: the registry's ``*_fp`` twin exported through the same generator: for
   the main job compiled; for ResNet-18 (44 MB of weights) its weights and vectors counted by
   the generator plus the code size of the compiled fmnist float twin, and its arena planned;
+* **sbnn, int8 float layers**: the same sbnn network with its float layers (stem, shortcuts,
+  classifier) in int8 (``sbnn_runtime.quantize``, calibrated on random normal batches), as
+  ``sbnn export --int8 --c`` writes it, compiled the same way;
 * **int8 float twin**: an estimate, not compiled: the fp32 twin's weight tensors at 1 byte
   each (per-channel vectors stay fp32), the code of the fp32 twin, and int8 activations
   (its arena / 4).
@@ -28,6 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 CPU = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
@@ -81,6 +85,7 @@ def weight_tensor_bytes(graph) -> int:
 
 def measure(name: str, code_fp: int | None) -> dict:
     from sbnn.deploy.export import to_graph
+    from sbnn_runtime import quantize
     from sbnn_runtime.lower_c import generate_c
 
     model, fp, shape = make(name)
@@ -90,6 +95,10 @@ def measure(name: str, code_fp: int | None) -> dict:
         row["sbnn"] = arm_size(generate_c(g), Path(d))
         row["sbnn"]["layers"] = generate_c(g, values=False).layers
         row["dense_bnn"] = arm_size(generate_c(g, "packed"), Path(d))
+        rng = np.random.default_rng(0)
+        q = quantize.quantize_graph(g, [rng.standard_normal((8, *shape), dtype=np.float32)
+                                        for _ in range(4)])
+        row["sbnn_int8"] = arm_size(generate_c(q), Path(d))
         if name == "main":
             row["fp32"] = arm_size(generate_c(gfp), Path(d))
             row["fp32"]["code"] = row["fp32"]["flash"] - row["fp32"]["weight_bytes"]
@@ -118,7 +127,9 @@ def main(argv=None) -> int:
         if name in a.models:
             rows.append(r)
         kb = lambda v: f"{v / 1024:,.1f} KiB"  # noqa: E731
-        print(f"{name}: sbnn {kb(r['sbnn']['flash'])} / {kb(r['sbnn']['ram'])}, dense BNN "
+        print(f"{name}: sbnn {kb(r['sbnn']['flash'])} / {kb(r['sbnn']['ram'])}, with int8 "
+              f"float layers {kb(r['sbnn_int8']['flash'])} / {kb(r['sbnn_int8']['ram'])} "
+              f"({r['sbnn']['flash'] / r['sbnn_int8']['flash']:.2f}x less flash), dense BNN "
               f"{kb(r['dense_bnn']['flash'])} / {kb(r['dense_bnn']['ram'])}, int8 twin (est.) "
               f"{kb(r['int8']['flash'])} / {kb(r['int8']['ram'])}, fp32 twin "
               f"{kb(r['fp32']['flash'])} / {kb(r['fp32']['ram'])}  (flash / RAM); fp32 twin "

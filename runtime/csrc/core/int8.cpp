@@ -115,6 +115,72 @@ QConv::QConv(const int8_t* w, const float* scale, const float* bias, float x_sca
   }
   scale_.assign(scale, scale + g.Co);
   if (bias) bias_.assign(bias, bias + g.Co);
+#ifdef SBNN_HAVE_X86_KERNELS
+  // the pair layout computes 16 positions at a time: a linear (one position) keeps the
+  // per-position dot products of qgemm_avx2
+  pairs_ = fn_ == qgemm_avx2 && P_ >= 8;
+#endif
+  if (pairs_) {
+    K2_ = (K_ + 1) / 2;
+    Pp_ = (P_ + 15) / 16 * 16;
+    wp_.assign(static_cast<size_t>(g.Co) * K2_, 0);
+    for (int c = 0; c < g.Co; ++c)
+      for (int j = 0; j < K2_; ++j) {
+        const int8_t* wr = w + static_cast<size_t>(c) * K_;
+        const uint32_t lo = static_cast<uint16_t>(static_cast<int16_t>(wr[2 * j]));
+        const uint32_t hi = 2 * j + 1 < K_ ? static_cast<uint16_t>(static_cast<int16_t>(wr[2 * j + 1])) : 0u;
+        wp_[static_cast<size_t>(c) * K2_ + j] = static_cast<int32_t>(lo | (hi << 16));
+      }
+  }
+}
+
+size_t QConv::col_bytes() const {
+  return pairs_ ? static_cast<size_t>(K2_) * Pp_ * 2 * sizeof(int16_t)
+                : static_cast<size_t>(P_) * Kp_;
+}
+
+// col[(j * Pp + p) * 2 + e] = q - z of tap k = 2j + e at position p (0 where padded, past K or
+// past P): the sums come out centred, with no correction.
+void QConv::im2col_pairs(const uint8_t* q, int grp, int16_t* col) const {
+  const QGeom& g = g_;
+  std::memset(col, 0, col_bytes());
+  int k = 0;
+  for (int ci = 0; ci < Cig_; ++ci) {
+    const uint8_t* plane = q + static_cast<size_t>(grp * Cig_ + ci) * g.H * g.W;
+    for (int ky = 0; ky < g.kh; ++ky)
+      for (int kx = 0; kx < g.kw; ++kx, ++k) {
+        int16_t* cr = col + static_cast<size_t>(k >> 1) * Pp_ * 2 + (k & 1);
+        for (int oy = 0; oy < g.Ho; ++oy) {
+          const int iy = oy * g.sh - g.pt + ky * g.dh;
+          if (iy < 0 || iy >= g.H) continue;
+          const uint8_t* row = plane + static_cast<size_t>(iy) * g.W;
+          for (int ox = 0; ox < g.Wo; ++ox) {
+            const int ix = ox * g.sw - g.pl + kx * g.dw;
+            if (ix >= 0 && ix < g.W) cr[2 * (oy * g.Wo + ox)] = static_cast<int16_t>(row[ix] - xz_);
+          }
+        }
+      }
+  }
+}
+
+void QConv::layout(const uint8_t* q, int grp, uint8_t* col) const {
+  if (pairs_)
+    im2col_pairs(q, grp, reinterpret_cast<int16_t*>(col));
+  else
+    im2col(q, grp, col);
+}
+
+void QConv::gemm(const uint8_t* col, int grp, int p0, int p1, int32_t* acc) const {
+  const int c0 = grp * Cog_;
+#ifdef SBNN_HAVE_X86_KERNELS
+  if (pairs_) {
+    qgemm_avx2_pairs(&wp_[static_cast<size_t>(c0) * K2_], reinterpret_cast<const int16_t*>(col),
+                     Cog_, K2_, Pp_, p0, p1, acc, P_);
+    return;
+  }
+#endif
+  fn_(&w_[static_cast<size_t>(c0) * Kp_], &wsum_[c0], col + static_cast<size_t>(p0) * Kp_, Cog_,
+      p1 - p0, Kp_, acc + p0, P_);
 }
 
 // col[p * Kp + k] for the taps k = (ci, ky, kx) of group grp; padding holds the zero point
@@ -145,7 +211,7 @@ void QConv::im2col(const uint8_t* q, int grp, uint8_t* col) const {
 // positions p0..p1; acc holds those rows with stride P.
 void QConv::rows(const int32_t* acc, int c0, int c1, int p0, int p1, float* y) const {
   for (int c = c0; c < c1; ++c) {
-    const int32_t off = xz_ * wsum_[c];
+    const int32_t off = pairs_ ? 0 : xz_ * wsum_[c];
     const float s = scale_[c], b = bias_.empty() ? 0.0f : bias_[c];
     const int32_t* a = acc + static_cast<size_t>(c - c0) * P_;
     float* yr = y + static_cast<size_t>(c) * P_;
@@ -164,24 +230,18 @@ void QConv::forward(const float* x, int N, float* y, ThreadPool* pool) const {
   const QGeom& g = g_;
   const size_t in_n = static_cast<size_t>(g.Ci) * g.H * g.W;
   const size_t out_n = static_cast<size_t>(g.Co) * P_;
-  const size_t col_n = static_cast<size_t>(P_) * Kp_;
-  auto image = [&](int n, std::vector<uint8_t>& q, std::vector<uint8_t>& col,
-                   std::vector<int32_t>& acc) {
-    quantize_u8(x + n * in_n, in_n, xs_, xz_, q.data());
-    for (int grp = 0; grp < g.groups; ++grp) {
-      im2col(q.data(), grp, col.data());
-      const int c0 = grp * Cog_;
-      fn_(&w_[static_cast<size_t>(c0) * Kp_], &wsum_[c0], col.data(), Cog_, P_, Kp_, acc.data(),
-          P_);
-      rows(acc.data(), c0, c0 + Cog_, 0, P_, y + n * out_n);
-    }
-  };
+  const size_t col_n = col_bytes();
   const int nt = pool ? pool->size() : 1;
   if (N >= nt || nt == 1) {  // whole images per task
     auto task = [&](int n) {
-      std::vector<uint8_t> q(in_n), col(col_n);
+      std::vector<uint8_t> q(in_n), col(col_n + 64);
       std::vector<int32_t> acc(static_cast<size_t>(Cog_) * P_);
-      image(n, q, col, acc);
+      quantize_u8(x + n * in_n, in_n, xs_, xz_, q.data());
+      for (int grp = 0; grp < g.groups; ++grp) {
+        layout(q.data(), grp, col.data());
+        gemm(col.data(), grp, 0, P_, acc.data());
+        rows(acc.data(), grp * Cog_, (grp + 1) * Cog_, 0, P_, y + n * out_n);
+      }
     };
     if (pool && N > 1)
       pool->parallel_for(N, task);
@@ -190,19 +250,17 @@ void QConv::forward(const float* x, int N, float* y, ThreadPool* pool) const {
     return;
   }
   // fewer images than threads: quantise and lay out each image once, then split the GEMM
-  std::vector<uint8_t> q(in_n), col(col_n * g.groups);
+  std::vector<uint8_t> q(in_n), col(col_n * g.groups + 64);
   std::vector<int32_t> acc(out_n);
   const int chunks = (P_ + kPChunk - 1) / kPChunk;
   for (int n = 0; n < N; ++n) {
     quantize_u8(x + n * in_n, in_n, xs_, xz_, q.data());
-    for (int grp = 0; grp < g.groups; ++grp) im2col(q.data(), grp, col.data() + grp * col_n);
+    for (int grp = 0; grp < g.groups; ++grp) layout(q.data(), grp, col.data() + grp * col_n);
     pool->parallel_for(g.groups * chunks, [&](int t) {
       const int grp = t / chunks, p0 = (t % chunks) * kPChunk, p1 = std::min(P_, p0 + kPChunk);
-      const int c0 = grp * Cog_;
-      int32_t* a = acc.data() + static_cast<size_t>(c0) * P_;
-      fn_(&w_[static_cast<size_t>(c0) * Kp_], &wsum_[c0], col.data() + grp * col_n + p0 * Kp_,
-          Cog_, p1 - p0, Kp_, a + p0, P_);
-      rows(a, c0, c0 + Cog_, p0, p1, y + n * out_n);
+      int32_t* a = acc.data() + static_cast<size_t>(grp * Cog_) * P_;
+      gemm(col.data() + grp * col_n, grp, p0, p1, a);
+      rows(a, grp * Cog_, (grp + 1) * Cog_, p0, p1, y + n * out_n);
     });
   }
 }

@@ -31,6 +31,12 @@ void qgemm_scalar(const int8_t* w, const int32_t* wsum, const uint8_t* col, int 
 #ifdef SBNN_HAVE_X86_KERNELS
 void qgemm_avx2(const int8_t* w, const int32_t* wsum, const uint8_t* col, int Co, int P, int Kp,
                 int32_t* acc, int ldc);
+// The AVX2 layout QConv uses (no horizontal sums, taps padded to 2 only): columns as int16
+// pairs col[(j * Pp + p) * 2 + e] = q[2j + e][p] - z (0 past K and past P, Pp % 16 == 0),
+// weights as pairs wp[c * K2 + j] = (w[c][2j], w[c][2j + 1]) in one int32; acc[c * ldc + p]
+// for p0 <= p < p1 (p0 % 16 == 0).
+void qgemm_avx2_pairs(const int32_t* wp, const int16_t* col, int Co, int K2, int Pp, int p0,
+                      int p1, int32_t* acc, int ldc);
 void qgemm_vnni(const int8_t* w, const int32_t* wsum, const uint8_t* col, int Co, int P, int Kp,
                 int32_t* acc, int ldc);
 #endif
@@ -69,9 +75,17 @@ class QConv {
 
  private:
   void im2col(const uint8_t* q, int grp, uint8_t* col) const;
+  void im2col_pairs(const uint8_t* q, int grp, int16_t* col) const;
+  size_t col_bytes() const;
+  void layout(const uint8_t* q, int grp, uint8_t* col) const;
+  // acc rows c0.. of group grp, positions p0..p1, from the group's laid-out columns
+  void gemm(const uint8_t* col, int grp, int p0, int p1, int32_t* acc) const;
   void rows(const int32_t* acc, int c0, int c1, int p0, int p1, float* y) const;
   QGeom g_;
   int Cig_, Cog_, K_, Kp_, P_;
+  bool pairs_ = false;  // the AVX2 layout: centred int16 pairs, sums need no correction
+  int K2_ = 0, Pp_ = 0;
+  std::vector<int32_t> wp_;   // (Co, K2) weight pairs (pairs_)
   float xs_;
   int xz_;
   QGemmFn fn_;

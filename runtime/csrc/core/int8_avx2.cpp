@@ -1,33 +1,36 @@
-// The int8 GEMM for AVX2 (flags set per file in CMakeLists.txt): vpmaddwd on operands widened
+// The int8 GEMM for AVX2 (a target attribute, so no per-file flags; x86 only): vpmaddwd on operands widened
 // to int16, four weight rows by two columns at a time. vpmaddubsw would take uint8 x int8
 // directly but sums each pair in saturating int16 (255 * 127 * 2 > 32767): widening first keeps
 // every sum exact.
+#include "core/int8.h"
+
+#if defined(SBNN_HAVE_X86_KERNELS) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
 
-#include "core/int8.h"
+#define SBNN_AVX2 __attribute__((target("avx2")))
 
 namespace sbnn {
 
 namespace {
 
-inline int32_t hsum(__m256i v) {
+SBNN_AVX2 inline int32_t hsum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
   return _mm_cvtsi128_si32(s);
 }
 
-inline __m256i wrow(const int8_t* p) {
+SBNN_AVX2 inline __m256i wrow(const int8_t* p) {
   return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-inline __m256i ucol(const uint8_t* p) {
+SBNN_AVX2 inline __m256i ucol(const uint8_t* p) {
   return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 }  // namespace
 
-void qgemm_avx2(const int8_t* w, const int32_t* /*wsum*/, const uint8_t* col, int Co, int P,
+SBNN_AVX2 void qgemm_avx2(const int8_t* w, const int32_t* /*wsum*/, const uint8_t* col, int Co, int P,
                 int Kp, int32_t* acc, int ldc) {
   int c = 0;
   for (; c + 4 <= Co; c += 4) {
@@ -76,4 +79,61 @@ void qgemm_avx2(const int8_t* w, const int32_t* /*wsum*/, const uint8_t* col, in
   }
 }
 
+namespace {
+
+SBNN_AVX2 inline void store16(int32_t* dst, __m256i a, __m256i b, int valid) {
+  if (valid >= 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), a);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8), b);
+    return;
+  }
+  alignas(32) int32_t t[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), a);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8), b);
+  for (int i = 0; i < valid; ++i) dst[i] = t[i];
+}
+
+}  // namespace
+
+// Four output channels by 16 positions: per tap pair two column loads, four weight-pair
+// broadcasts and eight vpmaddwd, no horizontal sum.
+SBNN_AVX2 void qgemm_avx2_pairs(const int32_t* wp, const int16_t* col, int Co, int K2, int Pp,
+                                int p0, int p1, int32_t* acc, int ldc) {
+  const size_t step = static_cast<size_t>(Pp) * 2;
+  for (int p = p0; p < p1; p += 16) {
+    const int16_t* cb = col + static_cast<size_t>(p) * 2;
+    const int valid = p1 - p;
+    int c = 0;
+    for (; c + 4 <= Co; c += 4) {
+      const int32_t* w0 = wp + static_cast<size_t>(c) * K2;
+      __m256i a[8];
+      for (auto& v : a) v = _mm256_setzero_si256();
+      for (int j = 0; j < K2; ++j) {
+        const __m256i* xr = reinterpret_cast<const __m256i*>(cb + j * step);
+        const __m256i x0 = _mm256_loadu_si256(xr), x1 = _mm256_loadu_si256(xr + 1);
+        for (int r = 0; r < 4; ++r) {
+          const __m256i wb = _mm256_set1_epi32(w0[static_cast<size_t>(r) * K2 + j]);
+          a[2 * r] = _mm256_add_epi32(a[2 * r], _mm256_madd_epi16(x0, wb));
+          a[2 * r + 1] = _mm256_add_epi32(a[2 * r + 1], _mm256_madd_epi16(x1, wb));
+        }
+      }
+      for (int r = 0; r < 4; ++r)
+        store16(acc + static_cast<size_t>(c + r) * ldc + p, a[2 * r], a[2 * r + 1], valid);
+    }
+    for (; c < Co; ++c) {
+      const int32_t* w0 = wp + static_cast<size_t>(c) * K2;
+      __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+      for (int j = 0; j < K2; ++j) {
+        const __m256i* xr = reinterpret_cast<const __m256i*>(cb + j * step);
+        const __m256i wb = _mm256_set1_epi32(w0[j]);
+        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_loadu_si256(xr), wb));
+        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_loadu_si256(xr + 1), wb));
+      }
+      store16(acc + static_cast<size_t>(c) * ldc + p, a0, a1, valid);
+    }
+  }
+}
+
 }  // namespace sbnn
+
+#endif  // x86

@@ -1,13 +1,14 @@
-// The int8 GEMM for AArch64 with the dot product extension (flags set per file in
-// CMakeLists.txt; run only where cpu_has_sdot()): sdot multiplies int8 by int8, so the uint8
+// The int8 GEMM for AArch64 with the dot product extension (a target attribute, so no
+// per-file flags; AArch64 only; run only where cpu_has_sdot()): sdot multiplies int8 by int8, so the uint8
 // columns go in as q - 128 (an xor of the top bit) and each sum gets 128 * sum(w) back.
-#include <arm_neon.h>
-
 #include "core/int8.h"
+
+#if defined(__aarch64__)
+#include <arm_neon.h>
 
 namespace sbnn {
 
-void qgemm_neon(const int8_t* w, const int32_t* wsum, const uint8_t* col, int Co, int P, int Kp,
+__attribute__((target("arch=armv8.2-a+dotprod"))) void qgemm_neon(const int8_t* w, const int32_t* wsum, const uint8_t* col, int Co, int P, int Kp,
                 int32_t* acc, int ldc) {
   const uint8x16_t top = vdupq_n_u8(0x80);
   for (int c = 0; c < Co; ++c) {
@@ -37,3 +38,5 @@ void qgemm_neon(const int8_t* w, const int32_t* wsum, const uint8_t* col, int Co
 }
 
 }  // namespace sbnn
+
+#endif  // __aarch64__

@@ -1,21 +1,24 @@
-// The int8 GEMM for AVX-512 VNNI (flags set per file in CMakeLists.txt; run only where
-// cpu_has_vnni()): vpdpbusd multiplies 64 uint8 columns by 64 int8 weights and adds each four
+// The int8 GEMM for AVX-512 VNNI (a target attribute, so no per-file flags; x86 only; run
+// only where cpu_has_vnni()): vpdpbusd multiplies 64 uint8 columns by 64 int8 weights and adds each four
 // products straight into int32, with no int16 step to saturate. Four rows by two columns.
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_*
 // placeholders (as in kernels_impl.inc).
+#include "core/int8.h"
+
+#if defined(SBNN_HAVE_X86_KERNELS) && (defined(__x86_64__) || defined(__i386__))
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
 
-#include "core/int8.h"
+#define SBNN_VNNI __attribute__((target("avx2,avx512f,avx512bw,avx512vnni")))
 
 namespace sbnn {
 
 namespace {
 
-inline int32_t hsum(__m512i v) {
+SBNN_VNNI inline int32_t hsum(__m512i v) {
   const __m512i s = _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, 0x4e));
   const __m256i h = _mm512_castsi512_si256(s);
   __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
@@ -26,7 +29,7 @@ inline int32_t hsum(__m512i v) {
 
 }  // namespace
 
-void qgemm_vnni(const int8_t* w, const int32_t* /*wsum*/, const uint8_t* col, int Co, int P,
+SBNN_VNNI void qgemm_vnni(const int8_t* w, const int32_t* /*wsum*/, const uint8_t* col, int Co, int P,
                 int Kp, int32_t* acc, int ldc) {
   int c = 0;
   for (; c + 4 <= Co; c += 4) {
@@ -74,3 +77,5 @@ void qgemm_vnni(const int8_t* w, const int32_t* /*wsum*/, const uint8_t* col, in
 }
 
 }  // namespace sbnn
+
+#endif  // x86

@@ -34,7 +34,8 @@ void sbnn_quantize_u8(const float *x, uint8_t *q, int n, float scale, int zero)
 void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale,
                   const float *bias, float x_scale, int x_zero, int ci, int h, int w, int co,
                   int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                  int oh, int ow, uint8_t *xq)
+                  int oh, int ow, uint8_t *xq, float *plane, float *tmp, const float *res,
+                  const sbnn_epi *e)
 {
     const int cig = ci / groups, cog = co / groups;
     int o, oy, ox, c, ky, kx;
@@ -42,13 +43,14 @@ void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale
     for (o = 0; o < co; ++o) {
         const int c0 = (o / cog) * cig;
         const int8_t *wo = wt + o * cig * kh * kw;
+        float *yo = e ? plane : y + o * oh * ow;
         for (oy = 0; oy < oh; ++oy) {
             for (ox = 0; ox < ow; ++ox) {
                 int32_t acc = 0;
                 float m;
                 /* a padded tap holds the zero point: (q - zero) = 0, so it is skipped */
                 for (c = 0; c < cig; ++c) {
-                    const uint8_t *plane = xq + (c0 + c) * h * w;
+                    const uint8_t *xc = xq + (c0 + c) * h * w;
                     for (ky = 0; ky < kh; ++ky) {
                         const int iy = oy * sh - pt + ky * dh;
                         if (iy < 0 || iy >= h)
@@ -58,13 +60,15 @@ void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale
                             if (ix < 0 || ix >= w)
                                 continue;
                             acc += (int32_t)wo[(c * kh + ky) * kw + kx] *
-                                   ((int32_t)plane[iy * w + ix] - x_zero);
+                                   ((int32_t)xc[iy * w + ix] - x_zero);
                         }
                     }
                 }
                 m = (float)acc * scale[o];
-                y[(o * oh + oy) * ow + ox] = bias ? m + bias[o] : m;
+                yo[oy * ow + ox] = bias ? m + bias[o] : m;
             }
         }
+        if (e)
+            sbnn_epilogue(e, plane, oh, ow, o, y, tmp, res);
     }
 }

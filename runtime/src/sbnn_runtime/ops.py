@@ -964,7 +964,7 @@ def _qconv_c(cn) -> str:
     return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, "
             f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
             f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, {geo}, "
-            f"(uint8_t *){cn.scratch('xq')});")
+            f"(uint8_t *){cn.scratch('xq')}, {cn.epilogue()});")
 
 
 def _qlinear_c(cn) -> str:
@@ -975,7 +975,8 @@ def _qlinear_c(cn) -> str:
     return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, "
             f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
             f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, "
-            f"{n}, 1, 1, {o}, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, (uint8_t *){cn.scratch('xq')});")
+            f"{n}, 1, 1, {o}, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, (uint8_t *){cn.scratch('xq')}, "
+            "0, 0, 0, 0);")
 
 
 def _qlinear_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
