@@ -133,6 +133,21 @@ def test_qconv2d_matches_reference_exactly(impl, shape):
 
 @needs_core
 @pytest.mark.parametrize("impl", impl_params())
+def test_engine_quantises_ties_saturation_and_nan_like_the_reference(impl):
+    # an identity 1x1 conv shows the quantised input: ties x / s = k + 0.5 both ways, values
+    # past both ends, NaN and infinities, over more than one vector of 8 and a tail
+    v = np.array([0.25, 0.75, 1.25, -0.25, -0.75, 0.0, 1e3, -1e3, np.nan, np.inf, -np.inf,
+                  3.75, -6.25, 12.5, 63.75, -63.25, 1e-30, -1e-30, 0.5, 2.0, 7.25], np.float32)
+    x = np.tile(v, 3).reshape(1, 1, 7, 9)
+    w = np.ones((1, 1, 1, 1), np.int8)
+    for zero in (0, 10, 128, 255):
+        ref = qkernels.qconv2d_reference(x, w, np.ones(1, np.float32), None, 0.5, zero)
+        y = qkernels.qconv2d(x, w, np.ones(1, np.float32), None, 0.5, zero, impl=impl)
+        np.testing.assert_array_equal(y, ref)
+
+
+@needs_core
+@pytest.mark.parametrize("impl", impl_params())
 def test_qlinear_matches_reference_exactly(impl):
     rng = np.random.default_rng(2)
     for n, i, o in [(1, 1, 1), (3, 70, 10), (4, 512, 37), (2, 129, 4)]:

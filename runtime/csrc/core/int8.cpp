@@ -119,6 +119,7 @@ QConv::QConv(const int8_t* w, const float* scale, const float* bias, float x_sca
   // the pair layout computes 16 positions at a time: a linear (one position) keeps the
   // per-position dot products of qgemm_avx2
   pairs_ = fn_ == qgemm_avx2 && P_ >= 8;
+  if (fn_ == qgemm_avx2 || fn_ == qgemm_vnni) quant_ = quantize_u8_avx2;
 #endif
   if (pairs_) {
     K2_ = (K_ + 1) / 2;
@@ -236,7 +237,7 @@ void QConv::forward(const float* x, int N, float* y, ThreadPool* pool) const {
     auto task = [&](int n) {
       std::vector<uint8_t> q(in_n), col(col_n + 64);
       std::vector<int32_t> acc(static_cast<size_t>(Cog_) * P_);
-      quantize_u8(x + n * in_n, in_n, xs_, xz_, q.data());
+      quant_(x + n * in_n, in_n, xs_, xz_, q.data());
       for (int grp = 0; grp < g.groups; ++grp) {
         layout(q.data(), grp, col.data());
         gemm(col.data(), grp, 0, P_, acc.data());
@@ -254,7 +255,7 @@ void QConv::forward(const float* x, int N, float* y, ThreadPool* pool) const {
   std::vector<int32_t> acc(out_n);
   const int chunks = (P_ + kPChunk - 1) / kPChunk;
   for (int n = 0; n < N; ++n) {
-    quantize_u8(x + n * in_n, in_n, xs_, xz_, q.data());
+    quant_(x + n * in_n, in_n, xs_, xz_, q.data());
     for (int grp = 0; grp < g.groups; ++grp) layout(q.data(), grp, col.data() + grp * col_n);
     pool->parallel_for(g.groups * chunks, [&](int t) {
       const int grp = t / chunks, p0 = (t % chunks) * kPChunk, p1 = std::min(P_, p0 + kPChunk);

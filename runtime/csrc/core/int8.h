@@ -37,6 +37,9 @@ void qgemm_avx2(const int8_t* w, const int32_t* wsum, const uint8_t* col, int Co
 // for p0 <= p < p1 (p0 % 16 == 0).
 void qgemm_avx2_pairs(const int32_t* wp, const int16_t* col, int Co, int K2, int Pp, int p0,
                       int p1, int32_t* acc, int ldc);
+// quantize_u8 eight floats at a time (bit for bit the same: IEEE division, round to nearest
+// even, NaN -> 0)
+void quantize_u8_avx2(const float* x, size_t n, float scale, int zero, uint8_t* q);
 void qgemm_vnni(const int8_t* w, const int32_t* wsum, const uint8_t* col, int Co, int P, int Kp,
                 int32_t* acc, int ldc);
 #endif
@@ -86,6 +89,7 @@ class QConv {
   bool pairs_ = false;  // the AVX2 layout: centred int16 pairs, sums need no correction
   int K2_ = 0, Pp_ = 0;
   std::vector<int32_t> wp_;   // (Co, K2) weight pairs (pairs_)
+  void (*quant_)(const float*, size_t, float, int, uint8_t*) = quantize_u8;
   float xs_;
   int xz_;
   QGemmFn fn_;

@@ -95,6 +95,22 @@ SBNN_AVX2 inline void store16(int32_t* dst, __m256i a, __m256i b, int valid) {
 
 }  // namespace
 
+SBNN_AVX2 void quantize_u8_avx2(const float* x, size_t n, float scale, int zero, uint8_t* q) {
+  const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(static_cast<float>(zero));
+  const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 t = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), s),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    t = _mm256_add_ps(t, z);
+    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);  // max(NaN, 0) = 0: NaN -> 0
+    const __m256i v = _mm256_cvttps_epi32(t);
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm_packus_epi16(w, w));
+  }
+  if (i < n) quantize_u8(x + i, n - i, scale, zero, q + i);
+}
+
 // Four output channels by 16 positions: per tap pair two column loads, four weight-pair
 // broadcasts and eight vpmaddwd, no horizontal sum.
 SBNN_AVX2 void qgemm_avx2_pairs(const int32_t* wp, const int16_t* col, int Co, int K2, int Pp,
