@@ -1,6 +1,7 @@
 """Flash and RAM of C exports on a Cortex-M4F (-Os), for the table of docs/DEPLOY.md.
 
     python scripts/mcu/sizes.py [--models main resnet18_ec0.05 resnet18_ec0.01] [--json out.json]
+    python scripts/mcu/sizes.py --models NAME@ONES@C,H,W   # any registry network and its _fp twin
 
 For each model (closed form at its ones fraction from random weights, as docs/DEPLOY.md makes
 them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05):
@@ -68,6 +69,12 @@ def make(name: str):
     from sbnn import models
 
     torch.manual_seed(0)
+    if "@" in name:  # any registry network: NAME@ONES@C,H,W (e.g. a DS-CNN at 1x49x10)
+        arch, ones_text, shape_text = name.split("@")
+        shape = tuple(int(v) for v in shape_text.split(","))
+        m = models.create(arch, num_classes=10)
+        sbnn.init_closed_form_(m, float(ones_text))
+        return m.eval(), models.create(arch + "_fp", num_classes=10).eval(), shape
     if name == "main":
         arch, ones, shape, kw = "fmnist_cnn", 0.05, (1, 28, 28), {}
     else:
