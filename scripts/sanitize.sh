@@ -3,7 +3,10 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer and runs it: every ISA path this CPU runs against
 # the reference kernels on a few shapes, every small geometry (input 1-4, kernel 1-5, stride 1-3,
 # pad 0-2, and 200 non-square ones) of the float conv, both binary kernels and the pools, and one
-# engine run by several threads at once.
+# engine run by several threads at once. Then (ASan+UBSan only, unless SBNN_SANITIZE_PY=0) the
+# geometry tests of every spatial op (runtime/tests/test_geometry.py: SPATIAL_OPS, the list a new
+# op joins) in Python against the runtime built with the same sanitizers (scripts/asan_python.py,
+# build/asan-pkg), on every ISA and with SBNN_ISA=scalar forced. Run it in the venv.
 # Usage: scripts/sanitize.sh [build-dir] [driver args]
 # SBNN_SANITIZE=thread builds it with ThreadSanitizer instead (data races; default build dir
 # build/sanitize-thread). SBNN_SANITIZE=0 builds the same driver optimised and without
@@ -49,3 +52,9 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
 "$out/kernel_test" "$@"
+if [ "$mode" = 1 ] && [ "${SBNN_SANITIZE_PY:-1}" != 0 ]; then
+  "${PYTHON:-python}" scripts/asan_python.py -c \
+    "import sbnn_runtime.native as n; print('geometry tests against', n.core.__file__)"
+  "${PYTHON:-python}" scripts/asan_python.py -m pytest -q -p no:cacheprovider \
+    runtime/tests/test_geometry.py
+fi

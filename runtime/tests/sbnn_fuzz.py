@@ -152,9 +152,12 @@ class FuzzResult:
     loaded: int = 0
     ran: int = 0
     crashes: list[str] = field(default_factory=list)  # non-format exceptions
-    slowest: float = 0.0  # seconds of the slowest mutant
-    slow: int = 0  # mutants over the hang threshold
-    slow_cases: list[tuple[int, float, bytes]] = field(default_factory=list)  # (i, s, file)
+    slowest: float = 0.0  # CPU seconds of the slowest mutant (the hang criterion)
+    slowest_wall: float = 0.0  # wall seconds of the slowest mutant by the clock
+    slow: int = 0  # mutants over the hang threshold in CPU seconds (hangs)
+    slow_wall: int = 0  # mutants over the hang threshold by the clock (the neighbours count)
+    # (i, CPU s, wall s, file) of every mutant over half the threshold in either
+    slow_cases: list[tuple[int, float, float, bytes]] = field(default_factory=list)
     max_input_bytes: int = 0  # the largest input image a mutant declared (the caller's)
 
 
@@ -176,7 +179,11 @@ def run_one(data: bytes, limits: dict, x_rng: np.random.Generator) -> str:
 
 def fuzz(n: int, seed: int = 0, limits: dict | None = None, hang_s: float = 10.0,
          seeds: list[bytes] | None = None, progress=None) -> FuzzResult:
-    """Run ``n`` deterministic mutants (seeded by ``seed``) and return what happened."""
+    """Run ``n`` deterministic mutants (seeded by ``seed``) and return what happened.
+
+    A hang is a mutant over ``hang_s`` CPU seconds (loading, building and running it, all
+    threads); its wall time is kept beside it (``slowest_wall``, ``slow_wall``).
+    """
     limits = limits or {}
     files = seeds or seed_files()
     rng = np.random.default_rng(seed)
@@ -184,18 +191,22 @@ def fuzz(n: int, seed: int = 0, limits: dict | None = None, hang_s: float = 10.0
     res = FuzzResult()
     for i in range(n):
         data = mutate(files[i % len(files)], rng)
-        t0 = time.perf_counter()
+        # CPU seconds of this process (every thread: the engine's pool included) measure the
+        # work a mutant makes; on a shared machine the wall clock mostly measures the neighbours
+        c0, t0 = time.process_time(), time.perf_counter()
         try:
             what = run_one(data, limits, x_rng)
         except Exception as exc:  # a finding: anything but a format error  # noqa: BLE001
             res.crashes.append(f"mutant {i}: {type(exc).__name__}: {str(exc)[:200]}")
             what = "crash"
-        dt = time.perf_counter() - t0
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
         res.mutants += 1
-        res.slowest = max(res.slowest, dt)
-        res.slow += dt > hang_s
-        if dt > hang_s / 2:
-            res.slow_cases.append((i, dt, data))
+        res.slowest = max(res.slowest, cpu)
+        res.slowest_wall = max(res.slowest_wall, wall)
+        res.slow += cpu > hang_s
+        res.slow_wall += wall > hang_s
+        if cpu > hang_s / 2 or wall > hang_s:
+            res.slow_cases.append((i, cpu, wall, data))
         if what == "ran":
             try:
                 c, h, w = ff.loads(data, **limits).input_shape
@@ -211,3 +222,87 @@ def fuzz(n: int, seed: int = 0, limits: dict | None = None, hang_s: float = 10.0
         if progress:
             progress(i, res)
     return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Files at the limits: for each costly kind of graph, the largest one the limits still let in.
+# A mutant cannot cost more per unit of counted work than the dearest of these (the campaign
+# times them first, under the same limits: the hang criterion then holds by construction, not
+# by the luck of the draw).
+
+
+def _limit_families() -> dict:
+    """name -> (n -> Graph): graphs whose cost grows with ``n`` (map side, row width, layers)."""
+    from sbnn_runtime.ops import Graph, Node
+
+    f32 = np.float32
+
+    def vec(c, v=0.0):
+        return np.full(c, v, f32)
+
+    def bconv(i, c, co, kh, kw, s=1, p=1, binary=True, ones=True, seed=0):
+        bits = (np.ones((co, c, kh, kw), np.uint8) if ones else
+                (np.random.default_rng(seed).random((co, c, kh, kw)) < 0.05).astype(np.uint8))
+        return Node("sbconv2d", [i], {"stride": s, "padding": p, "binary_input": binary},
+                    {"bits": bits, "eta": vec(co, 1), "xi": vec(co), "bias": vec(co)})
+
+    def inp(c, h, w):
+        return Node("input", [], {"shape": [c, h, w]})
+
+    def chain(n):  # n small binary convs: each timed in five rounds of both kernels at first
+        nodes = [inp(16, 6, 6)] + [bconv(i, 16, 16, 3, 3) for i in range(n)]
+        return Graph(nodes, n)
+
+    rng = np.random.default_rng(0)
+    w3 = rng.standard_normal((32, 32, 3, 3)).astype(f32)
+    return {
+        "all-ones 64x64x3x3 binary conv, binary input, n x n map":
+            lambda n: Graph([inp(64, n, n), bconv(0, 64, 64, 3, 3)], 1),
+        "all-ones 64x64x3x3 binary conv, real input, n x n map":
+            lambda n: Graph([inp(64, n, n), bconv(0, 64, 64, 3, 3, binary=False)], 1),
+        "5 % ones 64x64x3x3 binary conv, stride 2, n x n map":
+            lambda n: Graph([inp(64, n, n), bconv(0, 64, 64, 3, 3, s=2, ones=False)], 1),
+        "all-ones 8x64x1x63 binary conv on a 1 x (62 + n) row (wide kernel, wide row)":
+            lambda n: Graph([inp(64, 1, 62 + n), bconv(0, 64, 8, 1, 63, p=0)], 1),
+        "all-ones 8x8x3x3 binary conv on an n x 3 column (tall thin map)":
+            lambda n: Graph([inp(8, n, 3), bconv(0, 8, 8, 3, 3)], 1),
+        "float conv 32x32x3x3, n x n map":
+            lambda n: Graph([inp(32, n, n), Node("conv2d", [0], {"stride": 1, "padding": 1},
+                                                 {"weight": w3, "bias": vec(32)})], 1),
+        "maxpool 5x5 stride 1 pad 2, 16 x n x n":
+            lambda n: Graph([inp(16, n, n), Node("maxpool", [0],
+                                                 {"k": 5, "stride": 1, "pad": 2})], 1),
+        "avgpool 5x5 stride 1 pad 2 excluding pad, 16 x n x n":
+            lambda n: Graph([inp(16, n, n), Node("avgpool", [0], {
+                "k": 5, "stride": 1, "pad": 2, "count_include_pad": False})], 1),
+        "global average pool, 16 x n x n":
+            lambda n: Graph([inp(16, n, n), Node("global_avgpool", [0])], 1),
+        "a chain of n small binary convs (16x16x3x3 on 6x6)": chain,
+    }
+
+
+def limit_files(limits: dict) -> dict[str, bytes]:
+    """For every family of :func:`_limit_families`, the file of the largest ``n`` that loads
+    under ``limits`` (work and memory at batch 1, one thread)."""
+    from sbnn_runtime.ops import Limits, SBNNLimitError
+    from sbnn_runtime.passes import graph_cost
+
+    lim = Limits.resolve(**limits)
+
+    def fits(make, n):
+        try:
+            lim.check(graph_cost(make(n)))
+            return True
+        except (SBNNLimitError, SBNNFormatError):
+            return False
+
+    out = {}
+    for name, make in _limit_families().items():
+        lo, hi = 1, 2
+        while fits(make, hi) and hi < 1 << 26:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(make, mid) else (lo, mid)
+        out[f"{name}, n = {lo}"] = ff.dumps(make(lo))
+    return out

@@ -47,3 +47,21 @@ def test_mutants_are_deterministic():
     a = [sbnn_fuzz.mutate(seeds[0], np.random.default_rng(7)) for _ in range(3)]
     b = [sbnn_fuzz.mutate(seeds[0], np.random.default_rng(7)) for _ in range(3)]
     assert a == b
+
+
+@needs_core
+def test_files_at_the_limits_sit_at_them_and_run():
+    # the campaign times these first: each must load under the limits, be the largest of its
+    # family that does (work or memory near a limit), and run
+    from sbnn_runtime.ops import Limits
+    from sbnn_runtime.passes import graph_cost
+
+    limits = {"max_memory": "64M", "max_macs": 2e7}
+    lim = Limits.resolve(**limits)
+    files = sbnn_fuzz.limit_files(limits)
+    assert len(files) >= 10
+    rng = np.random.default_rng(0)
+    for name, data in files.items():
+        cost = graph_cost(ff.loads(data, **limits))
+        assert cost.work > lim.max_macs / 2 or cost.memory(1, 1) > lim.max_memory / 2, name
+        assert sbnn_fuzz.run_one(data, limits, rng) == "ran", name

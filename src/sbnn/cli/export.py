@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
                    help="with --int8: batches of 128 training images to calibrate on "
                         "(default 4)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
-    p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
+    p.add_argument("--input-shape", help="C,H,W, C,L or F of one sample (default: from the run's "
+                   "dataset)")
     p.add_argument("--no-check", action="store_true",
                    help="skip comparing the exported graph with the PyTorch model")
     p.set_defaults(func=run)
