@@ -2,7 +2,7 @@
 
     python benchmarks/bench_models.py [--batch 1 8] [--repeat 40] [--json out.json]
                                       [--models resnet18:0.05 resnet18:0.01 reactnet18:0.05]
-                                      [--isa avx2] [--threads 1]
+                                      [--isa avx2] [--threads 1] [--int8]
 
 For each model and ones fraction: build the registry network (32x32 input, 10 classes), set
 every sparse-binary layer to the closed-form bits of its initial weights at that fraction
@@ -15,6 +15,12 @@ quantised int8 (QDQ, per-channel, calibrated on random normal batches: see
 interleaved rounds in this one process (a busy phase of a shared machine hits them alike);
 the table shows medians and 10th percentiles, and ratios ``other / sbnn`` of the medians and
 of the p10s. ``--isa`` sets ``SBNN_ISA`` (the engine's kernels and its float GEMM).
+
+``--int8`` adds ``sbnn_int8``: the same network with its float layers (stem, shortcuts,
+classifier) in int8 (``sbnn_runtime.quantize``, calibrated on random normal batches as the
+onnxruntime int8 twin is), and the ratios of onnxruntime fp32 / int8 to it. The header names
+the int8 kernel the engine runs (``vnni``, ``avx2``, ``neon``, ``scalar``) and the CPU's VNNI
+flag.
 """
 
 from __future__ import annotations
@@ -42,6 +48,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flag(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists ``flag`` (False where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return flag in line.split()
+    except OSError:
+        pass
+    return False
 
 
 def load_avg() -> str:
@@ -80,7 +98,18 @@ def interleaved(fns: dict, warmup: int, repeat: int) -> dict[str, list[float]]:
     return out
 
 
-def bench_model(path: str, batches, threads: int, warmup: int, repeat: int) -> dict:
+def int8_engine(graph, threads: int):
+    """The engine on ``graph`` with its float layers in int8, calibrated on 4 random normal
+    batches (as the onnxruntime int8 twin is, sbnn.deploy.bench)."""
+    from sbnn_runtime import Engine, quantize
+
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((8, *graph.input_shape), dtype=np.float32) for _ in range(4)]
+    return Engine(quantize.quantize_graph(graph, calib), threads, sparse=True, backend="native")
+
+
+def bench_model(path: str, batches, threads: int, warmup: int, repeat: int,
+                int8: bool = False) -> dict:
     import torch
 
     from sbnn.deploy import bench as sb
@@ -100,6 +129,10 @@ def bench_model(path: str, batches, threads: int, warmup: int, repeat: int) -> d
         got = eng.run(x)  # first run at this batch: the engine settles its per-layer choice
         err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
         fns = {"sbnn": lambda x=x: eng.run(x), "sbnn_dense": lambda x=x: dense.run(x)}
+        if int8:
+            q8 = int8_engine(graph, threads)
+            q8.run(x)  # its binary convs settle their kernel choice too
+            fns["sbnn_int8"] = lambda x=x, q8=q8: q8.run(x)
         for k, s in sessions.items():
             fns[k] = lambda x=x, s=s: s.run(None, {"x": x})
         t = interleaved(fns, warmup, repeat)
@@ -130,6 +163,12 @@ def fmt(res: dict) -> str:
             rp = r["ratio_p10"].get(k, 1.0)
             lines.append(f"  {k:<12} {1e3 * r['median_s'][k]:>10.3f} {1e3 * r['p10_s'][k]:>9.3f} "
                          f"{rm:>12.2f}x {rp:>12.2f}x")
+        med = r["median_s"]
+        if "sbnn_int8" in med:
+            q = med["sbnn_int8"]
+            lines.append("  int8 float layers: " + ", ".join(
+                f"{k} / sbnn_int8 = {med[k] / q:.2f}x" for k in ("sbnn", "ort_fp32", "ort_int8")
+                if k in med))
         kinds: dict[str, int] = {}
         for d in r["layers"]:
             if d.get("kernel"):
@@ -150,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=40)
     ap.add_argument("--isa", help="force the engine's ISA (sets SBNN_ISA): scalar, avx2, avx512")
+    ap.add_argument("--int8", action="store_true",
+                    help="also time the network with its float layers in int8 (sbnn_int8)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
     if args.isa:
@@ -162,14 +203,17 @@ def main(argv=None) -> int:
         return 2
     info = {"cpu": cpu_model(), "isa": core.default_impl(),
             "available_isas": list(core.available_impls()), "uptime_before": load_avg(),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "int8_kernel": core.int8_kernel("auto") if hasattr(core, "int8_kernel") else None,
+            "vnni": cpu_flag("avx512_vnni") or cpu_flag("avx_vnni")}
     try:
         import onnxruntime
 
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         info["onnxruntime"] = None
-    print(f"CPU {info['cpu']}  engine ISA {info['isa']}  onnxruntime {info['onnxruntime']}")
+    print(f"CPU {info['cpu']}  engine ISA {info['isa']}  int8 kernel {info['int8_kernel']}  "
+          f"VNNI {'yes' if info['vnni'] else 'no'}  onnxruntime {info['onnxruntime']}")
     print(f"load: {info['uptime_before']}")
     results = []
     with tempfile.TemporaryDirectory() as d:
@@ -178,7 +222,8 @@ def main(argv=None) -> int:
             if key not in MODELS:
                 ap.error(f"unknown model {key!r}; valid: {', '.join(MODELS)}")
             path = build(key, float(ones or 0.05), d)
-            res = bench_model(path, args.batch, args.threads, args.warmup, args.repeat)
+            res = bench_model(path, args.batch, args.threads, args.warmup, args.repeat,
+                              args.int8)
             print(fmt(res), flush=True)
             results.append(res)
     info["uptime_after"] = load_avg()

@@ -4,7 +4,9 @@
 # runs them under qemu-aarch64 (Debian qemu-user):
 #   1. runtime/csrc/tests/kernel_test.cpp: every kernel ISA of the target (ref, scalar, neon)
 #      against the reference twin on many shapes, integer counts bit-identical; the float conv;
-#   2. runtime/csrc/tests/engine_test.cpp: the whole engine on exported models (the main job's
+#   2. runtime/csrc/tests/int8_test.cpp: the int8 kernels (scalar on -cpu $QEMU_CPU, NEON sdot on
+#      -cpu max) against their scalar twin, bit for bit;
+#   3. runtime/csrc/tests/engine_test.cpp: the whole engine on exported models (the main job's
 #      fmnist_cnn, resnet18_irnet and reactnet18 at 5 % ones, dumped on this x86 host by
 #      scripts/dump_graph.py with the x86 engine's outputs), sparse and dense kernels, within
 #      1e-5 of x86.
@@ -62,15 +64,15 @@ rm -f "$out"/dumps/*.dump
 flags=(-std=c++17 -O3 -ffp-contract=off -Wall -Wextra -Wpedantic -Wshadow -Werror -Iruntime/csrc)
 objs=()
 pids=()
-for src in runtime/csrc/core/*.cpp runtime/csrc/tests/{kernel,engine}_test.cpp; do
+for src in runtime/csrc/core/*.cpp runtime/csrc/tests/{kernel,engine,int8}_test.cpp; do
   name="$(basename "$src" .cpp)"
   case "$name" in kern_avx2 | kern_avx512) continue ;; esac  # x86 only
   "$cxx" "${flags[@]}" -c "$src" -o "$out/obj/$name.o" &
   pids+=($!)
-  case "$name" in kernel_test | engine_test) ;; *) objs+=("$out/obj/$name.o") ;; esac
+  case "$name" in kernel_test | engine_test | int8_test) ;; *) objs+=("$out/obj/$name.o") ;; esac
 done
 for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: fails when any compile failed
-for drv in kernel_test engine_test; do
+for drv in kernel_test engine_test int8_test; do
   "$cxx" -static -O3 "${objs[@]}" "$out/obj/$drv.o" -o "$out/$drv" -lpthread
 done
 kind="$(command -v file >/dev/null && file -b "$out/kernel_test" | cut -d, -f1-2 || echo "aarch64")"
@@ -93,6 +95,11 @@ esac
 if SBNN_ISA=avx2 "$qemu" -cpu "$cpu" "$out/engine_test" "$one" >/dev/null 2>&1; then
   say "SBNN_ISA=avx2 was accepted on aarch64"; fail=1
 fi
+# the int8 kernels: scalar on the Armv8.0 CPU, sdot where the dot product extension is there
+say "int8 kernels (qemu-aarch64 -cpu $cpu, then -cpu max: sdot):"
+"$qemu" -cpu "$cpu" "$out/int8_test" || fail=1
+"$qemu" -cpu max "$out/int8_test" | tee "$out/int8_test.log" || fail=1
+grep -q "kernel neon, 0 failures" "$out/int8_test.log" || { say "sdot did not run"; fail=1; }
 say "engine on exported models (qemu-aarch64 -cpu $cpu), against the x86 outputs:"
 SBNN_ISA=neon "$qemu" -cpu "$cpu" "$out/engine_test" --isa neon,scalar "$out"/dumps/*.dump || fail=1
 if [ "${SBNN_CROSS_SANITIZE:-0}" = 1 ]; then

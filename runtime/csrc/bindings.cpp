@@ -27,6 +27,7 @@ using U8Vec = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::
 using FArr = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 using U8Arr = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
 using OptF = std::optional<FArr>;
+using I8Arr = nb::ndarray<const int8_t, nb::c_contig, nb::device::cpu>;
 
 namespace {
 
@@ -82,6 +83,32 @@ sbnn::BConvKind parse_kind(const std::string& k) {
 }
 
 int as_int(size_t v) { return static_cast<int>(v); }
+
+// The geometry of an int8 conv on a (Ci, H, W) input: stride [sh, sw], pads [top, left, bottom,
+// right], dilation [dh, dw]; checked here so the kernel never sees a bad one.
+sbnn::QGeom qgeom(const I8Arr& w, int Ci, int H, int W, const std::vector<int>& stride,
+                  const std::vector<int>& pads, const std::vector<int>& dil, int groups) {
+  expect_ndim(w, 4, "qconv2d weight", "(Co, Ci / groups, kh, kw)");
+  if (stride.size() != 2 || pads.size() != 4 || dil.size() != 2)
+    throw std::invalid_argument("qconv2d: stride and dilation take 2 values, pads 4");
+  sbnn::QGeom g;
+  g.Ci = Ci, g.H = H, g.W = W, g.Co = as_int(w.shape(0)), g.kh = as_int(w.shape(2));
+  g.kw = as_int(w.shape(3)), g.sh = stride[0], g.sw = stride[1], g.pt = pads[0];
+  g.pl = pads[1], g.pb = pads[2], g.pr = pads[3], g.dh = dil[0], g.dw = dil[1], g.groups = groups;
+  const long long taps = static_cast<long long>(w.shape(1)) * g.kh * g.kw;
+  if (groups < 1 || Ci % groups || g.Co % groups || as_int(w.shape(1)) * groups != Ci ||
+      g.Co < 1 || g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 ||
+      g.pt < 0 || g.pl < 0 || g.pb < 0 || g.pr < 0 || taps > (2147483647LL / (255 * 127)))
+    throw std::invalid_argument("qconv2d: weight " + shape_of(w) + " with " +
+                                std::to_string(groups) + " group(s) does not fit " +
+                                std::to_string(Ci) + " input channels, or a bad geometry");
+  const int ekh = (g.kh - 1) * g.dh + 1, ekw = (g.kw - 1) * g.dw + 1;
+  g.Ho = (H + g.pt + g.pb - ekh) / g.sh + 1;
+  g.Wo = (W + g.pl + g.pr - ekw) / g.sw + 1;
+  if (H + g.pt + g.pb < ekh || W + g.pl + g.pr < ekw)
+    throw std::invalid_argument("qconv2d: the kernel does not fit the padded input");
+  return g;
+}
 
 // A prepared binary conv bound to one input size, with its own thread pool.
 class PyBConv {
@@ -228,6 +255,26 @@ class PyEngine {
     return eng_.rprelu(t, vec_or_null(s1, C, "rprelu shift_in", true),
                        vec_or_null(slope, C, "rprelu slope", true),
                        vec_or_null(s2, C, "rprelu shift_out", true), C);
+  }
+
+  // int8 layers: scale = float32(x_scale * w_scale_c) per output channel
+  int qconv2d(int t, I8Arr w, FArr scale, OptF bias, float x_scale, int x_zero,
+              std::vector<int> stride, std::vector<int> pads, std::vector<int> dilation,
+              int groups, const std::string& impl) {
+    const sbnn::TensorShape& s = eng_.shape(t);
+    sbnn::QGeom g = qgeom(w, s.C, s.H, s.W, stride, pads, dilation, groups);
+    return eng_.qconv2d(t, w.data(), vec_or_null(scale, g.Co, "qconv2d scale", true),
+                        vec_or_null(bias, g.Co, "qconv2d bias", false), x_scale, x_zero, g,
+                        sbnn::parse_isa(impl));
+  }
+  int qlinear(int t, I8Arr w, FArr scale, OptF bias, float x_scale, int x_zero,
+              const std::string& impl) {
+    expect_ndim(w, 2, "qlinear weight", "(O, I)");
+    const int O = as_int(w.shape(0));
+    return eng_.qlinear(t, w.data(), O, as_int(w.shape(1)),
+                        vec_or_null(scale, O, "qlinear scale", true),
+                        vec_or_null(bias, O, "qlinear bias", false), x_scale, x_zero,
+                        sbnn::parse_isa(impl));
   }
 
   int linear(int t, FArr w, OptF bias) {
@@ -441,6 +488,42 @@ NB_MODULE(_core, m) {
       "Float conv2d of any geometry (geom: sh, sw, pt, pl, pb, pr, dh, dw, groups), as the "
       "engine runs it: depthwise direct, else im2col + GEMM per group; impl='ref': plain loops.");
 
+  m.def(
+      "qconv2d",
+      [](FArr x, I8Arr w, FArr scale, OptF bias, float x_scale, int x_zero,
+         std::vector<int> stride, std::vector<int> pads, std::vector<int> dilation, int groups,
+         const std::string& impl, int num_threads) {
+        expect_ndim(x, 4, "x", "(N, Ci, H, W)");
+        sbnn::QGeom g = qgeom(w, as_int(x.shape(1)), as_int(x.shape(2)), as_int(x.shape(3)),
+                              stride, pads, dilation, groups);
+        sbnn::QConv conv(w.data(), vec_or_null(scale, g.Co, "scale", true),
+                         vec_or_null(bias, g.Co, "bias", false), x_scale, x_zero, g,
+                         sbnn::parse_isa(impl));
+        float* y;
+        auto out = new_array<float>({x.shape(0), static_cast<size_t>(g.Co),
+                                     static_cast<size_t>(g.Ho), static_cast<size_t>(g.Wo)},
+                                    &y, false);
+        sbnn::ThreadPool pool(num_threads);
+        {
+          nb::gil_scoped_release rel;
+          conv.forward(x.data(), as_int(x.shape(0)), y, &pool);
+        }
+        return out;
+      },
+      "x"_a, "weight"_a, "scale"_a, "bias"_a.none(), "x_scale"_a, "x_zero"_a, "stride"_a,
+      "pads"_a, "dilation"_a, "groups"_a = 1, "impl"_a = "auto", "num_threads"_a = 1,
+      "int8 conv as the engine runs it (sbnn_runtime.qkernels): x float32 (N, Ci, H, W), "
+      "weight int8 (Co, Ci / groups, kh, kw), scale = float32(x_scale * w_scale) -> float32.");
+  m.def(
+      "int8_kernel",
+      [](const std::string& impl) {
+        const char* name = "scalar";
+        sbnn::qgemm_for(sbnn::parse_isa(impl), &name);
+        return std::string(name);
+      },
+      "impl"_a = "auto",
+      "The int8 GEMM an ISA runs here: 'scalar', 'avx2', 'vnni' or 'neon'.");
+
   nb::class_<PyEngine>(m, "Engine",
                        "Native inference runtime: build a graph op by op (each returns a tensor "
                        "id), set_output, then run(x) on float32 (N, C, H, W) batches.")
@@ -518,6 +601,11 @@ NB_MODULE(_core, m) {
       .def(
           "flatten", [](PyEngine& e, int t) { return e.eng().flatten(t); }, "t"_a)
       .def("linear", &PyEngine::linear, "t"_a, "weight"_a, "bias"_a = nb::none())
+      .def("qconv2d", &PyEngine::qconv2d, "t"_a, "weight"_a, "scale"_a, "bias"_a.none(),
+           "x_scale"_a, "x_zero"_a, "stride"_a, "pads"_a, "dilation"_a, "groups"_a = 1,
+           "impl"_a = "auto")
+      .def("qlinear", &PyEngine::qlinear, "t"_a, "weight"_a, "scale"_a, "bias"_a.none(),
+           "x_scale"_a, "x_zero"_a, "impl"_a = "auto")
       .def(
           "set_output", [](PyEngine& e, int t) { e.eng().set_output(t); }, "t"_a)
       .def(

@@ -2,6 +2,7 @@
 
     python scripts/mcu/sizes.py [--models main resnet18_ec0.05 resnet18_ec0.01] [--json out.json]
     python scripts/mcu/sizes.py --models dscnn mobilenet_v1   # the MLPerf Tiny nets, EC 0.05
+    python scripts/mcu/sizes.py --models NAME@ONES@C,H,W   # any registry network and its _fp twin
 
 For each model (closed form at its ones fraction from random weights, as docs/DEPLOY.md makes
 them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05; ``dscnn`` and
@@ -17,6 +18,9 @@ them; the main job is ``fmnist_cnn`` at its registry defaults, EC 0.05; ``dscnn`
 * **fp32 float twin**: the registry's ``*_fp`` twin exported through the same generator: for
   the main job compiled; for ResNet-18 (44 MB of weights) its weights and vectors counted by
   the generator plus the code size of the compiled fmnist float twin, and its arena planned;
+* **sbnn, int8 float layers**: the same sbnn network with its float layers (stem, shortcuts,
+  classifier) in int8 (``sbnn_runtime.quantize``, calibrated on random normal batches), as
+  ``sbnn export --int8 --c`` writes it, compiled the same way;
 * **int8 float twin**: an estimate, not compiled: the fp32 twin's weight tensors at 1 byte
   each (per-channel vectors stay fp32), the code of the fp32 twin, and int8 activations
   (its arena / 4).
@@ -31,6 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 CPU = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
@@ -72,6 +77,12 @@ def make(name: str):
 
     torch.manual_seed(0)
     classes = 10
+    if "@" in name:  # any registry network: NAME@ONES@C,H,W (e.g. a DS-CNN at 1x49x10)
+        arch, ones_text, shape_text = name.split("@")
+        shape = tuple(int(v) for v in shape_text.split(","))
+        m = models.create(arch, num_classes=classes)
+        sbnn.init_closed_form_(m, float(ones_text))
+        return m.eval(), models.create(arch + "_fp", num_classes=classes).eval(), shape
     if name == "main":
         arch, ones, shape, kw = "fmnist_cnn", 0.05, (1, 28, 28), {}
     elif name in TINY:
@@ -91,6 +102,7 @@ def weight_tensor_bytes(graph) -> int:
 
 def measure(name: str, code_fp: int | None) -> dict:
     from sbnn.deploy.export import to_graph
+    from sbnn_runtime import quantize
     from sbnn_runtime.lower_c import generate_c
     from sbnn_runtime.ops import graph_macs
 
@@ -101,6 +113,10 @@ def measure(name: str, code_fp: int | None) -> dict:
         row["sbnn"] = arm_size(generate_c(g), Path(d))
         row["sbnn"]["layers"] = generate_c(g, values=False).layers
         row["dense_bnn"] = arm_size(generate_c(g, "packed"), Path(d))
+        rng = np.random.default_rng(0)
+        q = quantize.quantize_graph(g, [rng.standard_normal((8, *shape), dtype=np.float32)
+                                        for _ in range(4)])
+        row["sbnn_int8"] = arm_size(generate_c(q), Path(d))
         if name == "main" or name in TINY:
             row["fp32"] = arm_size(generate_c(gfp), Path(d))
             row["fp32"]["code"] = row["fp32"]["flash"] - row["fp32"]["weight_bytes"]
@@ -129,7 +145,9 @@ def main(argv=None) -> int:
         if name in a.models:
             rows.append(r)
         kb = lambda v: f"{v / 1024:,.1f} KiB"  # noqa: E731
-        print(f"{name}: sbnn {kb(r['sbnn']['flash'])} / {kb(r['sbnn']['ram'])}, dense BNN "
+        print(f"{name}: sbnn {kb(r['sbnn']['flash'])} / {kb(r['sbnn']['ram'])}, with int8 "
+              f"float layers {kb(r['sbnn_int8']['flash'])} / {kb(r['sbnn_int8']['ram'])} "
+              f"({r['sbnn']['flash'] / r['sbnn_int8']['flash']:.2f}x less flash), dense BNN "
               f"{kb(r['dense_bnn']['flash'])} / {kb(r['dense_bnn']['ram'])}, int8 twin (est.) "
               f"{kb(r['int8']['flash'])} / {kb(r['int8']['ram'])}, fp32 twin "
               f"{kb(r['fp32']['flash'])} / {kb(r['fp32']['ram'])}  (flash / RAM); fp32 twin "

@@ -809,6 +809,46 @@ int Engine::linear(int t, const float* w, int O, int I, const float* bias) {
               });
 }
 
+// -- int8 layers (core/int8.h) --------------------------------------------------------------
+
+int Engine::qconv2d(int t, const int8_t* w, const float* scale, const float* bias,
+                    float x_scale, int x_zero, QGeom g, Isa isa) {
+  check_tensor(t, "qconv2d");
+  const TensorShape s = shapes_[t];
+  if (s.flat) throw err("qconv2d", "input is a flat tensor " + s.str());
+  if (g.Ci != s.C || g.H != s.H || g.W != s.W)
+    throw err("qconv2d", "geometry does not match the input tensor " + s.str());
+  auto conv = std::make_shared<QConv>(w, scale, bias, x_scale, x_zero, g, isa);
+  ThreadPool* pool = &pool_;
+  const int r = push("qconv2d", {t}, TensorShape{g.Co, g.Ho, g.Wo, false},
+                     [conv, pool](const std::vector<const float*>& in, float* out, int N) {
+                       conv->forward(in[0], N, out, pool);
+                     });
+  ops_.back().kernel = std::string("int8:") + conv->kernel_name();
+  return r;
+}
+
+int Engine::qlinear(int t, const int8_t* w, int O, int I, const float* scale, const float* bias,
+                    float x_scale, int x_zero, Isa isa) {
+  check_tensor(t, "qlinear");
+  const TensorShape s = shapes_[t];
+  if (!s.flat) throw err("qlinear", "input must be flat (call flatten first), got " + s.str());
+  if (I != s.C || O < 1)
+    throw err("qlinear", "weight (" + std::to_string(O) + ", " + std::to_string(I) +
+                             ") does not fit " + s.str());
+  QGeom g;
+  g.Ci = I;
+  g.Co = O;
+  auto conv = std::make_shared<QConv>(w, scale, bias, x_scale, x_zero, g, isa);
+  ThreadPool* pool = &pool_;
+  const int r = push("qlinear", {t}, TensorShape{O, 1, 1, true},
+                     [conv, pool](const std::vector<const float*>& in, float* out, int N) {
+                       conv->forward(in[0], N, out, pool);
+                     });
+  ops_.back().kernel = std::string("int8:") + conv->kernel_name();
+  return r;
+}
+
 void Engine::set_output(int t) {
   check_tensor(t, "set_output");
   output_ = t;

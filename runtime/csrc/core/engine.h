@@ -13,6 +13,7 @@
 
 #include "core/bconv.h"
 #include "core/floatops.h"
+#include "core/int8.h"
 #include "core/threadpool.h"
 
 namespace sbnn {
@@ -98,6 +99,12 @@ class Engine {
   // half-pixel centres, or align_corners)
   int upsample(int t, int scale, int mode, bool align_corners);
   int linear(int t, const float* w, int O, int I, const float* bias);
+  // int8 conv / linear (core/int8.h): g's Ci, H, W come from tensor t; scale = float32(x_scale
+  // * w_scale_c); bias may be null; the output is float
+  int qconv2d(int t, const int8_t* w, const float* scale, const float* bias, float x_scale,
+              int x_zero, QGeom g, Isa isa);
+  int qlinear(int t, const int8_t* w, int O, int I, const float* scale, const float* bias,
+              float x_scale, int x_zero, Isa isa);
   void set_output(int t);
 
   const TensorShape& shape(int t) const;

@@ -106,6 +106,21 @@ void sbnn_sign_planes(const float *x, float *y, const float *thr, int c, int hw)
 /* y = W x + b; W: (o, n); bias: (o) or 0 */
 void sbnn_linear(const float *x, float *y, const float *wt, const float *bias, int o, int n);
 
+/* -- int8 conv and linear (sbnn_qconv.c): the float layers kept in int8 ------------------------ */
+
+/* q = clamp(rint(x / scale) + zero, 0, 255), ties to even, NaN -> 0 (sbnn_runtime.qkernels) */
+void sbnn_quantize_u8(const float *x, uint8_t *q, int n, float scale, int zero);
+/* x: (ci, h, w) float -> y: (co, oh, ow) float; wt: (co, ci / groups, kh, kw) int8; scale: (co)
+   = x_scale * the weight's scale; bias: (co) or 0; stride (sh, sw), top/left pads (pt, pl),
+   dilation (dh, dw); xq: ci * h * w bytes of scratch (the uint8 input). A linear is the
+   case h = w = kh = kw = 1. With an epilogue e (else 0), each channel goes through plane
+   (oh, ow) and e, as for sbnn_conv2d. */
+void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale,
+                  const float *bias, float x_scale, int x_zero, int ci, int h, int w, int co,
+                  int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
+                  int oh, int ow, uint8_t *xq, float *plane, float *tmp, const float *res,
+                  const sbnn_epi *e);
+
 /* -- binary convs: weights, decoders, kernels (sbnn_sbdecode.c, sbnn_sbconv.c) ---------------- */
 
 /* Weight encodings of a binary conv (co, ci, kh, kw) of 0/1 bits; a tap is

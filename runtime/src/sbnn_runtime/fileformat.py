@@ -20,7 +20,8 @@ references ``{"offset", "length", "dtype", "shape", "encoding", ...}``.
 Encodings:
 
 ``"raw"``
-    The array's bytes, C order, little-endian ``float32`` (``"f32"``) or ``uint8`` (``"u8"``).
+    The array's bytes, C order, little-endian ``float32`` (``"f32"``), ``uint8`` (``"u8"``) or
+    ``int8`` (``"i8"``: the weights of the int8 layers, ``qconv2d`` / ``qlinear``).
 ``"rice_gaps"``
     A 0/1 ``uint8`` tensor (the bits of a sparse-binary layer, C order ``(C_out, C_in, kh, kw)``)
     coded by the run lengths of 0-bits before each 1-bit, with a Rice code of parameter ``k``
@@ -198,7 +199,7 @@ def dumps(graph: Graph) -> bytes:
                 blob, fields = encode_bits(arr)
                 ref.update(dtype="u8", **fields)
             else:
-                dt = "u8" if arr.dtype == np.uint8 else "f32"
+                dt = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8"}.get(arr.dtype, "f32")
                 blob = np.ascontiguousarray(arr, dtype=_DTYPES[dt]).tobytes()
                 ref.update(dtype=dt, encoding="raw")
             ref.update(offset=len(payload), length=len(blob))

@@ -52,10 +52,11 @@ class OnnxBuilder:
     def tmp(self, what: str) -> str:
         return self._unique(what)
 
-    def const(self, what: str, arr) -> str:
+    def const(self, what: str, arr, dtype=np.float32) -> str:
+        # float32 unless dtype says otherwise (int8 weights, uint8 zero points of QDQ)
         name = self._unique(what)
         self.inits.append(self.numpy_helper.from_array(
-            np.ascontiguousarray(arr, dtype=np.float32), name))
+            np.ascontiguousarray(arr, dtype=dtype), name))
         return name
 
     def ints(self, what: str, values) -> str:

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime import kernel_costs as kc
-from sbnn_runtime import kernels
+from sbnn_runtime import kernels, qkernels
 
 __all__ = [
     "SBNNFormatError",
@@ -80,7 +80,7 @@ __all__ = [
     "conv_is_simple",
 ]
 
-DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1")}
+DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1"), "i8": np.dtype("i1")}
 MAX_ELEMS = 1 << 28  # per tensor: guards allocations driven by header numbers
 
 Shape = tuple[int, ...]
@@ -184,6 +184,10 @@ class OpSpec:
     # attributes a node may leave out (files written before them; each op's rule then reads
     # its default)
     optional_attrs: tuple[str, ...] = ()
+    # (node, x_scale, x_zero) -> the node's int8 twin (its input quantised to uint8 with that
+    # scale and zero point, its weight to per-channel int8; see sbnn_runtime.quantize); None:
+    # the op stays as it is under --int8
+    int8: Callable[[Node, float, int], Node] | None = None
 
 
 OPS: dict[str, OpSpec] = {}
@@ -438,6 +442,7 @@ _register(OpSpec(
     lower_c=lambda cn: _conv_c_call(cn, cn.node.params["weight"], cn.node.params.get("bias"),
                                     cn.x[0]),
     engine_bytes=_conv_engine_bytes, optional_attrs=("dilation", "groups"),
+    int8=lambda nd, s, z: _int8_twin(nd, s, z),
 ))
 
 
@@ -1261,6 +1266,190 @@ _register(OpSpec(
     lower_c=lambda cn: "sbnn_linear({}, {}, {}, {}, {}, {});".format(
         cn.x[0], cn.y, cn.farr("w", cn.node.params["weight"]),
         cn.farr("b", cn.node.params.get("bias")), *cn.node.params["weight"].shape),
+    int8=lambda nd, s, z: _int8_twin(nd, s, z),
+))
+
+
+# -- int8 twins of the layers kept in float (qconv2d, qlinear) --------------------------------
+# Per-output-channel symmetric int8 weights (`weight` i8, `w_scale` f32), the input quantised
+# per tensor to uint8 (`x_scale`, `x_zero` attributes), an exact int32 sum and a float32 output
+# (sbnn_runtime.qkernels states the arithmetic; every backend follows it). The passes make
+# them from conv2d / linear nodes (OpSpec.int8, sbnn_runtime.quantize), nothing else does.
+
+def _int8_twin(nd: Node, x_scale: float, x_zero: int) -> Node:
+    w, ws = qkernels.quantize_weight(nd.params["weight"])
+    params = {"weight": w, "w_scale": ws}
+    if "bias" in nd.params:
+        params["bias"] = np.asarray(nd.params["bias"], np.float32)
+    attrs = {"x_scale": float(np.float32(x_scale)), "x_zero": int(x_zero)}
+    if w.ndim == 4:
+        attrs.update({k: nd.attrs[k] for k in ("stride", "padding", "dilation", "groups")
+                      if k in nd.attrs})
+        return Node("qconv2d", list(nd.inputs), attrs, params, nd.name)
+    return Node("qlinear", list(nd.inputs), attrs, params, nd.name)
+
+
+def _qgeom(nd: Node) -> ConvGeometry:
+    """(sh, sw, pt, pl, pb, pr, dh, dw, groups) of an int8 conv: the float conv's reader."""
+    return conv_geometry(nd)
+
+
+def _qcheck(where: str, nd: Node, k: int) -> None:
+    if not 0 <= nd.attrs["x_zero"] <= 255:
+        raise _err(f"{where}: x_zero {nd.attrs['x_zero']} is not in [0, 255]")
+    if not nd.attrs["x_scale"] > 0:
+        raise _err(f"{where}: x_scale must be > 0, got {nd.attrs['x_scale']}")
+    if k > qkernels.MAX_K:
+        raise _err(f"{where}: {k} taps per output could overflow the int32 sum "
+                   f"(at most {qkernels.MAX_K})")
+
+
+def _qconv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    c, h, w = _spatial(where, ins[0])
+    P = nd.params
+    wt = P["weight"]
+    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    if wt.ndim != 4 or g < 1 or c % g or wt.shape[0] % g or wt.shape[1] * g != c:
+        raise _err(f"{where}: weight shape {wt.shape} in {g} group(s) does not take {c} input "
+                   "channels")
+    co, cig, kh, kw = wt.shape
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if min(co, kh, kw, sh, sw, dh, dw) < 1 or max(pt, pb) >= ekh or max(pl, pr) >= ekw:
+        raise _err(f"{where}: bad kernel {kh}x{kw}, stride {sh}x{sw}, dilation {dh}x{dw} or "
+                   f"padding {(pt, pl, pb, pr)}")
+    oh, ow = (h + pt + pb - ekh) // sh + 1, (w + pl + pr - ekw) // sw + 1
+    if min(oh, ow) < 1:
+        raise _err(f"{where}: kernel {kh}x{kw} does not fit input {h}x{w}")
+    _expect(where, "w_scale", P["w_scale"], (co,))
+    if "bias" in P:
+        _expect(where, "bias", P["bias"], (co,))
+    _qcheck(where, nd, cig * kh * kw)
+    return (co, oh, ow)
+
+
+def _qconv_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    P, A = nd.params, nd.attrs
+    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    return qkernels.qconv2d_reference(x[0], P["weight"], P["w_scale"], P.get("bias"),
+                                      A["x_scale"], A["x_zero"], (sh, sw), (pt, pl, pb, pr),
+                                      (dh, dw), g)
+
+
+def _qconv_native(eng, nd: Node, src: list[int], opt: dict) -> int:
+    P, A = nd.params, nd.attrs
+    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    return eng.qconv2d(src[0], P["weight"], qkernels.out_scale(A["x_scale"], P["w_scale"]),
+                       P.get("bias"), A["x_scale"], A["x_zero"], [sh, sw], [pt, pl, pb, pr],
+                       [dh, dw], g, opt.get("impl", "auto"))
+
+
+def _qlinear_native(eng, nd: Node, src: list[int], opt: dict) -> int:
+    P, A = nd.params, nd.attrs
+    return eng.qlinear(src[0], P["weight"], qkernels.out_scale(A["x_scale"], P["w_scale"]),
+                       P.get("bias"), A["x_scale"], A["x_zero"], opt.get("impl", "auto"))
+
+
+def _onnx_qdq(ctx, nd: Node, x: str) -> tuple[str, str]:
+    # QuantizeLinear -> DequantizeLinear on the input (round half to even, saturate: the same
+    # uint8 as the engine's), DequantizeLinear on the int8 weight, per output channel
+    P, A = nd.params, nd.attrs
+    s = ctx.const("xs", np.float32(A["x_scale"]))
+    z = ctx.const("xz", np.uint8(A["x_zero"]), dtype=np.uint8)
+    q, dq, wf = ctx.tmp("xq"), ctx.tmp("xdq"), ctx.tmp("wdq")
+    ctx.node("QuantizeLinear", [x, s, z], [q])
+    ctx.node("DequantizeLinear", [q, s, z], [dq])
+    co = P["weight"].shape[0]
+    ctx.node("DequantizeLinear", [ctx.const("wq", P["weight"], dtype=np.int8),
+                                  ctx.const("ws", P["w_scale"]),
+                                  ctx.const("wz", np.zeros(co, np.int8), dtype=np.int8)],
+             [wf], axis=0)
+    return dq, wf
+
+
+def _qconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    dq, wf = _onnx_qdq(ctx, nd, ins[0])
+    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    args = [dq, wf] + ([ctx.const("b", nd.params["bias"])] if "bias" in nd.params else [])
+    ctx.node("Conv", args, [out], kernel_shape=list(nd.params["weight"].shape[2:]),
+             strides=[sh, sw], pads=[pt, pl, pb, pr], dilations=[dh, dw], group=g)
+
+
+def _qlinear_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    dq, wf = _onnx_qdq(ctx, nd, ins[0])
+    args = [dq, wf] + ([ctx.const("b", nd.params["bias"])] if "bias" in nd.params else [])
+    ctx.node("Gemm", args, [out], transB=1)
+
+
+def _qconv_c(cn) -> str:
+    # x: (ci, h, w) float -> y: (co, oh, ow) float; the uint8 input lives in the scratch xq
+    nd, (ci, h, w), (co, oh, ow) = cn.node, cn.ins[0], cn.out
+    P, A = nd.params, nd.attrs
+    _, _, kh, kw = P["weight"].shape
+    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    wq = cn.em.uarr(f"L{cn.index}_wq", "int8_t", 1, P["weight"])
+    geo = f"{ci}, {h}, {w}, {co}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {g}, {oh}, {ow}"
+    return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, "
+            f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
+            f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, {geo}, "
+            f"(uint8_t *){cn.scratch('xq')}, {cn.epilogue()});")
+
+
+def _qlinear_c(cn) -> str:
+    nd = cn.node
+    P, A = nd.params, nd.attrs
+    o, n = P["weight"].shape
+    wq = cn.em.uarr(f"L{cn.index}_wq", "int8_t", 1, P["weight"])
+    return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, "
+            f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
+            f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, "
+            f"{n}, 1, 1, {o}, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, (uint8_t *){cn.scratch('xq')}, "
+            "0, 0, 0, 0);")
+
+
+def _qlinear_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    wt = nd.params["weight"]
+    if len(ins[0]) != 1 or wt.ndim != 2 or wt.shape[1] != ins[0][0] or wt.shape[0] < 1:
+        raise _err(f"{where}: weight {wt.shape} does not fit a flat input {ins[0]}")
+    _expect(where, "w_scale", nd.params["w_scale"], (wt.shape[0],))
+    if "bias" in nd.params:
+        _expect(where, "bias", nd.params["bias"], (wt.shape[0],))
+    _qcheck(where, nd, wt.shape[1])
+    return (wt.shape[0],)
+
+
+def _qconv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
+    # the engine's uint8 input, its uint8 columns (taps padded to 64) and the int32 sums
+    co, cig, kh, kw = nd.params["weight"].shape
+    p = out[1] * out[2]
+    return math.prod(ins[0]) + p * (-(-cig * kh * kw // 64) * 64) * _qgeom(nd)[8] + 4 * co * p
+
+
+def _q_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> dict[str, int]:
+    return {"xq": (math.prod(ins[0]) + 3) // 4}  # the uint8 input, four to a cell
+
+
+_QATTRS = {"x_scale": _F, "x_zero": _I}
+
+_register(OpSpec(
+    "qconv2d", 1, {**_CONV_ATTRS, **_QATTRS},
+    {"weight": ("i8", True), "w_scale": ("f32", True), "bias": ("f32", False)},
+    shape=_qconv_shape, reference=_qconv_reference, lower_native=_qconv_native,
+    lower_onnx=_qconv_onnx, lower_c=_qconv_c,
+    macs=lambda nd, ins, out: math.prod(out) * math.prod(nd.params["weight"].shape[1:]),
+    workspace=_qconv_workspace, c_scratch=_q_c_scratch, optional_attrs=("dilation", "groups"),
+))
+
+_register(OpSpec(
+    "qlinear", 1, dict(_QATTRS),
+    {"weight": ("i8", True), "w_scale": ("f32", True), "bias": ("f32", False)},
+    shape=_qlinear_shape,
+    reference=lambda nd, x: qkernels.qlinear_reference(
+        x[0], nd.params["weight"], nd.params["w_scale"], nd.params.get("bias"),
+        nd.attrs["x_scale"], nd.attrs["x_zero"]),
+    lower_native=_qlinear_native, lower_onnx=_qlinear_onnx, lower_c=_qlinear_c,
+    macs=lambda nd, ins, out: int(nd.params["weight"].size),
+    workspace=lambda nd, ins, out: 64 * (-(-ins[0][0] // 64)) + 4 * out[0] + ins[0][0],
+    c_scratch=_q_c_scratch,
 ))
 
 

@@ -107,6 +107,7 @@ _MAX_PLACE_WORK = 1_000_000
 # names them).
 _CONV = "conv2d"
 _BCONV = "sbconv2d"
+_QCONV = "qconv2d"  # the int8 conv: a float output per channel, so the C epilogues apply
 _ADD = "add"
 _CLAMP = "hardtanh"
 _RPRELU = "rprelu"
@@ -355,7 +356,7 @@ def fuse_pool_residual(graph: Graph, order: list[int] | None = None) -> list[Ste
     for i in order:
         for j in g.nodes[i].inputs:
             users.setdefault(j, []).append(i)
-    conv = (_CONV, _BCONV)
+    conv = (_CONV, _BCONV, _QCONV)
     fused: dict[int, int] = {}
     resid: dict[int, int] = {}
     for i in order:
@@ -401,7 +402,7 @@ def binary_maps(graph: Graph, steps: list[Step]) -> dict[int, tuple[np.ndarray |
     for s in steps:
         t = s.output
         rd = users.get(t, [])
-        if g.nodes[s.node].op not in (_CONV, _BCONV) or t == g.output or not rd or \
+        if g.nodes[s.node].op not in (_CONV, _BCONV, _QCONV) or t == g.output or not rd or \
                 not all(_is_binary_conv(g.nodes[r]) for r in rd):
             continue
         thr = [g.nodes[r].params.get("thr") for r in rd]

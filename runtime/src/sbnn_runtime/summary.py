@@ -32,7 +32,7 @@ def _stored_from_graph(graph: Graph) -> list[dict[str, int]]:
             if p in OPS[nd.op].bit_params:
                 sizes[p] = len(fileformat.encode_bits(arr)[0])
             else:
-                sizes[p] = int(arr.size) * (1 if arr.dtype == np.uint8 else 4)
+                sizes[p] = int(arr.size) * arr.dtype.itemsize
         out.append(sizes)
     return out
 
@@ -47,7 +47,9 @@ def summarize(model: Graph | str | os.PathLike | bytes | bytearray | memoryview,
     and ``binary`` (a binary conv: its MACs are XNOR/popcount ones). Binary convs also give
     ``weights`` (bits), ``ones_fraction``, ``kernels`` (``C_out * C_in``), ``zero_kernels``
     (kernels with no 1-bit, which the sparse engine skips) and ``bits_per_weight`` (stored).
-    ``"totals"``: params and MACs split into binary and float, ``stored_bytes``, and
+    Layers in int8 give ``int8_params`` (their int8 weights).
+    ``"totals"``: params and MACs split into binary and float (``int8_layers`` and
+    ``int8_params``: the float layers kept in int8), ``stored_bytes``, and
     ``file_bytes`` (the whole file, header included) and ``activation_bytes`` / ``memory_bytes``
     (one image, see :class:`sbnn_runtime.ops.GraphCost`). ``load_kwargs`` (``max_macs``,
     ``max_memory``) go to the loader.
@@ -69,7 +71,7 @@ def summarize(model: Graph | str | os.PathLike | bytes | bytearray | memoryview,
     nodes = []
     tot = {"binary_params": 0, "float_params": 0, "binary_macs": 0, "float_macs": 0,
            "binary_layers": 0, "binary_ones": 0, "binary_stored_bytes": 0,
-           "float_stored_bytes": 0, "entropy_bits": 0.0}
+           "float_stored_bytes": 0, "entropy_bits": 0.0, "int8_layers": 0, "int8_params": 0}
     for i, nd in enumerate(graph.nodes):
         spec = OPS[nd.op]
         binary = spec.binary(nd)
@@ -101,6 +103,11 @@ def summarize(model: Graph | str | os.PathLike | bytes | bytearray | memoryview,
             tot["float_params"] += row["params"]
             tot["float_stored_bytes"] += row["stored_bytes"]
         tot["binary_macs" if binary else "float_macs"] += row["macs"]
+        i8 = sum(int(a.size) for a in nd.params.values() if a.dtype == np.int8)
+        if i8:  # a float layer in int8 (sbnn_runtime.quantize)
+            row["int8_params"] = i8
+            tot["int8_layers"] += 1
+            tot["int8_params"] += i8
         nodes.append(row)
     nb = tot["binary_params"]
     totals = dict(tot, layers=len(nodes) - 1, params=nb + tot["float_params"],
@@ -156,11 +163,15 @@ def format_summary(summary: dict[str, Any], title: str = "") -> str:
                   f"{_num(t['binary_stored_bytes'])}B, {_num(t['binary_macs'])} binary MACs")
     else:
         binary = "binary: no binary layer"
+    int8 = ""
+    if t.get("int8_layers"):
+        int8 = (f" ({t['int8_layers']} layer(s) in int8: {_num(t['int8_params'])} weights of "
+                f"1 byte, {_num(3 * t['int8_params'])}B less than fp32)")
     lines += [
         "-" * len(lines[0]),
         binary,
         f"float:  {_num(t['float_params'])} params, {_num(t['float_stored_bytes'])}B, "
-        f"{_num(t['float_macs'])} MACs",
+        f"{_num(t['float_macs'])} MACs" + int8,
         f"total:  {t['layers']} layers, {_num(t['params'])} params, {_num(t['macs'])} MACs per "
         f"image, stored {_num(t['stored_bytes'])}B, file {_num(t['file_bytes'])}B "
         f"({t['file_bytes']} bytes); activations {_num(t['activation_bytes'])}B per image",

@@ -23,6 +23,16 @@ def add_parser(subparsers) -> None:
                         "DIR/model.h and its kernels (for microcontrollers; see docs/DEPLOY.md)")
     p.add_argument("--name", help="with --c: N.c/N.h with symbols N_run, N_run_arena, N_* "
                                   "(a C identifier; default model.c, sbnn_run, SBNN_*)")
+    p.add_argument("--int8", action="store_true",
+                   help="write the layers kept in float (first conv, shortcuts, depthwise, "
+                        "classifier) in int8, calibrated on a few batches of the run's training "
+                        "data (or --calib), and print the test accuracy change")
+    p.add_argument("--calib", metavar="FILE.npy",
+                   help="with --int8: calibrate on these float (N, C, H, W) images, "
+                        "preprocessed as the model expects, instead of the run's data")
+    p.add_argument("--calib-batches", type=int, default=4, metavar="N",
+                   help="with --int8: batches of 128 training images to calibrate on "
+                        "(default 4)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W, C,L or F of one sample (default: from the run's "
                    "dataset)")
@@ -104,6 +114,22 @@ def run(args) -> int:
             cfg.get("model", {}).get("kwargs", {}), "dataset": cfg.get("data", {}).get("name"),
             "num_classes": ckpt.get("num_classes"), "epoch": ckpt.get("epoch"),
             "source": os.fspath(args.path), "producer": f"sbnn {__version__}"}
+    calib = None
+    if (args.calib or args.calib_batches != 4) and not args.int8:
+        return fail("--calib and --calib-batches go with --int8")
+    if args.int8:
+        from sbnn.pipeline.int8 import calibration_batches, load_calibration_file
+
+        try:
+            if args.calib:
+                calib = load_calibration_file(args.calib, shape)
+            elif not meta["dataset"]:
+                return fail("the run names no dataset to calibrate on; pass --calib FILE.npy")
+            else:
+                calib = calibration_batches(meta["dataset"], cfg.get("data", {}).get("root"),
+                                            args.calib_batches)
+        except (ValueError, OSError) as exc:
+            return fail(exc)
     targets = [t for t in (args.output, args.onnx, args.c_dir) if t]
     for target in targets:
         folder = os.path.dirname(os.path.abspath(target))
@@ -114,7 +140,8 @@ def run(args) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:  # --c alone: the .sbnn is not kept
             graph = export(model, args.output or os.path.join(tmp, "m.sbnn"), shape,
-                           metadata=meta, onnx_path=args.onnx, check=not args.no_check)
+                           metadata=meta, onnx_path=args.onnx, check=not args.no_check,
+                           int8=calib)
         cmodel = export_c(graph, args.c_dir, name=args.name) if args.c_dir else None
     except BaseException as exc:
         for t, was in existed.items():
@@ -131,8 +158,28 @@ def run(args) -> int:
         print(f"wrote {args.output} ({size / 1024:.1f} KiB)"
               + (f" and {args.onnx} ({os.path.getsize(args.onnx) / 1024:.1f} KiB)"
                  if args.onnx else ""))
+    if calib is not None:
+        _report_int8(model, shape, meta, graph, calib, cfg)
     if cmodel is not None:
         print(format_sizes(cmodel))
         print(f"wrote {os.path.join(args.c_dir, cmodel.stem + '.c')}, {cmodel.stem}.h and the "
               "kernels (sbnn_micro.h, sbnn_*.c)")
     return 0
+
+
+def _report_int8(model, shape, meta, graph, calib, cfg) -> None:
+    """What --int8 did, and the test accuracy it costs (fp32 vs int8 float layers, both on the
+    engine)."""
+    from sbnn.deploy.export import to_graph
+    from sbnn.pipeline.int8 import accuracy_change, format_accuracy_change
+
+    layers = list(graph.metadata.get("int8", {}))
+    n = sum(len(b) for b in calib)
+    print(f"int8: {len(layers)} float layer(s) in int8 ({', '.join(layers)}), calibrated on "
+          f"{n} image(s)")
+    if not meta["dataset"]:
+        print("int8: the run names no dataset, so the accuracy change is not measured")
+        return
+    fp32 = to_graph(model.eval(), shape, meta)
+    print(format_accuracy_change(accuracy_change(fp32, graph, meta["dataset"],
+                                                 cfg.get("data", {}).get("root"))))

@@ -861,8 +861,14 @@ def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], *,
            metadata: dict[str, Any] | None = None, onnx_path: str | os.PathLike | None = None,
-           check: bool = True) -> Graph:
+           check: bool = True, int8: Any = None) -> Graph:
     """Write ``model`` to ``path`` as a ``.sbnn`` file (and optionally an ONNX twin).
+
+    ``int8``: calibration data (float32 ``(N, C, H, W)`` batches, or one such array): the
+    layers kept in float (first conv, shortcuts, depthwise, classifier) are then written in
+    int8, per-channel int8 weights and per-tensor uint8 inputs calibrated on it
+    (:func:`sbnn_runtime.quantize.quantize_graph`); None (the default) keeps them fp32. The
+    returned graph is the one written.
 
     With ``check``, the exported graph is run by the reference executor on two random inputs
     and compared with the PyTorch model. A gap above 5% of the largest logit warns: an export
@@ -886,6 +892,12 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ..
                               "to the largest logit) on random inputs", stacklevel=2)
     finally:
         model.train(was_training)
+    if int8 is not None:
+        from sbnn_runtime.quantize import quantize_graph
+
+        batches = [int8[i:i + 128] for i in range(0, len(int8), 128)] if isinstance(
+            int8, np.ndarray) else list(int8)
+        graph = quantize_graph(graph, [np.ascontiguousarray(b, np.float32) for b in batches])
     save(graph, path)
     if onnx_path is not None:
         from sbnn_runtime.lower_onnx import save_onnx
