@@ -565,21 +565,7 @@ int Engine::maxpool(int t, int k, int stride, int pad) {
                 for_planes(*pool, N, s.C, [&](int n, int c) {
                   const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
                   float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
-                  for (int oh = 0; oh < Ho; ++oh)
-                    for (int ow = 0; ow < Wo; ++ow) {
-                      float m = -std::numeric_limits<float>::infinity();
-                      for (int ky = 0; ky < k; ++ky) {
-                        const int h = oh * stride + ky - pad;
-                        if (h < 0 || h >= s.H) continue;
-                        for (int kx = 0; kx < k; ++kx) {
-                          const int w = ow * stride + kx - pad;
-                          if (w < 0 || w >= s.W) continue;
-                          const float v = x[h * s.W + w];
-                          if (v > m || std::isnan(v)) m = v;
-                        }
-                      }
-                      y[oh * Wo + ow] = m;
-                    }
+                  maxpool_plane(x, s.H, s.W, k, stride, pad, Ho, Wo, y);  // floatops.cpp
                 });
               });
 }
