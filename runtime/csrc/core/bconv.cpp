@@ -328,13 +328,10 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
       }
   const size_t out_img = static_cast<size_t>(Co_) * P;
   const int nblk = (Co_ + kCoBlock - 1) / kCoBlock;
-  // A residual add or clamp goes into the epilogue's own pass when the table has the fused
-  // epilogues (SBNN_FUSED_POST=0 in the environment turns it off, for measurements).
-  const bool fuse_post = (post.res || post.clamp) && kt_->affine_epilogue_post &&
+  // The post-ops go into the epilogue's own pass when the table has the fused epilogues
+  // (SBNN_FUSED_POST=0 in the environment turns it off, for measurements).
+  const bool fuse_post = post.active() && kt_->affine_epilogue_post &&
                          kt_->affine_epilogue8_post && fused_post_enabled();
-  BConvPost rp_only = post;
-  rp_only.res = nullptr;
-  rp_only.clamp = false;
   auto block = [&](int b) {
     auto acc = uninit<int32_t>(Lr);
     auto acc8 = uninit<int8_t>(Lr + 64);  // slack for the epilogue's over-reads
@@ -356,16 +353,21 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
       for (int im = 0; im < nimg; ++im) {
         const size_t o = im * out_img + static_cast<size_t>(c) * P;
         const float* wi = wsf.get() + static_cast<size_t>(im) * P;
-        if (y && fuse_post) {
-          // residual add and clamp inside the epilogue's pass; RPReLU (if any) after it
+        if (y && fuse_post) {  // the post-ops inside the epilogue's pass
           const float* r = post.res ? post.res + o : nullptr;
+          float rp[3];
+          if (post.rp_in) {
+            rp[0] = post.rp_in[c];
+            rp[1] = post.rp_slope[c];
+            rp[2] = post.rp_out[c];
+          }
+          const float* rpc = post.rp_in ? rp : nullptr;
           if (a32)
             kt_->affine_epilogue_post(a32 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
-                                      bias_[c], y + o, r, post.clamp, post.lo, post.hi);
+                                      bias_[c], y + o, r, post.clamp, post.lo, post.hi, rpc);
           else
             kt_->affine_epilogue8_post(a8 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
-                                       bias_[c], y + o, r, post.clamp, post.lo, post.hi);
-          if (post.rp_in) run_post(y + o, nullptr, P, rp_only, c);
+                                       bias_[c], y + o, r, post.clamp, post.lo, post.hi, rpc);
         } else if (y) {
           if (a32)
             kt_->affine_epilogue(a32 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
