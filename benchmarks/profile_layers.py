@@ -101,8 +101,8 @@ def split_layer(nd, H: int, W: int, kernel: str, rounds: int) -> dict:
 
 def profile_model(path: str, runs: int, split_rounds: int, ghz: float) -> dict:
     from sbnn_runtime import Engine, fileformat
-    from sbnn_runtime.ops import OPS, graph_cost
-    from sbnn_runtime.passes import plan
+    from sbnn_runtime.ops import OPS
+    from sbnn_runtime.passes import graph_cost, plan
 
     graph = fileformat.load(path)
     shapes = graph.shapes()

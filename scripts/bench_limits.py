@@ -38,7 +38,7 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     import sbnn_runtime
     from sbnn_runtime import fileformat as ff
-    from sbnn_runtime.ops import graph_cost
+    from sbnn_runtime.passes import graph_cost
     path, batch, threads, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     raw = open(path, "rb").read()
     hlen = int.from_bytes(raw[12:16], "little")

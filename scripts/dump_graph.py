@@ -123,6 +123,9 @@ class Recorder:
             args += (["/"] if k else []) + list(g)
         self._call("set_groups", args)
 
+    def set_memory_plan(self, arena_bytes: int, offsets: list[int]) -> None:
+        self._call("set_memory_plan", [arena_bytes, *offsets])
+
 
 def dump(graph: Graph, name: str, x: np.ndarray, path: Path, sparse: bool = True) -> dict:
     """Write the dump of ``graph`` on inputs ``x`` to ``path``; returns what it ran."""
@@ -134,8 +137,11 @@ def dump(graph: Graph, name: str, x: np.ndarray, path: Path, sparse: bool = True
     for nd, fn in zip(graph.nodes, lowering(graph, "native"), strict=True):
         ids.append(fn(rec, nd, [ids[j] for j in nd.inputs], opts))  # as Engine._build does
     rec.set_output(ids[graph.output])
-    groups = passes.plan(graph, "native", memory=False).groups()
-    rec.set_groups([[ids[i] for i in g] for g in groups])
+    pl = passes.plan(graph, "native")  # as Engine._build: its groups, then its memory plan
+    rec.set_groups([[ids[i] for i in g] for g in pl.groups()])
+    mem = pl.memory
+    rec.set_memory_plan(mem.nbytes, [4 * mem.offset(i) if mem.offset(i) >= 0 else -1
+                                     for i in range(len(graph.nodes))])
     x = np.ascontiguousarray(x, dtype=np.float32)
     header = [MAGIC, f"model {name}", *rec.lines,
               f"input {rec.array(x).split(':')[1]} {' '.join(map(str, x.shape))}"]

@@ -474,6 +474,21 @@ NB_MODULE(_core, m) {
           "groups", [](PyEngine& e) { return e.eng().groups(); },
           "The fusion groups set by set_groups.")
       .def(
+          "set_memory_plan",
+          [](PyEngine& e, std::vector<int64_t> offsets, int64_t arena_bytes) {
+            e.eng().set_memory_plan(std::move(offsets), arena_bytes);
+          },
+          "offsets"_a, "arena_bytes"_a,
+          "The memory plan from the graph passes (sbnn_runtime.passes.plan_buffers): per tensor "
+          "id its byte offset (-1: the caller's input) in one arena of arena_bytes for one "
+          "image, offsets multiples of 64. A run of N images allocates one arena of N * "
+          "arena_bytes and puts tensor t at N * offsets[t]. Raises ValueError on a plan that "
+          "misses an op's output or leaves the arena (the old plan stays).")
+      .def_prop_ro(
+          "arena_bytes", [](PyEngine& e) { return e.eng().arena_bytes(); },
+          "Bytes of the arena for one image, of the memory plan in force (a run of N images "
+          "allocates N times this).")
+      .def(
           "set_choice", [](PyEngine& e, bool on) { e.eng().set_choice(on); }, "on"_a,
           "Binary convs added after this call: with on (the default) a sparse conv also "
           "prepares the dense kernel and runs the faster per batch size; off: sparse only.");

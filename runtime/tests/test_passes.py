@@ -216,7 +216,42 @@ def test_place_never_overlaps_live_buffers():
         assert arena >= peak
 
 
-def test_plan_buffers_keep_a_steps_inputs_and_output_apart():
+def _check_memory(pl: passes.Plan, target: str) -> None:
+    """The memory plan's promises: tensors alive at once never share cells (scratch included),
+    every offset aligned, every tensor inside the arena for its whole life, and a step's output
+    over one of its inputs only where the op table allows it (never on the native engine)."""
+    from sbnn_runtime.ops import OPS
+
+    mem, g = pl.memory, pl.graph
+    life = passes.lifetimes(g, pl.steps)
+    align = passes.ALIGN[target] // 4
+    assert mem.align == align
+    every = list(mem.buffers.values()) + [b for bs in mem.scratch.values() for b in bs.values()]
+    for k, a in enumerate(every):
+        assert a.offset % align == 0 and 0 <= a.offset and a.offset + a.size <= mem.arena
+        for b in every[k + 1:]:
+            if a.start <= b.end and b.start <= a.end:
+                assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset
+    assert mem.nbytes == 4 * (mem.arena + mem.tail)
+    for t, (first, last) in life.items():
+        b = mem.buffers[mem.store[t]] if mem.store[t] >= 0 else None
+        if b is not None:
+            assert b.start <= first and last <= b.end
+            need = int(np.prod(pl.shapes[t]))
+            assert b.size >= (need if t not in mem.binmaps else 1)
+    for st in pl.steps:
+        out = mem.store[st.output]
+        spec = OPS[g.nodes[st.node].op]
+        for t in st.inputs:
+            if mem.store.get(t, -1) < 0 or mem.store[t] != out:
+                continue
+            assert target == "c", "the native engine never runs in place"
+            allowed = spec.c_alias or (spec.c_inplace and not st.fused) or \
+                t == st.residual
+            assert allowed, (st, t)
+
+
+def test_plan_buffers_keep_live_tensors_apart():
     rng = np.random.default_rng(6)
     g = G()
     stem = g.add(_conv(rng, 4, 4, 0))
@@ -226,16 +261,55 @@ def test_plan_buffers_keep_a_steps_inputs_and_output_apart():
     h1 = g.add(Node("hardtanh", [a], HT))
     g.add(Node("relu", [h1]))
     for target in passes.TARGETS:
-        pl = passes.plan(g.graph(), target)
-        live = passes.lifetimes(pl.graph, pl.steps)
-        assert set(pl.buffers) == set(live)
-        for st in pl.steps:
-            o = pl.buffers[st.output]
-            for t in st.inputs:
-                if t in pl.buffers:
-                    b = pl.buffers[t]
-                    assert b.offset + b.size <= o.offset or o.offset + o.size <= b.offset
-        assert pl.arena >= max(b.size for b in pl.buffers.values())
+        for fuse in (True, False):
+            pl = passes.plan(g.graph(), target, fuse=fuse)
+            _check_memory(pl, target)
+            assert pl.arena >= max(b.size for b in pl.buffers.values())
+    native = passes.plan(g.graph(), "native")
+    assert set(native.buffers) == set(passes.lifetimes(native.graph, native.steps))
+    assert all(b.offset % 16 == 0 for b in native.buffers.values())  # 64 bytes
+    # the C plan runs the relu in place over the hardtanh it reads (the op table allows it)
+    c = passes.plan(g.graph(), "c", fuse=False)
+    assert c.memory.store[len(g.nodes) - 1] == c.memory.store[h1]
+
+
+def test_plan_buffers_on_random_graphs():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from random_graphs import random_graph
+
+    for seed in range(40):
+        graph = random_graph(seed)
+        for target in passes.TARGETS:
+            _check_memory(passes.plan(graph, target), target)
+        cost = passes.graph_cost(graph)
+        mem = passes.plan(graph, "native").memory
+        out = int(np.prod(graph.shapes()[graph.output]))
+        assert cost.activation_bytes == mem.nbytes + 4 * out
+        assert cost.workspace_bytes == mem.workspace
+
+
+def test_place_aligns_and_falls_back_to_end_to_end_when_crowded(monkeypatch):
+    bufs = [Buffer(5, 0, 1), Buffer(3, 1, 2), Buffer(7, 2, 3)]
+    arena = passes.place(bufs, align=4)
+    assert [b.offset for b in bufs] == [0, 8, 0] and arena == 11
+    monkeypatch.setattr(passes, "_MAX_PLACE_WORK", 1)
+    bufs = [Buffer(5, 0, 1), Buffer(3, 1, 2), Buffer(7, 2, 3)]
+    arena = passes.place(bufs, align=4)
+    assert [b.offset for b in bufs] == [0, 8, 12] and arena == 19
+
+
+def test_plan_steps_per_target():
+    rng = np.random.default_rng(6)
+    g = G()
+    stem = g.add(_conv(rng, 4, 4, 0))
+    h0 = g.add(Node("hardtanh", [stem], HT))
+    s = g.add(_sb(rng, 4, 4, h0))
+    a = g.add(Node("add", [s, h0]))
+    h1 = g.add(Node("hardtanh", [a], HT))
+    g.add(Node("relu", [h1]))
     pl = passes.plan(g.graph(), "native")
     assert pl.groups() == [[stem, h0], [s, a, h1]] and not pl.encodings
     assert passes.plan(g.graph(), "native", fuse=False).groups() == []
@@ -276,9 +350,40 @@ def test_native_engine_fuses_exactly_the_groups_of_the_plan():
                                                      "sbconv2d+add+hardtanh"]
     x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(eng(x), reference_forward(graph, x), rtol=1e-5, atol=1e-5)
+    # the memory plan follows the groups: the fused plan has no place for the conv's own output
+    with pytest.raises(ValueError, match="no place in the arena"):
+        eng._native.set_groups([])
+    alone = passes.plan(graph, "native", fuse=False).memory
+    eng._native.set_memory_plan([4 * alone.offset(i) if i else -1 for i in range(6)],
+                                alone.nbytes)
     eng._native.set_groups([])  # no groups: every op alone, the same numbers
-    assert eng._native.num_ops == 5
+    assert eng._native.num_ops == 5 and eng._native.arena_bytes == alone.nbytes
     np.testing.assert_allclose(eng(x), reference_forward(graph, x), rtol=1e-5, atol=1e-5)
+
+
+def test_native_engine_allocates_the_arena_of_the_plan():
+    rng = np.random.default_rng(9)
+    graph = _block(rng)
+    eng = _native_engine(graph)
+    mem = eng.plan.memory
+    assert eng._native.arena_bytes == mem.nbytes > 0
+    assert eng.cost.activation_bytes == mem.nbytes + 4 * int(np.prod(eng.output_shape))
+    x = rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
+    want = eng(x)
+    offsets = [4 * mem.offset(i) if i else -1 for i in range(6)]
+    for bad, msg in [([-1] * 6, "no place"), ([o + 4 if o > 0 else o for o in offsets],
+                                              "misaligned"),
+                     (offsets[:5] + [mem.nbytes], "outside the arena")]:
+        with pytest.raises(ValueError, match=msg):
+            eng._native.set_memory_plan(bad, mem.nbytes)
+        assert eng._native.arena_bytes == mem.nbytes  # the old plan stays
+    with pytest.raises(ValueError, match="arena_bytes"):
+        eng._native.set_memory_plan(offsets, -1)
+    # a plan that lays every tensor apart gives the same numbers from a bigger arena
+    apart = [-1] + [64 * 1024 * i for i in range(5)]
+    eng._native.set_memory_plan(apart, 64 * 1024 * 5)
+    assert eng._native.arena_bytes == 64 * 1024 * 5
+    np.testing.assert_array_equal(eng(x), want)
 
 
 @pytest.mark.parametrize("groups,msg", [
@@ -296,3 +401,19 @@ def test_native_engine_refuses_groups_it_cannot_fuse(groups, msg):
     with pytest.raises(ValueError, match=msg):
         eng._native.set_groups(groups)
     assert eng._native.groups == before  # a refused plan leaves the engine as it was
+
+
+def test_the_c_generator_writes_the_plans_offsets():
+    from sbnn_runtime.lower_c import generate_c
+
+    rng = np.random.default_rng(10)
+    graph = _block(rng)
+    pl = passes.plan(graph, "c")
+    cm = generate_c(graph)
+    assert cm.arena_bytes == pl.memory.nbytes
+    for st in pl.steps:  # every step writes at the offset the plan gave its output
+        off = pl.memory.offset(st.output)
+        assert off >= 0 and f"(A + {off})" in cm.model_c
+    for scratch in pl.memory.scratch.values():
+        for b in scratch.values():
+            assert f"(A + {b.offset})" in cm.model_c

@@ -24,10 +24,10 @@ from sbnn_runtime.ops import (
     Node,
     SBNNFormatError,
     SBNNLimitError,
-    graph_cost,
     infer_shapes,
     shape_only,
 )
+from sbnn_runtime.passes import graph_cost
 
 HAVE_CORE = native.core is not None and hasattr(native.core, "Engine")
 needs_core = pytest.mark.skipif(not HAVE_CORE, reason=native.native_error or "no native Engine")
@@ -195,27 +195,35 @@ def test_a_small_pooling_graph_of_huge_work_is_refused():
 
 
 def test_a_small_graph_of_huge_memory_is_refused():
-    # every 2x2 average pool at pad 1 grows the map by one: each output needs a new buffer
+    # four 2x2 average pools of the input (1 GiB each), summed: all four alive at once
     nodes = [node("input", attrs={"shape": [1, 16000, 16000]})]
-    for i in range(8):
-        nodes.append(node("avgpool", [i], {"k": 2, "stride": 1, "pad": 1,
+    for _ in range(4):
+        nodes.append(node("avgpool", [0], {"k": 2, "stride": 1, "pad": 1,
                                            "count_include_pad": True}))
+    nodes += [node("add", [1, 2]), node("add", [5, 3]), node("add", [6, 4])]
     data = craft(nodes, len(nodes) - 1)
     assert len(data) < 2048
     with pytest.raises(SBNNLimitError, match=r"MiB at batch 1 .*activations .*max_memory"):
         ff.loads(data, max_macs="inf")  # (its pools are also 133 G kernel steps)
     g = ff.loads(data, max_memory="1T", max_macs="inf")
     act = graph_cost(g).activation_bytes
-    sizes = [4 * (16000 + i) ** 2 for i in range(1, 9)]
-    assert act == sum(sizes) + sizes[-1]  # a new buffer per node, plus the output array
+    cells = 16001 ** 2
+    # the memory plan: five maps alive at once (the four pools and the first sum, as it is
+    # written), each but the last 64-byte aligned, plus the output array handed back
+    assert act == 4 * (4 * -(-cells // 16) * 16 + cells) + 4 * cells
 
 
-def test_activation_estimate_reuses_freed_buffers_like_the_engine():
+def test_activation_estimate_is_the_arena_of_the_engines_memory_plan():
     c = 2 * 5 * 5
     g = Graph([Node("input", [], {"shape": [2, 5, 5]})] + [Node("relu", [i]) for i in range(4)],
               4)
-    # relu 1 and relu 2 need new buffers; relu 3 takes relu 1's, relu 4 relu 2's; + the output
-    assert graph_cost(g).activation_bytes == 4 * (2 * c + c)
+    # relus 1 and 3 share cells, 2 and 4 too (at 64 cells: 64-byte aligned); + the output
+    assert graph_cost(g).activation_bytes == 4 * (64 + c + c)
+    if HAVE_CORE:
+        from sbnn_runtime import Engine
+
+        eng = Engine(g, 1)
+        assert eng._native.arena_bytes == 4 * (64 + c)
 
 
 def test_limits_from_arguments_and_environment(monkeypatch):
@@ -342,9 +350,8 @@ def test_a_thread_pool_that_cannot_start_fails_cleanly():
     assert out[1] == "1"
 
 
-def test_activation_estimate_stays_linear_on_a_deep_growing_graph():
-    # 12000 growing avg pools keep every buffer on the free list: past 4096 of them the
-    # estimate is the no-reuse bound (the simulation would be quadratic)
+def test_activation_estimate_stays_fast_on_a_deep_growing_graph():
+    # 12000 growing avg pools: the memory plan keeps two buffers, the two largest
     nodes = [Node("input", [], {"shape": [1, 1, 1]})]
     for i in range(12000):
         nodes.append(Node("avgpool", [i], {"k": 2, "stride": 1, "pad": 1,
@@ -352,5 +359,19 @@ def test_activation_estimate_stays_linear_on_a_deep_growing_graph():
     g = Graph(nodes, len(nodes) - 1)
     shapes = infer_shapes(g)
     cost = graph_cost(g, shapes)
-    assert cost.activation_bytes == 4 * (sum(math.prod(s) for s in shapes[1:])
-                                         + math.prod(shapes[-1]))
+    cells = [math.prod(s) for s in shapes]
+    assert cost.activation_bytes == 4 * (-(-cells[-1] // 16) * 16 + cells[-2] + cells[-1])
+
+
+def test_a_crowded_graph_is_laid_end_to_end_in_linear_time():
+    # 3000 tensors all read by the last node (a chain of adds onto the first): every one alive
+    # to the end, too many to search gaps among; the plan lays them end to end
+    nodes = [Node("input", [], {"shape": [1, 2, 2]})]
+    nodes += [Node("relu", [0]) for _ in range(3000)]
+    acc = 1
+    for i in range(2, 3001):
+        nodes.append(Node("add", [acc, i]))
+        acc = len(nodes) - 1
+    g = Graph(nodes, acc)
+    cost = graph_cost(g)
+    assert cost.activation_bytes <= 4 * 16 * len(nodes) + 4 * 4

@@ -19,7 +19,8 @@ import sbnn_runtime
 import sbnn_runtime.fileformat as ff
 from sbnn_runtime import kernel_costs as kc
 from sbnn_runtime import native
-from sbnn_runtime.ops import SBNNFormatError, SBNNLimitError, graph_cost
+from sbnn_runtime.ops import SBNNFormatError, SBNNLimitError
+from sbnn_runtime.passes import graph_cost
 from test_runtime_hardening import craft, node, zero_bits
 
 ROOT = Path(__file__).resolve().parents[2]

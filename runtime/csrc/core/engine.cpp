@@ -246,11 +246,65 @@ const std::vector<Engine::Op>& Engine::plan() const {
     placed[pos] = true;
     at[pos] = std::move(op);
   }
-  plan_.clear();
+  std::vector<Op> ops;
   for (int i = 0; i < no; ++i)
-    if (placed[i]) plan_.push_back(std::move(at[i]));
+    if (placed[i]) ops.push_back(std::move(at[i]));
+  // Where each op's output lives in the arena: the memory plan's offsets (checked: aligned,
+  // inside the arena), or without one, end to end.
+  constexpr size_t kAlignFloats = static_cast<size_t>(kArenaAlign) / sizeof(float);
+  std::vector<size_t> off(nt, 0);
+  size_t floats = 0;
+  for (const Op& op : ops) {
+    const int t = op.output;
+    const size_t n = shapes_[t].numel();
+    if (!mem_set_) {
+      off[t] = floats;
+      floats = (floats + n + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
+      continue;
+    }
+    const int64_t o = t < static_cast<int>(mem_off_.size()) ? mem_off_[t] : -1;
+    if (o < 0)
+      throw err("memory plan", "tensor " + std::to_string(t) + " (" + op.name +
+                                   ") has no place in the arena");
+    if (o % kArenaAlign != 0 || static_cast<uint64_t>(o) / sizeof(float) + n >
+                                    static_cast<uint64_t>(mem_bytes_) / sizeof(float))
+      throw err("memory plan", "tensor " + std::to_string(t) + " (" + op.name + ") at byte " +
+                                   std::to_string(o) + " is misaligned or outside the arena of " +
+                                   std::to_string(mem_bytes_) + " bytes");
+    off[t] = static_cast<size_t>(o) / sizeof(float);
+  }
+  if (mem_set_) floats = static_cast<size_t>(mem_bytes_) / sizeof(float);
+  plan_ = std::move(ops);
+  run_off_ = std::move(off);
+  run_floats_ = floats;
   plan_valid_ = true;
   return plan_;
+}
+
+void Engine::set_memory_plan(std::vector<int64_t> offsets, int64_t arena_bytes) {
+  if (arena_bytes < 0) throw err("memory plan", "arena_bytes must be >= 0");
+  const bool old_set = mem_set_;
+  std::vector<int64_t> old_off = std::move(mem_off_);
+  const int64_t old_bytes = mem_bytes_;
+  mem_set_ = true;
+  mem_off_ = std::move(offsets);
+  mem_bytes_ = arena_bytes;
+  plan_valid_ = false;
+  try {
+    plan();  // a bad plan throws here, and the engine keeps its old one
+  } catch (...) {
+    mem_set_ = old_set;
+    mem_off_ = std::move(old_off);
+    mem_bytes_ = old_bytes;
+    plan_valid_ = false;
+    throw;
+  }
+}
+
+int64_t Engine::arena_bytes() const {
+  plan();
+  std::lock_guard<std::mutex> lk(plan_mu_);
+  return static_cast<int64_t>(run_floats_ * sizeof(float));
 }
 
 std::vector<LayerInfo> Engine::layer_info() {
@@ -624,45 +678,36 @@ void Engine::run(const float* x, int N, float* y, LayerTimes* times) const {
   input_shape();
   const int nt = static_cast<int>(shapes_.size());
   const std::vector<Op>& ops = plan();
-  // Last op reading each tensor, so that buffers go back to the free list early. (The loader's
-  // memory limit simulates this reuse on the unfused graph, an upper bound:
-  // sbnn_runtime.ops._activation_elems.)
-  std::vector<int> last_use(nt, -1);
-  for (int i = 0; i < static_cast<int>(ops.size()); ++i)
-    for (int t : ops[i].inputs) last_use[t] = i;
-  std::vector<std::vector<float>> bufs(nt);
-  std::vector<std::vector<float>> free_list;
+  // One arena for this run, N times the memory plan's (sbnn_runtime.passes.plan_buffers): each
+  // tensor at N times its offset for one image. Its own per run, so that concurrent runs of one
+  // engine never share state; not zeroed (every op writes its whole output).
+  constexpr size_t kAlignFloats = static_cast<size_t>(kArenaAlign) / sizeof(float);
+  const size_t n = static_cast<size_t>(N);
+  if (n > 0 &&
+      run_floats_ > (std::numeric_limits<size_t>::max() / sizeof(float) - kAlignFloats) / n)
+    throw std::length_error("Engine.run: the arena of a batch of " + std::to_string(N) +
+                            " does not fit the address space");
+  std::unique_ptr<float[]> arena(new float[n * run_floats_ + kAlignFloats]);
+  float* base = arena.get();
+  base += (kAlignFloats - reinterpret_cast<uintptr_t>(base) / sizeof(float) % kAlignFloats) %
+          kAlignFloats;
   std::vector<const float*> ptr(nt, nullptr);
   ptr[input_] = x;
   if (times) times->clear();
-  for (int i = 0; i < static_cast<int>(ops.size()); ++i) {
-    const Op& op = ops[i];
-    const size_t need = static_cast<size_t>(N) * shapes_[op.output].numel();
-    std::vector<float> buf;
-    for (size_t f = 0; f < free_list.size(); ++f)
-      if (free_list[f].capacity() >= need) {
-        buf.swap(free_list[f]);
-        free_list.erase(free_list.begin() + static_cast<std::ptrdiff_t>(f));
-        break;
-      }
-    buf.resize(need);
-    std::vector<const float*> ins;
+  std::vector<const float*> ins;
+  for (const Op& op : ops) {
+    float* out = base + n * run_off_[op.output];
+    ins.clear();
     for (int t : op.inputs) ins.push_back(ptr[t]);
     if (times) {
       const auto t0 = std::chrono::steady_clock::now();
-      op.fn(ins, buf.data(), N);
+      op.fn(ins, out, N);
       const auto t1 = std::chrono::steady_clock::now();
       times->emplace_back(op.name, std::chrono::duration<double>(t1 - t0).count());
     } else {
-      op.fn(ins, buf.data(), N);
+      op.fn(ins, out, N);
     }
-    bufs[op.output].swap(buf);
-    ptr[op.output] = bufs[op.output].data();
-    for (int t : op.inputs)
-      if (last_use[t] == i && t != output_ && t != input_ && !bufs[t].empty()) {
-        free_list.push_back(std::move(bufs[t]));
-        bufs[t] = std::vector<float>();
-      }
+    ptr[op.output] = out;
   }
   const size_t n_out = static_cast<size_t>(N) * out_shape.numel();
   if (output_ == input_)

@@ -100,6 +100,18 @@ class Engine {
   // std::invalid_argument naming it, at the next run. No groups (the default): every op alone.
   void set_groups(std::vector<std::vector<int>> groups);
   const std::vector<std::vector<int>>& groups() const { return groups_; }
+  // The memory plan, decided by the graph passes (sbnn_runtime.passes.plan_buffers), not here:
+  // per tensor id its offset in bytes into one arena of arena_bytes for one image (-1: not in
+  // the arena, the caller's input). A run of N images allocates one arena of N * arena_bytes,
+  // kArenaAlign-aligned, and puts tensor t at N * offsets[t] (every size scales with N, so the
+  // placement holds at any batch). Each offset must be a multiple of kArenaAlign; every op's
+  // output must lie inside the arena, else the next run (checked when the plan is built) throws
+  // std::invalid_argument and the engine keeps its old memory plan. Without one (engines built
+  // by hand), op outputs lie end to end, each at its own aligned place.
+  void set_memory_plan(std::vector<int64_t> offsets, int64_t arena_bytes);
+  // Bytes of the arena for one image, of the plan in force (a run of N takes N times this).
+  int64_t arena_bytes() const;
+  static constexpr int64_t kArenaAlign = 64;
   // Sparse binary convs time the dense kernel too at the first run of a batch size and keep
   // the faster (on by default); off: the sparse kernel always.
   void set_choice(bool on) { choose_ = on; }
@@ -129,6 +141,11 @@ class Engine {
 
   bool choose_ = true;
   std::vector<std::vector<int>> groups_;
+  bool mem_set_ = false;
+  std::vector<int64_t> mem_off_;  // set_memory_plan's, bytes per image
+  int64_t mem_bytes_ = 0;
+  mutable std::vector<size_t> run_off_;  // floats per image, per tensor (of plan_)
+  mutable size_t run_floats_ = 0;        // floats of the arena per image
   mutable std::mutex plan_mu_;
   mutable std::vector<Op> plan_;
   mutable bool plan_valid_ = false;

@@ -244,6 +244,14 @@ void build(const Dump& d, Engine& e, Isa isa, bool sparse) {
       if (groups.back().empty()) groups.pop_back();
       e.set_groups(groups);
       continue;
+    } else if (c.method == "set_memory_plan") {  // (arena bytes, byte offset per tensor)
+      if (A.empty() || A.size() - 1 > ids.size())
+        throw std::runtime_error("set_memory_plan: bad argument count");
+      std::vector<int64_t> off(ids.empty() ? 0 : *std::max_element(ids.begin(), ids.end()) + 1,
+                               -1);
+      for (size_t k = 1; k < A.size(); ++k) off[ids[k - 1]] = A[k].i;
+      e.set_memory_plan(off, A[0].i);
+      continue;
     } else {
       throw std::runtime_error("unknown builder call '" + c.method + "'");
     }

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime import fileformat, native, passes
-from sbnn_runtime.ops import Graph, Limits, graph_cost, lowering, reference_forward
+from sbnn_runtime.ops import Graph, Limits, lowering, reference_forward
 
 __all__ = ["Engine", "load", "as_input", "MAX_THREADS"]
 
@@ -120,10 +120,11 @@ class Engine:
         self.fuse, self.choose = bool(fuse), bool(choose)
         self.shapes = graph.shapes()
         # what runs as one op: decided by the graph passes, the engine only follows
-        self.plan = passes.plan(graph, "native", fuse=self.fuse, memory=False)
+        # and where every tensor lives (the arena the engine allocates, what the limit checks)
+        self.plan = passes.plan(graph, "native", fuse=self.fuse)
         self.input_shape = self.shapes[0]
         self.limits = Limits.resolve(max_macs, max_memory)
-        self.cost = graph_cost(graph, self.shapes)
+        self.cost = passes.graph_cost(graph, self.shapes, memory=self.plan.memory)
         threads = nt or os.cpu_count() or 1
         self.limits.check(self.cost, 1, threads)
         self.num_threads = num_threads
@@ -142,6 +143,11 @@ class Engine:
             ids.append(fn(eng, nd, [ids[j] for j in nd.inputs], opts))
         eng.set_output(ids[self.graph.output])
         eng.set_groups([[ids[i] for i in group] for group in self.plan.groups()])
+        mem = self.plan.memory
+        offsets = [-1] * (max(ids) + 1)
+        for i, t in enumerate(ids):  # bytes per image; -1: not in the arena (the input)
+            offsets[t] = 4 * mem.offset(i) if mem.offset(i) >= 0 else -1
+        eng.set_memory_plan(offsets, mem.nbytes)
         return eng
 
     @property

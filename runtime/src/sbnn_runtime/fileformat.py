@@ -65,10 +65,10 @@ from sbnn_runtime.ops import (
     Node,
     SBNNFormatError,
     SBNNLimitError,
-    graph_cost,
     infer_shapes,
     shape_only,
 )
+from sbnn_runtime.passes import graph_cost
 
 __all__ = [
     "MAGIC",

@@ -32,11 +32,10 @@ Nothing else is writable: two arenas allow two runs at once.
 The plan is :func:`sbnn_runtime.passes.plan` (target ``"c"``): the flat affine folded into its
 linear, a conv's pooling or residual add run channel by channel in its epilogue, conv outputs
 read only by binary convs that binarise alike stored as their +-1 int8 map, each binary conv's
-weight encoding (gaps, indices or packed bits), and the arena offsets (:func:`passes.place`).
-On top of it the C backend decides only which buffer holds which tensor, from what each op's
-entry says of its C kernel (``c_alias``: a reshape is free; ``c_inplace``: element-wise ops
-write over a dying input; ``c_input_first``: a binary conv may write over its residual input;
-``c_scratch``: the kernel's scratch).
+weight encoding (gaps, indices or packed bits), and its memory (:func:`passes.plan_buffers`:
+which arena offset holds each tensor and each step's scratch, in place or aliased where the op
+table's ``c_alias``, ``c_inplace`` and ``c_input_first`` allow it). The generator decides none
+of this: it writes the plan's offsets.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ import numpy as np
 
 from sbnn_runtime import passes
 from sbnn_runtime.files import atomic_write
-from sbnn_runtime.ops import OPS, Graph, Node, lowering
+from sbnn_runtime.ops import OPS, Graph, lowering
 
 __all__ = ["CExportError", "BINARY_FORMATS", "ARENA_ALIGN", "CModel", "CNode", "check_name",
            "generate_c", "export_c", "export_file", "format_sizes", "kernel_files"]
@@ -133,96 +132,6 @@ def _comment(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:\- ]", "_", str(text))[:60]
 
 
-# -- storage: where each tensor of the plan lives ---------------------------------------------
-
-@dataclass
-class _Storage:
-    """The C backend's memory on top of :func:`sbnn_runtime.passes.plan`: which buffer holds
-    each tensor (element-wise ops in place, aliases, adds over their residual), int8 maps at
-    their size, each step's kernel scratch, all placed by :func:`passes.place`."""
-
-    plan: passes.Plan
-    binmap: dict[int, tuple]  # tensor -> (thr, pad): stored as its readers' int8 map
-    store: dict[int, int]  # tensor -> the buffer holding it (-1: the caller's input)
-    bufs: dict[int, passes.Buffer]
-    scratch: dict[int, dict[str, passes.Buffer]]  # step index -> its scratch buffers
-    in_map: dict[int, bool]  # node reads an int8 map its producer wrote
-    cells: int  # float cells of the arena (the decoded offsets come after them)
-
-
-def _storage(pl: passes.Plan) -> _Storage:
-    g, shapes, steps = pl.graph, pl.shapes, pl.steps
-    binmap = passes.binary_maps(g, steps)
-    rd: dict[int, list[int]] = {}
-    for k, st in enumerate(steps):
-        for t in st.inputs:
-            rd.setdefault(t, []).append(k)
-    life = passes.lifetimes(g, steps)
-    store: dict[int, int] = {0: -1}
-    bufs: dict[int, passes.Buffer] = {}
-
-    def end_of(buf: int) -> int:  # the last step reading any tensor the buffer holds
-        return max(life[t][1] for t, v in store.items() if v == buf)
-
-    for k, st in enumerate(steps):
-        t, nd = st.output, g.nodes[st.node]
-        spec = OPS[nd.op]
-        size = int(np.prod(shapes[t]))
-        if t in binmap:
-            c, h, w = shapes[t]
-            pad = binmap[t][1]
-            size = (c * (h + 2 * pad) * (w + 2 * pad) + 3) // 4
-        r = st.residual
-        if r is not None and t not in binmap and store[r] >= 0:
-            # over the residual, channel by channel: when nothing reads it later, and the conv
-            # reads its own input before writing (or its input is elsewhere)
-            sr = store[r]
-            later = [j for tt, v in store.items() if v == sr for j in rd.get(tt, []) if j > k]
-            if not later and (_input_first(nd) or store[nd.inputs[0]] != sr):
-                store[t] = sr
-                continue
-        if spec.c_alias:
-            store[t] = store[nd.inputs[0]]
-            continue
-        if spec.c_inplace and not st.fused:
-            cand = [j for j in nd.inputs if store[j] >= 0 and end_of(store[j]) == k]
-            if cand:
-                store[t] = store[cand[0]]
-                continue
-        store[t] = t
-        bufs[t] = passes.Buffer(size, k, k)
-    for t, v in store.items():
-        if v >= 0:
-            bufs[v].end = max(bufs[v].end, life[t][1])
-    in_map = {st.node: bool(g.nodes[st.node].inputs) and g.nodes[st.node].inputs[0] in binmap
-              for st in steps}
-    scratch = {k: {key: passes.Buffer(c, k, k) for key, c in _scratch_cells(
-        pl, st, binmap.get(st.output), in_map[st.node]).items()} for k, st in enumerate(steps)}
-    cells = passes.place(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()])
-    return _Storage(pl, binmap, store, bufs, scratch, in_map, max(cells, 1))
-
-
-def _input_first(nd: Node) -> bool:
-    f = OPS[nd.op].c_input_first
-    return bool(f(nd)) if f is not None else False
-
-
-def _scratch_cells(pl: passes.Plan, st: passes.Step, binmap, in_map: bool) -> dict[str, int]:
-    """Scratch (4-byte cells) of one step: the op's own (``OpSpec.c_scratch``), and a channel
-    plane when a conv pools, adds or binarises in its epilogue (plus the pooled plane when it
-    pools and binarises)."""
-    nd, shapes = pl.graph.nodes[st.node], pl.shapes
-    spec = OPS[nd.op]
-    sc: dict[str, int] = {}
-    if st.fused or binmap is not None:
-        sc["plane"] = shapes[st.node][1] * shapes[st.node][2]
-        if st.fused and st.residual is None and binmap is not None:
-            sc["tmp"] = shapes[st.output][1] * shapes[st.output][2]
-    if spec.c_scratch is not None:
-        sc.update(spec.c_scratch(nd, [shapes[j] for j in nd.inputs], shapes[st.node], in_map))
-    return sc
-
-
 # -- the generator -----------------------------------------------------------------------------
 
 class _Emitter:
@@ -234,7 +143,6 @@ class _Emitter:
         self.data: list[str] = []
         self.const_bytes = 0
         self.layers: list[dict[str, Any]] = []
-        self.max_ones = 0
         self.sources: dict[str, str] = {}  # op -> its OpSpec.c_source, once
 
     def farr(self, name: str, arr: np.ndarray | None) -> str:
@@ -263,17 +171,16 @@ class CNode:
     expressions of its input and output pointers, and helpers that emit constants. It returns
     one statement."""
 
-    def __init__(self, em: _Emitter, sto: _Storage, k: int, x: list[str], y: str,
+    def __init__(self, em: _Emitter, pl: passes.Plan, k: int, x: list[str], y: str,
                  sc: dict[str, str], res: str | None):
-        pl = sto.plan
-        self.em, self.sto, self.step = em, sto, pl.steps[k]
+        self.em, self.plan, self.step = em, pl, pl.steps[k]
         self.index = self.step.node
         self.node = pl.graph.nodes[self.index]
         self.shapes = pl.shapes
         self.ins = [pl.shapes[j] for j in self.node.inputs]
         self.out = pl.shapes[self.index]
         self.x, self.y, self.sc, self.res = x, y, sc, res
-        self.in_map = sto.in_map[self.index]
+        self.in_map = pl.memory.in_map[self.index]
 
     def farr(self, key: str, arr: np.ndarray | None) -> str:
         """A const float array ``L{i}_{key}`` in flash (``"0"`` for None): its C name."""
@@ -290,8 +197,8 @@ class CNode:
     def epilogue(self) -> str:
         """``plane, tmp, res, &E{i}``: the pooling or residual add fused after this conv and
         its int8-map output, as a :c:type:`sbnn_epi` (``0, 0, 0, 0``: none)."""
-        i, st, g = self.index, self.step, self.sto.plan.graph
-        binmap = self.sto.binmap.get(st.output)
+        i, st, g = self.index, self.step, self.plan.graph
+        binmap = self.plan.memory.binmaps.get(st.output)
         if not st.fused and binmap is None:
             return "0, 0, 0, 0"
         f: list = [0] * 8
@@ -311,8 +218,7 @@ class CNode:
         P, A = nd.params, nd.attrs
         ci, h, w = self.ins[0]
         co, _, kh, kw = P["bits"].shape
-        enc = self.sto.plan.encodings[i]
-        em.max_ones = max(em.max_ones, enc.max_ones, 1)
+        enc = self.plan.encodings[i]
         em.layers.append({"node": i, "layer": nd.name, "shape": list(P["bits"].shape),
                           "weights": int(P["bits"].size), "ones": enc.ones,
                           "zero_kernels": enc.zero_kernels, "format": enc.format,
@@ -340,14 +246,14 @@ _UINT = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t"}
 _CODE = {"packed": 0, "idx8": 1, "idx16": 2, "idx32": 4, "gap8": 8}  # sbnn_micro.h's SBNN_*
 
 
-def _body(em: _Emitter, sto: _Storage, prefix: str) -> list[str]:
+def _body(em: _Emitter, pl: passes.Plan, prefix: str) -> list[str]:
     """One kernel call per step of the plan, in order, then the copy to the caller's output."""
-    pl = sto.plan
+    mem = pl.memory
     g, shapes = pl.graph, pl.shapes
 
     def ptr(t: int) -> str:
-        s = sto.store[t]
-        return "input" if s < 0 else f"(A + {sto.bufs[s].offset})"
+        off = mem.offset(t)
+        return "input" if off < 0 else f"(A + {off})"
 
     def name(i: int) -> str:
         return f"node {i}: {g.nodes[i].op} {_comment(g.nodes[i].name)} -> {shapes[i]}"
@@ -360,15 +266,15 @@ def _body(em: _Emitter, sto: _Storage, prefix: str) -> list[str]:
             body.append(f"    /* {name(i)}, aliases its input */")
             continue
         desc = f"    /* {name(i)}" + "".join(f" + {name(j)}" for j in st.fused)
-        if st.output in sto.binmap:
+        if st.output in mem.binmaps:
             desc += ", written as its readers' int8 map"
         body.append(desc + " */")
         body += [f"    /* {name(j)}, fused into node {i} */" for j in st.fused]
         if spec.c_source:
             em.sources.setdefault(nd.op, spec.c_source)
-        sc = {key: f"(A + {b.offset})" for key, b in sto.scratch[k].items()}
+        sc = {key: f"(A + {b.offset})" for key, b in mem.scratch[k].items()}
         res = ptr(st.residual) if st.residual is not None else None
-        stmt = spec.lower_c(CNode(em, sto, k, [ptr(j) for j in nd.inputs], ptr(st.output), sc,
+        stmt = spec.lower_c(CNode(em, pl, k, [ptr(j) for j in nd.inputs], ptr(st.output), sc,
                                   res))
         body += ["    " + stmt, f"    {prefix.upper()}_LAYER_DONE({i});"]
     n_out = int(np.prod(shapes[g.output]))
@@ -376,10 +282,11 @@ def _body(em: _Emitter, sto: _Storage, prefix: str) -> list[str]:
     return body
 
 
-def _model_c(em: _Emitter, prefix: str, stem: str, body: list[str], cells: int) -> str:
+def _model_c(em: _Emitter, prefix: str, stem: str, body: list[str], cells: int,
+             tail: int) -> str:
     P = prefix.upper()
     offs = ([f"    offs = (int32_t *)(A + {cells}); /* a channel's decoded offsets */"]
-            if em.max_ones else [])
+            if tail else [])
     return "\n".join([
         "/* Generated by sbnn (sbnn_runtime.lower_c): one sparse-binary network in C99, the",
         "   model only: its constants, arena offsets and kernel calls (the kernels are",
@@ -497,13 +404,12 @@ def generate_c(graph: Graph, binary_format: str = "auto", *, name: str | None = 
         pl = passes.plan(graph, "c", binary_format=binary_format)
     except ValueError as exc:
         raise CExportError(f"cannot lower to C: {exc}") from None
-    sto = _storage(pl)
     em = _Emitter(binary_format, values)
-    body = _body(em, sto, prefix)
+    body = _body(em, pl, prefix)
     c, h, w = pl.graph.input_shape
     n_out = int(np.prod(pl.shapes[pl.graph.output]))
-    arena_bytes = 4 * sto.cells + 4 * em.max_ones
-    model_c = _model_c(em, prefix, stem, body, sto.cells)
+    arena_bytes = pl.memory.nbytes  # the plan's: placed cells, then the decoded offsets
+    model_c = _model_c(em, prefix, stem, body, pl.memory.arena, pl.memory.tail)
     model_h = _model_h(prefix, c * h * w, n_out, (c, h, w), arena_bytes, em.const_bytes)
     return CModel(prefix, stem, model_c, model_h, c * h * w, n_out, arena_bytes,
                   em.const_bytes, em.layers)

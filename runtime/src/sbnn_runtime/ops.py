@@ -31,8 +31,9 @@ tensor ``i`` and reads only tensors ``< i``; node 0 is the input). Every op a no
   binary (XNOR/popcount) ones.
 
 Shape rules read only the shapes and dtypes of the parameters (the 0/1 check of ``bits`` aside,
-which :class:`ShapeOnly` stand-ins skip), so that :func:`infer_shapes` and :func:`graph_cost`
-can check a graph read from a file header before a single parameter is decoded.
+which :class:`ShapeOnly` stand-ins skip), so that :func:`infer_shapes` and
+:func:`sbnn_runtime.passes.graph_cost` can check a graph read from a file header before a
+single parameter is decoded.
 
 Fusion, weight encodings and memory planning are graph passes (:mod:`sbnn_runtime.passes`),
 written once for every backend. Adding an op means one entry here plus its kernels (C++ in
@@ -66,7 +67,6 @@ __all__ = [
     "ShapeOnly",
     "shape_only",
     "GraphCost",
-    "graph_cost",
     "SBNNLimitError",
     "Limits",
     "DEFAULT_MAX_MACS",
@@ -976,8 +976,9 @@ class GraphCost:
     :mod:`sbnn_runtime.kernel_costs`), the quantity ``max_macs`` bounds; ``param_bytes``: the
     decoded parameters; ``engine_param_bytes``: those plus what the native engine builds from
     them (its copies, sparse offsets, packed weights, border tables); ``activation_bytes``: per
-    image, the native engine's activation buffers (its reuse of freed buffers simulated exactly)
-    plus the output; ``workspace_bytes``: the largest kernel scratch of one thread.
+    image, the arena of the native engine's memory plan (:func:`sbnn_runtime.passes.plan_buffers`,
+    the very plan the engine allocates from) plus the output handed back; ``workspace_bytes``:
+    the largest kernel scratch of one thread. Built by :func:`sbnn_runtime.passes.graph_cost`.
     """
 
     macs: int
@@ -993,65 +994,6 @@ class GraphCost:
         """Bytes an engine needs to run ``batch`` images with ``threads`` threads (a bound)."""
         return (self.engine_param_bytes + batch * self.activation_bytes
                 + max(threads, 1) * self.workspace_bytes)
-
-
-_MAX_FREE = 4096
-
-
-def _activation_elems(graph: Graph, shapes: list[Shape]) -> int:
-    # The buffers of sbnn::Engine::run (runtime/csrc/core/engine.cpp) for one image: each op's
-    # output takes the first free buffer big enough or a new one; a tensor's buffer goes back to
-    # the free list after its last reader. Every size scales with the batch, so the choices (and
-    # the total, times N) are the same for any batch. A graph that would keep more than
-    # _MAX_FREE buffers at once (no real network does) gets the no-reuse bound instead, so that
-    # the simulation stays linear in the number of nodes.
-    nodes = graph.nodes
-    last_use: dict[int, int] = {}
-    for i, nd in enumerate(nodes):
-        for j in nd.inputs:
-            last_use[j] = i
-    cap: dict[int, int] = {}
-    free: list[int] = []
-    total = 0
-    for i in range(1, len(nodes)):
-        need = math.prod(shapes[i])
-        for f, c in enumerate(free):
-            if c >= need:
-                cap[i] = free.pop(f)
-                break
-        else:
-            cap[i] = need
-            total += need
-        for j in nodes[i].inputs:
-            if last_use[j] == i and j not in (0, graph.output) and j in cap:
-                free.append(cap.pop(j))
-        if len(free) > _MAX_FREE:
-            total = sum(math.prod(s) for s in shapes[1:])
-            break
-    return total + math.prod(shapes[graph.output])  # + the output array handed back
-
-
-def graph_cost(graph: Graph, shapes: list[Shape] | None = None) -> GraphCost:
-    """The :class:`GraphCost` of ``graph`` (checks it first unless ``shapes`` is given).
-
-    Reads only shapes, so it works on a graph of :class:`ShapeOnly` parameters.
-    """
-    if shapes is None:
-        shapes = infer_shapes(graph)
-    macs, steps, scratch, pbytes, ebytes = [], [], 0, 0, 0
-    for i, nd in enumerate(graph.nodes):
-        spec = OPS[nd.op]
-        ins, out = [shapes[j] for j in nd.inputs], shapes[i]
-        macs.append(int(spec.macs(nd, ins, out)))
-        steps.append(int(spec.work(nd, ins, out)) if spec.work else macs[-1] + math.prod(out))
-        scratch = max(scratch, int(spec.workspace(nd, ins, out)))
-        nb = sum(int(arr.size) * arr.dtype.itemsize for arr in nd.params.values())
-        pbytes += nb
-        ebytes += nb + (int(spec.engine_bytes(nd, ins, out)) if spec.engine_bytes else
-                        sum(4 * int(arr.size) for arr in nd.params.values()))
-    act = 4 * _activation_elems(graph, shapes)
-    return GraphCost(sum(macs), tuple(macs), pbytes, ebytes, act, scratch, sum(steps),
-                     tuple(steps))
 
 
 def _amount(value: Any, name: str, unit: int) -> float:

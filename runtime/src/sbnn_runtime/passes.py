@@ -9,8 +9,9 @@ ONNX) consume what :func:`plan` puts together and decide nothing of this on thei
       shapes     list[Shape]              per node, one image, no batch dimension
       steps      list[Step]               in run order; one kernel call each
       encodings  dict[int, Encoding]      per binary conv node: how its 0/1 weights are stored
-      buffers    dict[int, Buffer]        per tensor a step writes: size, lifetime, offset
-      arena      int                      cells (4 bytes, one image) the buffers need together
+      memory     Memory                   where every tensor lives (plan_buffers), below
+      buffers    dict[int, Buffer]        memory.buffers: per buffer, size, lifetime, offset
+      arena      int                      memory.arena: cells (4 bytes, one image) placed
 
     Step                                  (one op, with the ops fused into its epilogue)
       node       int                      the node whose op runs (the anchor: a conv, ...)
@@ -25,6 +26,19 @@ ONNX) consume what :func:`plan` puts together and decide nothing of this on thei
       data       ndarray                  the gap stream, tap indices, or packed bytes (LSB first)
       starts     ndarray | None           per output channel + 1: starts into data (sparse)
       nbytes     int                      data + starts, as stored
+
+    Memory                                (the one memory plan; every backend reads it)
+      buffers    dict[int, Buffer]        per buffer (keyed by the tensor that owns it)
+      store      dict[int, int]           per tensor: the buffer holding it (-1: the caller's
+                                          input); an in-place or aliasing step shares its input's
+      scratch    dict[int, dict[str, Buffer]]  per step index: its kernel's scratch buffers
+      binmaps    dict[int, tuple]         C: tensors stored as their readers' int8 map
+      in_map     dict[int, bool]          C: per node, whether it reads such a map
+      arena      int                      cells placed (every offset a multiple of ``align``)
+      tail       int                      cells after them (C: one channel's decoded offsets)
+      align      int                      cells (native: 16, i.e. 64 bytes; C: 1, 4 bytes)
+      workspace  int                      bytes of kernel scratch per thread the native kernels
+                                          take on their own (bounded by the op table's rule)
 
 The passes:
 
@@ -42,6 +56,14 @@ The passes:
   smallest unless forced).
 * :func:`lifetimes` and :func:`place`: each tensor's first and last step, and the arena offsets
   (greedy by size: each buffer at the lowest offset free over its lifetime).
+* :func:`plan_buffers`: the one memory planner. For the native engine every tensor a step
+  writes gets its own buffer, 64-byte aligned, planned for one image: at batch ``N`` the engine
+  allocates one arena of ``N * nbytes`` and puts every tensor at ``N`` times its offset (all
+  sizes scale with ``N``, so buffers that do not meet at one image do not meet at ``N``).
+  For C it also decides what the op table allows (``c_alias``: a reshape shares its input's
+  buffer; ``c_inplace``: an element-wise op writes over an input that dies there;
+  ``c_input_first``: a binary conv writes over its residual), int8 maps and each step's
+  scratch. :func:`graph_cost` (what the loader's memory limit checks) reads the same plan.
 
 Which op each rule matches is said here once, in the ``_FUSE_*`` sets below; the op table
 (:mod:`sbnn_runtime.ops`) holds what each op means and how each backend lowers it.
@@ -53,18 +75,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sbnn_runtime.ops import Graph, Node, infer_shapes
+from sbnn_runtime.ops import OPS, Graph, GraphCost, Node, infer_shapes
 
 __all__ = ["Step", "Encoding", "Buffer", "Plan", "readers", "live_nodes", "unfused_steps",
            "fold_affine_linear", "fuse_epilogues", "fuse_pool_residual", "binary_maps",
            "choose_encoding", "choose_encodings", "lifetimes", "place", "plan_buffers", "plan",
-           "ENCODINGS", "BINARY_FORMATS", "TARGETS"]
+           "graph_cost", "Memory", "ENCODINGS", "BINARY_FORMATS", "TARGETS", "ALIGN"]
 
 Shape = tuple[int, ...]
 
 ENCODINGS = ("gap8", "idx8", "idx16", "idx32", "packed")
 BINARY_FORMATS = ("auto", "sparse", "packed")
 TARGETS = ("native", "c")
+# bytes: the alignment of the arena and of every tensor in it, per target (the native kernels
+# load 64-byte vectors; a C arena cell is a float, an int32 or four int8)
+ALIGN = {"native": 64, "c": 4}
+# sum over steps of (buffers alive there)^2 past which :func:`place` lays buffers end to end
+# (no reuse, linear time) instead of searching gaps: no real network comes near it
+_MAX_PLACE_WORK = 1_000_000
 
 # The ops each fusion rule matches (the only place outside the op table and the tracer that
 # names them).
@@ -129,6 +157,31 @@ class Buffer:
 
 
 @dataclass
+class Memory:
+    """Where every tensor of a plan lives: one arena (see the module docstring)."""
+
+    buffers: dict[int, Buffer] = field(default_factory=dict)
+    store: dict[int, int] = field(default_factory=dict)
+    scratch: dict[int, dict[str, Buffer]] = field(default_factory=dict)
+    binmaps: dict[int, tuple] = field(default_factory=dict)
+    in_map: dict[int, bool] = field(default_factory=dict)
+    arena: int = 0
+    tail: int = 0
+    align: int = 1
+    workspace: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arena for one image (placed cells and the tail)."""
+        return 4 * (self.arena + self.tail)
+
+    def offset(self, t: int) -> int:
+        """Cells into the arena of tensor ``t`` (-1: the caller's input, or not stored)."""
+        b = self.store.get(t, -1)
+        return -1 if b < 0 else self.buffers[b].offset
+
+
+@dataclass
 class Plan:
     """A graph ready to run; see the module docstring."""
 
@@ -136,8 +189,15 @@ class Plan:
     shapes: list[Shape]
     steps: list[Step]
     encodings: dict[int, Encoding] = field(default_factory=dict)
-    buffers: dict[int, Buffer] = field(default_factory=dict)
-    arena: int = 0
+    memory: Memory = field(default_factory=Memory)
+
+    @property
+    def buffers(self) -> dict[int, Buffer]:
+        return self.memory.buffers
+
+    @property
+    def arena(self) -> int:
+        return self.memory.arena
 
     def groups(self) -> list[list[int]]:
         """The nodes of each step that fuses something (what the native engine is told)."""
@@ -425,34 +485,184 @@ def lifetimes(graph: Graph, steps: list[Step]) -> dict[int, tuple[int, int]]:
     return out
 
 
-def place(bufs: list[Buffer]) -> int:
+def _up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def place(bufs: list[Buffer], align: int = 1) -> int:
     """Greedy by size: each buffer (largest first, then earliest) at the lowest offset free over
-    its lifetime; sets ``offset`` and returns the arena size in cells."""
-    alive: dict[int, list[Buffer]] = {}  # step -> the placed buffers alive there
+    its lifetime, a multiple of ``align`` cells; sets ``offset`` and returns the arena size in
+    cells. Buffers whose lifetimes meet never overlap. A set of lifetimes so crowded that the
+    search would be slow (:data:`_MAX_PLACE_WORK`) is laid end to end instead (still valid)."""
+    if not bufs:
+        return 0
+    delta: dict[int, int] = {}
+    for b in bufs:
+        delta[b.start] = delta.get(b.start, 0) + 1
+        delta[b.end + 1] = delta.get(b.end + 1, 0) - 1
+    work, alive, keys = 0, 0, sorted(delta)
+    for k, nxt in zip(keys, keys[1:], strict=False):
+        alive += delta[k]
+        work += alive * alive * (nxt - k)
+    if work > _MAX_PLACE_WORK:
+        off = 0
+        for b in sorted(bufs, key=lambda b: (b.start, b.end)):
+            b.offset = off
+            off = _up(off + b.size, align)
+        return max(b.offset + b.size for b in bufs)
+    live: dict[int, list[Buffer]] = {}  # step -> the placed buffers alive there
     for b in sorted(bufs, key=lambda b: (-b.size, b.start)):
         steps = range(b.start, b.end + 1)
-        near = {id(p): p for t in steps for p in alive.get(t, ())}  # lifetimes that meet b's
+        near = {id(p): p for t in steps for p in live.get(t, ())}  # lifetimes that meet b's
         busy = sorted((p.offset, p.offset + p.size) for p in near.values())
         off = 0
         for lo, hi in busy:
             if off + b.size <= lo:
                 break
-            off = max(off, hi)
+            off = max(off, _up(hi, align))
         b.offset = off
         for t in steps:
-            alive.setdefault(t, []).append(b)
-    return max((b.offset + b.size for b in bufs), default=0)
+            live.setdefault(t, []).append(b)
+    return max(b.offset + b.size for b in bufs)
 
 
-def plan_buffers(graph: Graph, steps: list[Step],
-                 shapes: list[Shape] | None = None) -> tuple[dict[int, Buffer], int]:
-    """A buffer per tensor a step writes (float32 cells of one image), placed by :func:`place`:
-    ``({tensor: Buffer}, arena cells)``. Tensors alive at once never overlap, and a step's
-    inputs and output never share cells."""
+def _size(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def plan_buffers(graph: Graph, steps: list[Step], shapes: list[Shape] | None = None, *,
+                 target: str = "native", encodings: dict[int, Encoding] | None = None) -> Memory:
+    """The one memory planner: where every tensor of ``steps`` lives, for ``target``.
+
+    ``"native"``: a buffer per tensor a step writes (float32 cells of one image), offsets
+    multiples of 64 bytes; a step's inputs and output never share cells (no native kernel runs
+    in place), and ``workspace`` is the largest per-thread kernel scratch the op table counts
+    (``OpSpec.workspace``: the kernels allocate it themselves, bounded). ``"c"``: what the op
+    table allows in place or aliased (``c_alias``, ``c_inplace``, ``c_input_first``), int8 maps
+    (:func:`binary_maps`), each step's scratch (``c_scratch`` and the epilogue planes) and a
+    tail for one channel's decoded offsets (the largest ``max_ones`` of ``encodings``)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
     shapes = infer_shapes(graph) if shapes is None else shapes
-    bufs = {t: Buffer(int(np.prod(shapes[t])), a, b)
-            for t, (a, b) in lifetimes(graph, steps).items()}
-    return bufs, place(list(bufs.values()))
+    align = ALIGN[target] // 4
+    if target == "c":
+        return _plan_c(graph, steps, shapes, encodings or {}, align)
+    bufs = {t: Buffer(_size(shapes[t]), a, b) for t, (a, b) in lifetimes(graph, steps).items()}
+    store = {0: -1, **{t: t for t in bufs}}
+    work = 0
+    for i in (n for st in steps for n in st.nodes):
+        nd = graph.nodes[i]
+        spec = OPS[nd.op]
+        if spec.workspace is not None:
+            work = max(work, int(spec.workspace(nd, [shapes[j] for j in nd.inputs], shapes[i])))
+    return Memory(bufs, store, arena=place(list(bufs.values()), align), align=align,
+                  workspace=work)
+
+
+def _plan_c(graph: Graph, steps: list[Step], shapes: list[Shape],
+            encodings: dict[int, Encoding], align: int) -> Memory:
+    g = graph
+    binmap = binary_maps(g, steps)
+    rd: dict[int, list[int]] = {}
+    for k, st in enumerate(steps):
+        for t in st.inputs:
+            rd.setdefault(t, []).append(k)
+    life = lifetimes(g, steps)
+    store: dict[int, int] = {0: -1}
+    bufs: dict[int, Buffer] = {}
+
+    def end_of(buf: int) -> int:  # the last step reading any tensor the buffer holds
+        return max(life[t][1] for t, v in store.items() if v == buf)
+
+    for k, st in enumerate(steps):
+        t, nd = st.output, g.nodes[st.node]
+        spec = OPS[nd.op]
+        size = _size(shapes[t])
+        if t in binmap:
+            c, h, w = shapes[t]
+            pad = binmap[t][1]
+            size = (c * (h + 2 * pad) * (w + 2 * pad) + 3) // 4
+        r = st.residual
+        if r is not None and t not in binmap and store[r] >= 0:
+            # over the residual, channel by channel: when nothing reads it later, and the conv
+            # reads its own input before writing (or its input is elsewhere)
+            sr = store[r]
+            later = [j for tt, v in store.items() if v == sr for j in rd.get(tt, []) if j > k]
+            first = OPS[nd.op].c_input_first
+            if not later and ((first is not None and bool(first(nd)))
+                              or store[nd.inputs[0]] != sr):
+                store[t] = sr
+                continue
+        if spec.c_alias:
+            store[t] = store[nd.inputs[0]]
+            continue
+        if spec.c_inplace and not st.fused:
+            cand = [j for j in nd.inputs if store[j] >= 0 and end_of(store[j]) == k]
+            if cand:
+                store[t] = store[cand[0]]
+                continue
+        store[t] = t
+        bufs[t] = Buffer(size, k, k)
+    for t, v in store.items():
+        if v >= 0:
+            bufs[v].end = max(bufs[v].end, life[t][1])
+    in_map = {st.node: bool(g.nodes[st.node].inputs) and g.nodes[st.node].inputs[0] in binmap
+              for st in steps}
+    scratch = {k: {key: Buffer(c, k, k) for key, c in _c_scratch(
+        g, shapes, st, binmap.get(st.output), in_map[st.node]).items()}
+        for k, st in enumerate(steps)}
+    cells = place(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()],
+                  align)
+    anchors = {st.node for st in steps}
+    tail = max((max(e.max_ones, 1) for i, e in encodings.items() if i in anchors), default=0)
+    return Memory(bufs, store, scratch, binmap, in_map, max(cells, 1), tail, align)
+
+
+def _c_scratch(g: Graph, shapes: list[Shape], st: Step, binmap, in_map: bool) -> dict[str, int]:
+    """Scratch (4-byte cells) of one C step: the op's own (``OpSpec.c_scratch``), and a channel
+    plane when a conv pools, adds or binarises in its epilogue (plus the pooled plane when it
+    pools and binarises)."""
+    nd = g.nodes[st.node]
+    spec = OPS[nd.op]
+    sc: dict[str, int] = {}
+    if st.fused or binmap is not None:
+        sc["plane"] = shapes[st.node][1] * shapes[st.node][2]
+        if st.fused and st.residual is None and binmap is not None:
+            sc["tmp"] = shapes[st.output][1] * shapes[st.output][2]
+    if spec.c_scratch is not None:
+        sc.update(spec.c_scratch(nd, [shapes[j] for j in nd.inputs], shapes[st.node], in_map))
+    return sc
+
+
+def graph_cost(graph: Graph, shapes: list[Shape] | None = None, *, fuse: bool = True,
+               memory: Memory | None = None) -> GraphCost:
+    """The :class:`~sbnn_runtime.ops.GraphCost` of ``graph`` on the native engine (checks the
+    graph first unless ``shapes`` is given): the op table's work, parameter and scratch rules
+    per node, and the activations of the engine's own memory plan (``memory``, or
+    :func:`plan_buffers` over :func:`fuse_epilogues` (``fuse``) or every node alone): its arena
+    for one image plus the output array handed back. Reads only shapes, so it works on a graph
+    of :class:`~sbnn_runtime.ops.ShapeOnly` parameters (the loader's check before decoding)."""
+    if shapes is None:
+        shapes = infer_shapes(graph)
+    macs, work, pbytes, ebytes = [], [], 0, 0
+    for i, nd in enumerate(graph.nodes):
+        spec = OPS[nd.op]
+        ins, out = [shapes[j] for j in nd.inputs], shapes[i]
+        macs.append(int(spec.macs(nd, ins, out)))
+        work.append(int(spec.work(nd, ins, out)) if spec.work else macs[-1] + _size(out))
+        nb = sum(int(arr.size) * arr.dtype.itemsize for arr in nd.params.values())
+        pbytes += nb
+        ebytes += nb + (int(spec.engine_bytes(nd, ins, out)) if spec.engine_bytes else
+                        sum(4 * int(arr.size) for arr in nd.params.values()))
+    if memory is None:
+        steps = fuse_epilogues(graph) if fuse else unfused_steps(graph)
+        memory = plan_buffers(graph, steps, shapes, target="native")
+    act = memory.nbytes + 4 * _size(shapes[graph.output])
+    return GraphCost(sum(macs), tuple(macs), pbytes, ebytes, act, memory.workspace, sum(work),
+                     tuple(work))
 
 
 # -- all together -----------------------------------------------------------------------------
@@ -464,9 +674,8 @@ def plan(graph: Graph, target: str = "native", *, fuse: bool = True,
     ``"native"``: every node, no folding, :func:`fuse_epilogues` (when ``fuse``), no encodings
     (the engine keeps its own sparse and dense layers). ``"c"``: :func:`fold_affine_linear`,
     the live nodes, :func:`fuse_pool_residual` (when ``fuse``) and :func:`choose_encodings`.
-    Both get :func:`plan_buffers` unless ``memory=False`` (then ``buffers`` is empty and
-    ``arena`` 0: the placement is quadratic in the number of tensors, and the native engine,
-    which keeps its own buffers, does not need it).
+    Both get :func:`plan_buffers` for the target (the native engine allocates its arena from
+    it) unless ``memory=False`` (then ``memory`` is empty: for tools that want the steps only).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
@@ -479,5 +688,6 @@ def plan(graph: Graph, target: str = "native", *, fuse: bool = True,
         order = live_nodes(graph)
         steps = fuse_pool_residual(graph, order) if fuse else unfused_steps(graph, order)
         encodings = choose_encodings(graph, binary_format, order)
-    bufs, arena = plan_buffers(graph, steps, shapes) if memory else ({}, 0)
-    return Plan(graph, shapes, steps, encodings, bufs, arena)
+    mem = plan_buffers(graph, steps, shapes, target=target, encodings=encodings) if memory \
+        else Memory()
+    return Plan(graph, shapes, steps, encodings, mem)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from sbnn_runtime import fileformat
-from sbnn_runtime.ops import OPS, Graph, graph_cost, infer_shapes
+from sbnn_runtime.ops import OPS, Graph, infer_shapes
+from sbnn_runtime.passes import graph_cost
 
 __all__ = ["summarize", "format_summary"]
 
