@@ -10,7 +10,7 @@ from torch import nn
 import sbnn
 from sbnn import engine, models
 from sbnn.deploy.export import ExportError, export, to_graph
-from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d
+from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLinear
 from sbnn_runtime import fileformat
 
 RTOL = 1e-4
@@ -81,7 +81,7 @@ def safe_inputs(model: nn.Module, shape, n: int = 2, candidates: int = 12, seed:
 
     hooks = []
     for m in model.modules():
-        if isinstance(m, SBConv2d) and m.act is not None:
+        if isinstance(m, (SBConv2d, SBLinear)) and m.act is not None:
             hooks.append(m.register_forward_pre_hook(lambda mod, a: record(a[0])))
         if isinstance(m, RSign):
             hooks.append(m.register_forward_pre_hook(
@@ -109,6 +109,8 @@ def input_shape(name: str):
     # at every border; ReActNet max-pools after its stem, so it needs 16x16 to end at 1x1
     if name.startswith("fmnist"):
         return (1, 28, 28)
+    if name.startswith("fc_autoencoder"):  # features, not an image
+        return (640,)
     return (3, 16, 16) if name.startswith("reactnet") else (3, 8, 8)
 
 

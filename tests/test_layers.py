@@ -22,6 +22,8 @@ def reference_weight(layer):
         return alpha + (beta - alpha) * b
     if layer.domain == "pm1":  # tied phi = 0
         return layer.tau.detach() * s
+    if layer.domain == "pm1c":  # per output channel mean |w| times the sign
+        return w.abs().reshape(w.shape[0], -1).mean(1).view((-1,) + (1,) * (w.dim() - 1)) * s
     if layer.domain == "abr":  # alpha = r (beta - alpha), beta - alpha = 2 tau
         step = 2 * layer.tau.detach()
         return float(layer.r) * step + step * b

@@ -424,6 +424,33 @@ NB_MODULE(_core, m) {
           },
           "t"_a, "k"_a, "stride"_a, "pad"_a = 0)
       .def(
+          "pool2d",
+          [](PyEngine& e, int t, bool is_max, int kh, int kw, int sh, int sw, int pt, int pl,
+             int pb, int pr, bool ceil, bool cip) {
+            sbnn::PoolGeom g;
+            g.kh = kh, g.kw = kw, g.sh = sh, g.sw = sw, g.pt = pt, g.pl = pl, g.pb = pb,
+            g.pr = pr, g.ceil = ceil;
+            return e.eng().pool2d(t, is_max, g, cip);
+          },
+          "t"_a, "is_max"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "pt"_a, "pl"_a, "pb"_a, "pr"_a,
+          "ceil_mode"_a = false, "count_include_pad"_a = true)
+      .def(
+          "reshape",
+          [](PyEngine& e, int t, int C, int H, int W, bool flat) {
+            return e.eng().reshape(t, C, H, W, flat);
+          },
+          "t"_a, "C"_a, "H"_a = 1, "W"_a = 1, "flat"_a = false)
+      .def(
+          "channel_shuffle",
+          [](PyEngine& e, int t, int groups) { return e.eng().channel_shuffle(t, groups); },
+          "t"_a, "groups"_a)
+      .def(
+          "upsample",
+          [](PyEngine& e, int t, int scale, int mode, bool align_corners) {
+            return e.eng().upsample(t, scale, mode, align_corners);
+          },
+          "t"_a, "scale"_a, "mode"_a, "align_corners"_a = false)
+      .def(
           "global_avgpool", [](PyEngine& e, int t) { return e.eng().global_avgpool(t); }, "t"_a)
       .def(
           "flatten", [](PyEngine& e, int t) { return e.eng().flatten(t); }, "t"_a)

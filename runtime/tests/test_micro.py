@@ -320,7 +320,7 @@ def test_kernel_files_ship_as_sources():
         if name.endswith(".c"):
             assert Path(name).stem in {"sbnn_eltwise", "sbnn_pool", "sbnn_conv2d",
                                        "sbnn_linear", "sbnn_sbdecode", "sbnn_sbconv",
-                                       "sbnn_epilogue"}
+                                       "sbnn_epilogue", "sbnn_shape"}
 
 
 @pytest.fixture(scope="module")

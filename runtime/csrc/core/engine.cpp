@@ -29,17 +29,32 @@ void for_planes(ThreadPool& pool, int N, int C, const std::function<void(int, in
   });
 }
 
-int pool_out(int n, int k, int s, int p) { return (n + 2 * p - k) / s + 1; }
+// PyTorch's output size of a pooling along one axis (leading pad p0, trailing pad p1)
+int pool_out(int n, int k, int s, int p0, int p1, bool ceil) {
+  const int num = n + p0 + p1 - k + (ceil ? s - 1 : 0);
+  int out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;  // floor division
+  if (ceil && (out - 1) * s >= n + p0) --out;
+  return out;
+}
 
-// Output shape of a k x k pooling of s, or the error that says why the arguments don't fit.
-TensorShape pooled_shape(const TensorShape& s, int k, int stride, int pad, const char* op) {
+// Output shape of a pooling with window g, or the error that says why the arguments don't fit.
+TensorShape pooled_shape(const TensorShape& s, const PoolGeom& g, const char* op) {
   if (s.flat) throw err(op, "input is a flat tensor " + s.str());
-  if (k < 1 || stride < 1 || pad < 0 || 2 * pad > k)
+  if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || std::min({g.pt, g.pl, g.pb, g.pr}) < 0 ||
+      2 * std::max(g.pt, g.pb) > g.kh || 2 * std::max(g.pl, g.pr) > g.kw)
     throw err(op, "need k >= 1, stride >= 1, 0 <= pad <= k / 2");
-  const int Ho = pool_out(s.H, k, stride, pad), Wo = pool_out(s.W, k, stride, pad);
-  if (Ho < 1 || Wo < 1 || s.H + 2 * pad < k || s.W + 2 * pad < k)
-    throw err(op, "kernel larger than the padded input " + s.str());
+  const int Ho = pool_out(s.H, g.kh, g.sh, g.pt, g.pb, g.ceil);
+  const int Wo = pool_out(s.W, g.kw, g.sw, g.pl, g.pr, g.ceil);
+  if (Ho < 1 || Wo < 1) throw err(op, "kernel larger than the padded input " + s.str());
   return TensorShape{s.C, Ho, Wo, false};
+}
+
+PoolGeom square(int k, int stride, int pad) {
+  PoolGeom g;
+  g.kh = g.kw = k;
+  g.sh = g.sw = stride;
+  g.pt = g.pl = g.pb = g.pr = pad;
+  return g;
 }
 
 }  // namespace
@@ -568,60 +583,68 @@ int Engine::concat(int a, int b) {
 }
 
 int Engine::avgpool(int t, int k, int stride, int pad, bool count_include_pad) {
-  check_tensor(t, "avgpool");
-  const TensorShape s = shapes_[t];
-  const TensorShape o = pooled_shape(s, k, stride, pad, "avgpool");
-  const int Ho = o.H, Wo = o.W;
-  ThreadPool* pool = &pool_;
-  return push("avgpool", {t}, o,
-              [=](const std::vector<const float*>& in, float* out, int N) {
-                for_planes(*pool, N, s.C, [&](int n, int c) {
-                  const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
-                  float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
-                  if (k == 2 && stride == 2 && pad == 0) {  // the ReActNet shortcut: no borders
-                    for (int oh = 0; oh < Ho; ++oh) {
-                      const float* r0 = x + static_cast<size_t>(2 * oh) * s.W;
-                      const float* r1 = r0 + s.W;
-                      for (int ow = 0; ow < Wo; ++ow)
-                        y[oh * Wo + ow] =
-                            (((r0[2 * ow] + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / 4.0f;
-                    }
-                    return;
-                  }
-                  for (int oh = 0; oh < Ho; ++oh)
-                    for (int ow = 0; ow < Wo; ++ow) {
-                      float sum = 0.0f;
-                      int cnt = 0;
-                      for (int ky = 0; ky < k; ++ky) {
-                        const int h = oh * stride + ky - pad;
-                        if (h < 0 || h >= s.H) continue;
-                        for (int kx = 0; kx < k; ++kx) {
-                          const int w = ow * stride + kx - pad;
-                          if (w < 0 || w >= s.W) continue;
-                          sum += x[h * s.W + w];
-                          ++cnt;
-                        }
-                      }
-                      y[oh * Wo + ow] = sum / static_cast<float>(count_include_pad ? k * k : cnt);
-                    }
-                });
-              });
+  return pool2d(t, false, square(k, stride, pad), count_include_pad);
 }
 
 int Engine::maxpool(int t, int k, int stride, int pad) {
-  check_tensor(t, "maxpool");
+  return pool2d(t, true, square(k, stride, pad), true);
+}
+
+int Engine::pool2d(int t, bool is_max, const PoolGeom& g, bool count_include_pad) {
+  const char* name = is_max ? "maxpool" : "avgpool";
+  check_tensor(t, name);
   const TensorShape s = shapes_[t];
-  const TensorShape o = pooled_shape(s, k, stride, pad, "maxpool");
+  const TensorShape o = pooled_shape(s, g, name);
   const int Ho = o.H, Wo = o.W;
   ThreadPool* pool = &pool_;
-  return push("maxpool", {t}, o,
-              [=](const std::vector<const float*>& in, float* out, int N) {
-                for_planes(*pool, N, s.C, [&](int n, int c) {
-                  const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
-                  float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
-                  maxpool_plane(x, s.H, s.W, k, stride, pad, Ho, Wo, y);  // floatops.cpp
-                });
-              });
+  const bool shortcut = !is_max && g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 &&
+                        g.pt == 0 && g.pl == 0 && g.pb == 0 && g.pr == 0 && !g.ceil;
+  const bool fast_max = is_max && g.kh == g.kw && g.sh == g.sw && g.pt == g.pl &&
+                        g.pb == g.pt && g.pr == g.pt && !g.ceil;
+  return push(name, {t}, o, [=](const std::vector<const float*>& in, float* out, int N) {
+    for_planes(*pool, N, s.C, [&](int n, int c) {
+      const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
+      float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
+      if (fast_max) {  // square window, same pad on every side: floatops.cpp's plane kernel
+        maxpool_plane(x, s.H, s.W, g.kh, g.sh, g.pt, Ho, Wo, y);
+        return;
+      }
+      if (shortcut) {  // the ReActNet shortcut: no borders
+        for (int oh = 0; oh < Ho; ++oh) {
+          const float* r0 = x + static_cast<size_t>(2 * oh) * s.W;
+          const float* r1 = r0 + s.W;
+          for (int ow = 0; ow < Wo; ++ow)
+            y[oh * Wo + ow] = (((r0[2 * ow] + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / 4.0f;
+        }
+        return;
+      }
+      for (int oh = 0; oh < Ho; ++oh) {
+        const int h0 = oh * g.sh - g.pt;
+        const int h1 = std::min(h0 + g.kh, s.H + g.pb);  // past the trailing pad: not counted
+        const int a0 = std::max(h0, 0), a1 = std::min(h1, s.H);
+        for (int ow = 0; ow < Wo; ++ow) {
+          const int w0 = ow * g.sw - g.pl;
+          const int w1 = std::min(w0 + g.kw, s.W + g.pr);
+          const int b0 = std::max(w0, 0), b1 = std::min(w1, s.W);
+          if (is_max) {
+            float m = -std::numeric_limits<float>::infinity();
+            for (int h = a0; h < a1; ++h)
+              for (int w = b0; w < b1; ++w) {
+                const float v = x[h * s.W + w];
+                if (v > m || std::isnan(v)) m = v;
+              }
+            y[oh * Wo + ow] = m;
+          } else {
+            float sum = 0.0f;
+            for (int h = a0; h < a1; ++h)
+              for (int w = b0; w < b1; ++w) sum += x[h * s.W + w];
+            const int cnt = count_include_pad ? (h1 - h0) * (w1 - w0) : (a1 - a0) * (b1 - b0);
+            y[oh * Wo + ow] = sum / static_cast<float>(cnt);
+          }
+        }
+      }
+    });
+  });
 }
 
 int Engine::global_avgpool(int t) {
@@ -647,6 +670,90 @@ int Engine::flatten(int t) {
               [n](const std::vector<const float*>& in, float* out, int N) {
                 std::copy(in[0], in[0] + static_cast<size_t>(N) * n, out);
               });
+}
+
+int Engine::reshape(int t, int C, int H, int W, bool flat) {
+  check_tensor(t, "reshape");
+  const TensorShape s = shapes_[t];
+  const TensorShape o{C, flat ? 1 : H, flat ? 1 : W, flat};
+  if (C < 1 || H < 1 || W < 1 || o.numel() != s.numel())
+    throw err("reshape", "cannot reshape " + s.str() + " to " + o.str());
+  const size_t n = s.numel();
+  return push("reshape", {t}, o, [n](const std::vector<const float*>& in, float* out, int N) {
+    std::copy(in[0], in[0] + static_cast<size_t>(N) * n, out);
+  });
+}
+
+int Engine::channel_shuffle(int t, int groups) {
+  check_tensor(t, "channel_shuffle");
+  const TensorShape s = shapes_[t];
+  if (s.flat || groups < 1 || s.C % groups != 0)
+    throw err("channel_shuffle", std::to_string(groups) + " groups do not divide " + s.str());
+  const int per = s.C / groups;
+  const size_t hw = static_cast<size_t>(s.H) * s.W;
+  return push("channel_shuffle", {t}, s,
+              [s, groups, per, hw](const std::vector<const float*>& in, float* out, int N) {
+                for (int n = 0; n < N; ++n)
+                  for (int i = 0; i < groups; ++i)
+                    for (int j = 0; j < per; ++j) {
+                      const float* x = in[0] + (static_cast<size_t>(n) * s.C + i * per + j) * hw;
+                      std::copy(x, x + hw, out + (static_cast<size_t>(n) * s.C + j * groups + i) * hw);
+                    }
+              });
+}
+
+namespace {
+
+// Source index and weight of the far neighbour of output position o along one axis of a
+// bilinear upsampling from n to n * scale (PyTorch's upsample_bilinear2d rule).
+void bilinear_tap(int o, int n, int scale, bool align_corners, int& i0, int& i1, float& l1) {
+  float src;
+  if (align_corners) {
+    const int on = n * scale;
+    src = on > 1 ? static_cast<float>(n - 1) / static_cast<float>(on - 1) * static_cast<float>(o)
+                 : 0.0f;
+  } else {
+    src = (1.0f / static_cast<float>(scale)) * (static_cast<float>(o) + 0.5f) - 0.5f;
+    if (src < 0.0f) src = 0.0f;
+  }
+  i0 = std::min(static_cast<int>(src), n - 1);
+  i1 = std::min(i0 + 1, n - 1);
+  l1 = src - static_cast<float>(i0);
+}
+
+}  // namespace
+
+int Engine::upsample(int t, int scale, int mode, bool align_corners) {
+  check_tensor(t, "upsample");
+  const TensorShape s = shapes_[t];
+  if (s.flat) throw err("upsample", "input is a flat tensor " + s.str());
+  if (scale < 1 || scale > 64 || (mode != 0 && mode != 1))
+    throw err("upsample", "need 1 <= scale <= 64 and mode 0 (nearest) or 1 (bilinear)");
+  const TensorShape o{s.C, s.H * scale, s.W * scale, false};
+  ThreadPool* pool = &pool_;
+  return push("upsample", {t}, o, [=](const std::vector<const float*>& in, float* out, int N) {
+    for_planes(*pool, N, s.C, [&](int n, int c) {
+      const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
+      float* y = out + (static_cast<size_t>(n) * s.C + c) * o.H * o.W;
+      for (int oh = 0; oh < o.H; ++oh) {
+        if (mode == 0) {
+          const float* r = x + static_cast<size_t>(oh / scale) * s.W;
+          for (int ow = 0; ow < o.W; ++ow) y[oh * o.W + ow] = r[ow / scale];
+          continue;
+        }
+        int h0, h1, w0, w1;
+        float lh, lw;
+        bilinear_tap(oh, s.H, scale, align_corners, h0, h1, lh);
+        const float* r0 = x + static_cast<size_t>(h0) * s.W;
+        const float* r1 = x + static_cast<size_t>(h1) * s.W;
+        for (int ow = 0; ow < o.W; ++ow) {
+          bilinear_tap(ow, s.W, scale, align_corners, w0, w1, lw);
+          y[oh * o.W + ow] = (1.0f - lh) * ((1.0f - lw) * r0[w0] + lw * r0[w1]) +
+                             lh * ((1.0f - lw) * r1[w0] + lw * r1[w1]);
+        }
+      }
+    });
+  });
 }
 
 int Engine::linear(int t, const float* w, int O, int I, const float* bias) {

@@ -46,6 +46,13 @@ struct LayerInfo {
   int batch = -1;                          // the batch size those timings were taken at
 };
 
+// The window of a pooling: kernel, stride, pads (top, left, bottom, right) and PyTorch's
+// ceil_mode (sbnn_runtime.ops.PoolGeometry).
+struct PoolGeom {
+  int kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0, pb = 0, pr = 0;
+  bool ceil = false;
+};
+
 class Engine {
  public:
   explicit Engine(int num_threads);
@@ -72,8 +79,18 @@ class Engine {
   int add(int a, int b);
   int avgpool(int t, int k, int stride, int pad, bool count_include_pad);
   int maxpool(int t, int k, int stride, int pad);
+  // any window: an average counts the cells inside the padded input (count_include_pad) or
+  // inside the input, never those past the trailing pad that only ceil_mode reaches
+  int pool2d(int t, bool is_max, const PoolGeom& g, bool count_include_pad);
   int global_avgpool(int t);
   int flatten(int t);
+  // the same values in a new shape (C, H, W), or (C,) when flat
+  int reshape(int t, int C, int H, int W, bool flat);
+  // channel c' = j * groups + i takes channel i * (C / groups) + j (ShuffleNet's shuffle)
+  int channel_shuffle(int t, int groups);
+  // (C, H, W) -> (C, H * scale, W * scale): nearest (mode 0) or bilinear (mode 1, PyTorch's
+  // half-pixel centres, or align_corners)
+  int upsample(int t, int scale, int mode, bool align_corners);
   int linear(int t, const float* w, int O, int I, const float* bias);
   void set_output(int t);
 

@@ -50,8 +50,22 @@ void sbnn_add(const float *a, const float *b, float *y, int n);
    x: (c, h, w) -> y: (c, oh, ow) */
 void sbnn_pool(const float *x, float *y, int c, int h, int w, int k, int s, int p, int oh,
                int ow, int is_max, int cip);
+/* any window: kh x kw, strides sh, sw, pads pt, pl, pb, pr (top, left, bottom, right); an
+   average counts the taps inside the padded input (cip) or inside the input, never those past
+   the trailing pad that only PyTorch's ceil_mode reaches (oh, ow say how many windows) */
+void sbnn_pool2d(const float *x, float *y, int c, int h, int w, int kh, int kw, int sh, int sw,
+                 int pt, int pl, int pb, int pr, int oh, int ow, int is_max, int cip);
 /* y[c] = mean of x (c, hw) */
 void sbnn_global_avgpool(const float *x, float *y, int c, int hw);
+
+/* -- moving values: channel shuffle, upsampling (sbnn_shape.c) ---------------------------------- */
+
+/* channel j * groups + i of y is channel i * (c / groups) + j of x; x, y: (c, hw) */
+void sbnn_channel_shuffle(const float *x, float *y, int c, int hw, int groups);
+/* x: (c, h, w) -> y: (c, h * scale, w * scale), nearest (mode 0) or bilinear (mode 1; PyTorch's
+   half-pixel centres, or its align_corners) */
+void sbnn_upsample(const float *x, float *y, int c, int h, int w, int scale, int mode,
+                   int align_corners);
 
 /* -- what a conv does with each output channel (sbnn_epilogue.c) ------------------------------- */
 

@@ -47,8 +47,11 @@ def _check_threads(num_threads: Any) -> int:
     return int(num_threads)
 
 
-def as_input(x: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """Check a batch against the model's (C, H, W); returns a C-contiguous float32 array.
+def as_input(x: Any, shape: tuple[int, ...],
+             runs_as: tuple[int, ...] | None = None) -> np.ndarray:
+    """Check a batch against the model's input shape (C, H, W), (C, L) or (F,); returns a
+    C-contiguous float32 array, shaped ``(N, *runs_as)`` when ``runs_as`` (the (C, H, W) the
+    model runs it as, which is also accepted) is given.
 
     Takes a numpy array or any object with ``__dlpack__`` (a CPU torch tensor, a JAX array, ...)
     or ``__array_interface__``; it must already be float32 (no silent casts) and on the CPU.
@@ -72,9 +75,14 @@ def as_input(x: Any, shape: tuple[int, ...]) -> np.ndarray:
                             f"(float32, CPU), got {type(x).__name__}")
     if x.dtype != np.float32:
         raise TypeError(f"input dtype is {x.dtype}; expected float32")
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
-        want = ", ".join(map(str, shape))
-        raise ValueError(f"input shape is {tuple(x.shape)}; expected (N, {want})")
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+        if runs_as is not None and tuple(x.shape[1:]) == tuple(runs_as):
+            shape = runs_as  # the (C, H, W) the model runs a (C, L) or (F,) input as
+        else:
+            want = ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "")
+            raise ValueError(f"input shape is {tuple(x.shape)}; expected (N, {want})")
+    if runs_as is not None:
+        x = x.reshape(x.shape[0], *runs_as)
     if x.shape[0] == 0:
         raise ValueError("input batch is empty (N = 0)")
     return np.ascontiguousarray(x)  # copies only when strided or not native-endian
@@ -122,7 +130,9 @@ class Engine:
         # what runs as one op: decided by the graph passes, the engine only follows
         # and where every tensor lives (the arena the engine allocates, what the limit checks)
         self.plan = passes.plan(graph, "native", fuse=self.fuse)
-        self.input_shape = self.shapes[0]
+        # what callers feed (the exporter's (C, H, W), (C, L) or (F,)) and what it runs as
+        self.input_shape = graph.user_input_shape
+        self.run_shape = self.shapes[0]
         self.limits = Limits.resolve(max_macs, max_memory)
         self.cost = passes.graph_cost(graph, self.shapes, memory=self.plan.memory)
         threads = nt or os.cpu_count() or 1
@@ -155,8 +165,9 @@ class Engine:
         return self.shapes[self.graph.output]
 
     def run(self, x, profile: bool = False):
-        """``x (N, C, H, W) float32 -> numpy (N, ...)``; with ``profile`` also per-op seconds."""
-        x = as_input(x, self.input_shape)
+        """``x (N, *input_shape) float32 -> numpy (N, ...)``; with ``profile`` also per-op
+        seconds. ``input_shape`` is the model's (C, H, W), (C, L) or (F,)."""
+        x = as_input(x, self.input_shape, self.run_shape)
         self.limits.check(self.cost, x.shape[0], self.num_threads or os.cpu_count() or 1)
         if self._native is None:
             return reference_forward(self.graph, x, profile)

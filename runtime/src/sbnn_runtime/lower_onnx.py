@@ -58,6 +58,12 @@ class OnnxBuilder:
             np.ascontiguousarray(arr, dtype=np.float32), name))
         return name
 
+    def ints(self, what: str, values) -> str:
+        """An int64 initializer (the shape of a Reshape, the sizes of a Resize)."""
+        name = self._unique(what)
+        self.inits.append(self.numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+        return name
+
     def chan(self, what: str, v: np.ndarray) -> str:
         # per-channel vector against the node's (N, C, H, W) or flat (N, F) tensor
         shape = self.shapes[self.i]
@@ -69,7 +75,8 @@ class OnnxBuilder:
 
 
 def to_onnx(graph: Graph):
-    """An ``onnx.ModelProto`` computing ``graph``: input ``x`` (N, C, H, W) -> ``logits``."""
+    """An ``onnx.ModelProto`` computing ``graph``: input ``x`` (N, C, H, W), or the user's
+    (N, C, L) / (N, F) the graph records (:attr:`Graph.user_input_shape`) -> ``logits``."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -80,6 +87,10 @@ def to_onnx(graph: Graph):
     shapes = graph.shapes()
     ctx = OnnxBuilder(helper, numpy_helper, shapes)
     names = ["x"]
+    user = graph.user_input_shape
+    if user != graph.input_shape:  # a (C, L) or (F,) input runs as (C, 1, L) or (F, 1, 1)
+        ctx.node("Reshape", ["x", ctx.ints("in_shape", [-1, *graph.input_shape])], ["x4"])
+        names = ["x4"]
     lower = lowering(graph, "onnx")
     for i, nd in enumerate(graph.nodes[1:], start=1):
         ctx.i, ctx.name = i, nd.name
@@ -88,8 +99,7 @@ def to_onnx(graph: Graph):
         names.append(out)
     ctx.nodes.append(helper.make_node("Identity", [names[graph.output]], ["logits"],
                                       name="output"))
-    c, h, w = graph.input_shape
-    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *user])
     y_info = helper.make_tensor_value_info(
         "logits", TensorProto.FLOAT, ["N", *shapes[graph.output]])
     g = helper.make_graph(ctx.nodes, "sbnn", [x_info], [y_info], initializer=ctx.inits)

@@ -71,6 +71,10 @@ __all__ = [
     "Limits",
     "DEFAULT_MAX_MACS",
     "DEFAULT_MAX_MEMORY",
+    "PoolGeometry",
+    "pool_geometry",
+    "user_input_shape",
+    "UPSAMPLE_MODES",
 ]
 
 DTYPES = {"f32": np.dtype("<f4"), "u8": np.dtype("u1")}
@@ -129,6 +133,13 @@ class Graph:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.nodes[0].attrs["shape"])  # type: ignore[return-value]
 
+    @property
+    def user_input_shape(self) -> tuple[int, ...]:
+        """The input shape the model's user feeds: the ``input_shape`` the exporter records
+        in the metadata, (C, H, W), (C, L) or (F,), which runs as the input node's (C, H, W):
+        (C, L) as (C, 1, L) and (F,) as (F, 1, 1). Files without one: the input node's."""
+        return user_input_shape(self.input_shape, self.metadata.get("input_shape"))
+
     def shapes(self) -> list[Shape]:
         """Per-node output shape without the batch dimension (checks the graph)."""
         return infer_shapes(self)
@@ -167,6 +178,8 @@ class OpSpec:
     # (node, output_shape) -> k, stride, pad, oh, ow, is_max, count_include_pad of an
     # sbnn_epi: a pooling a conv may run channel by channel in its epilogue
     c_epilogue: Callable[[Node, Shape], list[int]] | None = None
+    # optional attributes: name -> value when a node leaves it out (files written before it)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 OPS: dict[str, OpSpec] = {}
@@ -679,100 +692,334 @@ _register(OpSpec(
 ))
 
 
-# -- pooling ---------------------------------------------------------------------------------
+# -- reshapes, channel shuffle, upsampling (issue 19) ---------------------------------------
 
-def _pool_out(n: int, k: int, s: int, p: int, where: str) -> int:
-    if k < 1 or s < 1 or p < 0 or 2 * p > k:
-        raise _err(f"{where}: bad window k={k} stride={s} pad={p}")
-    out = (n + 2 * p - k) // s + 1
+def user_input_shape(node_shape: Shape, recorded: Any) -> Shape:
+    """``recorded`` (a model's ``input_shape`` metadata) when it is (C, H, W), (C, L) or (F,)
+    and runs as ``node_shape`` (the input node's (C, H, W)); else ``node_shape``."""
+    if not isinstance(recorded, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in recorded):
+        return tuple(node_shape)
+    r = tuple(recorded)
+    runs_as = {3: r, 2: r[:1] + (1,) + r[1:], 1: r + (1, 1)}.get(len(r))
+    return r if runs_as == tuple(node_shape) else tuple(node_shape)
+
+
+def _reshape_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    s = nd.attrs["shape"]
+    if len(s) not in (1, 3) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                       and v >= 1 for v in s):
+        raise _err(f"{where}: shape must be (F,) or (C, H, W) of positive ints, got {s}")
+    if math.prod(s) != math.prod(ins[0]):
+        raise _err(f"{where}: cannot reshape {ins[0]} to {tuple(s)}")
+    return tuple(s)
+
+
+def _reshape_native(eng, nd: Node, src: list[int], opt: dict) -> int:
+    s = nd.attrs["shape"]
+    return eng.reshape(src[0], *(s if len(s) == 3 else (s[0], 1, 1)), flat=len(s) == 1)
+
+
+# The same values in another shape (an image as features, features as a 1x1 map): free in C (the
+# output is its input's memory), a copy on the engine. The batch dimension never changes.
+_register(OpSpec(
+    "reshape", 1, {"shape": list}, {},
+    shape=_reshape_shape,
+    reference=lambda nd, x: x[0].reshape(x[0].shape[0], *nd.attrs["shape"]),
+    lower_native=_reshape_native,
+    lower_onnx=lambda ctx, nd, ins, out: ctx.node(
+        "Reshape", [ins[0], ctx.ints("shape", [-1, *nd.attrs["shape"]])], [out]),
+    lower_c=lambda cn: "/* reshape: aliases its input */", c_alias=True,
+))
+
+
+def _shuffle_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    c = _spatial(where, ins[0])[0]
+    g = nd.attrs["groups"]
+    if g < 1 or c % g:
+        raise _err(f"{where}: {g} groups do not divide {c} channels")
+    return ins[0]
+
+
+def _shuffle_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    n, c, h, w = x[0].shape
+    g = nd.attrs["groups"]
+    return x[0].reshape(n, g, c // g, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+def _shuffle_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    c, h, w = ctx.shapes[ctx.i]
+    g = nd.attrs["groups"]
+    a, b = ctx.tmp("split"), ctx.tmp("swap")
+    ctx.node("Reshape", [ins[0], ctx.ints("s5", [-1, g, c // g, h, w])], [a])
+    ctx.node("Transpose", [a], [b], perm=[0, 2, 1, 3, 4])
+    ctx.node("Reshape", [b, ctx.ints("s4", [-1, c, h, w])], [out])
+
+
+# ShuffleNet's x.view(N, g, C // g, H, W).transpose(1, 2).reshape(N, C, H, W), the one
+# permutation the tracer takes (it recognises the three calls)
+_register(OpSpec(
+    "channel_shuffle", 1, {"groups": _I}, {},
+    shape=_shuffle_shape, reference=_shuffle_reference,
+    lower_native=lambda eng, nd, src, opt: eng.channel_shuffle(src[0], nd.attrs["groups"]),
+    lower_onnx=_shuffle_onnx,
+    lower_c=lambda cn: (f"sbnn_channel_shuffle({cn.x[0]}, {cn.y}, {cn.out[0]}, "
+                        f"{math.prod(cn.out) // cn.out[0]}, {cn.node.attrs['groups']});"),
+))
+
+UPSAMPLE_MODES = ("nearest", "bilinear")  # the mode code of sbnn::Engine::upsample, sbnn_upsample
+
+
+def _upsample_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
+    c, h, w = _spatial(where, ins[0])
+    A = nd.attrs
+    if A["mode"] not in UPSAMPLE_MODES:
+        raise _err(f"{where}: unknown mode {A['mode']!r}; known: {', '.join(UPSAMPLE_MODES)}")
+    if not 1 <= A["scale"] <= 64:
+        raise _err(f"{where}: scale {A['scale']} is not in 1..64")
+    return (c, h * A["scale"], w * A["scale"])
+
+
+def _bilinear_taps(n: int, scale: int, align_corners: bool):
+    # per output position: source index, its neighbour, the neighbour's weight (float32 as
+    # PyTorch's upsample_bilinear2d computes them)
+    o = np.arange(n * scale, dtype=np.float32)
+    if align_corners:
+        r = np.float32(n - 1) / np.float32(n * scale - 1) if n * scale > 1 else np.float32(0)
+        src = r * o
+    else:
+        src = np.maximum(np.float32(1.0 / scale) * (o + np.float32(0.5)) - np.float32(0.5),
+                         np.float32(0))
+    i0 = np.minimum(src.astype(np.int64), n - 1)
+    return i0, np.minimum(i0 + 1, n - 1), (src - i0).astype(np.float32)
+
+
+def _upsample_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
+    s, v = nd.attrs["scale"], x[0].astype(np.float32)
+    _, _, h, w = v.shape
+    if nd.attrs["mode"] == "nearest":
+        return v.repeat(s, axis=2).repeat(s, axis=3)
+    ac = nd.attrs["align_corners"]
+    h0, h1, lh = _bilinear_taps(h, s, ac)
+    w0, w1, lw = _bilinear_taps(w, s, ac)
+    one = np.float32(1)
+    lh, lw = lh[:, None], lw[None, :]
+    r0, r1 = v[:, :, h0], v[:, :, h1]
+    return ((one - lh) * ((one - lw) * r0[..., w0] + lw * r0[..., w1])
+            + lh * ((one - lw) * r1[..., w0] + lw * r1[..., w1])).astype(np.float32)
+
+
+def _upsample_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
+    A = nd.attrs
+    s = float(A["scale"])
+    scales = ctx.const("scales", np.array([1, 1, s, s], np.float32))
+    if A["mode"] == "nearest":
+        kw = dict(mode="nearest", nearest_mode="floor", coordinate_transformation_mode="asymmetric")
+    else:
+        kw = dict(mode="linear", coordinate_transformation_mode="align_corners"
+                  if A["align_corners"] else "pytorch_half_pixel")
+    ctx.node("Resize", [ins[0], "", scales], [out], **kw)
+
+
+def _upsample_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
+    return math.prod(out) * (4 if nd.attrs["mode"] == "bilinear" else 0)
+
+
+# nn.Upsample / F.interpolate by an integer scale; align_corners matters to bilinear only
+_register(OpSpec(
+    "upsample", 1, {"scale": _I, "mode": str, "align_corners": _B}, {},
+    shape=_upsample_shape, reference=_upsample_reference,
+    lower_native=lambda eng, nd, src, opt: eng.upsample(
+        src[0], nd.attrs["scale"], UPSAMPLE_MODES.index(nd.attrs["mode"]),
+        nd.attrs["align_corners"]),
+    lower_onnx=_upsample_onnx, macs=_upsample_macs,
+    lower_c=lambda cn: (f"sbnn_upsample({cn.x[0]}, {cn.y}, {cn.ins[0][0]}, {cn.ins[0][1]}, "
+                        f"{cn.ins[0][2]}, {cn.node.attrs['scale']}, "
+                        f"{UPSAMPLE_MODES.index(cn.node.attrs['mode'])}, "
+                        f"{int(cn.node.attrs['align_corners'])});"),
+))
+
+
+# -- pooling ---------------------------------------------------------------------------------
+# A pool's window may be non-square and its padding asymmetric, with PyTorch's ceil_mode:
+# ``k`` is an int or [kh, kw], ``stride`` an int or [sh, sw], ``pad`` an int, [ph, pw] or
+# [top, left, bottom, right], ``ceil_mode`` (optional, default false) rounds the output size up
+# (a last window must still start inside the input or its leading pad). An average counts the
+# window's cells inside the padded input (count_include_pad) or inside the input; cells past the
+# trailing pad, which only ceil_mode reaches, never count. Files written before these forms keep
+# their int attributes and load unchanged.
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """The window of a pooling node: kernel, stride, pads (top, left, bottom, right), ceil."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    ceil: bool
+
+    @property
+    def simple(self) -> bool:
+        """A square window with one stride and one pad and no ceil_mode (the pre-19 form)."""
+        return (self.kh == self.kw and self.sh == self.sw and not self.ceil
+                and self.pt == self.pl == self.pb == self.pr)
+
+
+def _int_list(v: Any, sizes: tuple[int, ...], what: str, where: str) -> list[int]:
+    vals = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if not isinstance(vals, (list, tuple)) or len(vals) not in sizes or not all(
+            isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= 1 << 16 for e in vals):
+        raise _err(f"{where}: {what} must be an int or a list of {' or '.join(map(str, sizes))} "
+                   f"small non-negative ints, got {v!r}")
+    return list(vals)
+
+
+def pool_geometry(nd: Node, where: str = "") -> PoolGeometry:
+    """The :class:`PoolGeometry` of a ``maxpool`` / ``avgpool`` node (checks its attributes)."""
+    A = nd.attrs
+    k = _int_list(A["k"], (1, 2), "k", where)
+    s = _int_list(A["stride"], (1, 2), "stride", where)
+    p = _int_list(A["pad"], (1, 2, 4), "pad", where)
+    kh, kw = k * (2 // len(k))
+    sh, sw = s * (2 // len(s))
+    pt, pl, pb, pr = p * (4 // len(p)) if len(p) != 2 else (p[0], p[1], p[0], p[1])
+    return PoolGeometry(kh, kw, sh, sw, pt, pl, pb, pr, bool(A.get("ceil_mode", False)))
+
+
+def _pool_out(n: int, k: int, s: int, p0: int, p1: int, ceil: bool, where: str) -> int:
+    # PyTorch's rule, with the leading pad p0 and the trailing pad p1 (floor division: with
+    # ceil_mode a window may be larger than the padded input when the stride reaches past it)
+    if k < 1 or s < 1 or 2 * max(p0, p1) > k:
+        raise _err(f"{where}: bad window k={k} stride={s} pad=({p0}, {p1}) (pads at most k/2)")
+    out = (n + p0 + p1 - k + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= n + p0:
+        out -= 1
     if out < 1:
-        raise _err(f"{where}: window {k} with pad {p} does not fit input size {n}")
+        raise _err(f"{where}: window {k} with pads ({p0}, {p1}) does not fit input size {n}")
     return out
 
 
 def _pool_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
     c, h, w = _spatial(where, ins[0])
-    k, st, pad = nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"]
-    return (c, _pool_out(h, k, st, pad, where), _pool_out(w, k, st, pad, where))
+    g = pool_geometry(nd, where)
+    if "ceil_mode" in nd.attrs and not isinstance(nd.attrs["ceil_mode"], bool):
+        raise _err(f"{where}: attribute 'ceil_mode' must be bool")
+    return (c, _pool_out(h, g.kh, g.sh, g.pt, g.pb, g.ceil, where),
+            _pool_out(w, g.kw, g.sw, g.pl, g.pr, g.ceil, where))
 
 
 def _pool_macs(nd: Node, ins: list[Shape], out: Shape) -> int:
-    return int(np.prod(out)) * nd.attrs["k"] ** 2
+    g = pool_geometry(nd)
+    return int(np.prod(out)) * g.kh * g.kw
 
 
 _POOL_TAP_STEPS = 16  # a window tap of the engine's pools (bounds checks, scalar) in kernel steps
 
 
 def _pool_work(nd: Node, ins: list[Shape], out: Shape) -> int:
-    return (_POOL_TAP_STEPS * nd.attrs["k"] ** 2 + 1) * int(np.prod(out))
+    g = pool_geometry(nd)
+    return (_POOL_TAP_STEPS * g.kh * g.kw + 1) * int(np.prod(out))
 
 
-def _pool_windows(x: np.ndarray, k: int, s: int, p: int, fill: float) -> np.ndarray:
+def _pool_counts(n: int, k: int, s: int, p0: int, p1: int, out: int, cip: bool) -> np.ndarray:
+    # per output position along one axis: the window's cells that count in an average
+    start = np.arange(out) * s - p0
+    end = np.minimum(start + k, n + p1)
+    if not cip:
+        start, end = np.maximum(start, 0), np.minimum(end, n)
+    return (end - start).astype(np.float32)
+
+
+def _pool_windows(x: np.ndarray, g: PoolGeometry, out: Shape, fill: float) -> np.ndarray:
     from numpy.lib.stride_tricks import sliding_window_view
 
-    if p:
-        x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
-    return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    _, _, h, w = x.shape
+    # pad past the trailing pad too, where ceil_mode's last window reaches
+    eb = max(0, (out[1] - 1) * g.sh + g.kh - (h + g.pt))
+    er = max(0, (out[2] - 1) * g.sw + g.kw - (w + g.pl))
+    x = np.pad(x, ((0, 0), (0, 0), (g.pt, eb), (g.pl, er)), constant_values=fill)
+    v = sliding_window_view(x, (g.kh, g.kw), axis=(2, 3))[:, :, ::g.sh, ::g.sw]
+    return v[:, :, :out[1], :out[2]]
 
 
 def _avgpool_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
-    A = nd.attrs
-    k, s, p = A["k"], A["stride"], A["pad"]
-    tot = _pool_windows(x[0], k, s, p, 0.0).sum(axis=(4, 5), dtype=np.float32)
-    if A["count_include_pad"] or not p:
-        return (tot / np.float32(k * k)).astype(np.float32)
-    ones = np.ones((1, 1) + x[0].shape[2:], np.float32)
-    cnt = _pool_windows(ones, k, s, p, 0.0).sum(axis=(4, 5))
-    return (tot / cnt).astype(np.float32)
+    g = pool_geometry(nd)
+    _, _, h, w = x[0].shape
+    out = _pool_shape(nd, [x[0].shape[1:]], "avgpool")
+    tot = _pool_windows(x[0], g, out, 0.0).sum(axis=(4, 5), dtype=np.float32)
+    cip = nd.attrs["count_include_pad"]
+    ch = _pool_counts(h, g.kh, g.sh, g.pt, g.pb, out[1], cip)
+    cw = _pool_counts(w, g.kw, g.sw, g.pl, g.pr, out[2], cip)
+    return (tot / np.outer(ch, cw)).astype(np.float32)
 
 
 def _maxpool_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
-    A = nd.attrs
-    return _pool_windows(x[0], A["k"], A["stride"], A["pad"], -np.inf).max(axis=(4, 5))
+    g = pool_geometry(nd)
+    out = _pool_shape(nd, [x[0].shape[1:]], "maxpool")
+    return _pool_windows(x[0], g, out, -np.inf).max(axis=(4, 5))
 
 
 def _pool_c(cn) -> str:
     (c, h, w), A = cn.ins[0], cn.node.attrs
+    g = pool_geometry(cn.node)
     cip = int(bool(A.get("count_include_pad", True)))
-    return (f"sbnn_pool({cn.x[0]}, {cn.y}, {c}, {h}, {w}, {A['k']}, {A['stride']}, {A['pad']}, "
-            f"{cn.out[1]}, {cn.out[2]}, {int(cn.node.op == 'maxpool')}, {cip});")
+    return (f"sbnn_pool2d({cn.x[0]}, {cn.y}, {c}, {h}, {w}, {g.kh}, {g.kw}, {g.sh}, {g.sw}, "
+            f"{g.pt}, {g.pl}, {g.pb}, {g.pr}, {cn.out[1]}, {cn.out[2]}, "
+            f"{int(cn.node.op == 'maxpool')}, {cip});")
 
 
 def _pool_c_epilogue(is_max: int):
+    # a conv's epilogue pools with the square, symmetric, floor-mode window of sbnn_epi only
+    # (passes.fuse_pool_residual fuses no other)
     def fields(nd: Node, out: Shape) -> list[int]:
-        A = nd.attrs
-        return [A["k"], A["stride"], A["pad"], out[1], out[2], is_max,
-                int(bool(A.get("count_include_pad", True)))]
+        g = pool_geometry(nd)
+        return [g.kh, g.sh, g.pt, out[1], out[2], is_max,
+                int(bool(nd.attrs.get("count_include_pad", True)))]
     return fields
 
 
 def _pool_onnx(op_type: str):
     def lower(ctx, nd: Node, ins: list[str], out: str) -> None:
         A = nd.attrs
-        kw = dict(kernel_shape=[A["k"]] * 2, strides=[A["stride"]] * 2, pads=[A["pad"]] * 4)
+        g = pool_geometry(nd)
+        kw = dict(kernel_shape=[g.kh, g.kw], strides=[g.sh, g.sw],
+                  pads=[g.pt, g.pl, g.pb, g.pr])
+        if g.ceil:
+            kw["ceil_mode"] = 1
         if "count_include_pad" in A:
             kw["count_include_pad"] = int(A["count_include_pad"])
         ctx.node(op_type, ins, [out], **kw)
     return lower
 
 
+def _pool_native(eng, nd: Node, src: list[int], opt: dict) -> int:
+    g = pool_geometry(nd)
+    geom = (g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.ceil)
+    return eng.pool2d(src[0], nd.op == "maxpool", *geom,
+                      nd.attrs.get("count_include_pad", True))
+
+
+_KSP = (int, list)  # an int, or a list of ints per axis / side
 _register(OpSpec(
-    "avgpool", 1, {"k": _I, "stride": _I, "pad": _I, "count_include_pad": _B}, {},
+    "avgpool", 1, {"k": _KSP, "stride": _KSP, "pad": _KSP, "count_include_pad": _B}, {},
     shape=_pool_shape, reference=_avgpool_reference,
-    lower_native=lambda eng, nd, src, opt: eng.avgpool(
-        src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"],
-        nd.attrs["count_include_pad"]),
+    lower_native=_pool_native,
     lower_onnx=_pool_onnx("AveragePool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
-    c_epilogue=_pool_c_epilogue(0),
+    c_epilogue=_pool_c_epilogue(0), defaults={"ceil_mode": False},
 ))
 
 _register(OpSpec(
-    "maxpool", 1, {"k": _I, "stride": _I, "pad": _I}, {},
+    "maxpool", 1, {"k": _KSP, "stride": _KSP, "pad": _KSP}, {},
     shape=_pool_shape, reference=_maxpool_reference,
-    lower_native=lambda eng, nd, src, opt: eng.maxpool(
-        src[0], nd.attrs["k"], nd.attrs["stride"], nd.attrs["pad"]),
+    lower_native=_pool_native,
     lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
-    c_epilogue=_pool_c_epilogue(1),
+    c_epilogue=_pool_c_epilogue(1), defaults={"ceil_mode": False},
 ))
 
 
@@ -874,6 +1121,11 @@ def _check_node(i: int, nd: Node) -> OpSpec:
         raise _err(f"{where}: needs {spec.inputs} input(s) among earlier nodes, got {nd.inputs}")
     for a, t in spec.attrs.items():
         v = nd.attrs.get(a)
+        if isinstance(t, tuple):  # one of several types (e.g. an int or a list of ints): the
+            if not isinstance(v, t) or isinstance(v, bool):  # op's shape rule checks values
+                raise _err(f"{where}: attribute {a!r} must be "
+                           f"{' or '.join(x.__name__ for x in t)}, got {v!r}")
+            continue
         ok = isinstance(v, t) and not (t is int and isinstance(v, bool))
         if t is float and isinstance(v, int) and not isinstance(v, bool):
             ok = True

@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sbnn_runtime.ops import OPS, Graph, GraphCost, Node, infer_shapes
+from sbnn_runtime.ops import OPS, Graph, GraphCost, Node, infer_shapes, pool_geometry
 
 __all__ = ["Step", "Encoding", "Buffer", "Plan", "readers", "live_nodes", "unfused_steps",
            "fold_affine_linear", "fuse_epilogues", "fuse_pool_residual", "binary_maps",
@@ -350,8 +350,8 @@ def fuse_pool_residual(graph: Graph, order: list[int] | None = None) -> list[Ste
     for i in order:
         rd = users.get(i, [])
         if g.nodes[i].op in conv and i != g.output and len(rd) == 1 and \
-                g.nodes[rd[0]].op in _POOLS:
-            fused[i] = rd[0]
+                g.nodes[rd[0]].op in _POOLS and pool_geometry(g.nodes[rd[0]]).simple:
+            fused[i] = rd[0]  # (the epilogue's sbnn_epi pools square, floor-mode windows)
     for i in order:
         rd = users.get(i, [])
         if g.nodes[i].op not in conv or i in fused or i == g.output or len(rd) != 1 or \

@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--name", help="with --c: N.c/N.h with symbols N_run, N_run_arena, N_* "
                                   "(a C identifier; default model.c, sbnn_run, SBNN_*)")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
-    p.add_argument("--input-shape", help="C,H,W of one sample (default: from the run's dataset)")
+    p.add_argument("--input-shape", help="C,H,W, C,L or F of one sample (default: from the run's "
+                   "dataset)")
     p.add_argument("--no-check", action="store_true",
                    help="skip comparing the exported graph with the PyTorch model")
     p.set_defaults(func=run)

@@ -39,7 +39,8 @@ def add_parser(subparsers) -> None:
                    help="comma-separated target ones fractions")
     g.add_argument("--domain", default="ab,pm1,01",
                    help="comma-separated domains: ab ({alpha, beta}, learned), closed_form, pm1, "
-                        "01, abr ({alpha, beta} with r = alpha / (beta - alpha) fixed at -EC)")
+                        "01, abr ({alpha, beta} with r = alpha / (beta - alpha) fixed at -EC), "
+                        "pm1c (+-1 with per-channel mean|w| scaling, ReActNet-style)")
     g.add_argument("--arm", default="cf",
                    help="comma-separated start arms: cf (tau/phi fitted in closed form to the "
                         "initial split), authors (tau = 1, phi = 0)")

@@ -45,8 +45,8 @@ from sbnn import engine as sengine
 from sbnn_runtime import fileformat
 from sbnn_runtime.ops import Graph
 
-__all__ = ["bench", "format_table", "to_csv", "plan_paths", "ort_baselines",
-           "layer_info", "CALIB_BATCHES"]
+__all__ = ["bench", "format_table", "to_csv", "plan_paths", "ort_baselines", "ort_session",
+           "twin_onnx", "quantize_int8", "layer_info", "CALIB_BATCHES"]
 
 CALIB_BATCHES = 4  # random calibration batches of 8 images for the int8 baseline
 
@@ -67,7 +67,9 @@ def _float_twin(graph: Graph):
     return twin, m.eval()
 
 
-def _ort_session(ort, model_bytes: bytes, threads: int):
+def ort_session(ort, model_bytes: bytes, threads: int):
+    """An onnxruntime CPU session of ``model_bytes`` with ``threads`` intra-op threads, run
+    sequentially, all graph optimisations on."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
@@ -76,7 +78,7 @@ def _ort_session(ort, model_bytes: bytes, threads: int):
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
-def _twin_onnx(model: torch.nn.Module, input_shape) -> bytes:
+def twin_onnx(model: torch.nn.Module, input_shape) -> bytes:
     """The float twin as ONNX: traced to a graph, then the graph's ONNX lowering."""
     from sbnn.deploy.export import to_graph
     from sbnn_runtime.lower_onnx import to_onnx
@@ -84,7 +86,10 @@ def _twin_onnx(model: torch.nn.Module, input_shape) -> bytes:
     return to_onnx(to_graph(model, tuple(input_shape))).SerializeToString()
 
 
-def _quantize_int8(fp32: bytes, input_shape, seed: int = 0) -> bytes:
+def quantize_int8(fp32: bytes, input_shape, seed: int = 0, calib=None) -> bytes:
+    """Static QDQ int8 (per-channel weights, uint8 activations) of the ONNX model ``fp32``,
+    calibrated on ``calib`` (a list of float32 input batches) or, without it, on
+    ``CALIB_BATCHES`` random batches."""
     import tempfile
 
     from onnxruntime.quantization import (
@@ -100,7 +105,8 @@ def _quantize_int8(fp32: bytes, input_shape, seed: int = 0) -> bytes:
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.batches = [{"x": rng.standard_normal((8, *input_shape), dtype=np.float32)}
-                            for _ in range(CALIB_BATCHES)]
+                            for _ in range(CALIB_BATCHES)] if calib is None else \
+                [{"x": np.ascontiguousarray(b, dtype=np.float32)} for b in calib]
 
         def get_next(self):
             return self.batches.pop() if self.batches else None
@@ -129,10 +135,10 @@ def ort_baselines(graph: Graph, twin_model, threads: int) -> tuple[dict[str, Any
     out: dict[str, Any] = {}
     notes = []
     if twin_model is not None:
-        fp32 = _twin_onnx(twin_model, graph.input_shape)
-        out["ort_fp32"] = _ort_session(ort, fp32, threads)
+        fp32 = twin_onnx(twin_model, graph.input_shape)
+        out["ort_fp32"] = ort_session(ort, fp32, threads)
         try:
-            out["ort_int8"] = _ort_session(ort, _quantize_int8(fp32, graph.input_shape), threads)
+            out["ort_int8"] = ort_session(ort, quantize_int8(fp32, graph.input_shape), threads)
         except Exception as exc:  # noqa: BLE001 - report, keep the other baselines
             notes.append(f"int8 quantisation failed: {exc}")
     else:
@@ -140,7 +146,7 @@ def ort_baselines(graph: Graph, twin_model, threads: int) -> tuple[dict[str, Any
     try:
         from sbnn_runtime.lower_onnx import to_onnx
 
-        out["ort_sbnn"] = _ort_session(ort, to_onnx(graph).SerializeToString(), threads)
+        out["ort_sbnn"] = ort_session(ort, to_onnx(graph).SerializeToString(), threads)
     except Exception as exc:  # noqa: BLE001
         notes.append(f"sbnn ONNX graph failed: {exc}")
     return out, "; ".join(notes) or None

@@ -41,8 +41,8 @@ from sbnn.method.exportable import (
     SUPPORTED,
     ExportError,
     check_conv,
+    hw_pair,
     module_problem,
-    pair,
     suggest,
 )
 from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBConv2d, SBLayer, SBLinear
@@ -51,8 +51,11 @@ from sbnn_runtime.fileformat import Graph, Node, infer_shapes, save
 from sbnn_runtime.kernels import dequantized_weight
 
 __all__ = ["ExportError", "to_graph", "export", "export_problems", "module_problem", "fold_sbconv",
-           "parse_shape", "SUPPORTED"]
+           "parse_shape", "run_shape", "SUPPORTED", "UPSAMPLE_SCALES"]
 
+
+# int arithmetic of traced sizes (C // g), and indexing a shape
+_INT_OPS = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.getitem)
 
 _LEAVES = (SBLayer, RSign, LearnableBias, RPReLU, nn.modules.batchnorm._BatchNorm)
 
@@ -67,8 +70,24 @@ class _Val:
     """A value during conversion: a tensor of the graph, or a pending binarisation / shift."""
 
     tid: int
-    kind: str = "t"  # "t": tensor; "bin": sign(x - thr) not materialised; "shift": x + shift
+    # "t": tensor; "bin": sign(x - thr) not materialised; "shift": x + shift; "int": a Python
+    # int or the batch size (obj; x.size(0), C // g); "size": the torch shape of tensor tid;
+    # "split": tensor tid viewed as (N, g, C // g, H, W) (obj: g); "split_t": that with dims 1
+    # and 2 swapped (a channel shuffle once reshaped back)
+    kind: str = "t"
     vec: np.ndarray | None = None  # thr for "bin", shift for "shift"
+    obj: Any = None
+
+
+class _Batch:
+    """The batch size in a traced shape (``x.size(0)``): free at run time, never changed."""
+
+    def __repr__(self) -> str:
+        return "N"
+
+
+BATCH = _Batch()
+UPSAMPLE_SCALES = (2,)  # what the tracer takes of nn.Upsample / F.interpolate
 
 
 def _f32(t) -> np.ndarray:
@@ -115,14 +134,47 @@ def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
+def run_shape(input_shape) -> tuple[int, int, int]:
+    """The (C, H, W) a model input of ``input_shape`` runs as: (C, H, W) itself, (C, L) as
+    (C, 1, L), (F,) as (F, 1, 1); else :class:`ValueError`."""
+    s = tuple(int(v) for v in input_shape)
+    if len(s) not in (1, 2, 3) or min(s) < 1:
+        raise ValueError(f"input_shape must be (C, H, W), (C, L) or (F,) of positive ints, got "
+                         f"{tuple(input_shape)}")
+    return s if len(s) == 3 else (s[0], 1, s[-1]) if len(s) == 2 else (s[0], 1, 1)
+
+
 class _Converter:
-    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, int, int]):
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]):
         self.gm = gm
-        self.nodes: list[Node] = [Node("input", [], {"shape": [int(v) for v in input_shape]},
+        self.nodes: list[Node] = [Node("input", [], {"shape": list(run_shape(input_shape))},
                                        name="input")]
         self.vals: dict[fx.Node, _Val] = {}
         self.folded: dict[fx.Node, _Val] = {}  # BatchNorm nodes already folded into a conv
         self.shapes = infer_shapes(Graph(self.nodes, 0))
+        # tensors torch sees as (N, C, L) (the graph holds them as (C, 1, L))
+        self.seq: set[int] = {0} if len(input_shape) == 2 else set()
+        # tensors torch sees as (N, F) that the graph holds as (F, 1, 1) maps: the outputs of
+        # binary linears (binary 1x1 convs) and the per-feature ops after them, so that those
+        # fuse into the conv and no reshape runs between two binary linears
+        self.flat: set[int] = {0} if len(input_shape) == 1 else set()
+
+    def torch_shape(self, tid: int) -> tuple:
+        """The torch shape of graph tensor ``tid``, batch first."""
+        s = self.shapes[tid]
+        if tid in self.seq:
+            return (BATCH, s[0], s[2])
+        if tid in self.flat:
+            return (BATCH, s[0])
+        return (BATCH, *s)
+
+    def image(self, tid: int) -> bool:
+        """Whether torch sees graph tensor ``tid`` as an (N, C, H, W) image."""
+        return len(self.shapes[tid]) == 3 and tid not in self.seq and tid not in self.flat
+
+    def features(self, tid: int, where: str) -> int:
+        """``tid`` as the flat (F,) tensor a linear reads (a (F, 1, 1) map is flattened)."""
+        return self.emit("flatten", [tid], where + ".flat").tid if tid in self.flat else tid
 
     # -- graph building ----------------------------------------------------------------------
     def emit(self, op: str, inputs: list[int], name: str, attrs=None, params=None) -> _Val:
@@ -132,13 +184,28 @@ class _Converter:
         try:
             self.shapes = infer_shapes(Graph(self.nodes, len(self.nodes) - 1))
         except ValueError as exc:
+            self.nodes.pop()
             raise ExportError(f"layer {name!r}: {exc}") from None
-        return _Val(len(self.nodes) - 1)
+        tid = len(self.nodes) - 1
+        s = self.shapes[tid]
+        if op != "reshape" and len(s) == 3 and s[1] == 1 and any(i in self.seq for i in inputs):
+            self.seq.add(tid)  # a (C, L) sequence stays one through per-position ops
+        if op not in ("reshape", "flatten") and len(s) == 3 and s[1] == s[2] == 1 and any(
+                i in self.flat for i in inputs):
+            self.flat.add(tid)  # so do features through per-feature ops
+        return _Val(tid)
 
     def tensor(self, v: _Val, where: str) -> int:
         """Materialise a value as a graph tensor."""
         if v.kind == "t":
             return v.tid
+        if v.kind in ("int", "size"):
+            raise ExportError(f"operation {where!r} takes a shape or size ({v.obj!r}) where a "
+                              "tensor belongs; only reshapes may use sizes")
+        if v.kind in ("split", "split_t"):
+            raise ExportError(f"operation {where!r} reads a 5-D view (N, g, C // g, H, W); the "
+                              "only 5-D view supported is a channel shuffle: x.view(N, g, C // g, "
+                              "H, W).transpose(1, 2).reshape(N, C, H, W), or nn.ChannelShuffle")
         if v.kind == "shift":
             c = self.shapes[v.tid][0]
             return self.emit("affine", [v.tid], where + ".shift",
@@ -190,6 +257,8 @@ class _Converter:
                 if not isinstance(arg, fx.Node):
                     raise ExportError("the model must return a single tensor")
                 out = self.tensor(self.vals[arg], "output")
+                if out in self.flat:  # the caller gets (N, F)
+                    out = self.emit("flatten", [out], "output.flat").tid
             elif node.op == "get_attr":
                 raise ExportError(f"parameter access {node.target!r} outside a layer is not "
                                   "supported")
@@ -215,6 +284,8 @@ class _Converter:
             if name in ("flatten",):
                 return self.flatten(node, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim",
                                                                                -1))
+            if name in ("size", "dim", "view", "reshape", "transpose", "permute"):
+                return self.shape_method(node, name, where)
             if name in ("relu",):
                 return self.emit("relu", [self.tensor(self.inp(node), where)], where)
             if name in ("contiguous",):
@@ -229,6 +300,19 @@ class _Converter:
                 return self.binary(node, name.rstrip("_"), where)
             raise ExportError(f"operation {where!r} (tensor method .{name}()) is not supported; "
                               f"{suggest(name)}")
+        if fn is getattr and _arg(node, 1, "name") == "shape":
+            return _Val(-1, "size", obj=self.vshape(self.inp(node), where))
+        if fn in _INT_OPS and any(isinstance(a, fx.Node) and self.vals[a].kind in ("int", "size")
+                                  for a in node.args):
+            return self.int_op(node, fn, where)
+        if fn in (torch.reshape, torch.transpose, torch.permute):
+            return self.shape_method(node, fn.__name__, where)
+        if fn in (torch.channel_shuffle, F.channel_shuffle):
+            return self.shuffle(node, _arg(node, 1, "groups"), where)
+        if fn is F.interpolate:
+            return self.upsample(node, _arg(node, 1, "size"), _arg(node, 2, "scale_factor"),
+                                 _arg(node, 3, "mode", "nearest"), _arg(node, 4, "align_corners"),
+                                 where, _arg(node, 6, "antialias", False))
         if fn in (operator.add, operator.iadd, torch.add):
             return self.binary(node, "add", where)
         if fn in (operator.mul, operator.imul, torch.mul):
@@ -261,13 +345,16 @@ class _Converter:
             s = _arg(node, 2, "stride", None) or k
             p = _arg(node, 3, "padding", 0)
             if fn is F.max_pool2d:
-                if _arg(node, 4, "dilation", 1) not in (1, (1, 1)) or _arg(node, 5, "ceil_mode"):
-                    raise ExportError(f"operation {where!r}: dilated/ceil-mode pooling")
-                return self.pool("maxpool", node, k, s, p, True, where)
-            if _arg(node, 4, "ceil_mode") or _arg(node, 6, "divisor_override") is not None:
-                raise ExportError(f"operation {where!r}: ceil-mode/divisor-override pooling")
+                if _arg(node, 6, "return_indices", False):
+                    raise ExportError(f"operation {where!r}: max pooling with return_indices")
+                return self.pool("maxpool", node, k, s, p, True, where,
+                                 bool(_arg(node, 5, "ceil_mode", False)),
+                                 _arg(node, 4, "dilation", 1))
+            if _arg(node, 6, "divisor_override") is not None:
+                raise ExportError(f"operation {where!r}: avg pooling with divisor_override "
+                                  "(nearest supported form: divisor_override=None)")
             return self.pool("avgpool", node, k, s, p, _arg(node, 5, "count_include_pad", True),
-                             where)
+                             where, bool(_arg(node, 4, "ceil_mode", False)))
         name = getattr(fn, "__name__", repr(fn))
         raise ExportError(f"operation {where!r} (function {name}{_call_args(node)}) is not "
                           f"supported by the sbnn engine; {suggest(name)}")
@@ -278,19 +365,26 @@ class _Converter:
 
     def softmax(self, node: fx.Node, dim, where: str) -> _Val:
         src = self.tensor(self.inp(node), where)
-        if not isinstance(dim, int) or dim % (len(self.shapes[src]) + 1) != 1:
+        if not isinstance(dim, int) or dim % len(self.torch_shape(src)) != 1:
             raise ExportError(f"operation {where!r}: softmax over dim {dim} (supported: over the "
                               "channels or features, dim=1); permute is not supported yet")
         return self.emit("softmax", [src], where)
 
     def mean(self, node: fx.Node, dim, keepdim, where: str) -> _Val:
         src = self.tensor(self.inp(node), where)
-        dims = sorted(d % 4 for d in (dim if isinstance(dim, (tuple, list)) else [dim])
+        rank = len(self.torch_shape(src))
+        dims = sorted(d % rank for d in (dim if isinstance(dim, (tuple, list)) else [dim])
                       if isinstance(d, int))
-        if len(self.shapes[src]) != 3 or dims != [2, 3]:
+        if src in self.seq and dims == [2]:
+            return self.seq_mean(src, keepdim, where)
+        if not self.image(src) or dims != [2, 3]:
             raise ExportError(f"operation {where!r}: mean over dim {dim} of a {self.shapes[src]} "
                               "tensor (supported: the spatial mean x.mean((2, 3)) of an image)")
         v = self.emit("global_avgpool", [src], where)
+        return v if keepdim else self.emit("flatten", [v.tid], where + ".flat")
+
+    def seq_mean(self, src: int, keepdim, where: str) -> _Val:
+        v = self.emit("global_avgpool", [src], where)  # (C, 1, 1): still a (C, L) tensor
         return v if keepdim else self.emit("flatten", [v.tid], where + ".flat")
 
     def binary(self, node: fx.Node, kind: str, where: str) -> _Val:
@@ -312,7 +406,7 @@ class _Converter:
                 isinstance(p, fx.Node) for p in parts):
             raise ExportError(f"operation {where!r}: torch.cat of a list of tensors only")
         ids = [self.tensor(self.vals[p], where) for p in parts]
-        rank = len(self.shapes[ids[0]]) + 1
+        rank = len(self.torch_shape(ids[0]))
         if dim % rank != 1:
             raise ExportError(f"operation {where!r}: torch.cat along dim {dim} (supported: the "
                               "channels, dim=1)")
@@ -322,20 +416,186 @@ class _Converter:
         return _Val(out)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> _Val:
-        if start != 1 or end != -1:
-            raise ExportError(f"operation {node.name!r}: only flatten(x, 1) is supported")
-        return self.emit("flatten", [self.tensor(self.inp(node), node.name)], node.name)
+        v, where = self.inp(node), node.name
+        ts = self.vshape(v, where)
+        start, end = start % len(ts), end % len(ts)
+        if start == 0 or end < start:
+            raise ExportError(f"operation {where!r}: flatten(start_dim={start}) merges the batch "
+                              "dimension; write torch.flatten(x, 1) or nn.Flatten()")
+        dims = [*ts[:start], math.prod(ts[start:end + 1]), *ts[end + 1:]]
+        return self.reshape_to(v, dims, where)
+
+    # -- shapes: sizes, view/reshape, transpose/permute, channel shuffle ------------------------
+    def vshape(self, v: _Val, where: str) -> tuple:
+        """The torch shape (batch first, :data:`BATCH`) of a tensor value."""
+        if v.kind in ("int", "size"):
+            raise ExportError(f"operation {where!r}: {v.obj!r} is not a tensor")
+        if v.kind in ("split", "split_t"):
+            c, h, w = self.shapes[v.tid]
+            g = v.obj
+            return (BATCH, g, c // g, h, w) if v.kind == "split" else (BATCH, c // g, g, h, w)
+        return self.torch_shape(v.tid)
+
+    def value(self, a, where: str):
+        """A traced size argument as a Python int, :data:`BATCH` or a tuple of them."""
+        if isinstance(a, fx.Node):
+            v = self.vals[a]
+            if v.kind not in ("int", "size"):
+                raise ExportError(f"operation {where!r}: a tensor where a size belongs")
+            return v.obj
+        if isinstance(a, (list, tuple)):
+            return tuple(self.value(e, where) for e in a)
+        return a
+
+    def int_op(self, node: fx.Node, fn, where: str) -> _Val:
+        a = [self.value(x, where) for x in node.args]
+        if fn is operator.getitem:
+            r = a[0][a[1]]
+            return _Val(-1, "size" if isinstance(r, tuple) else "int", obj=r)
+        if any(x is BATCH for x in a) or not all(isinstance(x, int) for x in a):
+            raise ExportError(f"operation {where!r}: arithmetic on the batch size or a shape "
+                              f"({fn.__name__}{tuple(a)}); the batch dimension must stay x.size(0)")
+        return _Val(-1, "int", obj=int(fn(*a)))
+
+    def shape_method(self, node: fx.Node, name: str, where: str) -> _Val:
+        v = self.inp(node)
+        rest = [self.value(a, where) for a in node.args[1:]]
+        kw = {k: self.value(a, where) for k, a in node.kwargs.items()}
+        if name == "dim":
+            return _Val(-1, "int", obj=len(self.vshape(v, where)))
+        if name == "size":
+            ts = self.vshape(v, where)
+            d = rest[0] if rest else kw.get("dim")
+            return _Val(-1, "size", obj=ts) if d is None else _Val(-1, "int", obj=ts[d])
+        if name in ("view", "reshape"):
+            dims = rest[0] if len(rest) == 1 and isinstance(rest[0], tuple) else tuple(rest)
+            dims = dims or kw.get("shape") or kw.get("size")
+            return self.reshape_to(v, list(dims), where)
+        ts = self.vshape(v, where)
+        if name == "transpose":
+            d0, d1 = (rest + [kw.get("dim0"), kw.get("dim1")])[:2]
+            perm = list(range(len(ts)))
+            perm[d0 % len(ts)], perm[d1 % len(ts)] = perm[d1 % len(ts)], perm[d0 % len(ts)]
+        else:
+            perm = list(rest[0] if len(rest) == 1 and isinstance(rest[0], tuple) else rest)
+            perm = list(perm or kw.get("dims"))
+            perm = [d % len(ts) for d in perm]
+        if perm == list(range(len(ts))):
+            return v
+        if v.kind in ("split", "split_t") and perm == [0, 2, 1, 3, 4]:
+            return _Val(v.tid, "split_t" if v.kind == "split" else "split", obj=v.obj)
+        raise ExportError(f"operation {where!r} ({name}{tuple(rest)} of a {ts} tensor): the only "
+                          "permutation supported is the channel shuffle x.view(N, g, C // g, H, "
+                          "W).transpose(1, 2).reshape(N, C, H, W) (or nn.ChannelShuffle(g))")
+
+    def reshape_to(self, v: _Val, dims: list, where: str) -> _Val:
+        """``v`` viewed as the torch shape ``dims`` (batch first; one -1 may stand for a size)."""
+        ts = self.vshape(v, where)
+        numel = math.prod(ts[1:])
+        if dims and dims[0] is BATCH:
+            rest = list(dims[1:])
+        elif dims and dims[0] == -1 and all(isinstance(d, int) and d > 0 for d in dims[1:]) \
+                and math.prod(dims[1:]) == numel:
+            rest = list(dims[1:])
+        else:
+            raise ExportError(
+                f"operation {where!r}: reshape of a {ts} tensor to {tuple(dims)} changes the "
+                "batch dimension (or cannot show it stays); write x.view(x.size(0), ...) / "
+                "x.reshape(x.size(0), -1) or torch.flatten(x, 1)")
+        if any(d is BATCH or not isinstance(d, int) for d in rest) or \
+                sum(d == -1 for d in rest) > 1 or any(d == 0 or d < -1 for d in rest):
+            raise ExportError(f"operation {where!r}: reshape to {tuple(dims)} (sizes must be "
+                              "positive ints after the batch, at most one -1)")
+        known = math.prod(d for d in rest if d != -1)
+        if -1 in rest:
+            if known == 0 or numel % known:
+                raise ExportError(f"operation {where!r}: cannot reshape {ts} to {tuple(dims)}")
+            rest[rest.index(-1)] = numel // known
+        if math.prod(rest) != numel:
+            raise ExportError(f"operation {where!r}: cannot reshape {ts} to {tuple(dims)}")
+        if v.kind in ("split", "split_t"):
+            c, h, w = self.shapes[v.tid]
+            if rest == [c, h, w]:  # back to the image: shuffled when dims 1, 2 were swapped
+                if v.kind == "split":
+                    return _Val(v.tid)
+                return self.emit("channel_shuffle", [v.tid], where, {"groups": v.obj})
+            if len(rest) == 4 and rest == list(ts[1:]):
+                return v
+            raise ExportError(f"operation {where!r}: a 5-D view (N, g, C // g, H, W) goes back "
+                              f"to (N, C, H, W) = (N, {c}, {h}, {w}) only (channel shuffle)")
+        src = self.tensor(v, where)
+        shape = self.shapes[src]
+        if len(rest) == 4 and self.image(src) and \
+                rest[0] * rest[1] == shape[0] and rest[2:] == list(shape[1:]):
+            return _Val(src, "split", obj=rest[0])  # (N, g, C // g, H, W): a shuffle begins
+        if len(rest) not in (1, 2, 3):
+            raise ExportError(f"operation {where!r}: reshape of {ts} to {tuple(dims)}: tensors "
+                              "are (N, F), (N, C, L) or (N, C, H, W), and 5-D views only as "
+                              "(N, g, C // g, H, W) of a channel shuffle")
+        new = (rest[0], 1, rest[1]) if len(rest) == 2 else tuple(rest)
+        if new == shape and (len(rest) == 2) == (src in self.seq):
+            return _Val(src)
+        if len(new) == 1 and len(shape) == 3:
+            out = self.emit("flatten", [src], where)
+        else:
+            out = self.emit("reshape", [src], where, {"shape": list(new)})
+        if len(rest) == 2:
+            self.seq.add(out.tid)
+        return out
+
+    def shuffle(self, node: fx.Node, groups, where: str) -> _Val:
+        src = self.tensor(self.inp(node), where)
+        if not self.image(src) or not isinstance(groups, int):
+            raise ExportError(f"operation {where!r}: channel shuffle of an (N, C, H, W) tensor "
+                              "by an int number of groups only")
+        return self.emit("channel_shuffle", [src], where, {"groups": groups})
+
+    def upsample(self, node: fx.Node, size, scale, mode, align_corners, where: str,
+                 antialias: bool = False) -> _Val:
+        src = self.tensor(self.inp(node), where)
+        shape = self.shapes[src]
+        supported = (f"supported: mode 'nearest' or 'bilinear' (align_corners False or True), "
+                     f"scale_factor in {UPSAMPLE_SCALES} on an (N, C, H, W) tensor")
+        if not self.image(src) or mode not in ("nearest", "bilinear") or antialias:
+            raise ExportError(f"operation {where!r}: upsampling (mode={mode!r}) of a "
+                              f"{self.torch_shape(src)} tensor; {supported}")
+        k = None
+        if scale is not None:
+            sc = scale if isinstance(scale, (tuple, list)) else (scale, scale)
+            if len(set(sc)) == 1 and float(sc[0]).is_integer():
+                k = int(sc[0])
+        elif size is not None:
+            sz = size if isinstance(size, (tuple, list)) else (size, size)
+            _, h, w = shape
+            if len(sz) == 2 and sz[0] % h == 0 and sz[0] // h == sz[1] / w:
+                k = sz[0] // h
+        if k not in UPSAMPLE_SCALES:
+            raise ExportError(f"operation {where!r}: upsampling by size={size!r} "
+                              f"scale_factor={scale!r}; {supported}")
+        if mode == "nearest" and align_corners:
+            raise ExportError(f"operation {where!r}: align_corners with mode 'nearest'; "
+                              f"{supported}")
+        return self.emit("upsample", [src], where, {"scale": k, "mode": mode,
+                                                   "align_corners": bool(align_corners)})
 
     def global_pool(self, node: fx.Node, size, where: str) -> _Val:
         if size not in (1, (1, 1), [1, 1]):
             raise ExportError(f"layer {where!r}: adaptive pooling to {size} (only 1x1) ")
         return self.emit("global_avgpool", [self.tensor(self.inp(node), where)], where)
 
-    def pool(self, op, node, k, s, p, cip, where) -> _Val:
-        k, s, p = (pair(v, where, n) for v, n in ((k, "kernel"), (s, "stride"), (p, "padding")))
-        attrs = {"k": k, "stride": s, "pad": p}
+    def pool(self, op, node, k, s, p, cip, where, ceil: bool = False, dilation=1) -> _Val:
+        (kh, kw), (sh, sw), (ph, pw) = (hw_pair(v, where, n) for v, n in (
+            (k, "kernel"), (s if s not in (None, (), []) else k, "stride"), (p, "padding")))
+        if hw_pair(dilation, where, "dilation") != (1, 1):
+            raise ExportError(f"layer {where!r}: dilated pooling (nearest supported form: "
+                              "dilation=1)")
+        one = kh == kw and sh == sw and ph == pw  # files keep the int form where it fits
+        attrs: dict[str, Any] = {"k": kh if one else [kh, kw], "stride": sh if one else [sh, sw],
+                                 "pad": ph if one else [ph, pw]}
         if op == "avgpool":
             attrs["count_include_pad"] = bool(cip)
+        if ceil:
+            attrs["ceil_mode"] = True
         return self.emit(op, [self.tensor(self.inp(node), where)], where, attrs)
 
     def convert_module(self, node: fx.Node, m: nn.Module, where: str) -> _Val:
@@ -344,11 +604,11 @@ class _Converter:
             return self.sbconv(node, m, where)
         if isinstance(m, SBLinear):
             if m.act is not None:
-                raise ExportError(module_problem(m, where))
+                return self.sblinear(node, m, where)
             p = fold_sbconv(m, None, where)
             w = dequantized_weight(p["bits"], p["eta"], p["xi"])  # (out, in) float32
-            return self.emit("linear", [self.tensor(self.inp(node), where)], where,
-                             params={"weight": w, "bias": p["bias"]})
+            return self.emit("linear", [self.features(self.tensor(self.inp(node), where), where)],
+                             where, params={"weight": w, "bias": p["bias"]})
         if type(m) is nn.Conv2d:
             stride, pad = check_conv(m, where)
             bn, bn_node = self.bn_after(node)
@@ -365,7 +625,8 @@ class _Converter:
                 self.folded[bn_node] = v
             return v
         if type(m) is nn.Linear:
-            return self.emit("linear", [self.tensor(self.inp(node), where)], where,
+            return self.emit("linear", [self.features(self.tensor(self.inp(node), where), where)],
+                             where,
                              params={"weight": _f32(m.weight),
                                      "bias": None if m.bias is None else _f32(m.bias)})
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -373,8 +634,10 @@ class _Converter:
                 raise ExportError(f"layer {where!r} ({kind}) is not supported")
             s, t = _bn_scale_shift(m, where)
             src = self.tensor(self.inp(node), where)
-            if isinstance(m, nn.BatchNorm1d) and len(self.shapes[src]) != 1:
-                raise ExportError(f"layer {where!r}: BatchNorm1d over a (C, L) input")
+            if isinstance(m, nn.BatchNorm1d) and len(self.shapes[src]) != 1 and \
+                    src not in self.seq and src not in self.flat:
+                raise ExportError(f"layer {where!r}: BatchNorm1d over a {self.torch_shape(src)} "
+                                  "tensor (it takes (N, F) or (N, C, L))")
             return self.emit("affine", [src], where, params={"scale": _f32(s), "shift": _f32(t)})
         if isinstance(m, RSign):
             if not isinstance(node.args[0], fx.Node):
@@ -414,14 +677,20 @@ class _Converter:
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return self.inp(node)
         if isinstance(m, nn.MaxPool2d):
-            if pair(m.dilation, where, "dilation") != 1 or m.ceil_mode:
-                raise ExportError(f"layer {where!r}: dilated/ceil-mode max pooling")
-            return self.pool("maxpool", node, m.kernel_size, m.stride, m.padding, True, where)
+            if m.return_indices:
+                raise ExportError(f"layer {where!r}: max pooling with return_indices")
+            return self.pool("maxpool", node, m.kernel_size, m.stride, m.padding, True, where,
+                             m.ceil_mode, m.dilation)
         if isinstance(m, nn.AvgPool2d):
-            if m.ceil_mode or m.divisor_override is not None:
-                raise ExportError(f"layer {where!r}: ceil-mode/divisor-override avg pooling")
+            if m.divisor_override is not None:
+                raise ExportError(f"layer {where!r}: avg pooling with divisor_override (nearest "
+                                  "supported form: divisor_override=None)")
             return self.pool("avgpool", node, m.kernel_size, m.stride, m.padding,
-                             m.count_include_pad, where)
+                             m.count_include_pad, where, m.ceil_mode)
+        if isinstance(m, nn.Upsample):
+            return self.upsample(node, m.size, m.scale_factor, m.mode, m.align_corners, where)
+        if isinstance(m, nn.ChannelShuffle):
+            return self.shuffle(node, m.groups, where)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return self.global_pool(node, m.output_size, where)
         if isinstance(m, nn.Flatten):
@@ -429,20 +698,46 @@ class _Converter:
         raise ExportError(f"layer {where!r} ({kind}) with arguments ({m.extra_repr()}) is not "
                           f"supported by the sbnn engine; {suggest(kind)}")
 
+    def binarised_source(self, v: _Val, m: SBLayer, where: str):
+        """``(tensor, thr, binary)`` of a sparse-binary layer's input value."""
+        if v.kind == "bin":  # RSign before: the conv binarises with its threshold
+            return v.tid, v.vec, True
+        if m.act is not None and v.kind == "shift":  # sign(x + shift) = [x >= -shift]
+            return v.tid, -v.vec, True
+        if m.act is not None:
+            return self.tensor(v, where), None, True
+        return self.tensor(v, where), None, False
+
+    def sblinear(self, node: fx.Node, m: SBLinear, where: str) -> _Val:
+        """A binary linear layer with binary activations: the binary conv of a (F, 1, 1) map by
+        (O, F, 1, 1) bits. Its output stays an (O, 1, 1) map (``self.flat``) through per-feature
+        ops, up to the next binary linear; a float linear or the output flattens it (free in
+        C). A BatchNorm1d after it folds."""
+        bn, bn_node = self.bn_after(node)
+        params = fold_sbconv(m, bn, where)
+        src, thr, _ = self.binarised_source(self.inp(node), m, where)
+        f = self.shapes[src]
+        if len(f) != 1 and src not in self.flat:
+            raise ExportError(f"layer {where!r} (SBLinear) reads a {self.torch_shape(src)} "
+                              "tensor; it takes (N, F): flatten first")
+        o = params["bits"].shape[0]
+        params["bits"] = params["bits"].reshape(o, f[0], 1, 1)
+        params["thr"] = thr
+        if src not in self.flat:
+            src = self.emit("reshape", [src], where + ".map", {"shape": [f[0], 1, 1]}).tid
+        out = self.emit("sbconv2d", [src], where,
+                        {"stride": 1, "padding": 0, "binary_input": True}, params)
+        self.flat.add(out.tid)
+        if bn_node is not None:
+            self.folded[bn_node] = out
+        return out
+
     def sbconv(self, node: fx.Node, m: SBConv2d, where: str) -> _Val:
         stride, pad = check_conv(m, where)
         bn, bn_node = self.bn_after(node)
         params = fold_sbconv(m, bn, where)
-        v = self.inp(node)
-        binary = True
-        if v.kind == "bin":  # RSign before: the conv binarises with its threshold
-            src, thr = v.tid, v.vec
-        elif m.act is not None and v.kind == "shift":  # sign(x + shift) = [x >= -shift]
-            src, thr = v.tid, -v.vec
-        elif m.act is not None:
-            src, thr = v.tid, None
-        else:  # real activations: a float conv with the dequantized, folded weights
-            src, thr, binary = self.tensor(v, where), None, False
+        # without binary activations: a float conv with the dequantized, folded weights
+        src, thr, binary = self.binarised_source(self.inp(node), m, where)
         params["thr"] = thr
         out = self.emit("sbconv2d", [src], where,
                         {"stride": stride, "padding": pad, "binary_input": binary}, params)
@@ -451,14 +746,15 @@ class _Converter:
         return out
 
 
-def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
+def to_graph(model: nn.Module, input_shape: tuple[int, ...],
              metadata: dict[str, Any] | None = None) -> Graph:
     """Trace ``model`` (used in eval mode) into an engine :class:`~sbnn_runtime.fileformat.Graph`.
 
-    ``input_shape`` is ``(C, H, W)`` of one sample; the batch size is free at run time.
+    ``input_shape`` is one sample's ``(C, H, W)``, ``(C, L)`` or ``(F,)``; the batch size is
+    free at run time. A (C, L) input runs as (C, 1, L) and an (F,) one as (F, 1, 1); the graph's
+    metadata records ``input_shape``, which the runtimes then take.
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+    run_shape(input_shape)
     try:
         graph_fx = _Tracer().trace(model)
     except Exception as exc:  # fx raises many kinds (TraceError, TypeError, ...)
@@ -467,16 +763,15 @@ def to_graph(model: nn.Module, input_shape: tuple[int, int, int],
     with torch.no_grad():
         graph = _Converter(gm, tuple(input_shape)).run()
     graph.metadata = dict(metadata or {})
-    graph.metadata.setdefault("input_shape", list(input_shape))
+    graph.metadata.setdefault("input_shape", [int(v) for v in input_shape])
     return graph
 
 
-def export_problems(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, str]]:
+def export_problems(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str]]:
     """``[(layer, why), ...]``: every layer of ``model`` that :func:`export` would refuse (empty
     when it exports), found by tracing it as export does, without writing anything. Meant to run
     before training (``sbnn train`` does), so that a model is refused in seconds, not after."""
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+    run_shape(input_shape)
     try:
         graph_fx = _Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError, ...)
@@ -498,7 +793,7 @@ def _max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
-def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, int, int], *,
+def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], *,
            metadata: dict[str, Any] | None = None, onnx_path: str | os.PathLike | None = None,
            check: bool = True) -> Graph:
     """Write ``model`` to ``path`` as a ``.sbnn`` file (and optionally an ONNX twin).
@@ -518,7 +813,7 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
             x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
             with torch.no_grad():
                 want = model(x).numpy()
-            got = reference_forward(graph, x.numpy())
+            got = reference_forward(graph, x.numpy().reshape(2, *graph.input_shape))
             err = _max_rel_err(got, want)
             if not math.isfinite(err) or err > 5e-2:
                 warnings.warn(f"exported graph differs from the model by {err:.3g} (relative "
@@ -536,10 +831,14 @@ def export(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, in
 # -- helpers of the command line (sbnn.cli.export) ------------------------------------------
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    parts = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"--input-shape expects C,H,W (e.g. 1,28,28), got {text!r}")
-    return tuple(parts)  # type: ignore[return-value]
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        parts = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2, 3) or min(parts) < 1:
+        raise ValueError(f"--input-shape expects C,H,W (e.g. 1,28,28), C,L (e.g. 10,49) or F "
+                         f"(e.g. 640), got {text!r}")
+    return tuple(parts)
 
 

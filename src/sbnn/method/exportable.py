@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBLayer, SBLinear
+from sbnn.method.layers import LearnableBias, RPReLU, RSign, SBLayer
 
-__all__ = ["ExportError", "pair", "check_conv", "module_problem", "suggest", "SUPPORTED",
+__all__ = ["ExportError", "pair", "hw_pair", "check_conv", "module_problem", "suggest", "SUPPORTED",
            "MODULES", "ACT_MODULES", "ACT_FUNCTIONS", "ACT_METHODS"]
 
 
@@ -28,6 +28,16 @@ def pair(v, where: str, what: str) -> int:
     if not isinstance(v, int):
         raise ExportError(f"layer {where!r}: {what} {v!r} is not supported")
     return int(v)
+
+
+def hw_pair(v, where: str, what: str) -> tuple[int, int]:
+    """``(h, w)`` of a (kernel, stride, padding, dilation) argument: an int or two ints."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return int(v), int(v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(
+            isinstance(e, int) and not isinstance(e, bool) for e in v):
+        return int(v[0]), int(v[1])
+    raise ExportError(f"layer {where!r}: {what} {v!r} is not supported (an int or (h, w))")
 
 
 def check_conv(m: nn.Conv2d, where: str) -> tuple[int, int]:
@@ -56,27 +66,37 @@ ACT_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
 # What the tracer takes, for error messages (the layers; functions and methods alike)
 SUPPORTED = (
     "Conv2d (square stride and padding, groups=1, no dilation; a BatchNorm2d after it is "
-    "folded), Linear, SBConv2d, SBLinear (act=None), BatchNorm2d, BatchNorm1d (on features), "
+    "folded), Linear, SBConv2d, SBLinear (with or without binary activations), BatchNorm2d, "
+    "BatchNorm1d (on features or (N, C, L)), "
     "ReLU, ReLU6, Hardtanh, LeakyReLU, PReLU, RPReLU, SiLU, Hardswish, Hardsigmoid, Sigmoid, "
-    "Tanh, Softmax(dim=1), RSign, LearnableBias, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
+    "Tanh, Softmax(dim=1), RSign, LearnableBias, MaxPool2d, AvgPool2d (any window, stride, "
+    "padding, ceil_mode), AdaptiveAvgPool2d(1), "
     "Flatten, Dropout, Identity, x + y, x * y (same shape, or (N, C, 1, 1) against "
-    "(N, C, H, W)), torch.cat(dim=1), x.mean((2, 3))")
+    "(N, C, H, W)), torch.cat(dim=1), x.mean((2, 3)), x.view / x.reshape / torch.flatten "
+    "keeping the batch (x.view(x.size(0), -1)), ChannelShuffle (or x.view(N, g, C // g, H, "
+    "W).transpose(1, 2).reshape(N, C, H, W)), Upsample / F.interpolate (nearest or bilinear, "
+    "scale_factor=2)")
 
 # The nearest supported form of what users reach for (by torch class or function name)
 _NEAREST = {
     "Conv1d": "no 1-D convs yet: give the model (C, 1, L) inputs and use nn.Conv2d, or keep "
               "this part of the model outside sbnn",
     "Conv3d": "use nn.Conv2d",
-    "ConvTranspose2d": "use nn.Conv2d (transposed convs and upsampling are not supported yet)",
-    "Upsample": "upsampling is not supported yet",
+    "ConvTranspose2d": "use nn.Upsample(scale_factor=2) followed by nn.Conv2d",
+    "Upsample": "nn.Upsample(scale_factor=2, mode='nearest' or 'bilinear')",
+    "interpolate": "F.interpolate(x, scale_factor=2, mode='nearest' or 'bilinear')",
     "GELU": "use nn.SiLU or nn.Hardswish", "ELU": "use nn.LeakyReLU or nn.SiLU",
     "SELU": "use nn.LeakyReLU or nn.SiLU", "Mish": "use nn.SiLU", "Softplus": "use nn.SiLU",
     "LayerNorm": "use nn.BatchNorm2d / nn.BatchNorm1d (folded into the layer before it)",
     "GroupNorm": "use nn.BatchNorm2d (folded into the conv before it)",
     "InstanceNorm2d": "use nn.BatchNorm2d (folded into the conv before it)",
     "AdaptiveMaxPool2d": "use nn.AdaptiveAvgPool2d(1) or nn.MaxPool2d",
-    "view": "use torch.flatten(x, 1) / nn.Flatten()", "reshape": "use torch.flatten(x, 1)",
-    "permute": "permute/reshape are not supported yet (channel shuffle)",
+    "view": "x.view(x.size(0), ...) keeping the batch, or torch.flatten(x, 1)",
+    "reshape": "x.reshape(x.size(0), ...) keeping the batch, or torch.flatten(x, 1)",
+    "permute": "permutes and transposes only as a channel shuffle: nn.ChannelShuffle(g)",
+    "transpose": "permutes and transposes only as a channel shuffle: nn.ChannelShuffle(g)",
+    "unsqueeze": "x.view(x.size(0), ...) with the new shape",
+    "squeeze": "x.view(x.size(0), ...) with the new shape",
     "sub": "fold the constant into a layer (e.g. a BatchNorm)",
 }
 
@@ -98,7 +118,7 @@ def suggest(kind: str, full: bool = True) -> str:
 MODULES = (SBLayer, RSign, LearnableBias, RPReLU, nn.Conv2d, nn.Linear, nn.BatchNorm1d,
             nn.BatchNorm2d, nn.Hardtanh, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Softmax,
             *ACT_MODULES, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d,
-            nn.AdaptiveAvgPool2d, nn.Flatten)
+            nn.AdaptiveAvgPool2d, nn.Flatten, nn.Upsample, nn.ChannelShuffle)
 
 
 def module_problem(m: nn.Module, where: str = "") -> str | None:
@@ -107,10 +127,20 @@ def module_problem(m: nn.Module, where: str = "") -> str | None:
     it traces through). Checks only the module itself: ``export_problems`` traces the model."""
     kind = type(m).__name__
     try:
-        if isinstance(m, SBLinear) and m.act is not None:
-            raise ExportError(f"layer {where!r} (SBLinear with binary activations) is not "
-                              "supported yet; nearest supported form: act=None (binarize_ with "
-                              "BinarizeConfig(linear=False) keeps it in float) or a 1x1 SBConv2d")
+        if isinstance(m, nn.Upsample) and (
+                m.mode not in ("nearest", "bilinear") or
+                (m.scale_factor is not None and m.scale_factor not in (2, 2.0, (2, 2),
+                                                                         (2.0, 2.0)))):
+            raise ExportError(f"layer {where!r} ({kind}({m.extra_repr()})) is not supported; "
+                              "supported: nn.Upsample(scale_factor=2, mode='nearest' or "
+                              "'bilinear')")
+        if isinstance(m, nn.MaxPool2d) and (hw_pair(m.dilation, where, "dilation") != (1, 1)
+                                             or m.return_indices):
+            raise ExportError(f"layer {where!r} ({kind}({m.extra_repr()})): dilated pooling or "
+                              "return_indices; nearest supported form: dilation=1")
+        if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
+            raise ExportError(f"layer {where!r} ({kind}({m.extra_repr()})): divisor_override; "
+                              "nearest supported form: divisor_override=None")
         if isinstance(m, nn.Conv2d):
             check_conv(m, where)
     except ExportError as exc:

@@ -33,6 +33,10 @@ which inverts the layer (measured in docs/RESULTS.md).
     r of a split at ones fraction p is about -p (docs/DOMAINS.md). In this family 01 is r = 0
     and pm1 is r = -1/2; ``"learned"`` is r free. tau is learnable.
 
+``"pm1c"`` (the ReActNet-style +-1 baseline)
+    ``q = m_c * s`` in ``{-m_c, +m_c}`` with ``m_c = mean |w|`` over output channel c's latent
+    weights, recomputed at each forward without gradient (the XNOR-Net / ReActNet scaling); no
+    learnable level. The fifth arm of the penalty grid (docs/study_domains/penalty/).
 ``"closed_form"``
     alpha and beta are the group means of the latent weights over the current split (the
     least-squares levels for that split), recomputed at each forward without gradient, per layer;
@@ -52,7 +56,7 @@ __all__ = ["DOMAINS", "TIED_DOMAINS", "SCALE_ONLY_DOMAINS", "set_fixed_r_", "SBL
            "SBLinear", "LearnableBias", "RSign",
            "RPReLU"]
 
-DOMAINS = ("learned", "closed_form", "pm1", "01", "abr")
+DOMAINS = ("learned", "closed_form", "pm1", "01", "abr", "pm1c")
 # domains of the form tau * s + phi with learnable scalars, and their tie of phi to tau
 TIED_DOMAINS = ("learned", "pm1", "01", "abr")
 # tied domains whose tau is only a scale (alpha / beta fixed): the BatchNorm after the layer absorbs
@@ -142,8 +146,11 @@ class SBLayer:
         if self.domain in TIED_DOMAINS:
             tau, phi = self.tau_phi()
             return phi - tau, phi + tau
-        # closed_form: the group means of the current split, without gradient
         w = w.detach()
+        if self.domain == "pm1c":  # per output channel mean |w|, without gradient
+            m = w.abs().reshape(w.shape[0], -1).mean(1)
+            return -m, m
+        # closed_form: the group means of the current split, without gradient
         return group_means(w.reshape(-1), b.reshape(-1), dtype=w.dtype)
 
     def alpha_beta(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -74,4 +74,4 @@ def architecture_kwargs(model: nn.Module, given: dict | None = None) -> dict:
 
 
 # Importing the model modules fills the registry.
-from sbnn.models import fmnist, reactnet, resnet_irnet  # noqa: E402, F401
+from sbnn.models import fmnist, reactnet, resnet_irnet, tiny  # noqa: E402, F401

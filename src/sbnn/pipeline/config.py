@@ -53,7 +53,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "fmnist_cnn"  # see `sbnn.models.list_models()`
-    domain: str = "learned"  # learned | closed_form | pm1 | 01 | abr (r = -sparsity.ec)
+    domain: str = "learned"  # learned | closed_form | pm1 | 01 | abr (r = -sparsity.ec) | pm1c
     weight_estimator: str = "ste"  # ste | clipped_ste | ede | approx_sign
     act: str | None = "approx_sign"  # estimator of the binary activations; None: float inputs
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments (e.g. width)

@@ -5,8 +5,10 @@
 ``STUDY_DIR/study_accuracy_vs_ones.png``: per EC, the paired differences (same seed = same init
 and data order) ``ab - 01``, ``ab - pm1`` and ``ab - abr`` in test accuracy, with their mean, 95 %
 confidence interval and two-sided paired t-test p-value, and a verdict in words that says which
-cells are still pending. The t distribution is computed exactly for integer degrees of freedom
-(:func:`t_cdf`; no scipy needed).
+cells are still pending; and, once ``scripts/study_latency.py`` has filled the ``latency_b1_ms`` /
+``model_bytes`` columns, ``study_accuracy_vs_latency.png`` and ``study_accuracy_vs_bytes.png``
+with the onnxruntime float-twin points on the same axes. The t distribution is computed exactly
+for integer degrees of freedom (:func:`t_cdf`; no scipy needed).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from sbnn.pipeline.runs import save_figure, write_text
 
-__all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "write_report", "main"]
+__all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "deploy_figure", "write_report",
+           "main"]
 
 ARMS = ("ab", "abr", "01", "pm1")
 ECS = (0.25, 0.1, 0.05, 0.01)
@@ -190,9 +193,13 @@ def _verdict(rows: list[dict]) -> list[str]:
             word = "ahead" if st["mean"] > 0 else "behind"
             lines.append(f"- {what}: {a} {word}, {ci}: p < 0.05 uncorrected only, not "
                          f"significant over the {m} comparisons.")
+        elif st["lo"] is not None and st["lo"] <= 0 <= st["hi"]:
+            big = max(abs(st["lo"]), abs(st["hi"]))
+            lines.append(f"- {what}: no significant difference, {ci}; the interval includes "
+                         f"zero and effects as large as {big:.1f} points, so it shows neither a "
+                         "difference nor that the arms are equal.")
         else:
-            lines.append(f"- {what}: no significant difference, {ci}; the interval bounds the "
-                         "effect.")
+            lines.append(f"- {what}: no significant difference, {ci}.")
     if first:
         lines.append(f"- {first}")
     if pending:
@@ -246,6 +253,129 @@ def figure(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+ORT_ARMS = ("fp32", "int8")  # onnxruntime rows (scripts/study_latency.py): the float twin
+
+
+def deploy_figure(rows: list[dict], key: str, label: str, path: Path) -> bool:
+    """Accuracy against ``key`` (``latency_b1_ms`` or ``model_bytes``): one point per run, the
+    (arm, EC) means with their 95 % t interval, and the onnxruntime float twin's fp32 / int8
+    points on the same axes (a vertical line where the twin's accuracy was not measured).
+    Returns False (no file) when no run has ``key``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in rows if r.get("domain") in ARMS and r.get(key) is not None
+            and r.get("test_accuracy") is not None]
+    if not runs:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, d in enumerate(ARMS):
+        pts = [r for r in runs if r["domain"] == d]
+        if not pts:
+            continue
+        color = f"C{i}"
+        for r in pts:
+            bad = r.get("collapsed") in (1, "1", True)
+            ax.plot(float(r[key]), 100 * float(r["test_accuracy"]), "x" if bad else ".",
+                    color=color, alpha=0.5, ms=6)
+        xs, ys, es, ecs = [], [], [], []
+        for ec in ECS:
+            cell = [r for r in pts if abs(float(r["ec"]) - ec) < 1e-12]
+            if not cell:
+                continue
+            st = paired([100 * float(r["test_accuracy"]) for r in cell])
+            xs.append(statistics.mean(float(r[key]) for r in cell))
+            ys.append(st["mean"])
+            es.append(0.0 if st["hi"] is None else st["hi"] - st["mean"])
+            ecs.append(ec)
+        ax.errorbar(xs, ys, yerr=es, fmt="o", color=color, capsize=3, label=d, ms=5)
+        for x, y, ec in zip(xs, ys, ecs, strict=True):
+            ax.annotate(f"{100 * ec:g}%", (x, y), xytext=(3, 3), textcoords="offset points",
+                        fontsize=6, color=color)
+    for arm, marker in zip(ORT_ARMS, ("*", "D"), strict=True):
+        for r in rows:
+            if r.get("domain") != "onnxruntime" or r.get("arm") != arm or r.get(key) is None:
+                continue
+            lab = f"onnxruntime {arm} (float twin)"
+            if r.get("test_accuracy") is None:
+                ax.axvline(float(r[key]), color="k", ls="--" if arm == "fp32" else ":",
+                           lw=1, label=lab + ", accuracy not measured")
+            else:
+                ax.plot(float(r[key]), 100 * float(r["test_accuracy"]), marker, color="k",
+                        ms=9, label=lab)
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy (%), last epoch")
+    ax.set_title("runs (dots; x = flagged collapsed), (arm, EC) means with 95 % t intervals",
+                 fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _cpu_ms(rows: list[dict]) -> str:
+    vals = [float(r["latency_b1_cpu_ms"]) for r in rows if r.get("latency_b1_cpu_ms") is not None]
+    return f"{statistics.mean(vals):.4f}" if vals else "–"
+
+
+def _deploy_section(rows: list[dict]) -> list[str]:
+    """README lines: accuracy against latency and file bytes (scripts/study_latency.py)."""
+    runs = [r for r in rows if r.get("domain") in ARMS]
+    timed = [r for r in runs if r.get("latency_b1_ms") is not None]
+    out = ["## Accuracy against latency and file bytes", ""]
+    if not timed:
+        return out + [f"Not measured yet (0 of {len(runs)} runs timed). Once the runs are "
+                      "done: `bash docs/study_domains/run_latency.sh` (trains the float twin "
+                      "once, then `scripts/study_latency.py` and this script).", ""]
+    loads = sorted({f"{float(r['latency_load']):.1f}" for r in timed
+                    if r.get("latency_load") is not None})
+    cpus = sorted({str(r["latency_cpu"]) for r in timed if r.get("latency_cpu")})
+    isas = sorted({str(r["latency_isa"]) for r in timed if r.get("latency_isa")})
+    out += [f"{len(timed)} of {len(runs)} runs timed by `scripts/study_latency.py`: the native "
+            "engine at batch 1, one thread, its own kernel choice per layer; the median of the "
+            "timed calls, best of the interleaved rounds; file bytes = the `.sbnn` file. "
+            f"CPU {cpus or '–'}, ISA {isas or '–'}, 1-minute load when measured {loads or '–'} "
+            "(a loaded machine inflates every number alike; compare within one measurement). "
+            "The CPU-time column is the same statistic of the process's CPU time (one thread: "
+            "the latency without the time other processes held the core), the steadier figure "
+            "on a shared machine.",
+            "", "| EC | arm | runs | latency b1 (ms), mean | CPU time b1 (ms), mean | file bytes, "
+            "mean | accuracy (%), mean |", "|---|---|---|---|---|---|---|"]
+    for ec in ECS:
+        for d in ARMS:
+            cell = [r for r in timed if r["domain"] == d and abs(float(r["ec"]) - ec) < 1e-12]
+            if not cell:
+                continue
+            lat = statistics.mean(float(r["latency_b1_ms"]) for r in cell)
+            byt = statistics.mean(float(r["model_bytes"]) for r in cell if r.get("model_bytes")
+                                  is not None)
+            acc = statistics.mean(100 * float(r["test_accuracy"]) for r in cell)
+            out.append(f"| {ec:g} | {d} | {len(cell)} | {lat:.4f} | {_cpu_ms(cell)} | "
+                       f"{byt:.0f} | {acc:.2f} |")
+    ort = [r for r in rows if r.get("domain") == "onnxruntime"]
+    for r in ort:
+        acc = "not measured (twin not trained)" if r.get("test_accuracy") is None else \
+            f"{100 * float(r['test_accuracy']):.2f}"
+        lat = "–" if r.get("latency_b1_ms") is None else f"{float(r['latency_b1_ms']):.4f}"
+        out.append(f"| – | onnxruntime {r.get('arm')} ({r.get('twin') or 'float twin'}) | 1 | "
+                   f"{lat} | {_cpu_ms([r])} | {r.get('model_bytes') or '–'} | {acc} |")
+    if not ort:
+        out += ["", "The onnxruntime baselines were not measured (onnxruntime missing, or "
+                "`--no-ort`)."]
+    elif all(r.get("test_accuracy") is None for r in ort):
+        out += ["", "The onnxruntime points are the float twin's latency and ONNX file size "
+                "only: the study has no trained float twin yet, so they are drawn as vertical "
+                "lines. `bash docs/study_domains/run_latency.sh` trains one and measures again."]
+    out += ["", "![accuracy vs latency](study_accuracy_vs_latency.png)",
+            "![accuracy vs file bytes](study_accuracy_vs_bytes.png)", ""]
+    return out
 
 
 def write_report(study_dir: str | Path, figures: bool = True) -> str:
@@ -353,19 +483,29 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
     out += ["", "The r column checks the analysis: `abr` holds −EC by construction, `01` 0, "
             "`pm1` −½; for `ab` it is what training learned from the closed-form start at −EC.", "",
             "![accuracy vs achieved ones](study_accuracy_vs_ones.png)", "",
+            *_deploy_section(rows),
             "## Not in this study yet (later sittings)", "",
-            "- The secondary grid with the paper's penalty (`docs/study_domains/penalty/`), the "
-            "trained Sub-bit baseline and accuracy against latency / file bytes (issue 21, items "
-            "3-5) have not been run. Why `01` misses its target in penalty mode is measured in "
-            "[../RESULTS.md](../RESULTS.md) (section 5).", "",
+            "- The secondary grid with the paper's penalty, its fifth arm (ReActNet-style ±1 "
+            "with per-channel mean|w| scaling, `pm1c`) and the curve from 100 % ones: "
+            "[penalty/](penalty/) holds the config and `run_penalty.sh`; not run yet. Why `01` "
+            "misses its target in penalty mode is measured in [../RESULTS.md](../RESULTS.md) "
+            "(section 5).",
+            "- The trained Sub-bit baseline at equal bits per weight: [subbit/](subbit/) holds "
+            "the config and `run_subbit.sh`; not run yet.", "",
             "Files: `results.csv` (one row per run, appended by the sweep), `config.yaml`, "
-            "`run_study.sh`, this README and `study_accuracy_vs_ones.png` (both from "
-            "`scripts/study_report.py`); `results.md` and `accuracy_vs_*.png` are the sweep's "
+            "`run_study.sh`, this README and `study_accuracy_vs_{ones,latency,bytes}.png` (all "
+            "from `scripts/study_report.py`; the latency and bytes columns from "
+            "`scripts/study_latency.py`); `results.md` and `accuracy_vs_*.png` are the sweep's "
             "own summary (mean ± SD).", ""]
     text = "\n".join(out)
     write_text(study_dir / "README.md", text)
     if figures and rows:
         figure(rows, study_dir / "study_accuracy_vs_ones.png")
+    if figures and any(r.get("latency_b1_ms") is not None for r in rows):  # as the README says
+        deploy_figure(rows, "latency_b1_ms", "engine latency, batch 1, 1 thread (ms, log)",
+                      study_dir / "study_accuracy_vs_latency.png")
+        deploy_figure(rows, "model_bytes", "model file bytes (log)",
+                      study_dir / "study_accuracy_vs_bytes.png")
     return text
 
 

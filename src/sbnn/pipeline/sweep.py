@@ -38,7 +38,7 @@ from sbnn.pipeline.config import Config
 from sbnn.pipeline.runs import locked_file
 
 __all__ = ["ARMS", "GAMMAS_CIFAR10", "GAMMAS_CIFAR100", "gamma_for", "run_sweep", "read_rows",
-           "append_row", "collect", "parse_shard"]
+           "append_row", "update_rows", "collect", "parse_shard"]
 
 # The authors' (EC, gamma) pairs (Schiavone et al., arXiv:2306.13515, their public code).
 GAMMAS_CIFAR10 = {0.50: 0.0, 0.25: 0.02, 0.10: 0.04, 0.05: 0.07, 0.04: 0.07, 0.03: 0.08,
@@ -47,7 +47,7 @@ GAMMAS_CIFAR100 = {0.50: 0.0, 0.05: 0.05, 0.04: 0.05, 0.03: 0.05, 0.02: 0.06, 0.
 
 # sweep domain names -> model.domain; "ab" is the paper's learned {alpha, beta} domain
 DOMAIN_ALIASES = {"ab": "learned", "learned": "learned", "closed_form": "closed_form",
-                  "pm1": "pm1", "01": "01", "abr": "abr"}
+                  "pm1": "pm1", "01": "01", "abr": "abr", "pm1c": "pm1c"}
 
 # start arms -> sparsity.levels
 ARMS = {"cf": "fit", "authors": "unit"}
@@ -88,7 +88,13 @@ def _level_columns(report: dict) -> dict:
     ratios, pairs = [], []
     for layer in report.get("layers", []):
         a, b = layer.get("alpha"), layer.get("beta")
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, list) and isinstance(b, list) and a and len(a) == len(b):
+            # per-channel levels (pm1c): the channels' mean ratio, levels as channel means
+            per = [x / y for x, y in zip(a, b, strict=True) if y != 0]
+            if per:
+                ratios.append(statistics.mean(per))
+            pairs.append(f"{statistics.mean(a):.4g}/{statistics.mean(b):.4g}")
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
             pairs.append(f"{a:.4g}/{b:.4g}")
             if b != 0:
                 ratios.append(a / b)
@@ -142,6 +148,9 @@ def _run_row(spec: tuple) -> dict | None:
            "sparsity_mode": None if ec is None else run_cfg.sparsity.mode,
            "run_dir": str(run_dir), **_level_columns(report)}
     row["collapsed"] = int(collapsed(row)) if ec is not None else None
+    if run_cfg.prune.patterns:  # Sub-bit runs: 2**k kernel patterns, k/9 index bits per weight
+        row["prune_patterns"] = run_cfg.prune.patterns
+        row["patterns_trained"] = int(run_cfg.prune.patterns_trained)
     if deploy and d != "fp" and shape is not None:
         row.update(_deploy_metrics(run_dir, shape, latency))
     return row
@@ -158,7 +167,8 @@ def _worker_init(threads: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 # text columns: never parsed as numbers (the domain "01" is not the number 1)
-TEXT_COLUMNS = ("domain", "arm", "alpha_beta_per_layer", "sparsity_mode", "cpu_model", "run_dir")
+TEXT_COLUMNS = ("domain", "arm", "alpha_beta_per_layer", "sparsity_mode", "cpu_model", "run_dir",
+                "latency_isa", "latency_cpu", "latency_kernels", "twin")
 
 
 def _parse(col: str, v: str):
@@ -214,8 +224,6 @@ def _fmt_csv(v) -> str:
     return "" if v is None else str(v)
 
 
-
-
 def _merge(rows: list[dict], new: list[dict]) -> list[dict]:
     """``rows`` with each of ``new`` replacing the row of the same key, or appended."""
     out = list(rows)
@@ -239,6 +247,29 @@ def append_row(out: str | os.PathLike, row: dict) -> None:
     path = out / "results.csv"
     with locked_file(out / ".results.csv.lock"):
         write_text(path, _csv_text(_merge(read_rows(path), [row])))
+
+
+def update_rows(path: str | os.PathLike, updates: list[dict]) -> list[dict]:
+    """Merge ``updates`` into the rows of the CSV at ``path`` (a sweep's ``results.csv``) under
+    the same lock as :func:`append_row`: an update whose run (domain, arm, EC, seed) has a row
+    sets the columns it names and keeps every other cell; one without a row is appended. Rows
+    that no update names are kept as they are, so a sweep appending rows meanwhile loses
+    nothing. Returns every row as written."""
+    from sbnn.pipeline.runs import write_text
+
+    path = Path(path)
+    with locked_file(path.parent / f".{path.name}.lock"):
+        rows = read_rows(path)
+        index = {_key(r): i for i, r in enumerate(rows)}
+        for u in updates:
+            k = _key(u)
+            if k in index:
+                rows[index[k]] = {**rows[index[k]], **u}
+            else:
+                index[k] = len(rows)
+                rows.append(dict(u))
+        write_text(path, _csv_text(rows))
+        return read_rows(path)
 
 
 def collect(sources: list[str | os.PathLike], out: str | os.PathLike) -> list[dict]:
@@ -502,8 +533,9 @@ def sweep_figure(rows: list[dict], key: str, label: str):
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts],
                     xerr=[p[2] for p in pts], fmt="o-", capsize=3, label=d)
         for x, y, _, _, ec in pts:
-            ax.annotate(f"EC {100 * ec:g}%", (x, y), xytext=(4, 4), textcoords="offset points",
-                        fontsize=6)
+            if ec is not None:  # rows without an EC (onnxruntime baselines) are points only
+                ax.annotate(f"EC {100 * ec:g}%", (x, y), xytext=(4, 4),
+                            textcoords="offset points", fontsize=6)
     if fp:
         ax.axhline(statistics.mean(fp), color="k", ls="--", label="full precision")
     if bnn:

@@ -65,7 +65,7 @@ from sbnn.pipeline.runs import (
 )
 
 __all__ = ["Trainer", "TrainingInterrupted", "train", "run_epoch", "make_optimizer",
-           "make_scheduler"]
+           "make_scheduler", "cpu_model"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def _check_exportable(model: nn.Module, data, cfg: Config) -> None:
         raise NotExportableError(cfg.model.name, problems)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo, else ``platform.processor()``)."""
     import platform
 
@@ -630,7 +630,7 @@ class Trainer:
             report["train_wall_time_s"] = wall
             report["steps"] = cfg.epochs * len(self.train_loader)
             report["threads"] = torch.get_num_threads()
-            report["cpu_model"] = _cpu_model()
+            report["cpu_model"] = cpu_model()
             report["epoch_times_s"] = epoch_times
             report["epochs"] = cfg.epochs
             report["last_epoch"] = cfg.epochs  # the epoch last.pt holds

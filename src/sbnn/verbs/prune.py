@@ -25,7 +25,14 @@ fixed BatchNorm scale of 0:
     Sub-bit kernels (Y. Wang et al., "Sub-bit Neural Networks", ICCV 2021, arXiv:2110.09195):
     each k x k kernel's bits are restricted to a per-layer codebook of ``2**patterns`` patterns,
     learned by a weighted k-means in Hamming space (:func:`learn_patterns`) that always keeps the
-    all-zero pattern. A kernel costs ``patterns`` bits (its index) instead of ``k*k``.
+    all-zero pattern. A kernel costs ``patterns`` bits (its index) instead of ``k*k``: k/9 bits
+    per weight for 3x3 kernels. With ``patterns_trained`` the codebook is Sub-bit's *trained*
+    form rather than fixed at the start: at every training forward each kernel takes its nearest
+    codeword (the projection below) after each codeword made one weighted k-means step towards
+    its members' latent weights (:func:`refine_patterns`; an unused codeword is re-seeded with the
+    kernel farthest from its codeword), and the straight-through estimator of the layer carries
+    the gradient to the latent weights, which keep their magnitudes, so a kernel whose latents
+    the optimiser pushes across 0 can move to another codeword and drag its codeword along.
 
 The masks are applied by :func:`attach_`: a forward pre-hook on each layer projects the latent
 weights back onto the mask before every forward pass (forced bits negative, kernels onto their
@@ -58,6 +65,7 @@ __all__ = [
     "kernel_scores",
     "kernel_mask",
     "learn_patterns",
+    "refine_patterns",
     "assign_patterns",
     "project_patterns",
     "following_batchnorm",
@@ -84,18 +92,22 @@ class LayerMasks:
         dead: bool ``(C_out,)``: dead filters (``None``: none).
         codebook: bool ``(P, k*k)``: allowed kernel patterns, row 0 all-zero (``None``: no
             pattern restriction).
+        trained: the codebook is re-learned at every training forward (Sub-bit's trained
+            form, :func:`refine_patterns`); False: fixed.
     """
 
     zero: torch.Tensor | None = None
     dead: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
+    trained: bool = False  # re-learn the codebook at every training forward (refine_patterns)
 
     def to_dict(self) -> dict:
-        return {"zero": self.zero, "dead": self.dead, "codebook": self.codebook}
+        return {"zero": self.zero, "dead": self.dead, "codebook": self.codebook,
+                "trained": self.trained}
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerMasks:
-        return cls(d.get("zero"), d.get("dead"), d.get("codebook"))
+        return cls(d.get("zero"), d.get("dead"), d.get("codebook"), bool(d.get("trained", False)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +241,41 @@ def learn_patterns(w: torch.Tensor, k: int, iters: int = 10,
 
 
 @torch.no_grad()
+def refine_patterns(w: torch.Tensor, codebook: torch.Tensor,
+                    forced: torch.Tensor | None = None) -> torch.Tensor:
+    """One weighted k-means step of a codebook ``(P, kh*kw)`` on a conv's current latent
+    weights: each kernel is assigned its nearest codeword (:func:`assign_patterns`), each used
+    codeword's bit j becomes ``sum_i w_ij >= 0`` over its members, and each unused codeword is
+    re-seeded with the bit pattern of the kernel farthest from its own codeword (if that
+    pattern is not in the codebook yet). Row 0 stays all-zero; the size never changes. The
+    training step of Sub-bit's trained codebook (``PruneConfig.patterns_trained``)."""
+    v = _kernels(w.detach())
+    f = None if forced is None else _kernels(forced)
+    cb = codebook.to(v.device)
+    cost = _pattern_costs(v, cb, f)
+    best, idx = cost.min(dim=1)
+    sums = torch.zeros(cb.shape[0], v.shape[1], dtype=torch.float64, device=v.device)
+    sums.index_add_(0, idx, v.double())
+    used = torch.bincount(idx, minlength=cb.shape[0]) > 0
+    new = torch.where(used.unsqueeze(1), to_bits(sums), cb)
+    new[0] = False
+    free = [int(i) for i in torch.nonzero(~used).flatten() if int(i) != 0]
+    if free:
+        bits = to_bits(v)
+        if f is not None:
+            bits = bits & ~f
+        order = torch.argsort(best.masked_fill(~torch.isfinite(best), -1.0), descending=True)
+        for i in order.tolist():
+            if not free or float(best[i]) <= 0:
+                break
+            cand = bits[i]
+            if bool((new == cand).all(1).any()):
+                continue
+            new[free.pop(0)] = cand
+    return new
+
+
+@torch.no_grad()
 def project_patterns(w: torch.Tensor, codebook: torch.Tensor,
                      forced: torch.Tensor | None = None) -> torch.Tensor:
     """Latent weights of ``w``'s shape whose kernel bits are each a codebook pattern: the nearest
@@ -332,6 +379,8 @@ def prune_(model: nn.Module, cfg: PruneConfig) -> dict[str, LayerMasks]:
     training keeps them (:func:`attach_`); the hook ``train`` calls after its closed-form init.
     Returns the masks (store them with :func:`prune_state` in a checkpoint)."""
     masks = compute_masks(model, cfg)
+    for lm in masks.values():
+        lm.trained = bool(cfg.patterns_trained and lm.codebook is not None)
     attach_(model, masks)
     return masks
 
@@ -350,8 +399,13 @@ def _project_layer(m: SBLayer, lm: LayerMasks, bn: nn.Module | None) -> None:
 
 def _pre_hook(mod: nn.Module, args) -> None:
     # runs before every forward, in training too: the optimiser step may have moved a forced bit
+    lm = mod._sbnn_prune["masks"]
     with torch.no_grad():
-        _project_layer(mod, mod._sbnn_prune["masks"], mod._sbnn_prune["bn"])
+        if lm.trained and lm.codebook is not None and mod.training:
+            w = mod.weight
+            lm.codebook = refine_patterns(w, lm.codebook.to(w.device),
+                                          None if lm.zero is None else lm.zero.to(w.device))
+        _project_layer(mod, lm, mod._sbnn_prune["bn"])
 
 
 @torch.no_grad()
@@ -417,7 +471,8 @@ def prune_state(model: nn.Module) -> dict[str, dict]:
     for name, m in sb_layers(model):
         lm = attached_masks(m)
         if lm is not None:
-            out[name] = {k: (None if v is None else v.cpu()) for k, v in lm.to_dict().items()}
+            out[name] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v)
+                         for k, v in lm.to_dict().items()}
     return out
 
 

@@ -18,6 +18,11 @@ class PruneConfig:
         kernels: target share in [0, 1) of all-zero k x k kernels in each sparse-binary conv.
         patterns: ``None`` or k (1..8; the paper's baseline uses 4, 5, 6): each k x k kernel is
             restricted to ``2**k`` learned bit patterns per layer.
+        patterns_trained: with ``patterns``, re-learn each layer's codebook during training
+            (Sub-bit's trained form): at every training forward each kernel takes its nearest
+            codeword and each codeword one weighted k-means step towards its members' latent
+            weights (:func:`sbnn.verbs.prune.refine_patterns`); off: the codebook learned at
+            the start stays fixed.
         shrink: physically remove dead filters where that is exact, at the end of conversion /
             fine-tuning (:func:`shrink_`).
     """
@@ -27,6 +32,7 @@ class PruneConfig:
     kernels: float = 0.0
     patterns: int | None = None
     shrink: bool = True
+    patterns_trained: bool = False
 
     def __post_init__(self):
         for name in ("magnitude", "filters", "kernels"):
@@ -42,6 +48,11 @@ class PruneConfig:
                     f"prune.patterns must be k in 1..8 (2**k patterns; Sub-bit uses 4, 5, 6), "
                     f"got {self.patterns}"
                 )
+        if not isinstance(self.patterns_trained, bool):
+            raise ValueError(f"prune.patterns_trained must be true or false, got "
+                             f"{self.patterns_trained!r}")
+        if self.patterns_trained and self.patterns is None:
+            raise ValueError("prune.patterns_trained needs prune.patterns (the codebook size k)")
 
     @property
     def active(self) -> bool:
