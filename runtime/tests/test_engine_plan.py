@@ -94,6 +94,26 @@ def test_fused_and_chosen_plans_match_reference(impl, shape, monkeypatch):
 
 
 @needs_core
+@pytest.mark.parametrize("impl", [i for i in impl_params() if i.values[0] != "ref"])
+def test_fused_epilogue_post_identical_to_two_passes(impl, monkeypatch):
+    # The sparse kernel adds the residual and clamps inside its epilogue's pass (issue 20);
+    # SBNN_FUSED_POST=0 runs the epilogue and then the post-op pass. Same floats, bit for bit,
+    # on maps whose rows take the 8-wide, 4-wide and scalar tails, batch 1 and 3.
+    monkeypatch.setenv("SBNN_ISA", impl)
+    for c, h, w in [(5, 2, 2), (7, 5, 7), (12, 8, 8), (9, 13, 11), (4, 32, 32), (65, 4, 4)]:
+        rng = np.random.default_rng(c * 100 + h + w)
+        g = block_net(c, h, w, rng)
+        eng = Engine(g, 1, backend="native", impl=impl, choose=False)
+        for n in (1, 3):
+            x = rng.standard_normal((n, 3, h, w)).astype(np.float32)
+            monkeypatch.setenv("SBNN_FUSED_POST", "0")
+            two = eng.run(x)
+            monkeypatch.setenv("SBNN_FUSED_POST", "1")
+            np.testing.assert_array_equal(eng.run(x), two)
+            np.testing.assert_allclose(two, reference_forward(g, x), rtol=1e-4, atol=1e-4)
+
+
+@needs_core
 def test_layer_info_reports_fusion_and_choice():
     rng = np.random.default_rng(0)
     g = block_net(16, 8, 8, rng)

@@ -171,6 +171,25 @@ def test_numpy_pools_match_the_runtime_reference():
                                        rtol=1e-6, atol=1e-6)
 
 
+def test_maxpool_fast_path_and_nan_planes_match_reference():
+    """The engine's maxpool takes a separable fast path on planes without NaN and the plain
+    loop on planes with one (a NaN in a window wins); both against the reference, per plane."""
+    from sbnn_runtime import Engine
+
+    for (c, h, w), (k, s, p) in [((64, 32, 32), (3, 2, 1)), ((5, 7, 6), (2, 2, 0)),
+                                 ((3, 9, 5), (3, 1, 1)), ((4, 1, 3), (1, 1, 0)),
+                                 ((2, 8, 8), (4, 3, 2)), ((3, 5, 5), (3, 3, 0))]:
+        x = _x(c + h, 2, c, h, w)
+        x[0, 1, h // 2, w // 2] = np.nan  # one plane with a NaN, the others without
+        x[1, 0, 0, 0] = np.nan
+        g = Graph([Node("input", [], {"shape": [c, h, w]}),
+                   Node("maxpool", [0], {"k": k, "stride": s, "pad": p})], 1)
+        got = Engine(g, 1, backend="native").run(x)
+        want = reference_forward(g, x)
+        np.testing.assert_array_equal(got, want)  # NaN where the reference has NaN
+        assert np.isnan(got[0, 1]).any() and not np.isnan(got[0, 0]).any()
+
+
 @pytest.mark.parametrize("impl", native.available_impls())
 def test_every_impl_runs_the_graph(impl):
     eng, forward, _ = build_block_net(1, impl=impl)

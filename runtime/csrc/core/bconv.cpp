@@ -3,6 +3,7 @@
 #include "core/floatops.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -36,6 +37,13 @@ std::unique_ptr<T[]> uninit(size_t n) {
 }
 
 constexpr int kCoBlock = 16;  // output channels per task
+
+// Read on every call (once per layer run, not per filter), so a test can compare both ways
+// in one process.
+bool fused_post_enabled() {
+  const char* e = std::getenv("SBNN_FUSED_POST");
+  return !(e && e[0] == '0');
+}
 
 BConvPost offset_post(const BConvPost& p, size_t off) {
   BConvPost q = p;
@@ -320,6 +328,10 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
       }
   const size_t out_img = static_cast<size_t>(Co_) * P;
   const int nblk = (Co_ + kCoBlock - 1) / kCoBlock;
+  // The post-ops go into the epilogue's own pass when the table has the fused epilogues
+  // (SBNN_FUSED_POST=0 in the environment turns it off, for measurements).
+  const bool fuse_post = post.active() && kt_->affine_epilogue_post &&
+                         kt_->affine_epilogue8_post && fused_post_enabled();
   auto block = [&](int b) {
     auto acc = uninit<int32_t>(Lr);
     auto acc8 = uninit<int8_t>(Lr + 64);  // slack for the epilogue's over-reads
@@ -341,7 +353,22 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
       for (int im = 0; im < nimg; ++im) {
         const size_t o = im * out_img + static_cast<size_t>(c) * P;
         const float* wi = wsf.get() + static_cast<size_t>(im) * P;
-        if (y) {
+        if (y && fuse_post) {  // the post-ops inside the epilogue's pass
+          const float* r = post.res ? post.res + o : nullptr;
+          float rp[3];
+          if (post.rp_in) {
+            rp[0] = post.rp_in[c];
+            rp[1] = post.rp_slope[c];
+            rp[2] = post.rp_out[c];
+          }
+          const float* rpc = post.rp_in ? rp : nullptr;
+          if (a32)
+            kt_->affine_epilogue_post(a32 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
+                                      bias_[c], y + o, r, post.clamp, post.lo, post.hi, rpc);
+          else
+            kt_->affine_epilogue8_post(a8 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
+                                       bias_[c], y + o, r, post.clamp, post.lo, post.hi, rpc);
+        } else if (y) {
           if (a32)
             kt_->affine_epilogue(a32 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
                                  bias_[c], y + o);

@@ -640,10 +640,16 @@ int Engine::pool2d(int t, bool is_max, const PoolGeom& g, bool count_include_pad
   ThreadPool* pool = &pool_;
   const bool shortcut = !is_max && g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 &&
                         g.pt == 0 && g.pl == 0 && g.pb == 0 && g.pr == 0 && !g.ceil;
+  const bool fast_max = is_max && g.kh == g.kw && g.sh == g.sw && g.pt == g.pl &&
+                        g.pb == g.pt && g.pr == g.pt && !g.ceil;
   return push(name, {t}, o, [=](const std::vector<const float*>& in, float* out, int N) {
     for_planes(*pool, N, s.C, [&](int n, int c) {
       const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
       float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
+      if (fast_max) {  // square window, same pad on every side: floatops.cpp's plane kernel
+        maxpool_plane(x, s.H, s.W, g.kh, g.sh, g.pt, Ho, Wo, y);
+        return;
+      }
       if (shortcut) {  // the ReActNet shortcut: no borders
         for (int oh = 0; oh < Ho; ++oh) {
           const float* r0 = x + static_cast<size_t>(2 * oh) * s.W;

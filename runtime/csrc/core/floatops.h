@@ -59,6 +59,11 @@ const KernelTable& kernel_table(Isa isa);
 void gemm_f32(const float* w, int K, const float* col, int P, const float* bias, int c0, int c1,
               float* y);
 
+// One (H, W) plane -> (Ho, Wo): k x k max pooling of stride, padded taps skipped (the engine's
+// maxpool; same values as the plain loop, a NaN in a window wins).
+void maxpool_plane(const float* x, int H, int W, int k, int stride, int pad, int Ho, int Wo,
+                   float* y);
+
 // x: (N, I) -> y: (N, O) = x @ w^T + bias (bias may be null)
 void linear_f32(const float* x, int N, const float* w, int O, int I, const float* bias, float* y,
                 ThreadPool* pool);

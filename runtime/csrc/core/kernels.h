@@ -88,6 +88,16 @@ struct KernelTable {
   int sgemm_mr = 0, sgemm_vl = 0;
   void (*sgemm)(const float* Ap, const float* Bp, int M, int N, int K, int nr, const float* bias,
                 float* C, int ldc) = nullptr;
+
+  // ---- affine_epilogue / affine_epilogue8, then post_plane's post-ops (y += res, res may be
+  // null and may alias y; clamp; RPReLU when rp is set) in one pass with the same rounding as
+  // the two (issue 20). Null in a table: the epilogue and post_plane run one after the other.
+  void (*affine_epilogue_post)(const int32_t* acc, int Ho, int Wo, int pitch, const float* wsf,
+                               float eta, float xi, float bias, float* y, const float* res,
+                               bool clamp, float lo, float hi, const float* rp) = nullptr;
+  void (*affine_epilogue8_post)(const int8_t* acc, int Ho, int Wo, int pitch, const float* wsf,
+                                float eta, float xi, float bias, float* y, const float* res,
+                                bool clamp, float lo, float hi, const float* rp) = nullptr;
 };
 
 const KernelTable& kernels_scalar();

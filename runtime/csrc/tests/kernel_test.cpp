@@ -480,6 +480,61 @@ void check_fusion(Isa isa) {
       }
 }
 
+// The fused epilogue + post-ops of a table against its own two passes (affine_epilogue(8) then
+// post_plane): identical floats, on rows of 1..33 (vector, 4-wide and scalar tails), int8 and
+// int32 counts, with and without residual, clamp and RPReLU, and with the residual aliasing y.
+void check_epilogue_post(Isa isa) {
+  const KernelTable& kt = kernel_table(isa);
+  if (!kt.affine_epilogue_post || !kt.affine_epilogue8_post) return;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int> cnt(-60, 60);
+  const int sizes[][2] = {{1, 1}, {2, 2}, {3, 5}, {4, 4}, {5, 7}, {8, 8}, {6, 9}, {16, 16},
+                          {7, 13}, {32, 32}, {3, 33}};
+  for (const auto& hw : sizes)
+    for (int wide = 0; wide < 2; ++wide)
+      for (int mode = 0; mode < 7; ++mode) {
+        // none, res, clamp, res+clamp, res aliasing y, res+rprelu, res+clamp+rprelu
+        const int Ho = hw[0], Wo = hw[1], pitch = Wo + 3, P = Ho * Wo;
+        const bool use_res = mode == 1 || mode >= 3, clamp = mode == 2 || mode == 3 || mode == 6;
+        const float rpv[3] = {0.1f * nd(rng), 0.25f + 0.1f * nd(rng), 0.2f * nd(rng)};
+        const float* rp = mode >= 5 ? rpv : nullptr;
+        std::vector<int8_t> a8(static_cast<size_t>(Ho) * pitch + 64);
+        std::vector<int32_t> a32(a8.size());
+        for (size_t i = 0; i < a8.size(); ++i) a32[i] = a8[i] = static_cast<int8_t>(cnt(rng));
+        if (wide)
+          for (auto& v : a32) v *= 37;
+        std::vector<float> ws(P), res(P), y1(P), y2(P);
+        for (int i = 0; i < P; ++i) {
+          ws[i] = static_cast<float>(cnt(rng));
+          res[i] = nd(rng);
+        }
+        const float eta = 0.013f * nd(rng), xi = 0.02f * nd(rng), bias = nd(rng);
+        if (wide)
+          kt.affine_epilogue(a32.data(), Ho, Wo, pitch, ws.data(), eta, xi, bias, y1.data());
+        else
+          kt.affine_epilogue8(a8.data(), Ho, Wo, pitch, ws.data(), eta, xi, bias, y1.data());
+        auto post = kt.post_plane ? kt.post_plane : kernels_scalar().post_plane;
+        post(y1.data(), use_res ? res.data() : nullptr, P, clamp, -0.7f, 0.9f, rp);
+        const float* r = use_res ? res.data() : nullptr;
+        if (mode == 4) {  // in place: y holds the residual on entry
+          y2 = res;
+          r = y2.data();
+        }
+        if (wide)
+          kt.affine_epilogue_post(a32.data(), Ho, Wo, pitch, ws.data(), eta, xi, bias, y2.data(),
+                                  r, clamp, -0.7f, 0.9f, rp);
+        else
+          kt.affine_epilogue8_post(a8.data(), Ho, Wo, pitch, ws.data(), eta, xi, bias, y2.data(),
+                                   r, clamp, -0.7f, 0.9f, rp);
+        if (std::memcmp(y1.data(), y2.data(), sizeof(float) * P) != 0) {
+          ++g_fail;
+          std::printf("FAIL epilogue_post %s %dx%d wide=%d mode=%d\n", isa_name(isa), Ho, Wo,
+                      wide, mode);
+        }
+      }
+}
+
 double time_us(const BConvLayer& l, const std::vector<float>& x, std::vector<float>& y) {
   for (int i = 0; i < 20; ++i) l.forward(x.data(), 1, y.data(), nullptr);
   std::vector<double> ts;
@@ -569,6 +624,7 @@ int main(int argc, char** argv) {
           }
     check_floatconv(isa);
     check_fusion(isa);
+    check_epilogue_post(isa);
     check_geometries(isa);
   }
   check_isa_names();
