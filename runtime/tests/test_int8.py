@@ -268,6 +268,28 @@ def test_int8_graph_round_trips_through_the_file(tmp_path):
     assert path.stat().st_size < len(fileformat.dumps(g))
 
 
+def test_depthwise_dilated_and_nonsquare_convs_quantise_with_their_geometry():
+    # the pass keeps every conv attribute (groups, dilation, per-axis stride and pads), so a
+    # DS-CNN's depthwise convs become grouped int8 convs the engine runs as the reference does
+    rng = np.random.default_rng(11)
+
+    def f(*s):
+        return rng.standard_normal(s).astype(np.float32)
+    geo = {"stride": [1, 2], "padding": [1, 0, 2, 1], "dilation": [2, 1], "groups": 8}
+    g = Graph([Node("input", [], {"shape": [8, 9, 11]}, {}, "input"),
+               Node("conv2d", [0], dict(geo), {"weight": f(8, 1, 3, 2), "bias": f(8)}, "dw"),
+               Node("relu", [1], {}, {}, "act")], 2, {})
+    calib = [f(4, 8, 9, 11) for _ in range(2)]
+    q = quantize.quantize_graph(g, calib, backend="reference")
+    assert q.nodes[1].op == "qconv2d"
+    assert {k: q.nodes[1].attrs[k] for k in geo} == geo
+    x = f(3, 8, 9, 11)
+    ref = reference_forward(q, x)
+    assert ref.shape == reference_forward(g, x).shape
+    if core is not None:
+        np.testing.assert_array_equal(Engine(q, num_threads=1)(x), ref)
+
+
 def test_bad_int8_nodes_are_refused():
     rng = np.random.default_rng(8)
     q = quantize.quantize_graph(float_graph(rng), [np.ones((1, 3, 12, 10), np.float32)],
