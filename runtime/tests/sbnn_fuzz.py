@@ -249,7 +249,7 @@ def _limit_families() -> dict:
     def inp(c, h, w):
         return Node("input", [], {"shape": [c, h, w]})
 
-    def chain(n):  # n small binary convs: each timed in five rounds of both kernels at first
+    def chain(n):  # n small binary convs: each timed in two rounds of both kernels at first
         nodes = [inp(16, 6, 6)] + [bconv(i, 16, 16, 3, 3) for i in range(n)]
         return Graph(nodes, n)
 

@@ -243,8 +243,8 @@ def test_old_pool_attributes_load_and_bad_ones_are_refused_by_name():
     for attrs, msg in [({"k": [3, 1, 2], "stride": 1, "pad": 0}, "k must be an int or a list"),
                        ({"k": 2, "stride": 1, "pad": 2}, "pads at most k/2"),
                        ({"k": 2, "stride": 0, "pad": 0}, "bad window"),
-                       ({"k": 2, "stride": "2", "pad": 0}, "attribute 'stride' must be int or "
-                                                           "list"),
+                       ({"k": 2, "stride": "2", "pad": 0}, "attribute 'stride' must be an int or "
+                                                           "a list"),
                        ({"k": 2, "stride": 1, "pad": 0, "ceil_mode": 1}, "ceil_mode")]:
         with pytest.raises(SBNNFormatError, match=msg):
             infer_shapes(g(**attrs))

@@ -106,9 +106,13 @@ int Engine::push(std::string name, std::vector<int> inputs, const TensorShape& o
 }
 
 // ------------------------------------------------------------------ binary conv: kernel choice
-// Rounds of (sparse, dense) timing calls; the best of each decides, so a choice survives up to
-// kChoiceRounds - 1 preempted calls of the faster kernel on a shared machine.
-constexpr int kChoiceRounds = 5;
+// Rounds of (sparse, dense) timing calls; the best of each decides, so a choice survives one
+// preempted call of the faster kernel on a shared machine. Two, not more: a first run costs
+// about kChoiceRounds calls of both kernels where the loader's work limit counts one, and with
+// five rounds the first run of a graph of small binary convs took 10-14x its work estimate's
+// median rate (docs/HARDENING.md); a choice between kernels within a few percent of each other
+// matters little, and a clear one shows in two rounds.
+constexpr int kChoiceRounds = 2;
 constexpr double kChoiceOnceSeconds = 0.05;
 
 void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post) {
