@@ -218,6 +218,14 @@ void build(const Dump& d, Engine& e, Isa isa, bool sparse) {
     } else if (c.method == "maxpool") {
       need(4);
       t = e.maxpool(T(A[0]), I(A[1]), I(A[2]), I(A[3]));
+    } else if (c.method == "pool2d") {
+      // (t, is_max, kh, kw, sh, sw, pt, pl, pb, pr, ceil_mode, count_include_pad)
+      need(12);
+      PoolGeom g;
+      g.kh = I(A[2]), g.kw = I(A[3]), g.sh = I(A[4]), g.sw = I(A[5]);
+      g.pt = I(A[6]), g.pl = I(A[7]), g.pb = I(A[8]), g.pr = I(A[9]);
+      g.ceil = A[10].i != 0;
+      t = e.pool2d(T(A[0]), A[1].i != 0, g, A[11].i != 0);
     } else if (c.method == "global_avgpool") {
       need(1);
       t = e.global_avgpool(T(A[0]));
