@@ -114,12 +114,15 @@ void sbnn_quantize_u8(const float *x, uint8_t *q, int n, float scale, int zero);
    = x_scale * the weight's scale; bias: (co) or 0; stride (sh, sw), top/left pads (pt, pl),
    dilation (dh, dw); xq: ci * h * w bytes of scratch (the uint8 input). A linear is the
    case h = w = kh = kw = 1. With an epilogue e (else 0), each channel goes through plane
-   (oh, ow) and e, as for sbnn_conv2d. */
+   (oh, ow) and e, as for sbnn_conv2d. With int32 thresholds ithr (else 0; scale, bias and e
+   are then not read), y is the binary readers' int8 map (co, oh + 2 pad, ow + 2 pad): +1
+   where the int32 sum >= ithr[o], else -1, 0 in the padding; sbnn_runtime.passes
+   (int8_thresholds) makes ithr give the bits of the float output's binarisation. */
 void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale,
                   const float *bias, float x_scale, int x_zero, int ci, int h, int w, int co,
                   int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                  int oh, int ow, uint8_t *xq, float *plane, float *tmp, const float *res,
-                  const sbnn_epi *e);
+                  int oh, int ow, uint8_t *xq, const int32_t *ithr, int pad, float *plane,
+                  float *tmp, const float *res, const sbnn_epi *e);
 
 /* -- binary convs: weights, decoders, kernels (sbnn_sbdecode.c, sbnn_sbconv.c) ---------------- */
 

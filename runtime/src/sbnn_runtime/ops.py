@@ -1388,10 +1388,16 @@ def _qconv_c(cn) -> str:
     sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
     wq = cn.em.uarr(f"L{cn.index}_wq", "int8_t", 1, P["weight"])
     geo = f"{ci}, {h}, {w}, {co}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {g}, {oh}, {ow}"
+    ithr = cn.plan.memory.ithr.get(cn.index)
+    if ithr is not None:  # folded into its readers' binarisation (passes.int8_thresholds)
+        pad = cn.plan.memory.binmaps[cn.step.output][1]
+        t = cn.em.uarr(f"L{cn.index}_ithr", "int32_t", 4, ithr)
+        return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, 0, 0, {cn.flt(A['x_scale'])}, "
+                f"{A['x_zero']}, {geo}, (uint8_t *){cn.scratch('xq')}, {t}, {pad}, 0, 0, 0, 0);")
     return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, "
             f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
             f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, {geo}, "
-            f"(uint8_t *){cn.scratch('xq')}, {cn.epilogue()});")
+            f"(uint8_t *){cn.scratch('xq')}, 0, 0, {cn.epilogue()});")
 
 
 def _qlinear_c(cn) -> str:
@@ -1403,7 +1409,7 @@ def _qlinear_c(cn) -> str:
             f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
             f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, "
             f"{n}, 1, 1, {o}, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, (uint8_t *){cn.scratch('xq')}, "
-            "0, 0, 0, 0);")
+            "0, 0, 0, 0, 0, 0);")
 
 
 def _qlinear_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
