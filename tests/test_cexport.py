@@ -348,6 +348,39 @@ def test_int8_conv_folded_into_the_next_binarisation(tmp_path):
     assert set(pl.memory.ithr) == {1, 4} and "plane" not in pl.memory.scratch[0]
 
 
+def _arm_gcc_with_newlib() -> bool:
+    if not shutil.which("arm-none-eabi-gcc"):
+        return False
+    r = subprocess.run(["arm-none-eabi-gcc", "-E", "-x", "c", "-"], input="#include <math.h>\n",
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _arm_gcc_with_newlib(), reason="no arm-none-eabi-gcc with newlib")
+def test_dscnn_int8_needs_half_the_flash_on_cortex_m(tmp_path):
+    # issue 19's floor, as scripts/mcu_test.sh checks it: the DS-CNN's C build for a Cortex-M4F
+    # (-Os -flto, the model and the kernels it calls) with int8 float layers needs >= 2x less
+    # flash than with fp32 ones
+    import importlib.util
+
+    from sbnn_runtime import quantize
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "mcu" / "sizes.py"
+    spec = importlib.util.spec_from_file_location("mcu_sizes", path)
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    model, _, shape = sizes.make("dscnn")
+    g = to_graph(model, shape)
+    rng = np.random.default_rng(0)
+    q = quantize.quantize_graph(g, [rng.standard_normal((8, *shape), dtype=np.float32)
+                                    for _ in range(4)])
+    (tmp_path / "fp").mkdir()
+    (tmp_path / "q").mkdir()
+    fp = sizes.arm_size(generate_c(g), tmp_path / "fp")
+    i8 = sizes.arm_size(generate_c(q), tmp_path / "q")
+    assert fp["flash"] >= 2 * i8["flash"], (fp["flash"], i8["flash"])
+
+
 def OPS_REF(nd: Node, x: np.ndarray) -> np.ndarray:
     from sbnn_runtime.ops import OPS
 
