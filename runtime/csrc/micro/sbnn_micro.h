@@ -99,8 +99,16 @@ void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, i
 void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
                     int w, int co, int kh, int kw, const int *g, int oh, int ow, float *plane,
                     float *tmp, const float *res, const sbnn_epi *e);
+/* A grouped, dilated or non-square binary conv: sbnn_conv2d_ex of its folded weight
+   (eta * b + xi, float32), read from its bits (co, ci / groups, kh, kw; packed LSB first, 1 bit
+   per weight in flash): a tap's weight is w01[2 o + b], w01 holding per output channel the
+   folded weight of a 0-bit, then of a 1-bit. The same outputs as sbnn_conv2d_ex. */
+void sbnn_conv2d_bits(const float *x, float *y, const uint8_t *bits, const float *w01,
+                      const float *bias, int ci, int h, int w, int co, int kh, int kw,
+                      const int *g, int oh, int ow, float *plane, float *tmp, const float *res,
+                      const sbnn_epi *e);
 /* y = +1 where x >= thr[c] (0 when thr is 0) else -1, as floats: the input of a grouped,
-   dilated or non-square binary conv, which then runs as sbnn_conv2d_ex of its folded weight.
+   dilated or non-square binary conv on binarised inputs (then sbnn_conv2d_bits).
    x, y: (c, hw) */
 void sbnn_sign_planes(const float *x, float *y, const float *thr, int c, int hw);
 /* y = W x + b; W: (o, n); bias: (o) or 0 */

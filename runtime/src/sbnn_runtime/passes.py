@@ -547,13 +547,15 @@ def choose_encoding(bits: np.ndarray, binary_format: str = "auto") -> Encoding:
 
 def choose_encodings(graph: Graph, binary_format: str = "auto",
                      order: list[int] | None = None) -> dict[int, Encoding]:
-    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones)
-    whose bits a backend stores encoded: one stride, one padding, no dilation or groups (the
-    others run as the float conv of their folded weight in C)."""
+    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones):
+    one stride, one padding, no dilation or groups as ``binary_format`` says; the others
+    (grouped, dilated, non-square: C runs them as the float conv of their folded weight, read
+    from the bits) always packed."""
     order = live_nodes(graph) if order is None else order
-    return {i: choose_encoding(graph.nodes[i].params["bits"], binary_format)
-            for i in order if graph.nodes[i].op == _BCONV
-            and conv_is_simple(conv_geometry(graph.nodes[i]))}
+    return {i: choose_encoding(graph.nodes[i].params["bits"],
+                               binary_format if conv_is_simple(conv_geometry(graph.nodes[i]))
+                               else "packed")
+            for i in order if graph.nodes[i].op == _BCONV}
 
 
 # -- lifetimes and the arena ------------------------------------------------------------------
@@ -705,7 +707,8 @@ def _plan_c(graph: Graph, steps: list[Step], shapes: list[Shape],
         for k, st in enumerate(steps)}
     cells = place(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()],
                   align)
-    anchors = {st.node for st in steps}
+    anchors = {st.node for st in steps if g.nodes[st.node].op == _BCONV
+               and conv_is_simple(conv_geometry(g.nodes[st.node]))}  # the sparse kernels
     tail = max((max(e.max_ones, 1) for i, e in encodings.items() if i in anchors), default=0)
     return Memory(bufs, store, scratch, binmap, in_map, ithr, max(cells, 1), tail, align)
 
