@@ -330,7 +330,7 @@ def test_int8_conv_folded_into_the_next_binarisation(tmp_path):
              Node("global_avgpool", [8]), Node("flatten", [9])]
     x = rng.standard_normal((3, 4, 9, 7)).astype(np.float32)
     # a threshold of node 2 on a value the depthwise conv gives the first input
-    y1 = OPS_REF(nodes[1], x)
+    y1 = _op_ref(nodes[1], x)
     nodes[2].params["thr"][1] = y1[0, 1, 4, 3]
     graph = Graph(nodes, 10)
     cm = generate_c(graph)
@@ -381,7 +381,7 @@ def test_dscnn_int8_needs_half_the_flash_on_cortex_m(tmp_path):
     assert fp["flash"] >= 2 * i8["flash"], (fp["flash"], i8["flash"])
 
 
-def OPS_REF(nd: Node, x: np.ndarray) -> np.ndarray:
+def _op_ref(nd: Node, x: np.ndarray) -> np.ndarray:
     from sbnn_runtime.ops import OPS
 
     return OPS[nd.op].reference(nd, [x])
