@@ -28,6 +28,8 @@ SHAPES = [
     (1, 65, 9, 7, 7, 1, 2, 0),
     (1, 130, 3, 3, 3, 3, 1, 1),
     (3, 3, 70, 11, 13, 3, 2, 1),
+    (2, 20, 5, 6, 24, 3, 2, 1),  # stride-2 rows split 16 then 8 at a time, from registers
+    (2, 9, 4, 4, 4, 3, 1, 1),  # the 4x4 map's binarisation straight from registers
 ]
 FRACS = [0.0, 0.05, 0.3, 1.0]
 
