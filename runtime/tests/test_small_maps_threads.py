@@ -103,19 +103,19 @@ def test_linear_through_the_gemm(impl, monkeypatch):
 # -- the tiny-map binary conv ---------------------------------------------------------------------
 
 SMALL = [  # N, Ci, H, W, Co, k, stride, pad
-    (1, 512, 2, 2, 40, 3, 1, 1),     # ReActNet-18's 2x2 stage (fewer filters)
+    (1, 512, 2, 2, 16, 3, 1, 1),     # ReActNet-18's 2x2 stage (fewer filters)
     (3, 256, 4, 4, 24, 3, 2, 1),     # its stride-2 entry, 4x4 -> 2x2
     (5, 64, 4, 4, 9, 3, 1, 1),       # 4x4: one image fills the 16 lanes
     (6, 7, 3, 3, 9, 3, 1, 1),
     (2, 33, 1, 1, 5, 1, 1, 0),
     (9, 10, 2, 3, 6, 2, 1, 1),
     (4, 3, 5, 5, 4, 3, 2, 0),
-    (17, 65, 2, 2, 70, 3, 1, 1),     # more than one channel block, partial groups
+    (7, 33, 2, 2, 70, 3, 1, 1),      # more than one channel block, partial groups
 ]
 
 
 @pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize("ones", [0.0, 0.05, 0.5, 1.0])
+@pytest.mark.parametrize("ones", [0.0, 0.05, 1.0])
 def test_small_kernel_exact(impl, ones):
     rng = np.random.default_rng(int(ones * 100))
     for n, ci, h, w, co, k, s, p in SMALL:
@@ -208,7 +208,8 @@ def test_batch_split_over_threads_is_bit_exact():
             np.testing.assert_array_equal(y, one)
 
 
-def test_choice_reports_the_small_kernel_where_built():
+def test_choice_reports_the_small_kernel_where_built(monkeypatch):
+    monkeypatch.setenv("SBNN_SMALL_MAPS", "1")
     rng = np.random.default_rng(12)
     g = _net(rng)
     x = rng.standard_normal((2, 3, 20, 20)).astype(np.float32)
@@ -222,3 +223,7 @@ def test_choice_reports_the_small_kernel_where_built():
                                   key=lambda kv: kv[1] if kv[1] >= 0 else np.inf)[0]
     assert info[-1]["small_s"] > 0        # the 3x3 output timed the tiny-map kernel too
     assert info[0]["small_s"] == -1.0     # a 5x5 output: not built
+    monkeypatch.delenv("SBNN_SMALL_MAPS")
+    eng = Engine(g, 1, backend="native")  # off by default
+    eng.run(x)
+    assert all(d["small_s"] == -1.0 for d in eng.layer_info())

@@ -174,30 +174,44 @@ void BConvSmall::group(const float* x, int nimg, float* y, int32_t* cnt, int32_t
   // and in the lanes past the group's images)
   std::unique_ptr<int16_t[]> V(new int16_t[static_cast<size_t>(K) * L]);
   if (lanes < L) std::memset(V.get(), 0, sizeof(int16_t) * static_cast<size_t>(K) * L);
-  std::vector<int16_t> pp(static_cast<size_t>(Hp_) * Wp_, 0);  // one padded binarised plane
+  const int HW = Hp_ * Wp_;
+  std::vector<int16_t> pp(static_cast<size_t>(HW), 0);  // one padded binarised plane
+  std::vector<int32_t> S(static_cast<size_t>(HW));      // its channel sums, per image
   std::vector<int32_t> wsum(static_cast<size_t>(lanes), 0);
-  for (int n = 0; n < nimg; ++n)
+  for (int n = 0; n < nimg; ++n) {
+    std::fill(S.begin(), S.end(), 0);
     for (int ci = 0; ci < Ci_; ++ci) {
       const float* xc = x + (static_cast<size_t>(n) * Ci_ + ci) * H_ * W_;
       const float t = thr_[ci];
-      for (int h = 0; h < H_; ++h)
-        for (int w = 0; w < W_; ++w)
-          pp[static_cast<size_t>(h + pad_) * Wp_ + w + pad_] =
-              xc[static_cast<size_t>(h) * W_ + w] >= t ? 1 : -1;
+      for (int h = 0; h < H_; ++h) {
+        int16_t* r = pp.data() + static_cast<size_t>(h + pad_) * Wp_ + pad_;
+        const float* xr = xc + static_cast<size_t>(h) * W_;
+        for (int w = 0; w < W_; ++w) r[w] = xr[w] >= t ? 1 : -1;
+      }
+      for (int i = 0; i < HW; ++i) S[i] += pp[i];
+      int16_t* d = V.get() + static_cast<size_t>(ci) * kh_ * kw_ * L + n * P;
       for (int ky = 0; ky < kh_; ++ky)
-        for (int kx = 0; kx < kw_; ++kx) {
-          int16_t* d = V.get() + static_cast<size_t>((ci * kh_ + ky) * kw_ + kx) * L + n * P;
-          int32_t* wsn = wsum.data() + n * P;
-          for (int oh = 0; oh < Ho_; ++oh) {
-            const int16_t* r = pp.data() + static_cast<size_t>(oh * s_ + ky) * Wp_ + kx;
-            for (int ow = 0; ow < Wo_; ++ow) {
-              const int16_t v = r[ow * s_];
-              d[oh * Wo_ + ow] = v;
-              wsn[oh * Wo_ + ow] += v;
-            }
+        for (int kx = 0; kx < kw_; ++kx, d += L) {
+          const int16_t* r = pp.data() + static_cast<size_t>(ky) * Wp_ + kx;
+          if (s_ == 1 && Wo_ == 2) {  // ReActNet-18's 2x2 maps: one 4-byte copy per row
+            for (int oh = 0; oh < Ho_; ++oh) std::memcpy(d + 2 * oh, r + oh * Wp_, 4);
+          } else if (s_ == 1 && Wo_ == 4) {
+            for (int oh = 0; oh < Ho_; ++oh) std::memcpy(d + 4 * oh, r + oh * Wp_, 8);
+          } else {
+            for (int oh = 0; oh < Ho_; ++oh)
+              for (int ow = 0; ow < Wo_; ++ow) d[oh * Wo_ + ow] = r[oh * s_ * Wp_ + ow * s_];
           }
         }
     }
+    // the window sums from the channel sums: conv(x, 1) = sum over the taps of S
+    for (int oh = 0; oh < Ho_; ++oh)
+      for (int ow = 0; ow < Wo_; ++ow) {
+        int32_t v = 0;
+        for (int ky = 0; ky < kh_; ++ky)
+          for (int kx = 0; kx < kw_; ++kx) v += S[static_cast<size_t>(oh * s_ + ky) * Wp_ + ow * s_ + kx];
+        wsum[n * P + oh * Wo_ + ow] = v;
+      }
+  }
   std::vector<float> wsf(static_cast<size_t>(lanes));
   for (int l = 0; l < lanes; ++l) wsf[l] = static_cast<float>(wsum[l]);
   if (ws) std::copy(wsum.begin(), wsum.end(), ws);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <stdexcept>
 
@@ -409,8 +410,12 @@ int Engine::sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw,
   // The reference ISA has one kernel; otherwise a sparse conv may still run dense where
   // that is faster (choice at the first run of each batch size).
   if (!sparse || (choose_ && isa != Isa::Ref)) b->dense = make(BConvKind::Dense);
-  // Tiny maps (issue 20): the kernel of bconv_small.h competes in the choice too.
-  if (b->sparse && choose_ && isa != Isa::Ref) {
+  // Tiny maps (issue 20): with SBNN_SMALL_MAPS=1 in the environment the kernel of
+  // bconv_small.h competes in the choice too. Off by default: on AVX2 it lost to the sparse or
+  // the dense kernel at every ReActNet-18 shape measured (docs/ENGINE.md), and each candidate
+  // costs the first run a call per timing round.
+  const char* small_env = std::getenv("SBNN_SMALL_MAPS");
+  if (small_env && small_env[0] == '1' && b->sparse && choose_ && isa != Isa::Ref) {
     const ConvGeom& sg = b->sparse->geom();
     if (BConvSmall::fits(Ci, kh, kw, sg.Ho, sg.Wo))
       b->small = std::make_shared<BConvSmall>(bits, Co, Ci, kh, kw, eta, xi, bias, thr, stride,

@@ -33,7 +33,7 @@ struct TensorShape {
 struct BConvOp {
   std::shared_ptr<BConvLayer> sparse, dense;  // either may be null, not both
   // Tiny output maps (Ho * Wo <= 16, bconv_small.h): a third candidate of the choice, built
-  // beside the sparse kernel (issue 20).
+  // beside the sparse kernel when SBNN_SMALL_MAPS=1 (issue 20).
   std::shared_ptr<BConvSmall> small;
   void run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post);
   // The kernel the last run used ("sparse", "dense", "small"; "auto" before any run with a
