@@ -345,6 +345,11 @@ def format_table(res: dict[str, Any], layers: bool = True) -> str:
             o = f", ort_int8 {sc['ort_int8_x']:.2f}x slower" if "ort_int8_x" in sc else ""
             lines.append(f"  batch {sc['batch']}, {sc['threads']} threads: {sc['wall_x']:.2f}x, "
                          f"cpu {sc['cpu_ratio']:.2f}, bound {sc['idle_bound_x']:.2f}x{o}")
+        if res.get("onnxruntime") == "ok":
+            # measured: ReActNet-18 batch 16, cpu ratio 1.68 beside onnxruntime, 1.04 without
+            lines.append("  (onnxruntime's threads spin on into the next candidate's CPU time: "
+                         "rerun with")
+            lines.append("  --no-onnxruntime for a clean CPU ratio)")
     if layers:
         for r in res["runs"]:
             if not r["layers"].get("sparse"):
