@@ -478,8 +478,13 @@ inline __attribute__((always_inline)) void maxpool_body(const float* x, int npla
           F8 a, b;
           SBNN_LD8(a, tp + 2 * j);
           SBNN_LD8(b, tp + 2 * j + 8);
+#if defined(__clang__)
+          const F8 e = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+          const F8 o = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+#else
           const F8 e = __builtin_shuffle(a, b, I8{0, 2, 4, 6, 8, 10, 12, 14});
           const F8 o = __builtin_shuffle(a, b, I8{1, 3, 5, 7, 9, 11, 13, 15});
+#endif
           SBNN_ST8(ev + j, e);
           SBNN_ST8(od + j, o);
         }
