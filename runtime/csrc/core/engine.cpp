@@ -900,11 +900,13 @@ void Engine::set_output(int t) {
 void Engine::run(const float* x, int N, float* y, LayerTimes* times) const {
   const int T = pool_.size();
   if (T > 1 && N >= 2 && !times) {
-    // One batch slice per thread, as even as can be; every op of a slice runs on its thread.
+    // Two batch slices per thread, as even as can be, taken in turn by whichever thread is
+    // free (a thread the OS preempts leaves its second slice to the others); every op of a
+    // slice runs on its thread.
     const TensorShape& is = input_shape();
     const size_t in_sz = is.numel(), out_sz = output_shape().numel();
     plan();  // built once, before the threads share it
-    const int S = std::min(N, T);
+    const int S = std::min(N, 2 * T);
     pool_.parallel_for(S, [&](int k) {
       const int n0 = static_cast<int>(static_cast<int64_t>(N) * k / S);
       const int n1 = static_cast<int>(static_cast<int64_t>(N) * (k + 1) / S);

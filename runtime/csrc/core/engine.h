@@ -125,8 +125,8 @@ class Engine {
   // per-op (name, seconds) of this run. A run keeps all its state (buffers, timings) to itself,
   // so one built engine may run on many threads at once; they share the thread pool, one
   // parallel section at a time. Adding ops while a run is in flight is not allowed.
-  // With several threads and no times wanted, a batch of N >= 2 is split into one slice per
-  // thread, each run through the whole plan on its thread (its own arena, the ops' own
+  // With T > 1 threads and no times wanted, a batch of N >= 2 is split into min(N, 2T) even
+  // slices, each run through the whole plan on one thread (its own arena, the ops' own
   // parallel loops inline): one synchronisation per run instead of one or more per op, and
   // each slice's tensors stay in its core's cache (issue 20: batch throughput on every core).
   void run(const float* x, int N, float* y, LayerTimes* times = nullptr) const;
