@@ -221,3 +221,29 @@ def test_bench_csv_has_model_and_layer_rows(bench_result, tmp_path):
     layer = {r["name"]: r for r in rows if r["scope"] == "layer"}
     assert layer["layers.0.conv1"]["op"].startswith("sbconv2d")
     assert float(layer["layers.0.conv1"]["ms"]) > 0
+
+
+def test_bench_thread_scaling_rows_and_table():
+    from sbnn.deploy.bench import format_table, thread_scaling
+
+    def run(b, t, wall, cpu, ort=None):
+        med = {"sparse": wall, "dense": 2 * wall}
+        if ort:
+            med["ort_int8"] = ort
+        return {"batch": b, "threads": t, "median_s": med,
+                "cpu_s": {k: cpu for k in med}, "layers": {},
+                "speedup": {k: v / wall for k, v in med.items() if k != "sparse"},
+                "cpu_speedup": {k: 1.0 for k in med if k != "sparse"}}
+
+    runs = [run(16, 1, 0.010, 0.010, 0.05), run(1, 2, 0.001, 0.001, 0.004),
+            run(16, 2, 0.006, 0.011, 0.03)]
+    sc = thread_scaling(runs)
+    assert len(sc) == 1  # batch 1 has no 1-thread run to compare with
+    assert sc[0]["batch"] == 16 and sc[0]["threads"] == 2
+    assert abs(sc[0]["wall_x"] - 10 / 6) < 1e-9 and abs(sc[0]["cpu_ratio"] - 1.1) < 1e-9
+    assert abs(sc[0]["idle_bound_x"] - 2 / 1.1) < 1e-9 and abs(sc[0]["ort_int8_x"] - 5) < 1e-9
+    res = {"model": "m.sbnn", "input_shape": [3, 8, 8], "runs": runs, "scaling": sc,
+           "layer_names": []}
+    text = format_table(res, layers=False)
+    assert "batch 16, 2 threads: 1.67x, cpu 1.10, bound 1.82x, ort_int8 5.00x slower" in text
+    assert max(len(ln) for ln in text.splitlines()) <= 100

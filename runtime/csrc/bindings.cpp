@@ -456,6 +456,59 @@ NB_MODULE(_core, m) {
       "kind"_a = "sparse",
       "The exact integer parts: (conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo)).");
 
+  // The tiny-map binary conv (core/bconv_small.h, issue 20) on its own, for its tests: the
+  // engine only runs it where its first-run timing beats the sparse and dense kernels.
+  m.def(
+      "bconv2d_small",
+      [](FArr x, U8Arr bits, FArr eta, FArr xi, FArr bias, int stride, int padding, OptF thr,
+         OptF res, bool clamp, float lo, float hi, OptF rp_in, OptF rp_slope, OptF rp_out,
+         const std::string& impl, int num_threads) {
+        expect_ndim(x, 4, "x", "(N, Ci, H, W)");
+        expect_ndim(bits, 4, "bits", "(Co, Ci, kh, kw)");
+        const int Co = as_int(bits.shape(0)), Ci = as_int(bits.shape(1));
+        if (as_int(x.shape(1)) != Ci)
+          throw std::invalid_argument("bconv2d_small: x has " + std::to_string(x.shape(1)) +
+                                      " channels, bits expect " + std::to_string(Ci));
+        sbnn::BConvSmall k(bits.data(), Co, Ci, as_int(bits.shape(2)), as_int(bits.shape(3)),
+                           vec_or_null(eta, Co, "eta", true), vec_or_null(xi, Co, "xi", true),
+                           vec_or_null(bias, Co, "bias", true), vec_or_null(thr, Ci, "thr", false),
+                           stride, padding, as_int(x.shape(2)), as_int(x.shape(3)),
+                           sbnn::parse_isa(impl));
+        const size_t N = x.shape(0), Ho = k.Ho(), Wo = k.Wo();
+        sbnn::BConvPost post;
+        if (res) {
+          if (res->size() != N * Co * Ho * Wo)
+            throw std::invalid_argument("bconv2d_small: res must be (N, Co, Ho, Wo)");
+          post.res = res->data();
+        }
+        post.clamp = clamp;
+        post.lo = lo;
+        post.hi = hi;
+        if (rp_in || rp_slope || rp_out) {
+          post.rp_in = vec_or_null(rp_in, Co, "rp_in", true);
+          post.rp_slope = vec_or_null(rp_slope, Co, "rp_slope", true);
+          post.rp_out = vec_or_null(rp_out, Co, "rp_out", true);
+        }
+        float* y;
+        int32_t *cnt, *ws;
+        auto yo = new_array<float>({N, static_cast<size_t>(Co), Ho, Wo}, &y);
+        auto co = new_array<int32_t>({N, static_cast<size_t>(Co), Ho, Wo}, &cnt);
+        auto wo = new_array<int32_t>({N, Ho, Wo}, &ws);
+        sbnn::ThreadPool pool(num_threads);
+        {
+          nb::gil_scoped_release rel;
+          k.forward(x.data(), as_int(N), y, &pool, post);
+          k.counts(x.data(), as_int(N), cnt, ws, &pool);
+        }
+        return nb::make_tuple(yo, co, wo);
+      },
+      "x"_a, "bits"_a, "eta"_a, "xi"_a, "bias"_a, "stride"_a = 1, "padding"_a = 0,
+      "thr"_a = nb::none(), "res"_a = nb::none(), "clamp"_a = false, "lo"_a = -1.0f,
+      "hi"_a = 1.0f, "rp_in"_a = nb::none(), "rp_slope"_a = nb::none(), "rp_out"_a = nb::none(),
+      "impl"_a = "auto", "num_threads"_a = 1,
+      "The tiny-map binary conv (Ho * Wo <= 16) with the engine's fused post-ops: (y float32 "
+      "(N, Co, Ho, Wo), conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo)).");
+
   m.def(
       "conv2d",
       [](FArr x, FArr w, OptF bias, int stride, int padding, int num_threads,
@@ -623,14 +676,16 @@ NB_MODULE(_core, m) {
               d["isa"] = li.isa;
               d["sparse_s"] = li.sparse_s;
               d["dense_s"] = li.dense_s;
+              d["small_s"] = li.small_s;
               d["batch"] = li.batch;
               out.append(d);
             }
             return out;
           },
           "Per op of the plan the engine runs (fused ops as one, in run order): {name, kernel, "
-          "isa, sparse_s, dense_s, batch}. Binary convs: kernel 'sparse' or 'dense' as chosen "
-          "at the first run of the last batch size (timings of both there, seconds), 'auto' "
+          "isa, sparse_s, dense_s, small_s, batch}. Binary convs: kernel 'sparse', 'dense' or "
+          "'small' (tiny maps) as chosen at the first run of the last batch size (timings of "
+          "each there, seconds; -1 for one not built), 'auto' "
           "before that; float convs: 'gemm:<isa>'.")
       .def(
           "set_groups",

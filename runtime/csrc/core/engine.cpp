@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <stdexcept>
 
@@ -116,51 +117,68 @@ constexpr int kChoiceRounds = 2;
 constexpr double kChoiceOnceSeconds = 0.05;
 
 void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post) {
-  if (!sparse || !dense) {
-    (sparse ? sparse : dense)->forward(x, N, y, pool, post);
+  const int nk = (sparse ? 1 : 0) + (dense ? 1 : 0) + (small ? 1 : 0);
+  auto call = [&](int k) {
+    if (k == 0)
+      sparse->forward(x, N, y, pool, post);
+    else if (k == 1)
+      dense->forward(x, N, y, pool, post);
+    else
+      small->forward(x, N, y, pool, post);
+  };
+  if (nk == 1) {
+    call(sparse ? 0 : dense ? 1 : 2);
     return;
   }
-  bool use_d;
+  int k;
   {
     std::lock_guard<std::mutex> lk(mu);
-    auto it = use_dense.find(N);
-    if (it == use_dense.end()) {
-      // First run at this batch size: time both on this input, interleaved; every call writes
-      // the full (correct) output, so the last one leaves y right whichever wins.
+    auto it = use.find(N);
+    if (it == use.end()) {
+      // First run at this batch size: time every kernel on this input, interleaved; every
+      // call writes the full (correct) output, so the last one leaves y right whichever wins.
       using clk = std::chrono::steady_clock;
-      double ts = 1e30, td = 1e30;
+      const bool have[3] = {sparse != nullptr, dense != nullptr, small != nullptr};
+      double t[3] = {1e30, 1e30, 1e30};
+      int last = -1;
       for (int r = 0; r < kChoiceRounds; ++r) {
-        auto t0 = clk::now();
-        sparse->forward(x, N, y, pool, post);
-        auto t1 = clk::now();
-        dense->forward(x, N, y, pool, post);
-        auto t2 = clk::now();
-        ts = std::min(ts, std::chrono::duration<double>(t1 - t0).count());
-        td = std::min(td, std::chrono::duration<double>(t2 - t1).count());
+        double sum = 0.0;
+        for (int c = 0; c < 3; ++c) {
+          if (!have[c]) continue;
+          auto t0 = clk::now();
+          call(c);
+          t[c] = std::min(t[c], std::chrono::duration<double>(clk::now() - t0).count());
+          sum += t[c];
+          last = c;
+        }
         // A big layer is timed once: at tens of ms a call, preemption cannot flip the choice,
         // and the first run stays within a small factor of a plain one (the loader's work
         // limit counts one call of each kernel).
-        if (ts + td > kChoiceOnceSeconds) break;
+        if (sum > kChoiceOnceSeconds) break;
       }
-      t_sparse = ts;
-      t_dense = td;
-      use_dense[N] = td < ts;
+      int best = -1;
+      for (int c = 0; c < 3; ++c)
+        if (have[c] && (best < 0 || t[c] < t[best])) best = c;
+      t_sparse = have[0] ? t[0] : -1.0;
+      t_dense = have[1] ? t[1] : -1.0;
+      t_small = have[2] ? t[2] : -1.0;
+      use[N] = best;
       last_n = N;
-      if (td < ts) return;  // y already holds the dense result, the last call
-      sparse->forward(x, N, y, pool, post);
+      if (best != last) call(best);  // else y already holds its result, the last call
       return;
     }
-    use_d = it->second;
+    k = it->second;
     last_n = N;
   }
-  (use_d ? dense : sparse)->forward(x, N, y, pool, post);
+  call(k);
 }
 
 std::string BConvOp::kernel() const {
-  if (!sparse || !dense) return sparse ? "sparse" : "dense";
-  auto it = use_dense.find(last_n);
-  if (it == use_dense.end()) return "auto";
-  return it->second ? "dense" : "sparse";
+  const int nk = (sparse ? 1 : 0) + (dense ? 1 : 0) + (small ? 1 : 0);
+  if (nk == 1) return sparse ? "sparse" : dense ? "dense" : "small";
+  auto it = use.find(last_n);
+  if (it == use.end()) return "auto";
+  return it->second == 0 ? "sparse" : it->second == 1 ? "dense" : "small";
 }
 
 void Engine::set_groups(std::vector<std::vector<int>> groups) {
@@ -339,6 +357,7 @@ std::vector<LayerInfo> Engine::layer_info() {
       li.isa = isa_name(l.isa());
       li.sparse_s = op.bconv->t_sparse;
       li.dense_s = op.bconv->t_dense;
+      li.small_s = op.bconv->t_small;
       li.batch = op.bconv->last_n;
     }
     out.push_back(std::move(li));
@@ -391,6 +410,17 @@ int Engine::sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw,
   // The reference ISA has one kernel; otherwise a sparse conv may still run dense where
   // that is faster (choice at the first run of each batch size).
   if (!sparse || (choose_ && isa != Isa::Ref)) b->dense = make(BConvKind::Dense);
+  // Tiny maps (issue 20): with SBNN_SMALL_MAPS=1 in the environment the kernel of
+  // bconv_small.h competes in the choice too. Off by default: on AVX2 it lost to the sparse or
+  // the dense kernel at every ReActNet-18 shape measured (docs/ENGINE.md), and each candidate
+  // costs the first run a call per timing round.
+  const char* small_env = std::getenv("SBNN_SMALL_MAPS");
+  if (small_env && small_env[0] == '1' && b->sparse && choose_ && isa != Isa::Ref) {
+    const ConvGeom& sg = b->sparse->geom();
+    if (BConvSmall::fits(Ci, kh, kw, sg.Ho, sg.Wo))
+      b->small = std::make_shared<BConvSmall>(bits, Co, Ci, kh, kw, eta, xi, bias, thr, stride,
+                                              pad, s.H, s.W, isa);
+  }
   ThreadPool* pool = &pool_;
   const ConvGeom& g = (b->sparse ? b->sparse : b->dense)->geom();
   const int r = push(sparse ? "sbconv2d" : "bconv2d_dense", {t},
@@ -644,16 +674,28 @@ int Engine::pool2d(int t, bool is_max, const PoolGeom& g, bool count_include_pad
   ThreadPool* pool = &pool_;
   const bool shortcut = !is_max && g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 &&
                         g.pt == 0 && g.pl == 0 && g.pb == 0 && g.pr == 0 && !g.ceil;
-  const bool fast_max = is_max && g.kh == g.kw && g.sh == g.sw && g.pt == g.pl &&
-                        g.pb == g.pt && g.pr == g.pt && !g.ceil;
+  if (is_max) {  // any window: floatops.cpp's kernel over runs of whole planes
+    const MaxPoolGeom mg{s.H, s.W, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, Ho, Wo};
+    const Isa isa = default_isa();
+    return push(name, {t}, o, [=](const std::vector<const float*>& in, float* out, int N) {
+      const int total = N * s.C;
+      const int chunks = pool->size() > 1 ? std::min(total, 4 * pool->size()) : 1;
+      auto run = [&](int k) {
+        const int i0 = static_cast<int>(static_cast<int64_t>(total) * k / chunks);
+        const int i1 = static_cast<int>(static_cast<int64_t>(total) * (k + 1) / chunks);
+        maxpool_planes(in[0] + static_cast<size_t>(i0) * s.H * s.W, i1 - i0, mg,
+                       out + static_cast<size_t>(i0) * Ho * Wo, isa);
+      };
+      if (chunks > 1)
+        pool->parallel_for(chunks, run);
+      else
+        run(0);
+    });
+  }
   return push(name, {t}, o, [=](const std::vector<const float*>& in, float* out, int N) {
     for_planes(*pool, N, s.C, [&](int n, int c) {
       const float* x = in[0] + (static_cast<size_t>(n) * s.C + c) * s.H * s.W;
       float* y = out + (static_cast<size_t>(n) * s.C + c) * Ho * Wo;
-      if (fast_max) {  // square window, same pad on every side: floatops.cpp's plane kernel
-        maxpool_plane(x, s.H, s.W, g.kh, g.sh, g.pt, Ho, Wo, y);
-        return;
-      }
       if (shortcut) {  // the ReActNet shortcut: no borders
         for (int oh = 0; oh < Ho; ++oh) {
           const float* r0 = x + static_cast<size_t>(2 * oh) * s.W;
@@ -671,21 +713,11 @@ int Engine::pool2d(int t, bool is_max, const PoolGeom& g, bool count_include_pad
           const int w0 = ow * g.sw - g.pl;
           const int w1 = std::min(w0 + g.kw, s.W + g.pr);
           const int b0 = std::max(w0, 0), b1 = std::min(w1, s.W);
-          if (is_max) {
-            float m = -std::numeric_limits<float>::infinity();
-            for (int h = a0; h < a1; ++h)
-              for (int w = b0; w < b1; ++w) {
-                const float v = x[h * s.W + w];
-                if (v > m || std::isnan(v)) m = v;
-              }
-            y[oh * Wo + ow] = m;
-          } else {
-            float sum = 0.0f;
-            for (int h = a0; h < a1; ++h)
-              for (int w = b0; w < b1; ++w) sum += x[h * s.W + w];
-            const int cnt = count_include_pad ? (h1 - h0) * (w1 - w0) : (a1 - a0) * (b1 - b0);
-            y[oh * Wo + ow] = sum / static_cast<float>(cnt);
-          }
+          float sum = 0.0f;
+          for (int h = a0; h < a1; ++h)
+            for (int w = b0; w < b1; ++w) sum += x[h * s.W + w];
+          const int cnt = count_include_pad ? (h1 - h0) * (w1 - w0) : (a1 - a0) * (b1 - b0);
+          y[oh * Wo + ow] = sum / static_cast<float>(cnt);
         }
       }
     });
@@ -809,14 +841,14 @@ int Engine::linear(int t, const float* w, int O, int I, const float* bias) {
     throw err("linear", "weight has " + std::to_string(I) + " input features, tensor is " +
                             s.str());
   if (O < 1) throw err("linear", "out_features must be >= 1");
-  std::vector<float> wv(w, w + static_cast<size_t>(O) * I), bv;
-  if (bias) bv.assign(bias, bias + O);
+  auto lin = std::make_shared<const FloatLinear>(w, O, I, bias, default_isa());
   ThreadPool* pool = &pool_;
-  return push("linear", {t}, TensorShape{O, 1, 1, true},
-              [wv, bv, O, I, pool](const std::vector<const float*>& in, float* out, int N) {
-                linear_f32(in[0], N, wv.data(), O, I, bv.empty() ? nullptr : bv.data(), out,
-                           pool);
-              });
+  const int id = push("linear", {t}, TensorShape{O, 1, 1, true},
+                      [lin, pool](const std::vector<const float*>& in, float* out, int N) {
+                        lin->forward(in[0], N, out, pool);
+                      });
+  ops_.back().kernel = std::string("gemm:") + lin->gemm_name();
+  return id;
 }
 
 // -- int8 layers (core/int8.h) --------------------------------------------------------------
@@ -866,6 +898,27 @@ void Engine::set_output(int t) {
 }
 
 void Engine::run(const float* x, int N, float* y, LayerTimes* times) const {
+  const int T = pool_.size();
+  if (T > 1 && N >= 2 && !times) {
+    // Two batch slices per thread, as even as can be, taken in turn by whichever thread is
+    // free (a thread the OS preempts leaves its second slice to the others); every op of a
+    // slice runs on its thread.
+    const TensorShape& is = input_shape();
+    const size_t in_sz = is.numel(), out_sz = output_shape().numel();
+    plan();  // built once, before the threads share it
+    const int S = std::min(N, 2 * T);
+    pool_.parallel_for(S, [&](int k) {
+      const int n0 = static_cast<int>(static_cast<int64_t>(N) * k / S);
+      const int n1 = static_cast<int>(static_cast<int64_t>(N) * (k + 1) / S);
+      run_steps(x + static_cast<size_t>(n0) * in_sz, n1 - n0, y + static_cast<size_t>(n0) * out_sz,
+                nullptr);
+    });
+    return;
+  }
+  run_steps(x, N, y, times);
+}
+
+void Engine::run_steps(const float* x, int N, float* y, LayerTimes* times) const {
   const TensorShape& out_shape = output_shape();
   input_shape();
   const int nt = static_cast<int>(shapes_.size());

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/bconv.h"
+#include "core/bconv_small.h"
 #include "core/floatops.h"
 #include "core/int8.h"
 #include "core/threadpool.h"
@@ -31,19 +32,25 @@ struct TensorShape {
 // cannot decide it) and cached. sparse=False in the engine keeps the dense layer only.
 struct BConvOp {
   std::shared_ptr<BConvLayer> sparse, dense;  // either may be null, not both
+  // Tiny output maps (Ho * Wo <= 16, bconv_small.h): a third candidate of the choice, built
+  // beside the sparse kernel when SBNN_SMALL_MAPS=1 (issue 20).
+  std::shared_ptr<BConvSmall> small;
   void run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post);
-  // The kernel the last run used ("sparse", "dense"; "auto" before any run with a choice).
+  // The kernel the last run used ("sparse", "dense", "small"; "auto" before any run with a
+  // choice).
   std::string kernel() const;
   std::mutex mu;
-  std::map<int, bool> use_dense;  // per batch size
+  std::map<int, int> use;  // per batch size: the chosen kernel, 0 sparse, 1 dense, 2 small
   int last_n = -1;
-  double t_sparse = -1.0, t_dense = -1.0;  // seconds, best of the timing calls (last choice)
+  // seconds, best of the timing calls (last choice); -1 for a kernel not built
+  double t_sparse = -1.0, t_dense = -1.0, t_small = -1.0;
 };
 
 // Per op of the running plan (after fusion): what it is and which kernel runs it.
 struct LayerInfo {
   std::string name, kernel, isa;
   double sparse_s = -1.0, dense_s = -1.0;  // binary convs with a choice: the timings it used
+  double small_s = -1.0;                   // ... and the tiny-map kernel's, where built
   int batch = -1;                          // the batch size those timings were taken at
 };
 
@@ -118,6 +125,10 @@ class Engine {
   // per-op (name, seconds) of this run. A run keeps all its state (buffers, timings) to itself,
   // so one built engine may run on many threads at once; they share the thread pool, one
   // parallel section at a time. Adding ops while a run is in flight is not allowed.
+  // With T > 1 threads and no times wanted, a batch of N >= 2 is split into min(N, 2T) even
+  // slices, each run through the whole plan on one thread (its own arena, the ops' own
+  // parallel loops inline): one synchronisation per run instead of one or more per op, and
+  // each slice's tensors stay in its core's cache (issue 20: batch throughput on every core).
   void run(const float* x, int N, float* y, LayerTimes* times = nullptr) const;
 
   // Per op of the plan the engine runs (fused ops as one).
@@ -168,6 +179,8 @@ class Engine {
   // (under plan_mu_, so that
   // concurrent runs of a built engine share one plan).
   const std::vector<Op>& plan() const;
+  // run's op-by-op loop over the plan on N images (ops split their work over the pool).
+  void run_steps(const float* x, int N, float* y, LayerTimes* times) const;
 
   bool choose_ = true;
   std::vector<std::vector<int>> groups_;

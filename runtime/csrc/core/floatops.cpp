@@ -374,58 +374,227 @@ void FloatConv::forward(const float* x, int N, float* y, ThreadPool* pool, bool 
   }
 }
 
-// One plane of a k x k max pooling (padded taps skipped), as the reference loop: the first
-// largest value of the window in row-major order, and a NaN anywhere in the window wins. A plane
-// without NaN (checked first, vectorised) takes the fast path: per output row the column-wise
-// max of its valid input rows (vectorised across columns), then per output the max of its valid
-// columns; the compare-and-branch chain per output it replaced took ~550 us on 64@32x32 k3 s2.
-void maxpool_plane(const float* x, int H, int W, int k, int stride, int pad, int Ho, int Wo,
-                   float* y) {
+// ---------------------------------------------------------------- max pooling
+// Separable: per output row the element-wise max of its window's valid input rows (one
+// vectorised pass per row), written into a row buffer padded with -inf on both sides, then per
+// output the max of its window's kw cells of that buffer (for stride 2 over the buffer split
+// into its even and odd cells, so every pass is contiguous). The common windows (3x3 and 2x2 at
+// stride 2, 3x3 at stride 1) get their own copies with constant loop counts. A plane holding a
+// NaN is redone by the plain loop (a NaN in a window wins, as the reference's np.max); the
+// vertical pass detects one by summing every value it reads (a NaN, or inf - inf, makes the
+// sum NaN: the latter only sends a plane down the exact slow path for nothing). Times on
+// 64@32x32 k3 s2 (AVX2): the first engine's compare-and-branch chain per output ~550 us, the
+// first separable version (a NaN scan per plane, scalar windows) 58 us.
+namespace {
+
+// Eight floats as one GCC vector (one ymm register under AVX2, two xmm under SSE or NEON);
+// unaligned loads and stores through memcpy. Macros, not functions: a function taking or
+// returning a 32-byte vector draws GCC's ABI note (-Wpsabi) in the portable compile.
+typedef float F8 __attribute__((vector_size(32)));
+typedef int I8 __attribute__((vector_size(32)));
+#define SBNN_LD8(v, p) __builtin_memcpy(&(v), (p), sizeof(F8))
+#define SBNN_ST8(p, v) __builtin_memcpy((p), &(v), sizeof(F8))
+#define SBNN_MAX8(m, v) (m) = ((v) > (m)) ? (v) : (m)
+
+// Positions 0, 8, ..., then n - 8 (the last vector shifted back to end at n: it redoes a few
+// positions with the same result); n >= 8.
+#define SBNN_FOR8(i, n) for (int i = 0, i##_e = (n); i < i##_e; i = (i + 8 < i##_e && i + 16 > i##_e) ? i##_e - 8 : i + 8)
+
+void maxpool_ref(const float* x, int nplanes, const MaxPoolGeom& g, float* y);
+
+// KH, KW, SW: the window's height, width and column stride when known at compile time, else 0
+// (taken from g). Rows of at least 8 inputs and 8 outputs (vec_ok); other planes take the
+// scalar loops of maxpool_small.
+template <int KH, int KW, int SW>
+inline __attribute__((always_inline)) void maxpool_body(const float* x, int nplanes,
+                                                         const MaxPoolGeom& g, float* y,
+                                                         float* buf) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  int nan = 0;
-  for (size_t i = 0; i < static_cast<size_t>(H) * W; ++i) nan |= x[i] != x[i];
-  if (nan) {  // the reference's loop
-    for (int oh = 0; oh < Ho; ++oh)
-      for (int ow = 0; ow < Wo; ++ow) {
-        float m = ninf;
-        for (int ky = 0; ky < k; ++ky) {
-          const int h = oh * stride + ky - pad;
-          if (h < 0 || h >= H) continue;
-          for (int kx = 0; kx < k; ++kx) {
-            const int w = ow * stride + kx - pad;
-            if (w < 0 || w >= W) continue;
-            const float v = x[static_cast<size_t>(h) * W + w];
+  const int H = g.H, W = g.W, Wo = g.Wo;
+  const int kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, sw = SW ? SW : g.sw;
+  // row buffer: pl cells of -inf, the W column maxima, -inf up to the last window's end and
+  // past it (the stride-2 split reads whole vectors)
+  const int Lp = std::max(g.pl + W, (Wo - 1) * sw + kw);
+  const int ne = (Lp + 1) / 2, ne8 = (ne + 7) / 8 * 8;
+  const int Lb = std::max(Lp, 2 * ne8) + 8;
+  float* tp = buf;
+  float* ev = buf + Lb;  // stride 2: tp[2j]
+  float* od = ev + ne8;  // stride 2: tp[2j + 1]
+  for (int i = 0; i < g.pl; ++i) tp[i] = ninf;
+  for (int i = g.pl + W; i < Lb; ++i) tp[i] = ninf;
+  float* t = tp + g.pl;
+  for (int p = 0; p < nplanes; ++p) {
+    const float* xp = x + static_cast<size_t>(p) * H * W;
+    float* yp = y + static_cast<size_t>(p) * g.Ho * Wo;
+    F8 sum = {};
+    for (int oh = 0; oh < g.Ho; ++oh) {
+      const int hs = oh * g.sh - g.pt;
+      const int h0 = std::max(hs, 0), h1 = std::min(hs + kh, H);
+      float* yr = yp + static_cast<size_t>(oh) * Wo;
+      if (h0 >= h1) {  // a window wholly in the padding (the reference's -inf fill)
+        for (int ow = 0; ow < Wo; ++ow) yr[ow] = ninf;
+        continue;
+      }
+      // vertical: t[w] = max of the window's rows at column w
+      const float* r0 = xp + static_cast<size_t>(h0) * W;
+      if (KH && h1 - h0 == KH) {  // a whole window: constant count
+        SBNN_FOR8(w, W) {
+          F8 m, v;
+          SBNN_LD8(m, r0 + w);
+          sum += m;
+          for (int h = 1; h < KH; ++h) {
+            SBNN_LD8(v, r0 + h * W + w);
+            sum += v;
+            SBNN_MAX8(m, v);
+          }
+          SBNN_ST8(t + w, m);
+        }
+      } else {
+        SBNN_FOR8(w, W) {
+          F8 m, v;
+          SBNN_LD8(m, r0 + w);
+          sum += m;
+          for (int h = 1; h < h1 - h0; ++h) {
+            SBNN_LD8(v, r0 + h * W + w);
+            sum += v;
+            SBNN_MAX8(m, v);
+          }
+          SBNN_ST8(t + w, m);
+        }
+      }
+      // horizontal: yr[ow] = max of tp[ow*sw + kx], kx < kw
+      if (sw == 1) {
+        SBNN_FOR8(ow, Wo) {
+          F8 m, v;
+          SBNN_LD8(m, tp + ow);
+          for (int kx = 1; kx < kw; ++kx) {
+            SBNN_LD8(v, tp + ow + kx);
+            SBNN_MAX8(m, v);
+          }
+          SBNN_ST8(yr + ow, m);
+        }
+      } else if (sw == 2) {
+        for (int j = 0; j < ne8; j += 8) {  // deinterleave 16 cells into 8 even, 8 odd
+          F8 a, b;
+          SBNN_LD8(a, tp + 2 * j);
+          SBNN_LD8(b, tp + 2 * j + 8);
+#if defined(__clang__)
+          const F8 e = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+          const F8 o = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+#else
+          const F8 e = __builtin_shuffle(a, b, I8{0, 2, 4, 6, 8, 10, 12, 14});
+          const F8 o = __builtin_shuffle(a, b, I8{1, 3, 5, 7, 9, 11, 13, 15});
+#endif
+          SBNN_ST8(ev + j, e);
+          SBNN_ST8(od + j, o);
+        }
+        SBNN_FOR8(ow, Wo) {
+          F8 m, v;
+          SBNN_LD8(m, ev + ow);
+          for (int kx = 1; kx < kw; ++kx) {
+            SBNN_LD8(v, ((kx & 1) ? od : ev) + ow + kx / 2);
+            SBNN_MAX8(m, v);
+          }
+          SBNN_ST8(yr + ow, m);
+        }
+      } else {
+        for (int ow = 0; ow < Wo; ++ow) {
+          const float* s = tp + ow * sw;
+          float m = s[0];
+          for (int kx = 1; kx < kw; ++kx) m = s[kx] > m ? s[kx] : m;
+          yr[ow] = m;
+        }
+      }
+    }
+    bool nan = false;
+    for (int i = 0; i < 8; ++i) nan |= sum[i] != sum[i];
+    if (nan) maxpool_ref(xp, 1, g, yp);
+  }
+}
+
+template <int KH, int KW, int SW>
+void maxpool_vec(const float* x, int n, const MaxPoolGeom& g, float* y, float* buf) {
+  maxpool_body<KH, KW, SW>(x, n, g, y, buf);
+}
+
+// The windows with copies of their own, then any window (AVX2 or portable).
+#define SBNN_MAXPOOL_DISPATCH(fn)                                                       \
+  if (g.kh == 3 && g.kw == 3 && g.sw == 2) return fn<3, 3, 2>(x, n, g, y, buf);         \
+  if (g.kh == 2 && g.kw == 2 && g.sw == 2) return fn<2, 2, 2>(x, n, g, y, buf);         \
+  if (g.kh == 3 && g.kw == 3 && g.sw == 1) return fn<3, 3, 1>(x, n, g, y, buf);         \
+  return fn<0, 0, 0>(x, n, g, y, buf);
+
+void maxpool_portable(const float* x, int n, const MaxPoolGeom& g, float* y, float* buf) {
+  SBNN_MAXPOOL_DISPATCH(maxpool_vec)
+}
+
+#if defined(SBNN_HAVE_X86_KERNELS) && defined(__GNUC__)
+template <int KH, int KW, int SW>
+__attribute__((target("avx2"))) void maxpool_vec_avx2(const float* x, int n,
+                                                      const MaxPoolGeom& g, float* y,
+                                                      float* buf) {
+  maxpool_body<KH, KW, SW>(x, n, g, y, buf);
+}
+
+__attribute__((target("avx2"))) void maxpool_avx2(const float* x, int n, const MaxPoolGeom& g,
+                                                  float* y, float* buf) {
+  SBNN_MAXPOOL_DISPATCH(maxpool_vec_avx2)
+}
+#endif
+#undef SBNN_MAXPOOL_DISPATCH
+#undef SBNN_FOR8
+#undef SBNN_LD8
+#undef SBNN_ST8
+#undef SBNN_MAX8
+
+// scratch floats of maxpool_body
+size_t maxpool_buf(const MaxPoolGeom& g) {
+  const int Lp = std::max(g.pl + g.W, (g.Wo - 1) * g.sw + g.kw);
+  const int ne8 = ((Lp + 1) / 2 + 7) / 8 * 8;
+  return static_cast<size_t>(std::max(Lp, 2 * ne8) + 8) + 2 * static_cast<size_t>(ne8);
+}
+
+// The reference twin (Isa::Ref, planes with a NaN, maps narrower than a vector): the window's
+// valid cells in row-major order.
+void maxpool_ref(const float* x, int nplanes, const MaxPoolGeom& g, float* y) {
+  for (int p = 0; p < nplanes; ++p) {
+    const float* xp = x + static_cast<size_t>(p) * g.H * g.W;
+    float* yp = y + static_cast<size_t>(p) * g.Ho * g.Wo;
+    for (int oh = 0; oh < g.Ho; ++oh)
+      for (int ow = 0; ow < g.Wo; ++ow) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (int ky = 0; ky < g.kh; ++ky) {
+          const int h = oh * g.sh + ky - g.pt;
+          if (h < 0 || h >= g.H) continue;
+          for (int kx = 0; kx < g.kw; ++kx) {
+            const int w = ow * g.sw + kx - g.pl;
+            if (w < 0 || w >= g.W) continue;
+            const float v = xp[static_cast<size_t>(h) * g.W + w];
             if (v > m || v != v) m = v;
           }
         }
-        y[static_cast<size_t>(oh) * Wo + ow] = m;
+        yp[static_cast<size_t>(oh) * g.Wo + ow] = m;
       }
+  }
+}
+
+}  // namespace
+
+void maxpool_planes(const float* x, int nplanes, const MaxPoolGeom& g, float* y, Isa isa) {
+  if (nplanes <= 0) return;
+  // the reference loop for Ref, and for maps narrower than one vector (few outputs)
+  if (isa == Isa::Ref || g.W < 8 || g.Wo < 8) {
+    maxpool_ref(x, nplanes, g, y);
     return;
   }
-  std::vector<float> colmax(static_cast<size_t>(W));
-  float* t = colmax.data();
-  for (int oh = 0; oh < Ho; ++oh) {
-    const int hs = oh * stride - pad;
-    const int h0 = std::max(hs, 0), h1 = std::min(hs + k, H);
-    float* yr = y + static_cast<size_t>(oh) * Wo;
-    if (h0 >= h1) {
-      for (int ow = 0; ow < Wo; ++ow) yr[ow] = ninf;
-      continue;
-    }
-    const float* r0 = x + static_cast<size_t>(h0) * W;
-    for (int w = 0; w < W; ++w) t[w] = r0[w];
-    for (int h = h0 + 1; h < h1; ++h) {
-      const float* r = x + static_cast<size_t>(h) * W;
-      for (int w = 0; w < W; ++w) t[w] = r[w] > t[w] ? r[w] : t[w];
-    }
-    for (int ow = 0; ow < Wo; ++ow) {
-      const int ws = ow * stride - pad;
-      const int w0 = std::max(ws, 0), w1 = std::min(ws + k, W);
-      float m = ninf;
-      for (int w = w0; w < w1; ++w) m = t[w] > m ? t[w] : m;
-      yr[ow] = m;
-    }
+  std::vector<float> buf(maxpool_buf(g));
+#if defined(SBNN_HAVE_X86_KERNELS) && defined(__GNUC__)
+  if (isa == Isa::Avx2 || isa == Isa::Avx512) {
+    maxpool_avx2(x, nplanes, g, y, buf.data());
+    return;
   }
+#endif
+  maxpool_portable(x, nplanes, g, y, buf.data());
 }
 
 void linear_f32(const float* x, int N, const float* w, int O, int I, const float* bias, float* y,
@@ -444,6 +613,83 @@ void linear_f32(const float* x, int N, const float* w, int O, int I, const float
     pool->parallel_for(N, row);
   else
     for (int n = 0; n < N; ++n) row(n);
+}
+
+FloatLinear::FloatLinear(const float* w, int O, int I, const float* bias, Isa isa)
+    : O_(O), I_(I), isa_(isa) {
+  if (O < 1 || I < 1) throw std::invalid_argument("linear: weight dimensions must be >= 1");
+  if (!isa_supported(isa))
+    throw std::invalid_argument(std::string("linear: impl '") + isa_name(isa) +
+                                "' is not supported by this CPU");
+  w_.assign(w, w + static_cast<size_t>(O) * I);
+  if (bias) bias_.assign(bias, bias + O);
+  if (isa_ == Isa::Ref) return;
+  kt_ = &kernel_table(isa_);
+  if (!kt_->sgemm) kt_ = &kernels_scalar();
+  const int vl = kt_->sgemm_vl;
+  nr_ = O <= vl ? vl : 2 * vl;
+  const int njb = (O + nr_ - 1) / nr_;
+  bpack_.assign(static_cast<size_t>(njb) * I * nr_, 0.0f);
+  for (int o = 0; o < O; ++o)
+    for (int i = 0; i < I; ++i)
+      bpack_[(static_cast<size_t>(o / nr_) * I + i) * nr_ + o % nr_] =
+          w_[static_cast<size_t>(o) * I + i];
+}
+
+void FloatLinear::forward(const float* x, int N, float* y, ThreadPool* pool) const {
+  const float* bias = bias_.empty() ? nullptr : bias_.data();
+  if (isa_ == Isa::Ref) {
+    linear_f32(x, N, w_.data(), O_, I_, bias, y, pool);
+    return;
+  }
+  const int mr = kt_->sgemm_mr, nr = nr_, I = I_, O = O_;
+  const int nib = (N + mr - 1) / mr, njb = (O + nr - 1) / nr;
+  // x (N, I) -> row panels Ap[ib][i][r] = x[ib*mr + r][i], zero rows past N
+  std::unique_ptr<float[]> ap(new float[static_cast<size_t>(nib) * I * mr]);
+  float* A = ap.get();
+  for (int ib = 0; ib < nib; ++ib) {
+    float* a = A + static_cast<size_t>(ib) * I * mr;
+    for (int r = 0; r < mr; ++r) {
+      const int n = ib * mr + r;
+      if (n < N) {
+        const float* xn = x + static_cast<size_t>(n) * I;
+        for (int i = 0; i < I; ++i) a[static_cast<size_t>(i) * mr + r] = xn[i];
+      } else {
+        for (int i = 0; i < I; ++i) a[static_cast<size_t>(i) * mr + r] = 0.0f;
+      }
+    }
+  }
+  // Tasks: blocks of row panels (images) or of column panels (outputs), whichever has more;
+  // one task when single-threaded.
+  const int T = pool ? pool->size() : 1;
+  const bool by_rows = nib >= njb;
+  const int nblk = by_rows ? nib : njb;
+  const int ntask = T > 1 ? std::min(nblk, 2 * T) : 1;
+  auto task = [&](int t) {
+    const int b0 = static_cast<int>(static_cast<int64_t>(nblk) * t / ntask);
+    const int b1 = static_cast<int>(static_cast<int64_t>(nblk) * (t + 1) / ntask);
+    if (b0 >= b1) return;
+    int r0 = 0, r1 = N, c0 = 0, c1 = O;
+    if (by_rows) {
+      r0 = b0 * mr;
+      r1 = std::min(N, b1 * mr);
+    } else {
+      c0 = b0 * nr;
+      c1 = std::min(O, b1 * nr);
+    }
+    kt_->sgemm(A + static_cast<size_t>(r0 / mr) * I * mr,
+               bpack_.data() + static_cast<size_t>(c0 / nr) * I * nr, r1 - r0, c1 - c0, I, nr,
+               nullptr, y + static_cast<size_t>(r0) * O + c0, O);
+    if (bias)
+      for (int n = r0; n < r1; ++n) {
+        float* yn = y + static_cast<size_t>(n) * O;
+        for (int o = c0; o < c1; ++o) yn[o] += bias[o];
+      }
+  };
+  if (ntask > 1)
+    pool->parallel_for(ntask, task);
+  else
+    task(0);
 }
 
 }  // namespace sbnn

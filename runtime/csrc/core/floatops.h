@@ -59,10 +59,36 @@ const KernelTable& kernel_table(Isa isa);
 void gemm_f32(const float* w, int K, const float* col, int P, const float* bias, int c0, int c1,
               float* y);
 
-// One (H, W) plane -> (Ho, Wo): k x k max pooling of stride, padded taps skipped (the engine's
-// maxpool; same values as the plain loop, a NaN in a window wins).
-void maxpool_plane(const float* x, int H, int W, int k, int stride, int pad, int Ho, int Wo,
-                   float* y);
+// A max pooling's window: input plane, kernel, strides, leading pads, output plane (the
+// trailing pads and ceil_mode are in Ho, Wo: cells past the input are skipped like padding).
+struct MaxPoolGeom {
+  int H, W, kh, kw, sh, sw, pt, pl, Ho, Wo;
+};
+
+// nplanes (H, W) planes -> nplanes (Ho, Wo) planes: the max of each window's cells inside the
+// input, a NaN in a window wins (the same values as sbnn_runtime.ops' reference). Isa::Ref: the
+// plain loop per window (the twin); others: separable passes (AVX2 where the ISA has it).
+void maxpool_planes(const float* x, int nplanes, const MaxPoolGeom& g, float* y, Isa isa);
+
+// Float linear: y (N, O) = x (N, I) @ w^T + bias through the ISA's register-tiled FMA GEMM
+// (KernelTable::sgemm) with the batch as the tile's rows: w^T is packed once into column panels,
+// each run packs x into row panels; the bias is added after the sum, as the reference does.
+// Isa::Ref runs linear_f32's plain loops (the twin).
+class FloatLinear {
+ public:
+  // w: (O, I), bias: (O) or null.
+  FloatLinear(const float* w, int O, int I, const float* bias, Isa isa = default_isa());
+  void forward(const float* x, int N, float* y, ThreadPool* pool) const;
+  const char* gemm_name() const { return kt_ ? kt_->name : "ref"; }
+
+ private:
+  int O_, I_;
+  Isa isa_;
+  const KernelTable* kt_ = nullptr;
+  int nr_ = 0;
+  std::vector<float> w_, bias_;
+  std::vector<float> bpack_;  // w^T in panels of nr_ columns: [jb][i][j]
+};
 
 // x: (N, I) -> y: (N, O) = x @ w^T + bias (bias may be null)
 void linear_f32(const float* x, int N, const float* w, int O, int I, const float* bias, float* y,

@@ -45,7 +45,19 @@ void ThreadPool::stop_and_join() {
   workers_.clear();
 }
 
+namespace {
+// Set while this thread runs a task of some pool: a parallel_for called from inside a task
+// (an op of a batch slice the engine runs per thread, issue 20) runs its tasks inline.
+thread_local bool tl_in_task = false;
+}  // namespace
+
 void ThreadPool::drain() {
+  const bool outer = tl_in_task;
+  tl_in_task = true;
+  struct Restore {
+    bool v;
+    ~Restore() { tl_in_task = v; }
+  } restore{outer};
   for (;;) {
     const int i = next_.fetch_add(1);
     if (i >= ntasks_) break;
@@ -75,7 +87,7 @@ void ThreadPool::worker_loop() {
 
 void ThreadPool::parallel_for(int n, const std::function<void(int)>& fn) {
   if (n <= 0) return;
-  if (workers_.empty() || n == 1) {
+  if (workers_.empty() || n == 1 || tl_in_task) {
     for (int i = 0; i < n; ++i) fn(i);
     return;
   }

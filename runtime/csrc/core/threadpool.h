@@ -28,7 +28,9 @@ class ThreadPool {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
   // Calls fn(i) for every i in [0, n), spread over the threads; returns when all are done.
-  // The first exception thrown by a task is rethrown here. Not reentrant.
+  // The first exception thrown by a task is rethrown here. Called from inside a task (of any
+  // pool), it runs the n calls inline on that thread: nested parallelism is flattened, never
+  // a deadlock.
   void parallel_for(int n, const std::function<void(int)>& fn);
 
  private:

@@ -45,8 +45,8 @@ from sbnn import engine as sengine
 from sbnn_runtime import fileformat
 from sbnn_runtime.ops import Graph
 
-__all__ = ["bench", "format_table", "to_csv", "plan_paths", "ort_baselines", "ort_session",
-           "twin_onnx", "quantize_int8", "layer_info", "CALIB_BATCHES"]
+__all__ = ["bench", "format_table", "to_csv", "plan_paths", "thread_scaling", "ort_baselines",
+           "ort_session", "twin_onnx", "quantize_int8", "layer_info", "CALIB_BATCHES"]
 
 CALIB_BATCHES = 4  # random calibration batches of 8 images for the int8 baseline
 
@@ -252,7 +252,31 @@ def bench(path: str | os.PathLike, batches=(1, 32), threads=(1, 2), warmup: int 
     finally:
         torch.set_num_threads(old_threads)
     result["layer_names"] = names
+    result["scaling"] = thread_scaling(result["runs"])
     return result
+
+
+def thread_scaling(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per batch measured at 1 thread and at T > 1 threads: the sparse engine's throughput at
+    T over its own at 1 thread (``wall_x``, from the medians), its process CPU time at T over
+    at 1 (``cpu_ratio``: about 1 when the threads add no work), and ``idle_bound_x`` = T /
+    ``cpu_ratio``: the gain a set of T idle cores would give with even slices (what a shared
+    machine cannot show in wall time), beside onnxruntime int8 at T threads over sbnn at T."""
+    one = {r["batch"]: r for r in runs if r["threads"] == 1}
+    out = []
+    for r in runs:
+        b, t = r["batch"], r["threads"]
+        if t <= 1 or b not in one:
+            continue
+        r1 = one[b]
+        cpu_ratio = r["cpu_s"]["sparse"] / max(r1["cpu_s"]["sparse"], 1e-12)
+        row = {"batch": b, "threads": t,
+               "wall_x": r1["median_s"]["sparse"] / max(r["median_s"]["sparse"], 1e-12),
+               "cpu_ratio": cpu_ratio, "idle_bound_x": t / max(cpu_ratio, 1e-12)}
+        if "ort_int8" in r["speedup"]:
+            row["ort_int8_x"] = r["speedup"]["ort_int8"]
+        out.append(row)
+    return out
 
 
 def plan_paths(graph: Graph, labels: list[str]) -> list[str]:
@@ -312,6 +336,20 @@ def format_table(res: dict[str, Any], layers: bool = True) -> str:
             lines.append(f"{r['batch']:>5} {r['threads']:>3}  {k:<11} "
                          f"{1e3 * r['median_s'][k]:>10.3f} {ratio:>8}  "
                          f"{1e3 * r['cpu_s'][k]:>10.3f} {cratio:>8}".rstrip())
+    scaling = res.get("scaling") or []
+    if scaling:
+        lines.append("\nthreads (sparse engine, same run): throughput x its own at 1 thread "
+                     "(wall medians),")
+        lines.append("  CPU time / 1 thread's, T / that (the bound on T idle cores)")
+        for sc in scaling:
+            o = f", ort_int8 {sc['ort_int8_x']:.2f}x slower" if "ort_int8_x" in sc else ""
+            lines.append(f"  batch {sc['batch']}, {sc['threads']} threads: {sc['wall_x']:.2f}x, "
+                         f"cpu {sc['cpu_ratio']:.2f}, bound {sc['idle_bound_x']:.2f}x{o}")
+        if res.get("onnxruntime") == "ok":
+            # measured: ReActNet-18 batch 16, cpu ratio 1.68 beside onnxruntime, 1.04 without
+            lines.append("  (onnxruntime's threads spin on into the next candidate's CPU time: "
+                         "rerun with")
+            lines.append("  --no-onnxruntime for a clean CPU ratio)")
     if layers:
         for r in res["runs"]:
             if not r["layers"].get("sparse"):
