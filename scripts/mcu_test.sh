@@ -6,7 +6,11 @@
 #   scripts/mcu_test.sh --train            # train the main job 1 epoch on 2000 images first
 #   MCU_IMAGES=200 MCU_OUT=build/mcu scripts/mcu_test.sh
 #   MCU_MODEL=dscnn scripts/mcu_test.sh    # the binarized DS-CNN (keyword spotting, 49x10 MFCC)
-#   scripts/mcu_test.sh --all              # fmnist_cnn, then the DS-CNN (MCU_OUT/dscnn)
+#   MCU_INT8=1 MCU_MODEL=dscnn scripts/mcu_test.sh   # its float layers in int8 (sbnn export
+#                                          # --int8); also builds the fp32 one and checks that
+#                                          # int8 needs >= 2x less flash (issue 19's floor)
+#   scripts/mcu_test.sh --all              # fmnist_cnn, the DS-CNN, the int8 DS-CNN
+#                                          # (MCU_OUT, MCU_OUT/dscnn, MCU_OUT/dscnn_int8)
 #
 # Installs gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm with apt when they are
 # missing and it runs as root; exits non-zero on any failure. Prints flash (text + rodata + data)
@@ -19,11 +23,15 @@ root="$(dirname "$here")"
 run_dir="${1:-}"
 if [ "$run_dir" = "--all" ]; then  # each network in its own folder, one after the other
     MCU_OUT="$(realpath -m "${MCU_OUT:-$root/build/mcu}")"
-    MCU_MODEL=fmnist_cnn MCU_OUT="$MCU_OUT" "$0"
-    MCU_MODEL=dscnn MCU_OUT="$MCU_OUT/dscnn" "$0"
+    MCU_MODEL=fmnist_cnn MCU_INT8= MCU_OUT="$MCU_OUT" "$0"
+    MCU_MODEL=dscnn MCU_INT8= MCU_OUT="$MCU_OUT/dscnn" "$0"
+    MCU_MODEL=dscnn MCU_INT8=1 MCU_OUT="$MCU_OUT/dscnn_int8" "$0"
     exit 0
 fi
 model="${MCU_MODEL:-fmnist_cnn}"
+int8="${MCU_INT8:-}"
+int8_flag=()
+[ -n "$int8" ] && int8_flag=(--int8)
 n_images="${MCU_IMAGES:-200}"
 out="$(realpath -m "${MCU_OUT:-$root/build/mcu}")"
 python="${PYTHON:-python}"
@@ -62,9 +70,11 @@ if [ "$run_dir" = "--train" ]; then
         --out "$run_dir"
 fi
 if [ -n "$run_dir" ]; then
-    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --run "$run_dir" --n "$n_images"
+    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --run "$run_dir" --n "$n_images" \
+        ${int8_flag[@]+"${int8_flag[@]}"}
 else
-    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --n "$n_images" --model "$model"
+    step "$python" "$here/mcu/mcu_check.py" prepare "$out" --n "$n_images" --model "$model" \
+        ${int8_flag[@]+"${int8_flag[@]}"}
 fi
 
 cpu=(-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16)
@@ -94,6 +104,19 @@ step arm-none-eabi-gcc "${cpu[@]}" -Os -flto -nostdlib -nostartfiles -Wl,--gc-se
 
 echo "--- arm-none-eabi-size (model.o: the model's constants and calls; model_only.elf: with the kernels it calls; fw.elf: with the test harness)"
 step arm-none-eabi-size "$out/model.o" "$out/model_only.elf" "$out/fw.elf"
+if [ -n "$int8" ]; then
+    # the same network with fp32 float layers, linked the same way: the baseline of the flash
+    step arm-none-eabi-gcc "${cflags[@]}" -I "$out/c" -c "$out/c_fp32/model.c" -o "$out/model_fp32.o"
+    step arm-none-eabi-gcc "${cpu[@]}" -Os -flto -nostdlib -nostartfiles -Wl,--gc-sections \
+        -Wl,-e,sbnn_run -Wl,--unresolved-symbols=ignore-all "$out/model_fp32.o" "${objs[@]}" \
+        -o "$out/model_fp32.elf"
+    step arm-none-eabi-size "$out/model_fp32.o" "$out/model_fp32.elf"
+    echo "--- the largest symbols in flash, int8 float layers then fp32 (arm-none-eabi-nm --size-sort)"
+    for elf in model_only model_fp32; do
+        echo "$elf.elf:"
+        arm-none-eabi-nm --size-sort -S -t d "$out/$elf.elf" | awk '$3 != "b" && $3 != "B"' | tail -8
+    done
+fi
 
 echo "--- qemu"
 t_q=$(date +%s)
@@ -109,6 +132,19 @@ read -r m_text m_data m_bss _ < <(arm-none-eabi-size "$out/model_only.elf" | awk
 stack=$(sed -n 's/.*stack_bytes \([0-9]*\) .*/\1/p' "$out/qemu.log")
 echo "--- model on Cortex-M4F (-Os -flto), from arm-none-eabi-size of model_only.elf (model.o + the kernels it calls)"
 echo "flash  $((m_text + m_data)) B  (text+rodata $m_text, data $m_data)"
+ratio_ok=1
+if [ -n "$int8" ]; then
+    read -r f_text f_data _ < <(arm-none-eabi-size "$out/model_fp32.elf" | awk 'NR==2')
+    flash_q=$((m_text + m_data)) flash_f=$((f_text + f_data))
+    # issue 19's floor: the DS-CNN with int8 float layers needs >= 2x less flash than with fp32
+    floor=""
+    [ "$model" = dscnn ] && [ -z "$run_dir" ] && floor=" (floor 2.00x)"
+    echo "flash with fp32 float layers $flash_f B, with int8 $flash_q B: $(awk -v a="$flash_f" \
+        -v b="$flash_q" 'BEGIN { printf "%.2fx", a / b }') less$floor"
+    if [ -n "$floor" ] && [ $((2 * flash_q)) -gt "$flash_f" ]; then
+        ratio_ok=0
+    fi
+fi
 echo "RAM    $((m_data + m_bss + stack)) B  (arena+scratch bss $m_bss, data $m_data, stack $stack measured under qemu, harness included)"
 ticks=$(sed -n 's/.*systick_ticks \([0-9]*\) .*/\1/p' "$out/qemu.log")
 calib=$(sed -n 's/.*calib_ticks_per_2M_insns \([0-9]*\).*/\1/p' "$out/qemu.log")
@@ -118,4 +154,8 @@ sed -n 's/^mcu: node \([0-9]*\) ticks \([0-9]*\).*/\1 \2/p' "$out/qemu.log" | wh
     name=$(grep -m1 "/\* node $node: " "$out/c/model.c" | sed 's|^ */\* node [0-9]*: \(.*\) \*/$|\1|')
     printf '%10d  node %s: %s\n' $(( t * 2000000 / calib / n_images )) "$node" "$name"
 done
+if [ "$ratio_ok" = 0 ]; then
+    echo "mcu_test: the int8 build needs more than half the fp32 build's flash" >&2
+    exit 1
+fi
 echo "mcu_test: OK in $(( $(date +%s) - t_start )) s"

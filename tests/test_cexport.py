@@ -295,6 +295,98 @@ def test_conv_pool_fusion(tmp_path):
     check_against_engine(graph, x, tmp_path, formats=("sparse", "packed"))
 
 
+def test_int8_conv_folded_into_the_next_binarisation(tmp_path):
+    # an int8 conv read only by binary convs compares its int32 sums with one threshold per
+    # channel (passes.int8_thresholds): no float scale or bias in the C file, the same bits as
+    # the unfused ops, also for values exactly on a threshold; one followed by a pooling keeps
+    # its float path
+    from sbnn_runtime import qkernels
+
+    rng = np.random.default_rng(13)
+
+    def q(src, co, ci, k, geo, bias=True):
+        w, ws = qkernels.quantize_weight(rng.standard_normal((co, ci // geo.get("groups", 1),
+                                                              k, k)).astype(np.float32))
+        prm = {"weight": w, "w_scale": ws, **({"bias": _chan(co, -.5, .5, rng)} if bias else {})}
+        return Node("qconv2d", [src], {"stride": 1, "padding": k // 2, "x_scale": 0.02,
+                                       "x_zero": 128, **geo}, prm)
+
+    def sb(src, co, ci, k, thr):
+        prm = {"bits": (rng.random((co, ci, k, k)) < 0.3).astype(np.uint8),
+               "eta": _chan(co, .5, 1.5, rng), "xi": _chan(co, -.3, .3, rng),
+               "bias": _chan(co, -1, 1, rng), **({"thr": thr} if thr is not None else {})}
+        return Node("sbconv2d", [src], {"stride": 1, "padding": k // 2, "binary_input": True},
+                    prm)
+
+    nodes = [Node("input", [], {"shape": [4, 9, 7]}),
+             q(0, 4, 4, 3, {"groups": 4}),                             # 1 depthwise, folded
+             sb(1, 6, 4, 3, _chan(4, -.2, .2, rng)),                   # 2 reads a padded map
+             Node("relu", [2]),                                        # 3
+             q(3, 5, 6, 1, {}, bias=False),                            # 4 folded, no bias
+             sb(4, 5, 5, 1, None),                                     # 5 1x1, thresholds 0
+             q(5, 5, 5, 3, {}),                                        # 6 pooled: float path
+             Node("maxpool", [6], {"k": 2, "stride": 2, "pad": 0}),    # 7
+             sb(7, 3, 5, 1, None),                                     # 8
+             Node("global_avgpool", [8]), Node("flatten", [9])]
+    x = rng.standard_normal((3, 4, 9, 7)).astype(np.float32)
+    # a threshold of node 2 on a value the depthwise conv gives the first input
+    y1 = _op_ref(nodes[1], x)
+    nodes[2].params["thr"][1] = y1[0, 1, 4, 3]
+    graph = Graph(nodes, 10)
+    cm = generate_c(graph)
+    assert "L1_ithr" in cm.model_c and "L4_ithr" in cm.model_c and "L6_ithr" not in cm.model_c
+    assert "L1_scale" not in cm.model_c and "L4_scale" not in cm.model_c
+    assert "L6_scale" in cm.model_c
+    want = reference_forward(graph, x)  # a flipped bit moves an output by ~eta, not 1e-5
+    assert rel_err(Engine(graph, num_threads=1)(x), want) < RTOL
+    for cc, got in run_c(graph, x, tmp_path).items():
+        assert rel_err(got, want) < RTOL, cc
+    # the fold saves flash: one int32 per channel instead of two floats, and no epilogue
+    from sbnn_runtime import passes
+
+    pl = passes.plan(graph, "c")
+    assert set(pl.memory.ithr) == {1, 4} and "plane" not in pl.memory.scratch[0]
+
+
+def _arm_gcc_with_newlib() -> bool:
+    if not shutil.which("arm-none-eabi-gcc"):
+        return False
+    r = subprocess.run(["arm-none-eabi-gcc", "-E", "-x", "c", "-"], input="#include <math.h>\n",
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _arm_gcc_with_newlib(), reason="no arm-none-eabi-gcc with newlib")
+def test_dscnn_int8_needs_half_the_flash_on_cortex_m(tmp_path):
+    # issue 19's floor, as scripts/mcu_test.sh checks it: the DS-CNN's C build for a Cortex-M4F
+    # (-Os -flto, the model and the kernels it calls) with int8 float layers needs >= 2x less
+    # flash than with fp32 ones
+    import importlib.util
+
+    from sbnn_runtime import quantize
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "mcu" / "sizes.py"
+    spec = importlib.util.spec_from_file_location("mcu_sizes", path)
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    model, _, shape = sizes.make("dscnn")
+    g = to_graph(model, shape)
+    rng = np.random.default_rng(0)
+    q = quantize.quantize_graph(g, [rng.standard_normal((8, *shape), dtype=np.float32)
+                                    for _ in range(4)])
+    (tmp_path / "fp").mkdir()
+    (tmp_path / "q").mkdir()
+    fp = sizes.arm_size(generate_c(g), tmp_path / "fp")
+    i8 = sizes.arm_size(generate_c(q), tmp_path / "q")
+    assert fp["flash"] >= 2 * i8["flash"], (fp["flash"], i8["flash"])
+
+
+def _op_ref(nd: Node, x: np.ndarray) -> np.ndarray:
+    from sbnn_runtime.ops import OPS
+
+    return OPS[nd.op].reference(nd, [x])
+
+
 @pytest.mark.parametrize("same_thr", [True, False])
 def test_binarised_outputs_with_two_readers(same_thr, tmp_path):
     # a conv read by two binary convs is stored as their int8 map only when they binarise alike

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from sbnn_runtime import fileformat, native, qkernels, quantize
+from sbnn_runtime import fileformat, native, passes, qkernels, quantize
 from sbnn_runtime.engine import Engine
 from sbnn_runtime.lower_c import kernel_files
 from sbnn_runtime.native import core, native_error
@@ -348,7 +348,7 @@ def test_c99_kernel_equals_the_reference(tmp_path):
     lib = ctypes.CDLL(str(so))
     P = ctypes.c_void_p
     lib.sbnn_qconv2d.argtypes = [P, P, P, P, P, ctypes.c_float, ctypes.c_int] + \
-        [ctypes.c_int] * 15 + [P] * 5
+        [ctypes.c_int] * 15 + [P, P, ctypes.c_int] + [P] * 4
     lib.sbnn_quantize_u8.argtypes = [P, P, ctypes.c_int, ctypes.c_float, ctypes.c_int]
     xt = np.array([0.25, 0.75, 1.25, -0.25, -0.75, 0, 1e3, -1e3, np.nan, np.inf, -np.inf,
                    1e30], np.float32)
@@ -367,6 +367,75 @@ def test_c99_kernel_equals_the_reference(tmp_path):
             lib.sbnn_qconv2d(x[i].ctypes.data, y[i].ctypes.data, wq.ctypes.data,
                              scale.ctypes.data, None if b is None else b.ctypes.data, xs, xz,
                              ci, h, w, co, kh, kw, st[0], st[1], pads[0], pads[1], dil[0],
-                             dil[1], g, ref.shape[2], ref.shape[3], xq.ctypes.data, None,
-                             None, None, None)
+                             dil[1], g, ref.shape[2], ref.shape[3], xq.ctypes.data, None, 0,
+                             None, None, None, None)
         np.testing.assert_array_equal(y, ref)
+        # folded into the binarisation after it: the +-1 map from the int32 sums alone, the
+        # thresholds at values the outputs take (on the threshold: +1) and between them
+        thr = _hit_thresholds(ref, np.random.default_rng(len(ref.shape) + co))
+        t = passes.qconv_thresholds(_qnode(wq, ws, b, xs, xz, st, pads, dil, g), thr)
+        for pad in (0, 1, 2):
+            oh, ow = ref.shape[2] + 2 * pad, ref.shape[3] + 2 * pad
+            m = np.full((n, co, oh, ow), 7, np.int8)
+            for i in range(n):
+                lib.sbnn_qconv2d(x[i].ctypes.data, m[i].ctypes.data, wq.ctypes.data, None, None,
+                                 xs, xz, ci, h, w, co, kh, kw, st[0], st[1], pads[0], pads[1],
+                                 dil[0], dil[1], g, ref.shape[2], ref.shape[3], xq.ctypes.data,
+                                 t.ctypes.data, pad, None, None, None, None)
+            want = np.pad(np.where(ref >= thr[None, :, None, None], 1, -1).astype(np.int8),
+                          ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+            np.testing.assert_array_equal(m, want)
+            assert (ref == thr[None, :, None, None]).any()  # values on the threshold were met
+
+
+def _qnode(wq, ws, b, xs, xz, st, pads, dil, g) -> Node:
+    params = {"weight": wq, "w_scale": ws, **({} if b is None else {"bias": b})}
+    return Node("qconv2d", [0], {"stride": list(st), "padding": list(pads),
+                                 "dilation": list(dil), "groups": g, "x_scale": xs,
+                                 "x_zero": xz}, params)
+
+
+def _hit_thresholds(y: np.ndarray, rng) -> np.ndarray:
+    """Per channel of y (N, C, H, W): a value y takes (every other channel) or one between."""
+    co = y.shape[1]
+    flat = y.transpose(1, 0, 2, 3).reshape(co, -1)
+    pick = flat[np.arange(co), rng.integers(0, flat.shape[1], co)]
+    other = (np.median(flat, axis=1) + np.float32(1e-3)).astype(np.float32)
+    out = np.where(np.arange(co) % 2 == 0, pick, other).astype(np.float32)
+    out[0] = flat[0].min()  # the smallest: every value is on or above it
+    return out
+
+
+def test_int8_thresholds_equal_the_float_binarisation_on_every_sum():
+    # the fold of an int8 conv into the binarisation after it (passes.qconv_thresholds):
+    # acc >= T_c exactly where float(acc) * scale_c + bias_c >= thr_c, two float32 roundings;
+    # checked on every sum near T, on random sums over the whole range and at its ends
+    rng = np.random.default_rng(12)
+    for shape in SHAPES:
+        x, wq, ws, b, xs, xz, st, pads, dil, g = _case(shape, int(rng.integers(0, 4)))
+        nd = _qnode(wq, ws, b, xs, xz, st, pads, dil, g)
+        co = wq.shape[0]
+        k = int(np.prod(wq.shape[1:])) * 255 * 127
+        scale = qkernels.out_scale(xs, ws)
+        acc = np.concatenate([rng.integers(-k, k + 1, (4096, co)), np.full((1, co), -k),
+                              np.full((1, co), k)]).astype(np.int64)
+        # thresholds on values the outputs take, between them, and past either end
+        y = acc.astype(np.float32) * scale + (0 if b is None else b)
+        thr = y[rng.integers(0, len(y), co), np.arange(co)].astype(np.float32)
+        thr[::3] += np.float32(0.3)
+        if co > 2:
+            thr[1], thr[2] = -np.float32(1e30), np.float32(1e30)
+        t = passes.qconv_thresholds(nd, thr)
+        assert t.dtype == np.int32 and ((-k <= t) & (t <= k + 1)).all()
+        near = t[None, :].astype(np.int64) + np.arange(-40, 41)[:, None]
+        for a in (acc, np.clip(near, -k, k)):
+            yy = a.astype(np.float32) * scale + (np.float32(0) if b is None else b)
+            np.testing.assert_array_equal(a >= t, yy >= thr)
+        if co > 2:
+            assert t[1] == -k and t[2] == k + 1
+    # no threshold sure to exist: the float path stays
+    x, wq, ws, b, xs, xz, st, pads, dil, g = _case(SHAPES[4], 1)
+    for bad_ws, bad_b, bad_t in [(-ws, b, None), (ws * 0, b, None), (ws, b * np.nan, None),
+                                 (ws, b, np.full(ws.size, np.inf, np.float32))]:
+        nd = _qnode(wq, bad_ws.astype(np.float32), bad_b, xs, xz, st, pads, dil, g)
+        assert passes.qconv_thresholds(nd, bad_t) is None

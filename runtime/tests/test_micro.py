@@ -267,6 +267,44 @@ def test_sbconv(lib, ci, h, w, co, k, s, p, fmt):
             close(y, want, 1e-4 * max(1, ci * k * k / 100))
 
 
+# (ci, h, w, co, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, groups): grouped, depthwise,
+# dilated, non-square (a Conv1d is 1 x k), per-axis strides and pads
+BITCONVS = [(4, 7, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2), (8, 1, 20, 8, 1, 5, 1, 2, 0, 2, 0, 2,
+            1, 1, 1), (6, 9, 8, 6, 3, 3, 2, 1, 1, 2, 1, 2, 2, 2, 6),
+            (16, 5, 7, 12, 3, 1, 1, 1, 1, 0, 1, 0, 1, 1, 4), (3, 1, 13, 5, 1, 3, 1, 1, 0, 1, 0, 1,
+            1, 3, 1)]
+
+
+@pytest.mark.parametrize("geo", BITCONVS)
+def test_binary_conv_of_any_geometry_from_its_bits(lib, geo):
+    # sbnn_conv2d_bits (1 bit a weight in flash) gives the very floats of sbnn_conv2d_ex on the
+    # folded weight eta * b + xi, and the sbconv2d reference within RTOL
+    ci, h, w, co, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, g = geo
+    rng = np.random.default_rng(sum(geo))
+    bits = (rng.random((co, ci // g, kh, kw)) < 0.4).astype(np.uint8)
+    bits[0] = 0
+    eta, xi, bias = f32(rng, co, lo=.5, hi=1.5), f32(rng, co, lo=-.3, hi=.3), f32(rng, co)
+    x = np.sign(f32(rng, ci, h, w)).astype(np.float32)  # the +-1 planes sbnn_sign_planes writes
+    attrs = {"stride": [sh, sw], "padding": [pt, pl, pb, pr], "dilation": [dh, dw],
+             "groups": g, "binary_input": False}
+    nd = Node("sbconv2d", [0], attrs, {"bits": bits, "eta": eta, "xi": xi, "bias": bias})
+    want = OPS["sbconv2d"].reference(nd, [x[None]])[0]
+    oh, ow = want.shape[1:]
+    gv = np.array([sh, sw, pt, pl, dh, dw, g], np.int32)
+    packed = np.packbits(bits.reshape(-1), bitorder="little")
+    w01 = kernels.dequantized_weight(np.tile(np.array([0, 1], np.uint8), (co, 1)), eta, xi)
+    y = np.full(want.shape, np.nan, np.float32)
+    lib.sbnn_conv2d_bits(fp(x), fp(y), ctypes.c_void_p(packed.ctypes.data), fp(w01), fp(bias),
+                         ci, h, w, co, kh, kw, gv.ctypes.data_as(I32), oh, ow, None, None, None,
+                         None)
+    wf = kernels.dequantized_weight(bits, eta, xi)
+    y2 = np.full(want.shape, np.nan, np.float32)
+    lib.sbnn_conv2d_ex(fp(x), fp(y2), fp(wf), fp(bias), ci, h, w, co, kh, kw,
+                       gv.ctypes.data_as(I32), oh, ow, None, None, None, None)
+    np.testing.assert_array_equal(y, y2)
+    close(y, want)
+
+
 @pytest.mark.parametrize("pool", ["none", "maxpool", "avgpool"])
 @pytest.mark.parametrize("add,binmap", [(0, 0), (1, 0), (0, 1), (1, 1)])
 def test_conv_epilogue(lib, pool, add, binmap):

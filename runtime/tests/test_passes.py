@@ -127,6 +127,46 @@ def test_pool_residual_fusion_and_binary_maps():
     assert passes.binary_maps(graph2, steps2) == {}
 
 
+def _q(rng, cin, cout, src, scale=0.01):
+    from sbnn_runtime import qkernels
+
+    w, ws = qkernels.quantize_weight(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32))
+    return Node("qconv2d", [src], {"stride": 1, "padding": 1, "x_scale": scale, "x_zero": 0},
+                {"weight": w, "w_scale": ws, "bias": rng.standard_normal(cout).astype(np.float32)})
+
+
+def test_int8_thresholds_fold_only_int8_convs_stored_as_maps():
+    # folded: an int8 conv read only by binary convs (its output stored as their map), unfused
+    # and with a scale it can invert; not: one that pools first, one also read by a relu, and
+    # one whose scale is not > 0
+    rng = np.random.default_rng(4)
+    g = G(4, 8, 8)
+    q1 = g.add(_q(rng, 4, 4, 0))
+    s1 = g.add(_sb(rng, 4, 4, q1, thr=rng.standard_normal(4).astype(np.float32)))
+    q2 = g.add(_q(rng, 4, 4, s1))
+    p2 = g.add(Node("maxpool", [q2], {"k": 2, "stride": 2, "pad": 0}))
+    s2 = g.add(_sb(rng, 4, 4, p2))
+    q3 = g.add(_q(rng, 4, 4, s2))
+    g.add(_sb(rng, 4, 4, q3))
+    r3 = g.add(Node("relu", [q3]))
+    q4 = g.add(_q(rng, 4, 4, r3))
+    g.add(_sb(rng, 4, 4, q4))
+    graph = g.graph()
+    graph.nodes[q4].params["w_scale"][1] = 0.0
+    steps = passes.fuse_pool_residual(graph)
+    ithr = passes.int8_thresholds(graph, steps)
+    assert set(ithr) == {q1}
+    assert set(passes.binary_maps(graph, steps)) == {q1, p2, q4}
+    t = ithr[q1]
+    assert t.dtype == np.int32 and t.shape == (4,)
+    # the plan records it, and the folded step needs no channel plane
+    pl = passes.plan(graph, "c")
+    assert set(pl.memory.ithr) == {q1}
+    k = [st.node for st in pl.steps].index(q1)
+    assert "plane" not in pl.memory.scratch[k]
+    assert passes.plan(graph, "native").memory.ithr == {}
+
+
 def _decode(enc: passes.Encoding, shape) -> np.ndarray:
     co = shape[0]
     n = int(np.prod(shape[1:]))

@@ -1,9 +1,13 @@
-/* Float conv: the twin of conv2d in sbnn_runtime.ops. */
+/* Float conv: the twin of conv2d in sbnn_runtime.ops; and a binary conv of any geometry from
+   its packed bits (the float conv of its folded weight, whose values it looks up). */
 #include "sbnn_micro.h"
 
-void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
-                    int w, int co, int kh, int kw, const int *g, int oh, int ow, float *plane,
-                    float *tmp, const float *res, const sbnn_epi *e)
+/* any geometry; tap t of output o weighs wt[t], or w01[2 o + bit t of bits] when packed (a
+   constant at each call, so each entry point compiles to its own loop) */
+static void sbnn_conv_any(const float *x, float *y, const float *wt, const uint8_t *bits,
+                          const float *w01, int packed, const float *bias, int ci, int h, int w,
+                          int co, int kh, int kw, const int *g, int oh, int ow, float *plane,
+                          float *tmp, const float *res, const sbnn_epi *e)
 {
     const int sh = g[0], sw = g[1], pt = g[2], pl = g[3], dh = g[4], dw = g[5];
     const int cig = ci / g[6], cog = co / g[6];
@@ -22,7 +26,9 @@ void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias
                 const int oy0 = iy >= 0 ? 0 : (sh - 1 - iy) / sh;
                 const int oy1 = (h - 1 - iy) < 0 ? 0 : (h - 1 - iy) / sh + 1;
                 for (kx = 0; kx < kw; ++kx) {
-                    const float wv = wt[((o * cig + c) * kh + ky) * kw + kx];
+                    const int t = ((o * cig + c) * kh + ky) * kw + kx;
+                    const float wv =
+                        packed ? w01[2 * o + ((bits[t >> 3] >> (t & 7)) & 1)] : wt[t];
                     const int ix = kx * dw - pl;
                     const int ox0 = ix >= 0 ? 0 : (sw - 1 - ix) / sw;
                     const int ox1 = (w - 1 - ix) < 0 ? 0 : (w - 1 - ix) / sw + 1;
@@ -46,6 +52,22 @@ void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias
         if (e)
             sbnn_epilogue(e, plane, oh, ow, o, y, tmp, res);
     }
+}
+
+void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
+                    int w, int co, int kh, int kw, const int *g, int oh, int ow, float *plane,
+                    float *tmp, const float *res, const sbnn_epi *e)
+{
+    sbnn_conv_any(x, y, wt, 0, 0, 0, bias, ci, h, w, co, kh, kw, g, oh, ow, plane, tmp, res, e);
+}
+
+void sbnn_conv2d_bits(const float *x, float *y, const uint8_t *bits, const float *w01,
+                      const float *bias, int ci, int h, int w, int co, int kh, int kw,
+                      const int *g, int oh, int ow, float *plane, float *tmp, const float *res,
+                      const sbnn_epi *e)
+{
+    sbnn_conv_any(x, y, 0, bits, w01, 1, bias, ci, h, w, co, kh, kw, g, oh, ow, plane, tmp, res,
+                  e);
 }
 
 void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, int ci, int h,

@@ -99,8 +99,16 @@ void sbnn_conv2d(const float *x, float *y, const float *wt, const float *bias, i
 void sbnn_conv2d_ex(const float *x, float *y, const float *wt, const float *bias, int ci, int h,
                     int w, int co, int kh, int kw, const int *g, int oh, int ow, float *plane,
                     float *tmp, const float *res, const sbnn_epi *e);
+/* A grouped, dilated or non-square binary conv: sbnn_conv2d_ex of its folded weight
+   (eta * b + xi, float32), read from its bits (co, ci / groups, kh, kw; packed LSB first, 1 bit
+   per weight in flash): a tap's weight is w01[2 o + b], w01 holding per output channel the
+   folded weight of a 0-bit, then of a 1-bit. The same outputs as sbnn_conv2d_ex. */
+void sbnn_conv2d_bits(const float *x, float *y, const uint8_t *bits, const float *w01,
+                      const float *bias, int ci, int h, int w, int co, int kh, int kw,
+                      const int *g, int oh, int ow, float *plane, float *tmp, const float *res,
+                      const sbnn_epi *e);
 /* y = +1 where x >= thr[c] (0 when thr is 0) else -1, as floats: the input of a grouped,
-   dilated or non-square binary conv, which then runs as sbnn_conv2d_ex of its folded weight.
+   dilated or non-square binary conv on binarised inputs (then sbnn_conv2d_bits).
    x, y: (c, hw) */
 void sbnn_sign_planes(const float *x, float *y, const float *thr, int c, int hw);
 /* y = W x + b; W: (o, n); bias: (o) or 0 */
@@ -114,12 +122,15 @@ void sbnn_quantize_u8(const float *x, uint8_t *q, int n, float scale, int zero);
    = x_scale * the weight's scale; bias: (co) or 0; stride (sh, sw), top/left pads (pt, pl),
    dilation (dh, dw); xq: ci * h * w bytes of scratch (the uint8 input). A linear is the
    case h = w = kh = kw = 1. With an epilogue e (else 0), each channel goes through plane
-   (oh, ow) and e, as for sbnn_conv2d. */
+   (oh, ow) and e, as for sbnn_conv2d. With int32 thresholds ithr (else 0; scale, bias and e
+   are then not read), y is the binary readers' int8 map (co, oh + 2 pad, ow + 2 pad): +1
+   where the int32 sum >= ithr[o], else -1, 0 in the padding; sbnn_runtime.passes
+   (int8_thresholds) makes ithr give the bits of the float output's binarisation. */
 void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale,
                   const float *bias, float x_scale, int x_zero, int ci, int h, int w, int co,
                   int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                  int oh, int ow, uint8_t *xq, float *plane, float *tmp, const float *res,
-                  const sbnn_epi *e);
+                  int oh, int ow, uint8_t *xq, const int32_t *ithr, int pad, float *plane,
+                  float *tmp, const float *res, const sbnn_epi *e);
 
 /* -- binary convs: weights, decoders, kernels (sbnn_sbdecode.c, sbnn_sbconv.c) ---------------- */
 

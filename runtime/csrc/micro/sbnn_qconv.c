@@ -34,16 +34,19 @@ void sbnn_quantize_u8(const float *x, uint8_t *q, int n, float scale, int zero)
 void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale,
                   const float *bias, float x_scale, int x_zero, int ci, int h, int w, int co,
                   int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                  int oh, int ow, uint8_t *xq, float *plane, float *tmp, const float *res,
-                  const sbnn_epi *e)
+                  int oh, int ow, uint8_t *xq, const int32_t *ithr, int pad, float *plane,
+                  float *tmp, const float *res, const sbnn_epi *e)
 {
-    const int cig = ci / groups, cog = co / groups;
+    const int cig = ci / groups, cog = co / groups, wp = ow + 2 * pad, nm = (oh + 2 * pad) * wp;
     int o, oy, ox, c, ky, kx;
     sbnn_quantize_u8(x, xq, ci * h * w, x_scale, x_zero);
     for (o = 0; o < co; ++o) {
         const int c0 = (o / cog) * cig;
         const int8_t *wo = wt + o * cig * kh * kw;
         float *yo = e ? plane : y + o * oh * ow;
+        int8_t *mo = (int8_t *)y + o * nm; /* ithr: the int8 map of channel o */
+        for (c = 0; ithr && c < nm; ++c)
+            mo[c] = 0; /* its padding */
         for (oy = 0; oy < oh; ++oy) {
             for (ox = 0; ox < ow; ++ox) {
                 int32_t acc = 0;
@@ -63,6 +66,10 @@ void sbnn_qconv2d(const float *x, float *y, const int8_t *wt, const float *scale
                                    ((int32_t)xc[iy * w + ix] - x_zero);
                         }
                     }
+                }
+                if (ithr) { /* folded: acc >= ithr[o] exactly where y >= the threshold */
+                    mo[(oy + pad) * wp + ox + pad] = (int8_t)(acc >= ithr[o] ? 1 : -1);
+                    continue;
                 }
                 m = (float)acc * scale[o];
                 yo[oy * ow + ox] = bias ? m + bias[o] : m;

@@ -211,6 +211,22 @@ class CNode:
         self.em.data.append(f"static const sbnn_epi E{i} = {{" + ", ".join(map(str, f)) + "};")
         return f"{self.sc['plane']}, {self.sc.get('tmp', '0')}, {self.res or '0'}, &E{i}"
 
+    def _layer_row(self, enc: passes.Encoding) -> None:
+        nd = self.node
+        self.em.layers.append({"node": self.index, "layer": nd.name,
+                               "shape": list(nd.params["bits"].shape),
+                               "weights": int(nd.params["bits"].size), "ones": enc.ones,
+                               "zero_kernels": enc.zero_kernels, "format": enc.format,
+                               "encoding": enc.kind, "sparse_bytes": enc.sparse_bytes,
+                               "packed_bytes": enc.packed_bytes})
+
+    def sb_bits(self) -> str:
+        """Emit this binary conv's packed bits (the plan's encoding of a grouped, dilated or
+        non-square one) as ``L{i}_bits``; returns the C name."""
+        enc = self.plan.encodings[self.index]
+        self._layer_row(enc)
+        return self.em.uarr(f"L{self.index}_bits", "uint8_t", 1, enc.data)
+
     def sb_layer(self) -> str:
         """Emit this binary conv's :c:type:`sbnn_sb_layer` with the weight encoding the plan
         chose and its per-channel vectors; returns ``&L{i}``."""
@@ -219,11 +235,7 @@ class CNode:
         ci, h, w = self.ins[0]
         co, _, kh, kw = P["bits"].shape
         enc = self.plan.encodings[i]
-        em.layers.append({"node": i, "layer": nd.name, "shape": list(P["bits"].shape),
-                          "weights": int(P["bits"].size), "ones": enc.ones,
-                          "zero_kernels": enc.zero_kernels, "format": enc.format,
-                          "encoding": enc.kind, "sparse_bytes": enc.sparse_bytes,
-                          "packed_bytes": enc.packed_bytes})
+        self._layer_row(enc)
         ctype = _UINT[enc.data_bytes]
         if enc.starts is None:
             idx, start, sbytes = "0", "0", 2

@@ -499,18 +499,33 @@ def _sbconv_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> d
     return sc
 
 
+def _sbconv_bits_c(cn, x: str) -> str:
+    # a grouped, dilated or non-square binary conv: the float conv of its folded weight, whose
+    # two values per output channel it looks up from the packed bits (1 bit a weight in flash)
+    P = cn.node.params
+    (ci, h, wd), (co, oh, ow) = cn.ins[0], cn.out
+    _, _, kh, kw = P["bits"].shape
+    b01 = np.tile(np.array([0, 1], np.uint8), (co, 1))  # a 0-bit and a 1-bit per channel
+    w01 = cn.farr("w01", kernels.dequantized_weight(b01, P["eta"], P["xi"]))  # (co, 2)
+    bits = cn.sb_bits()
+    geom = conv_geometry(cn.node)
+    g = "{" + ", ".join(str(v) for v in (*geom[:4], *geom[6:])) + "}"
+    return (f"{{ static const int G[7] = {g}; sbnn_conv2d_bits({x}, {cn.y}, {bits}, {w01}, "
+            f"{cn.farr('bias', P['bias'])}, {ci}, {h}, {wd}, {co}, {kh}, {kw}, G, {oh}, {ow}, "
+            f"{cn.epilogue()}); }}")
+
+
 def _sbconv_c(cn) -> str:
     nd = cn.node
     if not conv_is_simple(conv_geometry(nd)):  # a geometry the encoded kernels do not take
         P = nd.params
-        w = kernels.dequantized_weight(P["bits"], P["eta"], P["xi"])
         if not nd.attrs["binary_input"]:
-            return _conv_c_call(cn, w, P["bias"], cn.x[0])
+            return _sbconv_bits_c(cn, cn.x[0])
         ci, h, wd = cn.ins[0]
         xp = cn.scratch("xp")
-        # its input as +-1 floats (sbnn_sign_planes), then the float conv of its folded weight
+        # its input as +-1 floats (sbnn_sign_planes), then the conv from its bits
         return (f"sbnn_sign_planes({cn.x[0]}, {xp}, {cn.farr('thr', P.get('thr'))}, {ci}, "
-                f"{h * wd}); " + _conv_c_call(cn, w, P["bias"], xp))
+                f"{h * wd}); " + _sbconv_bits_c(cn, xp))
     layer = cn.sb_layer()  # its encoded weights and vectors
     tail = f"{cn.scratch('ws')}, offs, {cn.epilogue()}"
     if not nd.attrs["binary_input"]:
@@ -1383,10 +1398,16 @@ def _qconv_c(cn) -> str:
     sh, sw, pt, pl, pb, pr, dh, dw, g = conv_geometry(nd)
     wq = cn.em.uarr(f"L{cn.index}_wq", "int8_t", 1, P["weight"])
     geo = f"{ci}, {h}, {w}, {co}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {g}, {oh}, {ow}"
+    ithr = cn.plan.memory.ithr.get(cn.index)
+    if ithr is not None:  # folded into its readers' binarisation (passes.int8_thresholds)
+        pad = cn.plan.memory.binmaps[cn.step.output][1]
+        t = cn.em.uarr(f"L{cn.index}_ithr", "int32_t", 4, ithr)
+        return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, 0, 0, {cn.flt(A['x_scale'])}, "
+                f"{A['x_zero']}, {geo}, (uint8_t *){cn.scratch('xq')}, {t}, {pad}, 0, 0, 0, 0);")
     return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, "
             f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
             f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, {geo}, "
-            f"(uint8_t *){cn.scratch('xq')}, {cn.epilogue()});")
+            f"(uint8_t *){cn.scratch('xq')}, 0, 0, {cn.epilogue()});")
 
 
 def _qlinear_c(cn) -> str:
@@ -1398,7 +1419,7 @@ def _qlinear_c(cn) -> str:
             f"{cn.farr('scale', qkernels.out_scale(A['x_scale'], P['w_scale']))}, "
             f"{cn.farr('b', P.get('bias'))}, {cn.flt(A['x_scale'])}, {A['x_zero']}, "
             f"{n}, 1, 1, {o}, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, (uint8_t *){cn.scratch('xq')}, "
-            "0, 0, 0, 0);")
+            "0, 0, 0, 0, 0, 0);")
 
 
 def _qlinear_shape(nd: Node, ins: list[Shape], where: str) -> Shape:

@@ -34,6 +34,8 @@ ONNX) consume what :func:`plan` puts together and decide nothing of this on thei
       scratch    dict[int, dict[str, Buffer]]  per step index: its kernel's scratch buffers
       binmaps    dict[int, tuple]         C: tensors stored as their readers' int8 map
       in_map     dict[int, bool]          C: per node, whether it reads such a map
+      ithr       dict[int, ndarray]       C: per int8 conv folded into the binarisation
+                                          after it, its int32 thresholds (int8_thresholds)
       arena      int                      cells placed (every offset a multiple of ``align``)
       tail       int                      cells after them (C: one channel's decoded offsets)
       align      int                      cells (native: 16, i.e. 64 bytes; C: 1, 4 bytes)
@@ -51,7 +53,9 @@ The passes:
   the hardtanh or RPReLU after it; a float conv with the hardtanh after it).
 * :func:`fuse_pool_residual`: the C backend's fusion (a conv with the pooling, or the residual
   add, that is its only reader) and :func:`binary_maps` (a conv output read only by binary convs
-  that binarise alike is stored as their int8 map).
+  that binarise alike is stored as their int8 map); :func:`int8_thresholds` folds an int8 conv
+  so stored into that binarisation (one int32 threshold per channel instead of its float scale
+  and bias; the same bits).
 * :func:`choose_encoding`: the per-layer weight storage (gaps, indices or packed bits, the
   smallest unless forced).
 * :func:`lifetimes` and :func:`place`: each tensor's first and last step, and the arena offsets
@@ -88,6 +92,7 @@ from sbnn_runtime.ops import (
 
 __all__ = ["Step", "Encoding", "Buffer", "Plan", "readers", "live_nodes", "unfused_steps",
            "fold_affine_linear", "fuse_epilogues", "fuse_pool_residual", "binary_maps",
+           "qconv_thresholds", "int8_thresholds",
            "choose_encoding", "choose_encodings", "lifetimes", "place", "plan_buffers", "plan",
            "graph_cost", "Memory", "ENCODINGS", "BINARY_FORMATS", "TARGETS", "ALIGN"]
 
@@ -175,6 +180,7 @@ class Memory:
     scratch: dict[int, dict[str, Buffer]] = field(default_factory=dict)
     binmaps: dict[int, tuple] = field(default_factory=dict)
     in_map: dict[int, bool] = field(default_factory=dict)
+    ithr: dict[int, np.ndarray] = field(default_factory=dict)
     arena: int = 0
     tail: int = 0
     align: int = 1
@@ -415,6 +421,73 @@ def binary_maps(graph: Graph, steps: list[Step]) -> dict[int, tuple[np.ndarray |
     return out
 
 
+def _qmax_acc(nd: Node) -> int:
+    """The largest |int32 sum| of an int8 conv: taps x 255 x 127 (fits int32, ``_qcheck``)."""
+    return int(np.prod(nd.params["weight"].shape[1:])) * 255 * 127
+
+
+def _first_true(pred, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per channel, the smallest integer in ``[lo, hi + 1]`` where the non-decreasing
+    predicate ``pred(a)`` holds (``hi + 1``: nowhere in ``[lo, hi]``); bisection, vectorised."""
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64) + 1
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        ok = pred(mid)
+        hi = np.where(ok & (lo < hi), mid, hi)
+        lo = np.where(~ok & (lo < hi), mid + 1, lo)
+    return lo
+
+
+def qconv_thresholds(nd: Node, thr: np.ndarray | None) -> np.ndarray | None:
+    """An int8 conv's per-channel int32 thresholds ``T`` against the binarisation that reads it:
+    for every int32 sum ``acc`` it can make, ``float(acc) * scale_c + bias_c >= thr_c`` (float32,
+    two roundings: :mod:`sbnn_runtime.qkernels`) holds exactly when ``acc >= T_c``. None when no
+    such ``T`` is sure to exist (a scale that is not finite and > 0, a bias or threshold that is
+    not finite): then the float path stays. The scale and the rounding of ``+ bias`` are
+    monotone, so the predicate is non-decreasing in ``acc`` and bisection finds ``T`` exactly;
+    ``T = -K`` (always +1) or ``K + 1`` (always -1) at the ends, ``K`` the largest |sum|."""
+    from sbnn_runtime import qkernels  # the arithmetic, stated once
+
+    P = nd.params
+    scale = qkernels.out_scale(nd.attrs["x_scale"], P["w_scale"])
+    co = scale.size
+    bias = np.asarray(P["bias"], np.float32) if "bias" in P else None
+    t = np.zeros(co, np.float32) if thr is None else np.asarray(thr, np.float32).reshape(-1)
+    if t.size != co or not (np.all(np.isfinite(scale)) and np.all(scale > 0)
+                            and np.all(np.isfinite(t))
+                            and (bias is None or np.all(np.isfinite(bias)))):
+        return None
+    k = _qmax_acc(nd)
+
+    def pred(acc: np.ndarray) -> np.ndarray:
+        y = acc.astype(np.float32) * scale  # float(acc): as the kernels convert the sum
+        if bias is not None:
+            y = y + bias
+        return y >= t
+
+    return _first_true(pred, np.full(co, -k), np.full(co, k)).astype(np.int32)
+
+
+def int8_thresholds(graph: Graph, steps: list[Step],
+                    binmaps: dict[int, tuple] | None = None) -> dict[int, np.ndarray]:
+    """The C backend's fold of an int8 conv into the binarisation after it: a ``qconv2d`` step
+    that fuses nothing and whose output is stored as its readers' int8 map (:func:`binary_maps`)
+    needs only the sign of ``y - thr`` per value, so it compares its exact int32 sum with one
+    integer per channel (:func:`qconv_thresholds`) and its float scale, bias and output plane
+    are not needed: ``{node: int32 thresholds}``. The same bits as the unfused ops. The native
+    engine runs the ops unfused (its outputs are the same)."""
+    binmaps = binary_maps(graph, steps) if binmaps is None else binmaps
+    out: dict[int, np.ndarray] = {}
+    for s in steps:
+        nd = graph.nodes[s.node]
+        if nd.op != _QCONV or s.fused or s.output not in binmaps:
+            continue
+        t = qconv_thresholds(nd, binmaps[s.output][0])
+        if t is not None:
+            out[s.node] = t
+    return out
+
+
 # -- weight encodings -------------------------------------------------------------------------
 
 def _uint_bytes(max_value: int) -> int:
@@ -474,13 +547,15 @@ def choose_encoding(bits: np.ndarray, binary_format: str = "auto") -> Encoding:
 
 def choose_encodings(graph: Graph, binary_format: str = "auto",
                      order: list[int] | None = None) -> dict[int, Encoding]:
-    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones)
-    whose bits a backend stores encoded: one stride, one padding, no dilation or groups (the
-    others run as the float conv of their folded weight in C)."""
+    """:func:`choose_encoding` for every ``sbconv2d`` node in ``order`` (default: live ones):
+    one stride, one padding, no dilation or groups as ``binary_format`` says; the others
+    (grouped, dilated, non-square: C runs them as the float conv of their folded weight, read
+    from the bits) always packed."""
     order = live_nodes(graph) if order is None else order
-    return {i: choose_encoding(graph.nodes[i].params["bits"], binary_format)
-            for i in order if graph.nodes[i].op == _BCONV
-            and conv_is_simple(conv_geometry(graph.nodes[i]))}
+    return {i: choose_encoding(graph.nodes[i].params["bits"],
+                               binary_format if conv_is_simple(conv_geometry(graph.nodes[i]))
+                               else "packed")
+            for i in order if graph.nodes[i].op == _BCONV}
 
 
 # -- lifetimes and the arena ------------------------------------------------------------------
@@ -626,24 +701,28 @@ def _plan_c(graph: Graph, steps: list[Step], shapes: list[Shape],
             bufs[v].end = max(bufs[v].end, life[t][1])
     in_map = {st.node: bool(g.nodes[st.node].inputs) and g.nodes[st.node].inputs[0] in binmap
               for st in steps}
+    ithr = int8_thresholds(g, steps, binmap)
     scratch = {k: {key: Buffer(c, k, k) for key, c in _c_scratch(
-        g, shapes, st, binmap.get(st.output), in_map[st.node]).items()}
+        g, shapes, st, binmap.get(st.output), in_map[st.node], st.node in ithr).items()}
         for k, st in enumerate(steps)}
     cells = place(list(bufs.values()) + [b for bs in scratch.values() for b in bs.values()],
                   align)
-    anchors = {st.node for st in steps}
+    anchors = {st.node for st in steps if g.nodes[st.node].op == _BCONV
+               and conv_is_simple(conv_geometry(g.nodes[st.node]))}  # the sparse kernels
     tail = max((max(e.max_ones, 1) for i, e in encodings.items() if i in anchors), default=0)
-    return Memory(bufs, store, scratch, binmap, in_map, max(cells, 1), tail, align)
+    return Memory(bufs, store, scratch, binmap, in_map, ithr, max(cells, 1), tail, align)
 
 
-def _c_scratch(g: Graph, shapes: list[Shape], st: Step, binmap, in_map: bool) -> dict[str, int]:
+def _c_scratch(g: Graph, shapes: list[Shape], st: Step, binmap, in_map: bool,
+               folded: bool = False) -> dict[str, int]:
     """Scratch (4-byte cells) of one C step: the op's own (``OpSpec.c_scratch``), and a channel
     plane when a conv pools, adds or binarises in its epilogue (plus the pooled plane when it
-    pools and binarises)."""
+    pools and binarises); none for an int8 conv ``folded`` into its binarisation (it writes
+    the map straight from its sums)."""
     nd = g.nodes[st.node]
     spec = OPS[nd.op]
     sc: dict[str, int] = {}
-    if st.fused or binmap is not None:
+    if (st.fused or binmap is not None) and not folded:
         sc["plane"] = shapes[st.node][1] * shapes[st.node][2]
         if st.fused and st.residual is None and binmap is not None:
             sc["tmp"] = shapes[st.output][1] * shapes[st.output][2]
