@@ -62,8 +62,8 @@ DOMAINS = ("learned", "closed_form", "pm1", "01", "abr", "pm1c")
 # domains of the form tau * s + phi with learnable scalars, and their tie of phi to tau
 TIED_DOMAINS = ("learned", "pm1", "01", "abr")
 # tied domains whose tau is only a scale (alpha / beta fixed): the BatchNorm after the layer absorbs
-# it, so sparsity.mode = exact freezes it (Adam would otherwise drift it by ~lr a step, and a sign
-# change inverts the layer)
+# it, so sparsity.mode = exact freezes it (Adam would otherwise drift it, by ~lr a step under
+# optim.level_lr = absolute, and a sign change inverts the layer)
 SCALE_ONLY_DOMAINS = ("pm1", "01", "abr")
 # the abr domain's r until set_fixed_r_ sets it: -0.05, the main job's EC
 DEFAULT_R = -0.05
