@@ -64,6 +64,14 @@ def test_report_from_a_partial_csv(tmp_path):
     assert study.main([str(tmp_path / "none")]) == 2
 
 
+def test_report_embeds_the_hand_written_analysis(tmp_path):
+    sweep.append_row(tmp_path, _row("ab", 0.25, 0, 0.8))
+    assert "## Why" not in study.write_report(tmp_path, figures=False)
+    (tmp_path / "analysis.md").write_text("## Why a cell collapsed\n\nmeasured: 3 points\n")
+    text = study.write_report(tmp_path, figures=False)
+    assert "## Why a cell collapsed\n\nmeasured: 3 points\n\n## Paired differences" in text
+
+
 def test_report_without_pairs_gives_no_verdict(tmp_path):
     sweep.append_row(tmp_path, _row("ab", 0.25, 0, 0.8))
     text = study.write_report(tmp_path, figures=False)

@@ -46,8 +46,10 @@ def test_end_to_end_learns_and_writes_every_file(toy_root, tmp_path):
     on_disk = json.loads((out / "report.json").read_text())
     assert 0 <= on_disk["test_accuracy"] <= 1
     # started at the target EC = 0.05; a toy run at lr 0.01 drifts above it with fmnist_cnn's
-    # four binary layers (the main job at lr 1e-3 ends at 0.0486, docs/TRAINING.md)
-    assert on_disk["ones_fraction"] <= 0.1
+    # four binary layers (the main job at lr 1e-3 ends at 0.0486, docs/TRAINING.md): 0.13 since
+    # the levels step relative to their size (optim.level_lr, where phi follows the mean-shift
+    # more slowly), under 0.1 before; a broken constraint would sit near 0.5
+    assert on_disk["ones_fraction"] <= 0.2
     assert len(on_disk["layers"]) == 4 and {"alpha", "beta", "zero_kernels"} <= set(
         on_disk["layers"][0])
     assert on_disk["bits"]["binary_bits_entropy"] < on_disk["bits"]["binary_bits_dense"]

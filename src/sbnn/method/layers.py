@@ -24,8 +24,10 @@ is the only difference between them (Schiavone et al., arXiv:2306.13515):
 All three start at tau = 1 (and phi = 0 or tau); :meth:`SBLayer.fit_levels_` sets them to the
 least-squares levels of given weights under the domain's tie (the closed-form start). With a
 BatchNorm after the layer only alpha / beta matters, and tau's own gradient is about 0; Adam still
-moves it by about ``lr`` a step, so a small fitted tau (pm1: ~0.01) can change sign in training,
-which inverts the layer (measured in docs/RESULTS.md).
+moves it by about its learning rate a step, so with ``optim.level_lr: absolute`` a small fitted
+tau (pm1: ~0.01) can change sign in training, which inverts the layer (docs/RESULTS.md), and the
+learned r = alpha / (beta - alpha) moves by ~lr / tau a step (docs/DOMAINS.md). The trainer's
+default (``relative``) steps tau and phi at ``lr * |tau|``, as if in units of their fitted size.
 
 ``"abr"`` (the {alpha, beta} domain with its ratio fixed)
     phi = (1 + 2 r) * tau is tied, with ``r = alpha / (beta - alpha)`` a fixed buffer that the
@@ -60,8 +62,8 @@ DOMAINS = ("learned", "closed_form", "pm1", "01", "abr", "pm1c")
 # domains of the form tau * s + phi with learnable scalars, and their tie of phi to tau
 TIED_DOMAINS = ("learned", "pm1", "01", "abr")
 # tied domains whose tau is only a scale (alpha / beta fixed): the BatchNorm after the layer absorbs
-# it, so sparsity.mode = exact freezes it (Adam would otherwise drift it by ~lr a step, and a sign
-# change inverts the layer)
+# it, so sparsity.mode = exact freezes it (Adam would otherwise drift it, by ~lr a step under
+# optim.level_lr = absolute, and a sign change inverts the layer)
 SCALE_ONLY_DOMAINS = ("pm1", "01", "abr")
 # the abr domain's r until set_fixed_r_ sets it: -0.05, the main job's EC
 DEFAULT_R = -0.05

@@ -68,6 +68,11 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | constant
     schedule_step: str = "step"  # step: update the lr every batch | epoch: once per epoch
     warmup_epochs: int = 0
+    # the binary layers' levels (tau, phi): relative: each layer's levels step in units of their
+    # size when the optimiser is built (Adam moves them by lr * |tau| a step, as the authors' unit
+    # levels move by lr), so a closed-form start at |tau| ~ 0.03 does not take 30x larger relative
+    # steps | absolute: lr as every other parameter (runs made before this option)
+    level_lr: str = "relative"
 
 
 @dataclass
@@ -394,6 +399,7 @@ def _choices() -> dict[str, list]:
         "optim.name": ["adam", "adamw", "sgd"],
         "optim.schedule": ["cosine", "constant"],
         "optim.schedule_step": ["step", "epoch"],
+        "optim.level_lr": ["relative", "absolute"],
         "sparsity.init": ["closed_form", "authors", "none"],
         "sparsity.levels": ["fit", "unit"],
         "sparsity.mode": ["penalty", "exact"],

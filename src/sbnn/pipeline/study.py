@@ -378,6 +378,15 @@ def _deploy_section(rows: list[dict]) -> list[str]:
     return out
 
 
+def _analysis(study_dir: Path) -> list[str]:
+    """The hand-written prose of ``STUDY_DIR/analysis.md`` (measurements that explain the
+    numbers, e.g. why a cell collapsed), embedded as it is after the verdict; none if absent."""
+    path = study_dir / "analysis.md"
+    if not path.is_file():
+        return []
+    return [path.read_text(encoding="utf-8").rstrip("\n"), ""]
+
+
 def write_report(study_dir: str | Path, figures: bool = True) -> str:
     """Write ``README.md`` (and the figure) of ``study_dir`` from its ``results.csv``; returns
     the README text."""
@@ -455,6 +464,7 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
         "evidence; the Bonferroni threshold is stated where it applies. Two seeds give one "
         "degree of freedom: such intervals are very wide (t₀.₉₇₅ = 12.7).",
         "",
+        *_analysis(study_dir),
         "## Paired differences (accuracy points, same seed)",
         "",
         "| EC | comparison | seeds | status | mean | 95 % CI | p (paired t) |",
@@ -493,7 +503,8 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
             "- The trained Sub-bit baseline at equal bits per weight: [subbit/](subbit/) holds "
             "the config and `run_subbit.sh`; not run yet.", "",
             "Files: `results.csv` (one row per run, appended by the sweep), `config.yaml`, "
-            "`run_study.sh`, this README and `study_accuracy_vs_{ones,latency,bytes}.png` (all "
+            "`run_study.sh`, `analysis.md` (hand-written, embedded above when present), "
+            "this README and `study_accuracy_vs_{ones,latency,bytes}.png` (all "
             "from `scripts/study_report.py`; the latency and bytes columns from "
             "`scripts/study_latency.py`); `results.md` and `accuracy_vs_*.png` are the sweep's "
             "own summary (mean ± SD).", ""]

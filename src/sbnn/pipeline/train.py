@@ -64,7 +64,7 @@ from sbnn.pipeline.runs import (
     write_text,
 )
 
-__all__ = ["Trainer", "TrainingInterrupted", "train", "run_epoch", "make_optimizer",
+__all__ = ["Trainer", "TrainingInterrupted", "train", "run_epoch", "make_optimizer", "level_scales",
            "make_scheduler", "cpu_model"]
 
 
@@ -82,9 +82,56 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
+def level_scales(model: nn.Module) -> list[tuple[list[nn.Parameter], float]]:
+    """``(levels, size)`` for every sparse-binary layer with trainable levels: its tau (and phi)
+    that require a gradient, and their size ``mean |tau|`` now (1.0 when tau is 0 or not
+    finite). Read when the optimiser is built, i.e. right after the start (closed-form fit or
+    the authors' tau = 1)."""
+    from sbnn.method.layers import SBLayer
+
+    out = []
+    for m in _unwrap(model).modules():
+        if not isinstance(m, SBLayer) or not hasattr(m, "tau"):
+            continue
+        levels = [p for p in (m.tau, getattr(m, "phi", None))
+                  if p is not None and p.requires_grad]
+        if levels:
+            size = float(m.tau.detach().abs().mean())
+            out.append((levels, size if math.isfinite(size) and size > 0 else 1.0))
+    return out
+
+
+def _param_groups(cfg: Config, model: nn.Module) -> list:
+    """The parameters to optimise: one group, or with ``optim.level_lr = relative`` one group
+    per binary layer's levels with the learning rate scaled by their size (``lr * size`` for
+    Adam/AdamW, ``lr * size**2`` for SGD: either way the same as training ``tau / size`` and
+    ``phi / size`` with ``lr``).
+
+    Why: with a BatchNorm after the layer only ``r = alpha / (beta - alpha)`` matters, and Adam
+    moves tau and phi by about ``lr`` a step whatever their size. From the closed-form start
+    (``|tau|`` 0.015-0.04 on the main job) a step of 1e-3 moves r by up to ``lr / |tau|``,
+    0.03-0.07, where r's useful range at ones fraction p is about ``sqrt(p)``: at EC 0.01 a few
+    steps made the shared window-sum dominate the layer (docs/study_domains/README.md). From the
+    authors' start (tau = 1) nothing changes."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optim.level_lr != "relative":
+        return params
+    levels = level_scales(model)
+    if not levels:
+        return params
+    power = 2 if cfg.optim.name == "sgd" else 1
+    taken = {id(p) for ps, _ in levels for p in ps}
+    groups = [{"params": [p for p in params if id(p) not in taken]}]
+    groups += [{"params": ps, "lr": cfg.optim.lr * size ** power} for ps, size in levels]
+    return groups
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg.optim`` over the trainable parameters of ``model``; the binary
+    layers' levels get their own learning rate under ``optim.level_lr = relative``
+    (:func:`_param_groups`)."""
+    o = cfg.optim
+    params = _param_groups(cfg, model)
     if o.name == "adam":
         return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "adamw":
@@ -288,6 +335,12 @@ class Trainer:
             ckpt = load_checkpoint(ckpt_path)
             if cfg is None:
                 cfg = from_dict(Config, ckpt["config"])
+            # a run continues with the level steps it started with (its optimiser state has
+            # that many groups); a checkpoint from before optim.level_lr stepped them absolutely
+            saved = ckpt["config"].get("optim") if isinstance(ckpt["config"], dict) else None
+            level_lr = saved.get("level_lr", "absolute") if isinstance(saved, dict) else "absolute"
+            if level_lr in ("relative", "absolute") and cfg.optim.level_lr != level_lr:
+                cfg = replace(cfg, optim=replace(cfg.optim, level_lr=level_lr))
             out = out or ckpt_path.parent
         return validate(cfg if cfg is not None else Config()), ckpt, ckpt_path, out
 
