@@ -159,6 +159,18 @@ class FuzzResult:
     # (i, CPU s, wall s, file) of every mutant over half the threshold in either
     slow_cases: list[tuple[int, float, float, bytes]] = field(default_factory=list)
     max_input_bytes: int = 0  # the largest input image a mutant declared (the caller's)
+    # the most a mutant that ran may hold: the loader's estimate plus its input (need_bytes)
+    max_need_bytes: int = 0
+
+
+def need_bytes(data: bytes, limits: dict) -> tuple[int, int]:
+    """(the loader's memory estimate for one image on one thread plus the caller's input image,
+    that input image's bytes) of a file that loads: what running it may hold at its peak."""
+    from sbnn_runtime.passes import graph_cost
+
+    g = ff.loads(data, **limits)
+    c, h, w = g.input_shape
+    return graph_cost(g).memory(1, 1) + 4 * c * h * w, 4 * c * h * w
 
 
 def run_one(data: bytes, limits: dict, x_rng: np.random.Generator) -> str:
@@ -209,8 +221,9 @@ def fuzz(n: int, seed: int = 0, limits: dict | None = None, hang_s: float = 10.0
             res.slow_cases.append((i, cpu, wall, data))
         if what == "ran":
             try:
-                c, h, w = ff.loads(data, **limits).input_shape
-                res.max_input_bytes = max(res.max_input_bytes, 4 * c * h * w)
+                need, inp = need_bytes(data, limits)
+                res.max_input_bytes = max(res.max_input_bytes, inp)
+                res.max_need_bytes = max(res.max_need_bytes, need)
             except SBNNFormatError:
                 pass
         if what == "refused":

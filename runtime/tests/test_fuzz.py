@@ -30,6 +30,9 @@ def test_two_thousand_mutants_are_refused_cleanly_or_run():
     assert res.slow == 0
     # the run reaches past the checksum: many are refused by the graph checks, some run
     assert res.refused > 1000 and res.ran > 100
+    # the memory the campaign allows is the dearest estimate plus input of what ran: a figure
+    # of the loader's, at most the limit plus the input image
+    assert res.max_input_bytes < res.max_need_bytes <= (256 << 20) + res.max_input_bytes
 
 
 def test_a_flipped_bit_anywhere_is_refused():

@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -211,6 +212,104 @@ def test_sparse_cost_model_equals_the_counted_kernel_loops():
                 g, co, ones, n, t)
             tried += 1
     assert tried > 100
+
+
+def _counted_dense_steps(g: kc.BConvGeometry, Co: int, N: int) -> int:
+    """The loops of BConvLayer::image_dense, walked one by one, each trip at its weight."""
+    total = 0
+    P = g.Ho * g.Wo
+    for _ in range(N):
+        total += 8 * g.Hp * g.Wp * g.Cw  # dense_pack clears the padded plane of words
+        for _ in range(g.Ci * g.H * g.W):
+            total += kc.DENSE_SCALAR_STEPS  # packing one input value into its bit
+        for _ in range(P):
+            for _ in range(g.Kp):
+                total += kc.DENSE_SCALAR_STEPS  # im2col: one word and its popcount (or a zero)
+        for _ in range(Co):
+            total += kc.DENSE_CHANNEL_STEPS  # the channel's GEMM edge tiles and epilogue call
+            for _ in range(P):
+                total += kc.DENSE_WORD_STEPS * g.Kp + kc.DENSE_OUTPUT_STEPS
+    return total
+
+
+def _counted_plan_steps(g: kc.BConvGeometry, bits: np.ndarray) -> int:
+    """BConvLayer::plan_for(G < g.G) -> remap_plan: one offset per 1-bit and per tap."""
+    if g.G <= 1:
+        return 0
+    total = 0
+    for _ in range(int(np.count_nonzero(bits)) + g.kh * g.kw):
+        total += kc.PLAN_ONE_STEPS
+    return total
+
+
+def test_dense_cost_model_equals_the_counted_kernel_loops():
+    rng = np.random.default_rng(6)
+    tried = 0
+    for _ in range(40):
+        ci, h, w = int(rng.integers(1, 130)), int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        k, s = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        p = int(rng.integers(0, k))
+        if h + 2 * p < k or w + 2 * p < k:
+            continue
+        co = int(rng.integers(1, 20))
+        g = kc.bconv_geometry(ci, h, w, k, k, s, p, 64)
+        for n in (1, 3):
+            assert kc.dense_steps(g, co, n) == _counted_dense_steps(g, co, n)
+            tried += 1
+        bits = (rng.random((co, ci, k, k)) < 0.1).astype(np.uint8)
+        assert kc.plan_steps(g, int(bits.sum())) == _counted_plan_steps(g, bits)
+    assert tried > 40
+
+
+def _choice_rounds() -> int:
+    """``kChoiceRounds`` of runtime/csrc/core/engine.cpp: the timing rounds of a first run."""
+    text = (ROOT / "runtime" / "csrc" / "core" / "engine.cpp").read_text()
+    return int(re.search(r"constexpr int kChoiceRounds = (\d+);", text).group(1))
+
+
+def _counted_first_run(graph, batch: int) -> int:
+    """What the first run of a fresh engine at ``batch`` does, counted loop by loop: each binary
+    conv of the packed kernels builds the sparse plan for the batch's group (when it is smaller
+    than the kernel's), times both kernels in ``kChoiceRounds`` rounds (one when they are slow)
+    and runs the sparse one once more when it won; every other node runs once."""
+    from sbnn_runtime import ops
+
+    shapes = graph.shapes()
+    total = 0
+    for i, nd in enumerate(graph.nodes):
+        ins, out = [shapes[j] for j in nd.inputs], shapes[i]
+        if not ops._is_fast_bconv(nd):
+            spec = ops.OPS[nd.op]
+            one = spec.work(nd, ins, out) if spec.work else spec.macs(nd, ins, out) + int(
+                np.prod(out))
+            total += batch * int(one)
+            continue
+        bits = nd.params["bits"]
+        co, ci, kh, kw = bits.shape
+        c, h, w = ins[0]
+        st, pd = ops.conv_geometry(nd)[0], ops.conv_geometry(nd)[2]
+        g = kc.bconv_geometry(ci, h, w, kh, kw, st, pd, 64)
+        ones = [int(np.count_nonzero(bits[o])) for o in range(co)]
+        sparse = _counted_sparse_steps(g, co, ones, batch, 1)
+        dense = _counted_dense_steps(g, co, batch)
+        plan = _counted_plan_steps(g, bits) if batch < g.G else 0
+        total += plan + _choice_rounds() * (sparse + dense) + sparse
+    return total
+
+
+@pytest.mark.parametrize("seed", [78, 123, 13, 22, 106, 136, 145, 3, 7])
+def test_work_estimate_covers_the_first_run_of_tiny_graphs(seed):
+    # the bench's graphs whose first run was 10-14x the median rate (docs/HARDENING.md): their
+    # first run, counted loop by loop (the dense kernel's trips at their weights, the sparse
+    # plan built for the batch's group), is at most kChoiceRounds + 1 times the estimate the
+    # loader's max_macs bounds, at batch 1 (where every G > 1 builds a plan) and at batch 2
+    from random_graphs import random_graph
+
+    graph = random_graph(seed, 4)
+    work = graph_cost(graph).work
+    for batch in (1, 2):
+        counted = _counted_first_run(graph, batch)
+        assert counted <= (_choice_rounds() + 1) * batch * work, (seed, batch)
 
 
 def test_a_wide_kernel_over_a_wide_row_is_refused_by_its_real_work():

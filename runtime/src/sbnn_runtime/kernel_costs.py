@@ -9,11 +9,16 @@ This module is the Python twin of that layout (:func:`bconv_geometry` mirrors
 geometry), so that :func:`sbnn_runtime.ops.graph_cost` can bound work and memory before a
 single parameter is decoded.
 
-Work is counted in *kernel steps*: one byte lane of the sparse accumulation, one 64-bit word
-of the dense binary GEMM (64 binary MACs), one float multiply-accumulate, one element of a
-pass over a tensor. The steps run at rates within a small factor of each other (a 32-byte
-vector add does 32 sparse steps, an FMA 8 float steps, a popcount 1 dense step), which
-``scripts/bench_work.py`` checks on random graphs.
+Work is counted in *kernel steps*: one byte lane of the sparse accumulation, one float
+multiply-accumulate, one element of a pass over a tensor. The dense binary kernel's loop trips
+are dearer than that, so each counts several steps (``DENSE_*_STEPS``: a 64-bit word of its
+GEMM 4, a scalar packing or im2col trip 16, an output's reduction and epilogue 32, an output
+channel's call 256), and so does each 1-bit's offset the sparse kernel writes into the plan of
+a partial group at the first run of a batch size (``PLAN_ONE_STEPS``). The weights were set by
+timing both binary kernels on the layers of 200 random graphs (the dense kernel ran at 6.5x
+the sparse kernel's median time per step unweighted, at 0.7x to 1.9x weighted), so that the
+steps of every kernel run at rates within a small factor of each other; ``python
+scripts/bench_limits.py time`` checks that on random graphs (docs/HARDENING.md).
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ __all__ = [
     "border_classes",
     "sparse_steps",
     "dense_steps",
+    "plan_steps",
+    "DENSE_WORD_STEPS",
+    "DENSE_SCALAR_STEPS",
+    "DENSE_OUTPUT_STEPS",
+    "DENSE_CHANNEL_STEPS",
+    "PLAN_ONE_STEPS",
     "bconv_param_bytes",
     "bconv_workspace",
     "fconv_param_bytes",
@@ -44,6 +55,20 @@ MAX_BCONV_CLASSES = 65536  # sbnn::BConvLayer: uint16 border-class ids of the de
 INT32_MAX = (1 << 31) - 1  # sbnn::make_geom: int32 offsets into the bit planes
 _GRID_BYTES = 8 * 32  # one register tile of the sparse kernel
 _GEMM_MR, _GEMM_VL = 12, 16  # the widest float GEMM tile (AVX-512); bounds the others
+# What one loop trip of the dense binary kernel costs in kernel steps (timed against the sparse
+# kernel's steps, see the module docstring): a 64-bit word of the GEMM (AVX2 counts bits
+# through a nibble table, 4 words a vector), a scalar trip of packing the input into bit words
+# or of im2col (a word and its popcount), an output's reduction to one count plus its epilogue
+# (the border class lookup), and an output channel's calls (the GEMM's edge tiles, the epilogue).
+# A cleared byte counts 1 step, as in the sparse kernel.
+DENSE_WORD_STEPS = 4
+DENSE_SCALAR_STEPS = 16
+DENSE_OUTPUT_STEPS = 32
+DENSE_CHANNEL_STEPS = 256
+# A 1-bit's offset written into a fresh plan (``remap_plan`` in bconv.cpp: a division and a
+# store into new pages, about 2 ns with the page faults), when the first run of a batch size
+# smaller than the kernel's group makes the plan for that group size.
+PLAN_ONE_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -171,9 +196,30 @@ def sparse_steps(g: BConvGeometry, Co: int, ones: int, N: int = 1, T: int = 1) -
 
 
 def dense_steps(g: BConvGeometry, Co: int, N: int = 1) -> int:
-    """Kernel steps of the dense binary conv: pack, im2col, GEMM words, epilogue, per image."""
+    """Kernel steps of the dense binary conv on N images (``BConvLayer::image_dense``).
+
+    Per image: clearing the padded bit plane (8 bytes a word), packing every input value into
+    it and the im2col of ``Kp`` words per output pixel (scalar trips), ``Kp`` GEMM words per
+    output, each output's reduction and epilogue, and each output channel's calls; each loop
+    trip weighted by its ``DENSE_*_STEPS``.
+    """
     P = g.Ho * g.Wo
-    return N * (g.Ci * g.H * g.W + g.Hp * g.Wp * g.Cw + P * g.Kp + Co * P * g.Kp + Co * P)
+    return N * (8 * g.Hp * g.Wp * g.Cw + DENSE_SCALAR_STEPS * (g.Ci * g.H * g.W + P * g.Kp)
+                + DENSE_WORD_STEPS * Co * P * g.Kp + DENSE_OUTPUT_STEPS * Co * P
+                + DENSE_CHANNEL_STEPS * Co)
+
+
+def plan_steps(g: BConvGeometry, ones: int) -> int:
+    """Kernel steps of making a sparse plan at the first run of a batch size (once each).
+
+    A batch smaller than the kernel's group ``G`` (every batch of one, when ``G > 1``) runs a
+    plan made for that many images: ``BConvLayer::plan_for`` remaps the full plan's offset of
+    every 1-bit and tap into fresh memory. A ``G`` of 1 uses the plan built at load, and costs
+    nothing here.
+    """
+    if g.G <= 1:
+        return 0
+    return PLAN_ONE_STEPS * (ones + g.kh * g.kw)
 
 
 def bconv_param_bytes(g: BConvGeometry, Co: int, ones: int) -> int:
