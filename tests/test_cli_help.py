@@ -4,6 +4,7 @@ and `sbnn train --help` lists the --set keys."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -26,6 +27,19 @@ def test_every_option_with_a_default_shows_it():
             shown = f"default: {a.default}"
             assert shown in text, (name, a.option_strings, shown)
 
+
+
+def test_no_option_says_default_twice():
+    # the formatter appends "(default: X)"; a help text that also states it by hand printed
+    # "(default 4) (default: 4)" for sbnn export --calib-batches
+    twice = []
+    for name, p in _subparsers().items():
+        fmt = p._get_formatter()
+        for a in p._actions:
+            text = fmt._expand_help(a) if a.help else ""
+            if len(re.findall(r"\bdefault\b", text, flags=re.I)) > 1:
+                twice.append(f"sbnn {name} {'/'.join(a.option_strings) or a.dest}: {text}")
+    assert not twice, "\n".join(twice)
 
 def test_train_help_lists_every_set_key(capsys):
     with pytest.raises(SystemExit):

@@ -42,6 +42,36 @@ def test_signatures_match_torch():
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in p_ours[len(p_theirs) :])
 
 
+# state_dict keys and extra entries per domain, pinned as they were before SBConv1d/SBConv2d
+# shared their body (_SBConvNd): a refactor must not rename, add or drop one
+_SB_KEYS = {"learned": ["tau", "phi"], "closed_form": [], "pm1": ["tau"], "01": ["tau"],
+            "abr": ["tau", "r"], "pm1c": []}
+
+
+@pytest.mark.parametrize("cls,x_shape,k,st,pad", [
+    (SBConv1d, (2, 6, 9), "(3,)", "(2,)", "(1,)"),
+    (SBConv2d, (2, 6, 9, 7), "(3, 3)", "(2, 2)", "(1, 1)"),
+])
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_conv_state_dict_and_repr_are_pinned(cls, x_shape, k, st, pad, domain):
+    torch.manual_seed(0)
+    layer = cls(6, 4, 3, stride=2, padding=1, groups=2, domain=domain)
+    sd = layer.state_dict()
+    assert list(sd) == ["weight", "bias"] + _SB_KEYS[domain]
+    assert sd["weight"].shape == (4, 3) + (3,) * (len(x_shape) - 2)
+    assert all(sd[key].shape == () for key in _SB_KEYS[domain])
+    # the saved state loads into a fresh layer and gives the same output
+    x = torch.randn(x_shape)
+    fresh = cls(6, 4, 3, stride=2, padding=1, groups=2, domain=domain)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh(x), layer(x))
+    assert repr(layer) == (
+        f"{cls.__name__}(\n  6, 4, kernel_size={k}, stride={st}, padding={pad}, groups=2, "
+        f"domain={domain}, weight_estimator=ste, act=approx_sign\n"
+        "  (weight_estimator): STE(ste)\n  (act): ApproxSign(approx_sign)\n)"
+    )
+
+
 @pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 1)])
 @pytest.mark.parametrize("bias", [True, False])

@@ -194,6 +194,34 @@ sbnn::ConvGeometry to_geometry(const std::vector<int>& g) {
   return sbnn::ConvGeometry{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
 }
 
+// Float conv2d in one call (the module functions conv2d and conv2d_ex): checks x against the
+// weight and groups, prepares the layer for x's size and runs it. w_layout and expects word the
+// error messages of the calling function.
+nb::ndarray<nb::numpy, float> float_conv2d(const FArr& x, const FArr& w, const OptF& bias,
+                                           const sbnn::ConvGeometry& g, int num_threads,
+                                           const std::string& impl, const char* w_layout,
+                                           const char* expects) {
+  expect_ndim(x, 4, "x", "(N, Ci, H, W)");
+  expect_ndim(w, 4, "weight", w_layout);
+  if (static_cast<int64_t>(w.shape(1)) * g.groups != static_cast<int64_t>(x.shape(1)))
+    throw std::invalid_argument("conv2d: x has " + std::to_string(x.shape(1)) + " channels, " +
+                                expects + " " + std::to_string(w.shape(1) * g.groups));
+  const int Co = as_int(w.shape(0));
+  sbnn::FloatConv conv(w.data(), Co, as_int(x.shape(1)), as_int(w.shape(2)), as_int(w.shape(3)),
+                       vec_or_null(bias, Co, "bias", false), g, as_int(x.shape(2)),
+                       as_int(x.shape(3)), sbnn::parse_isa(impl));
+  float* y;
+  auto out = new_array<float>({x.shape(0), static_cast<size_t>(Co),
+                               static_cast<size_t>(conv.Ho()), static_cast<size_t>(conv.Wo())},
+                              &y);
+  sbnn::ThreadPool pool(num_threads);
+  {
+    nb::gil_scoped_release rel;
+    conv.forward(x.data(), as_int(x.shape(0)), y, &pool);
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------ engine binding
 class PyEngine {
  public:
@@ -432,26 +460,10 @@ NB_MODULE(_core, m) {
       "conv2d",
       [](FArr x, FArr w, OptF bias, int stride, int padding, int num_threads,
          const std::string& impl) {
-        expect_ndim(x, 4, "x", "(N, Ci, H, W)");
-        expect_ndim(w, 4, "weight", "(Co, Ci, kh, kw)");
-        if (x.shape(1) != w.shape(1))
-          throw std::invalid_argument("conv2d: x has " + std::to_string(x.shape(1)) +
-                                      " channels, weight expects " + std::to_string(w.shape(1)));
-        const int Co = as_int(w.shape(0));
-        sbnn::FloatConv conv(w.data(), Co, as_int(w.shape(1)), as_int(w.shape(2)),
-                             as_int(w.shape(3)), vec_or_null(bias, Co, "bias", false), stride,
-                             padding, as_int(x.shape(2)), as_int(x.shape(3)),
-                             sbnn::parse_isa(impl));
-        float* y;
-        auto out = new_array<float>({x.shape(0), static_cast<size_t>(Co),
-                                     static_cast<size_t>(conv.Ho()), static_cast<size_t>(conv.Wo())},
-                                    &y);
-        sbnn::ThreadPool pool(num_threads);
-        {
-          nb::gil_scoped_release rel;
-          conv.forward(x.data(), as_int(x.shape(0)), y, &pool);
-        }
-        return out;
+        return float_conv2d(x, w, bias,
+                            sbnn::ConvGeometry{stride, stride, padding, padding, padding, padding,
+                                               1, 1, 1},
+                            num_threads, impl, "(Co, Ci, kh, kw)", "weight expects");
       },
       "x"_a, "weight"_a, "bias"_a = nb::none(), "stride"_a = 1, "padding"_a = 0,
       "num_threads"_a = 1, "impl"_a = "auto",
@@ -462,27 +474,8 @@ NB_MODULE(_core, m) {
       "conv2d_ex",
       [](FArr x, FArr w, OptF bias, const std::vector<int>& geom, int num_threads,
          const std::string& impl) {
-        expect_ndim(x, 4, "x", "(N, Ci, H, W)");
-        expect_ndim(w, 4, "weight", "(Co, Ci / groups, kh, kw)");
-        const sbnn::ConvGeometry g = to_geometry(geom);
-        if (static_cast<int64_t>(w.shape(1)) * g.groups != static_cast<int64_t>(x.shape(1)))
-          throw std::invalid_argument("conv2d: x has " + std::to_string(x.shape(1)) +
-                                      " channels, weight and groups expect " +
-                                      std::to_string(w.shape(1) * g.groups));
-        const int Co = as_int(w.shape(0));
-        sbnn::FloatConv conv(w.data(), Co, as_int(x.shape(1)), as_int(w.shape(2)),
-                             as_int(w.shape(3)), vec_or_null(bias, Co, "bias", false), g,
-                             as_int(x.shape(2)), as_int(x.shape(3)), sbnn::parse_isa(impl));
-        float* y;
-        auto out = new_array<float>({x.shape(0), static_cast<size_t>(Co),
-                                     static_cast<size_t>(conv.Ho()), static_cast<size_t>(conv.Wo())},
-                                    &y);
-        sbnn::ThreadPool pool(num_threads);
-        {
-          nb::gil_scoped_release rel;
-          conv.forward(x.data(), as_int(x.shape(0)), y, &pool);
-        }
-        return out;
+        return float_conv2d(x, w, bias, to_geometry(geom), num_threads, impl,
+                            "(Co, Ci / groups, kh, kw)", "weight and groups expect");
       },
       "x"_a, "weight"_a, "bias"_a, "geom"_a, "num_threads"_a = 1, "impl"_a = "auto",
       "Float conv2d of any geometry (geom: sh, sw, pt, pl, pb, pr, dh, dw, groups), as the "

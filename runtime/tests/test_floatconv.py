@@ -59,6 +59,39 @@ def test_conv2d_bad_impl():
 
 @needs_core
 @pytest.mark.parametrize("impl", impl_params())
+def test_conv2d_is_conv2d_ex_with_a_square_geometry(impl):
+    # the two module functions share one body (bindings.cpp float_conv2d): conv2d(stride, pad)
+    # is conv2d_ex(sh = sw = stride, every pad = pad, dilation 1, groups 1), bit for bit
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 9, 8), dtype=np.float32)
+    wt = rng.standard_normal((6, 5, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(6, dtype=np.float32)
+    for s, p in ((1, 0), (2, 1), (1, 2)):
+        y = core.conv2d(x, wt, b, s, p, num_threads=2, impl=impl)
+        np.testing.assert_array_equal(y, core.conv2d_ex(x, wt, b, [s, s, p, p, p, p, 1, 1, 1],
+                                                        num_threads=2, impl=impl))
+
+
+@needs_core
+def test_conv2d_errors_name_the_shapes():
+    x = np.zeros((1, 6, 5, 5), np.float32)
+    w4 = np.zeros((2, 4, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="x has 6 channels, weight expects 4$"):
+        core.conv2d(x, w4)
+    with pytest.raises(ValueError, match="x has 6 channels, weight and groups expect 8$"):
+        core.conv2d_ex(x, w4, None, [1, 1, 0, 0, 0, 0, 1, 1, 2])
+    with pytest.raises(ValueError, match=r"weight: expected a 4-D array \(Co, Ci, kh, kw\)"):
+        core.conv2d(x, w4[0])
+    with pytest.raises(ValueError, match=r"weight: .*\(Co, Ci / groups, kh, kw\), got shape"):
+        core.conv2d_ex(x, w4[0], None, [1] * 9)
+    with pytest.raises(ValueError, match=r"x: expected a 4-D array \(N, Ci, H, W\)"):
+        core.conv2d(x[0], w4)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(2,\), got \(3,\)"):
+        core.conv2d(x[:, :4], w4, np.zeros(3, np.float32))
+
+
+@needs_core
+@pytest.mark.parametrize("impl", impl_params())
 def test_conv2d_tap_past_a_short_row(impl):
     # Issue 18 item 1: stride 2, pad 1 on a 1x1 input: the tap kx=2 lands at w = 1 (past the
     # row) for the only output column; (W - 1 + pad - kx) / stride truncated toward zero made it

@@ -165,6 +165,13 @@ def test_reference_fallback_without_core(monkeypatch):
     assert_close(y, ref, rtol=1e-5, atol=1e-4)
     with pytest.raises(RuntimeError):
         kernels.bconv2d(x, bits, eta, xi, bias, s, p, impl="scalar")
+    counts = kernels.bconv2d_counts(x, bits, s, p, thr)
+    for got, want in zip(counts, kernels.bconv2d_counts_reference(x, bits, s, p, thr), strict=True):
+        assert np.array_equal(got, want)
+    with pytest.raises(RuntimeError):
+        kernels.bconv2d_counts(x, bits, s, p, impl="scalar")
+    with pytest.raises(ValueError, match="impl must be one of"):  # checked before the core
+        kernels.bconv2d_counts(x, bits, s, p, impl="nope")
 
 
 def test_reference_pins_sign_zero_and_padding():

@@ -132,11 +132,16 @@ def dequantized_weight(bits, eta, xi) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def _check(impl: str, kind: str) -> None:
+def _native(impl: str, kind: str) -> bool:
+    """Checks ``impl`` and ``kind``; False where the numpy reference runs instead of the native
+    core (the extension is missing and ``impl="auto"``); a named impl without it is an error."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if core is None and impl != "auto":
+        raise RuntimeError(native_error)
+    return core is not None
 
 
 def bconv2d(x, bits, eta, xi, bias, stride: int = 1, padding: int = 0, thr=None,
@@ -147,10 +152,7 @@ def bconv2d(x, bits, eta, xi, bias, stride: int = 1, padding: int = 0, thr=None,
     variable); without the extension only the numpy reference runs ("auto" falls back to it).
     ``kind="sparse"`` visits only the 1-bits; ``"dense"`` is the XNOR/popcount BNN baseline.
     """
-    _check(impl, kind)
-    if core is None:
-        if impl != "auto":
-            raise RuntimeError(native_error)
+    if not _native(impl, kind):
         return bconv2d_reference(x, bits, eta, xi, bias, stride, padding, thr)
     return core.bconv2d(_f32(x), _bits(bits), _f32(eta), _f32(xi), _f32(bias), stride, padding,
                         _f32(thr), impl, kind, num_threads)
@@ -159,9 +161,6 @@ def bconv2d(x, bits, eta, xi, bias, stride: int = 1, padding: int = 0, thr=None,
 def bconv2d_counts(x, bits, stride: int = 1, padding: int = 0, thr=None, impl: str = "auto",
                    kind: str = "sparse") -> tuple[np.ndarray, np.ndarray]:
     """The exact integer parts (conv(x, b), conv(x, 1)) as int32 arrays."""
-    _check(impl, kind)
-    if core is None:
-        if impl != "auto":
-            raise RuntimeError(native_error)
+    if not _native(impl, kind):
         return bconv2d_counts_reference(x, bits, stride, padding, thr)
     return core.bconv2d_counts(_f32(x), _bits(bits), stride, padding, _f32(thr), impl, kind)

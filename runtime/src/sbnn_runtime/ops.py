@@ -224,7 +224,8 @@ _I, _F, _B = int, float, bool
 
 
 class INTS:
-    """Attribute type: an int or a list of ints (a conv's stride, padding, dilation)."""
+    """Attribute type: an int or a list of ints per axis / side (a conv's stride, padding,
+    dilation; a pool's k, stride, pad)."""
 
 
 def _int_or_ints(v: Any) -> bool:
@@ -1188,10 +1189,9 @@ def _pool_native(eng, nd: Node, src: list[int], opt: dict) -> int:
                       nd.attrs.get("count_include_pad", True))
 
 
-_KSP = INTS  # an int, or a list of ints per axis / side
 _register(OpSpec(
     "avgpool", 1,
-    {"k": _KSP, "stride": _KSP, "pad": _KSP, "count_include_pad": _B, "ceil_mode": _B},
+    {"k": INTS, "stride": INTS, "pad": INTS, "count_include_pad": _B, "ceil_mode": _B},
     {},
     shape=_pool_shape, reference=_avgpool_reference,
     lower_native=_pool_native,
@@ -1200,7 +1200,7 @@ _register(OpSpec(
 ))
 
 _register(OpSpec(
-    "maxpool", 1, {"k": _KSP, "stride": _KSP, "pad": _KSP, "ceil_mode": _B}, {},
+    "maxpool", 1, {"k": INTS, "stride": INTS, "pad": INTS, "ceil_mode": _B}, {},
     shape=_pool_shape, reference=_maxpool_reference,
     lower_native=_pool_native,
     lower_onnx=_pool_onnx("MaxPool"), macs=_pool_macs, work=_pool_work, lower_c=_pool_c,
@@ -1289,11 +1289,6 @@ def _int8_twin(nd: Node, x_scale: float, x_zero: int) -> Node:
     return Node("qlinear", list(nd.inputs), attrs, params, nd.name)
 
 
-def _qgeom(nd: Node) -> ConvGeometry:
-    """(sh, sw, pt, pl, pb, pr, dh, dw, groups) of an int8 conv: the float conv's reader."""
-    return conv_geometry(nd)
-
-
 def _qcheck(where: str, nd: Node, k: int) -> None:
     if not 0 <= nd.attrs["x_zero"] <= 255:
         raise _err(f"{where}: x_zero {nd.attrs['x_zero']} is not in [0, 255]")
@@ -1308,7 +1303,7 @@ def _qconv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
     c, h, w = _spatial(where, ins[0])
     P = nd.params
     wt = P["weight"]
-    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    sh, sw, pt, pl, pb, pr, dh, dw, g = conv_geometry(nd)
     if wt.ndim != 4 or g < 1 or c % g or wt.shape[0] % g or wt.shape[1] * g != c:
         raise _err(f"{where}: weight shape {wt.shape} in {g} group(s) does not take {c} input "
                    "channels")
@@ -1329,7 +1324,7 @@ def _qconv_shape(nd: Node, ins: list[Shape], where: str) -> Shape:
 
 def _qconv_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
     P, A = nd.params, nd.attrs
-    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    sh, sw, pt, pl, pb, pr, dh, dw, g = conv_geometry(nd)
     return qkernels.qconv2d_reference(x[0], P["weight"], P["w_scale"], P.get("bias"),
                                       A["x_scale"], A["x_zero"], (sh, sw), (pt, pl, pb, pr),
                                       (dh, dw), g)
@@ -1337,7 +1332,7 @@ def _qconv_reference(nd: Node, x: list[np.ndarray]) -> np.ndarray:
 
 def _qconv_native(eng, nd: Node, src: list[int], opt: dict) -> int:
     P, A = nd.params, nd.attrs
-    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    sh, sw, pt, pl, pb, pr, dh, dw, g = conv_geometry(nd)
     return eng.qconv2d(src[0], P["weight"], qkernels.out_scale(A["x_scale"], P["w_scale"]),
                        P.get("bias"), A["x_scale"], A["x_zero"], [sh, sw], [pt, pl, pb, pr],
                        [dh, dw], g, opt.get("impl", "auto"))
@@ -1368,7 +1363,7 @@ def _onnx_qdq(ctx, nd: Node, x: str) -> tuple[str, str]:
 
 def _qconv_onnx(ctx, nd: Node, ins: list[str], out: str) -> None:
     dq, wf = _onnx_qdq(ctx, nd, ins[0])
-    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    sh, sw, pt, pl, pb, pr, dh, dw, g = conv_geometry(nd)
     args = [dq, wf] + ([ctx.const("b", nd.params["bias"])] if "bias" in nd.params else [])
     ctx.node("Conv", args, [out], kernel_shape=list(nd.params["weight"].shape[2:]),
              strides=[sh, sw], pads=[pt, pl, pb, pr], dilations=[dh, dw], group=g)
@@ -1385,7 +1380,7 @@ def _qconv_c(cn) -> str:
     nd, (ci, h, w), (co, oh, ow) = cn.node, cn.ins[0], cn.out
     P, A = nd.params, nd.attrs
     _, _, kh, kw = P["weight"].shape
-    sh, sw, pt, pl, pb, pr, dh, dw, g = _qgeom(nd)
+    sh, sw, pt, pl, pb, pr, dh, dw, g = conv_geometry(nd)
     wq = cn.em.uarr(f"L{cn.index}_wq", "int8_t", 1, P["weight"])
     geo = f"{ci}, {h}, {w}, {co}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {g}, {oh}, {ow}"
     return (f"sbnn_qconv2d({cn.x[0]}, {cn.y}, {wq}, "
@@ -1421,7 +1416,8 @@ def _qconv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
     # the engine's uint8 input, its uint8 columns (taps padded to 64) and the int32 sums
     co, cig, kh, kw = nd.params["weight"].shape
     p = out[1] * out[2]
-    return math.prod(ins[0]) + p * (-(-cig * kh * kw // 64) * 64) * _qgeom(nd)[8] + 4 * co * p
+    groups = conv_geometry(nd)[8]
+    return math.prod(ins[0]) + p * (-(-cig * kh * kw // 64) * 64) * groups + 4 * co * p
 
 
 def _q_c_scratch(nd: Node, ins: list[Shape], out: Shape, in_map: bool) -> dict[str, int]:

@@ -31,8 +31,7 @@ def add_parser(subparsers) -> None:
                    help="with --int8: calibrate on these float (N, C, H, W) images, "
                         "preprocessed as the model expects, instead of the run's data")
     p.add_argument("--calib-batches", type=int, default=4, metavar="N",
-                   help="with --int8: batches of 128 training images to calibrate on "
-                        "(default 4)")
+                   help="with --int8: batches of 128 training images to calibrate on")
     p.add_argument("--best", action="store_true", help="use best.pt instead of last.pt")
     p.add_argument("--input-shape", help="C,H,W, C,L or F of one sample (default: from the run's "
                    "dataset)")

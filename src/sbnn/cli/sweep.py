@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
     add_threads(g)
     g.add_argument("--jobs", "-j", type=int, default=1,
                    help="runs trained at once on this machine, one process each, the threads "
-                        "(--threads, default: every CPU) split among them")
+                        "(--threads, else every CPU) split among them")
     add_out(g, "sweep folder", required=True)
     p.set_defaults(func=run)
 

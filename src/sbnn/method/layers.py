@@ -74,7 +74,8 @@ def _check_domain(domain: str) -> str:
 
 
 class SBLayer:
-    """Behaviour shared by :class:`SBConv2d` and :class:`SBLinear` (a mixin over ``nn.Module``)."""
+    """Behaviour shared by :class:`SBConv1d`, :class:`SBConv2d` and :class:`SBLinear` (a mixin over
+    ``nn.Module``)."""
 
     weight: nn.Parameter
 
@@ -200,79 +201,56 @@ class SBLayer:
         )
 
 
-class SBConv2d(SBLayer, nn.Conv2d):
+class _SBConvNd(SBLayer):
+    """The body :class:`SBConv1d` and :class:`SBConv2d` share: the ``nn.Conv1d`` / ``nn.Conv2d``
+    signature plus ``domain``, ``weight_estimator``, ``act``, and a forward that convolves the
+    binarised input with the quantised weight. Listed before the torch conv class in the bases,
+    so ``super().__init__`` reaches it."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        domain: str = "learned",
+        weight_estimator="ste",
+        act="approx_sign",
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )
+        self._init_sb(domain, weight_estimator, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.binarize_input(x), self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self.sb_extra_repr()
+
+
+class SBConv2d(_SBConvNd, nn.Conv2d):
     """Sparse-binary ``nn.Conv2d``: same signature, plus ``domain``, ``weight_estimator``, ``act``.
 
     ``x: (N, C_in, H, W) -> (N, C_out, H', W')``; zero padding pads the binarised input with 0.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
-        *,
-        domain: str = "learned",
-        weight_estimator="ste",
-        act="approx_sign",
-    ):
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )
-        self._init_sb(domain, weight_estimator, act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.binarize_input(x), self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", " + self.sb_extra_repr()
-
-
-class SBConv1d(SBLayer, nn.Conv1d):
+class SBConv1d(_SBConvNd, nn.Conv1d):
     """Sparse-binary ``nn.Conv1d`` (audio, sensor nets): as :class:`SBConv2d`, one dimension.
 
     ``x: (N, C_in, L) -> (N, C_out, L')``; the exporter runs it as a conv2d with a (1, k) kernel
     on the (C, 1, L) map.
     """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
-        *,
-        domain: str = "learned",
-        weight_estimator="ste",
-        act="approx_sign",
-    ):
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )
-        self._init_sb(domain, weight_estimator, act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.binarize_input(x), self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", " + self.sb_extra_repr()
 
 
 class SBLinear(SBLayer, nn.Linear):
