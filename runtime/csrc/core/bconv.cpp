@@ -447,9 +447,9 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
   auto block = [&](int b) {
     auto acc = uninit<int32_t>(Lr);
     auto acc8 = uninit<int8_t>(Lr + 64);  // slack for the epilogue's over-reads
-    std::unique_ptr<int32_t[]> tmp32;  // wrapped grids: scratch of wrap_accum
+    std::unique_ptr<int32_t[]> tmp32;  // wrapped grids: scratch of wrap_accum's fallback
     std::unique_ptr<int8_t[]> tmp8;
-    if (g.wrap) {
+    if (g.wrap && !(kt_->sparse_accum8_wrap && kt_->sparse_accum_wrap)) {
       tmp32 = uninit<int32_t>(Lr);
       tmp8 = uninit<int8_t>(Lr + 64);
     }
