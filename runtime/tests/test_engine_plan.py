@@ -98,9 +98,11 @@ def test_fused_and_chosen_plans_match_reference(impl, shape, monkeypatch):
 def test_fused_epilogue_post_identical_to_two_passes(impl, monkeypatch):
     # The sparse kernel adds the residual and clamps inside its epilogue's pass (issue 20);
     # SBNN_FUSED_POST=0 runs the epilogue and then the post-op pass. Same floats, bit for bit,
-    # on maps whose rows take the 8-wide, 4-wide and scalar tails, batch 1 and 3.
+    # on maps whose rows take the 8-wide, 4-wide and scalar tails, and narrow maps (4 <= Wo < 8)
+    # packed into one flat run, batch 1 and 3.
     monkeypatch.setenv("SBNN_ISA", impl)
-    for c, h, w in [(5, 2, 2), (7, 5, 7), (12, 8, 8), (9, 13, 11), (4, 32, 32), (65, 4, 4)]:
+    for c, h, w in [(5, 2, 2), (7, 5, 7), (12, 8, 8), (9, 13, 11), (4, 32, 32), (65, 4, 4),
+                    (20, 6, 6), (9, 7, 5)]:
         rng = np.random.default_rng(c * 100 + h + w)
         g = block_net(c, h, w, rng)
         eng = Engine(g, 1, backend="native", impl=impl, choose=False)

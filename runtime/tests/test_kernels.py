@@ -28,6 +28,8 @@ SHAPES = [
     (1, 65, 9, 7, 7, 1, 2, 0),
     (1, 130, 3, 3, 3, 3, 1, 1),
     (3, 3, 70, 11, 13, 3, 2, 1),
+    (2, 20, 5, 6, 24, 3, 2, 1),  # stride-2 rows split 16 then 8 at a time, from registers
+    (2, 9, 4, 4, 4, 3, 1, 1),  # the 4x4 map's binarisation straight from registers
 ]
 FRACS = [0.0, 0.05, 0.3, 1.0]
 
@@ -217,6 +219,46 @@ def test_stacked_small_maps_exact(impl):
                 ref = eta.reshape(1, -1, 1, 1) * rc + xi.reshape(1, -1, 1, 1) * rw[:, None] + \
                     bias.reshape(1, -1, 1, 1)
                 assert_close(y1, ref, rtol=1e-5, atol=1e-4)
+
+
+def _fma32(a, b, c):
+    # float32 fused multiply-add, exact: the float64 sum is exact for the magnitudes used below
+    # (spans of at most ~40 bits), so one rounding to float32 is the FMA's
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+@needs_core
+@pytest.mark.parametrize("impl", impl_params())
+def test_epilogue_rounding_pinned(impl):
+    """The sparse float epilogue is eta*count + (xi*wsum + bias), bit for bit, with the ISA's
+    rounding: two fused multiply-adds in the x86 SIMD tables, a rounding per operation in the
+    scalar, NEON and reference ones. Narrow maps (4 <= Wo < 8: rows packed into one flat run,
+    issue 20), wide rows, stacked images, int8 counts (<= 127 1-bits) and int32 ones."""
+    fused = impl in ("avx2", "avx512")
+    g = np.random.default_rng(11)
+    n_case = 0
+    for H, W, s in ((4, 4, 1), (5, 5, 1), (6, 7, 1), (7, 4, 1), (8, 8, 1), (9, 12, 1), (9, 9, 2),
+                    (13, 8, 2)):
+        for Ci, frac in ((19, 0.05), (70, 0.3)):  # int8 counts; filters past 127 1-bits
+            for N in (1, 3):
+                n_case += 1
+                x = g.standard_normal((N, Ci, H, W), dtype=np.float32)
+                bits = (g.random((6, Ci, 3, 3)) < frac).astype(np.uint8)
+                sign = lambda n: np.where(g.random(n) < 0.5, -1.0, 1.0)  # noqa: E731
+                eta = (sign(6) * g.uniform(0.5, 1.5, 6)).astype(np.float32)
+                xi = (sign(6) * g.uniform(0.05, 0.5, 6)).astype(np.float32)
+                bias = (sign(6) * g.uniform(0.5, 2.0, 6)).astype(np.float32)
+                thr = (g.standard_normal(Ci) * 0.3).astype(np.float32)
+                c, w = kernels.bconv2d_counts_reference(x, bits, s, 1, thr)
+                cf, wf = c.astype(np.float32), w[:, None].astype(np.float32)
+                e, xv, b = (v.reshape(1, -1, 1, 1) for v in (eta, xi, bias))
+                if fused:
+                    want = _fma32(e, cf, _fma32(xv, wf, b))
+                else:
+                    want = e * cf + (xv * wf + b)
+                y = core.BConv2d(bits, eta, xi, bias, H, W, s, 1, thr, "sparse", impl)(x)
+                assert np.array_equal(y, want), (H, W, s, Ci, frac, N)
+    assert n_case == 32
 
 
 @needs_core

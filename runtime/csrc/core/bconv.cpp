@@ -418,35 +418,48 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
   // than 256 bytes at 14x14).
   const int unit = 32;
   const int Lr = (((nimg - 1) * g.Hs / g.stride + g.Ho) * g.Wph + unit - 1) / unit * unit;
-  auto planes = uninit<int8_t>(g.plane_alloc);
-  auto ssum = uninit<int16_t>(g.ssum_alloc);
-  auto wsg = uninit<int32_t>(Lr);
-  auto wsf = uninit<float>(static_cast<size_t>(nimg) * P);
-  auto zeros = std::unique_ptr<int8_t[]>(new int8_t[Lr + 64]());
-  auto work = uninit<uint64_t>(g.prep_work_bytes / 8 + 1);
-  kt_->sparse_prep(x, nimg, thr_.data(), g, planes.get(), ssum.get(), work.get());
+  // One allocation for the group's scratch (planes, channel sums, window sums, their float
+  // copy, the zero counts of all-zero filters, sparse_prep's work), 64-byte aligned pieces: six
+  // allocations a layer were a measurable share of the fixed cost of a small map.
+  auto piece = [](size_t bytes) { return (bytes + 63) / 64 * 64; };
+  const size_t b_planes = piece(g.plane_alloc), b_ssum = piece(g.ssum_alloc * sizeof(int16_t)),
+               b_wsg = piece(static_cast<size_t>(Lr) * sizeof(int32_t)),
+               b_wsf = piece(static_cast<size_t>(nimg) * P * sizeof(float)),
+               b_zeros = piece(static_cast<size_t>(Lr) + 64),
+               b_work = piece(g.prep_work_bytes + 8);
+  auto scratch = uninit<uint64_t>((b_planes + b_ssum + b_wsg + b_wsf + b_zeros + b_work) / 8);
+  char* sc = reinterpret_cast<char*>(scratch.get());
+  int8_t* planes = reinterpret_cast<int8_t*>(sc);
+  int16_t* ssum = reinterpret_cast<int16_t*>(sc + b_planes);
+  int32_t* wsg = reinterpret_cast<int32_t*>(sc + b_planes + b_ssum);
+  float* wsf = reinterpret_cast<float*>(sc + b_planes + b_ssum + b_wsg);
+  int8_t* zeros = reinterpret_cast<int8_t*>(sc + b_planes + b_ssum + b_wsg + b_wsf);
+  void* work = sc + b_planes + b_ssum + b_wsg + b_wsf + b_zeros;
+  std::memset(zeros, 0, static_cast<size_t>(Lr) + 64);
+  kt_->sparse_prep(x, nimg, thr_.data(), g, planes, ssum, work);
   if (g.wrap)
-    wrap_window_sum(*kt_, sp, ssum.get(), Lr, wsg.get());
+    wrap_window_sum(*kt_, sp, ssum, Lr, wsg);
   else
-    kt_->window_sum(ssum.get(), sp.tap_offsets.data(), static_cast<int>(sp.tap_offsets.size()),
-                    Lr, wsg.get());
+    kt_->window_sum(ssum, sp.tap_offsets.data(), static_cast<int>(sp.tap_offsets.size()), Lr,
+                    wsg);
+  // The valid outputs' window sums, as floats for the epilogue (a plain row copy the compiler
+  // vectorises; the integer copy only when asked for).
   for (int n = 0; n < nimg; ++n)
-    for (int oh = 0; oh < g.Ho; ++oh)
-      for (int ow = 0; ow < g.Wo; ++ow) {
-        const int32_t v = wsg[n * rstep + static_cast<size_t>(oh) * g.Wph + ow];
-        const size_t p = static_cast<size_t>(n) * P + oh * g.Wo + ow;
-        wsf[p] = static_cast<float>(v);
-        if (ws) ws[p] = v;
-      }
+    for (int oh = 0; oh < g.Ho; ++oh) {
+      const int32_t* src = wsg + n * rstep + static_cast<size_t>(oh) * g.Wph;
+      const size_t p = static_cast<size_t>(n) * P + static_cast<size_t>(oh) * g.Wo;
+      float* dst = wsf + p;
+      for (int ow = 0; ow < g.Wo; ++ow) dst[ow] = static_cast<float>(src[ow]);
+      if (ws) std::memcpy(ws + p, src, sizeof(int32_t) * static_cast<size_t>(g.Wo));
+    }
   const size_t out_img = static_cast<size_t>(Co_) * P;
   const int nblk = (Co_ + kCoBlock - 1) / kCoBlock;
   // The post-ops go into the epilogue's own pass when the table has the fused epilogues
   // (SBNN_FUSED_POST=0 in the environment turns it off, for measurements).
   const bool fuse_post = post.active() && kt_->affine_epilogue_post &&
                          kt_->affine_epilogue8_post && fused_post_enabled();
-  auto block = [&](int b) {
-    auto acc = uninit<int32_t>(Lr);
-    auto acc8 = uninit<int8_t>(Lr + 64);  // slack for the epilogue's over-reads
+  // acc, acc8: the block's count grids (acc8 with slack for the epilogue's over-reads)
+  auto block_in = [&](int b, int32_t* acc, int8_t* acc8) {
     std::unique_ptr<int32_t[]> tmp32;  // wrapped grids: scratch of wrap_accum's fallback
     std::unique_ptr<int8_t[]> tmp8;
     if (g.wrap && !(kt_->sparse_accum8_wrap && kt_->sparse_accum_wrap)) {
@@ -459,25 +472,25 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
       const int32_t* of = sp.offsets.data() + start_[c];
       // int8 counts unless the filter has more 1-bits than int8 holds; an all-zero filter
       // accumulates nothing and costs only its epilogue (xi * wsum + bias).
-      const int8_t* a8 = zeros.get();
+      const int8_t* a8 = zeros;
       const int32_t* a32 = nullptr;
       const int32_t* seg = g.wrap ? sp.seg.data() + static_cast<size_t>(c) * (g.kw + 1) : nullptr;
       if (n > kNarrowMax) {
         if (seg)
-          wrap_accum(*kt_, sp, planes.get(), of, seg, Lr, nullptr, acc.get(), nullptr, tmp32.get());
+          wrap_accum(*kt_, sp, planes, of, seg, Lr, nullptr, acc, nullptr, tmp32.get());
         else
-          kt_->sparse_accum(planes.get(), of, static_cast<int>(n), Lr, acc.get());
-        a32 = acc.get();
+          kt_->sparse_accum(planes, of, static_cast<int>(n), Lr, acc);
+        a32 = acc;
       } else if (n > 0) {
         if (seg)
-          wrap_accum(*kt_, sp, planes.get(), of, seg, Lr, acc8.get(), nullptr, tmp8.get(), nullptr);
+          wrap_accum(*kt_, sp, planes, of, seg, Lr, acc8, nullptr, tmp8.get(), nullptr);
         else
-          kt_->sparse_accum8(planes.get(), of, static_cast<int>(n), Lr, acc8.get());
-        a8 = acc8.get();
+          kt_->sparse_accum8(planes, of, static_cast<int>(n), Lr, acc8);
+        a8 = acc8;
       }
       for (int im = 0; im < nimg; ++im) {
         const size_t o = im * out_img + static_cast<size_t>(c) * P;
-        const float* wi = wsf.get() + static_cast<size_t>(im) * P;
+        const float* wi = wsf + static_cast<size_t>(im) * P;
         if (y && fuse_post) {  // the post-ops inside the epilogue's pass
           const float* r = post.res ? post.res + o : nullptr;
           float rp[3];
@@ -511,10 +524,19 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
       }
     }
   };
-  if (pool && pool->size() > 1)
-    pool->parallel_for(nblk, block);
-  else
-    for (int b = 0; b < nblk; ++b) block(b);
+  // One pair of count grids per task when the blocks run on the pool, one for all of them
+  // otherwise (a 512-channel layer allocated 64 of them a call).
+  if (pool && pool->size() > 1) {
+    pool->parallel_for(nblk, [&](int b) {
+      auto acc = uninit<int32_t>(Lr);
+      auto acc8 = uninit<int8_t>(Lr + 64);
+      block_in(b, acc.get(), acc8.get());
+    });
+  } else {
+    auto acc = uninit<int32_t>(Lr);
+    auto acc8 = uninit<int8_t>(Lr + 64);
+    for (int b = 0; b < nblk; ++b) block_in(b, acc.get(), acc8.get());
+  }
 }
 
 void BConvLayer::image_dense(const float* x, float* y, int32_t* cnt, int32_t* ws,
