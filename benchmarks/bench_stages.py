@@ -1,6 +1,7 @@
 """ResNet-18's binary convs one by one: sparse vs dense kernel per ISA, batch 1, one thread.
 
-    python benchmarks/bench_stages.py [--impl avx512] [--ones 0.05] [--rounds 60] [--json out.json]
+    python benchmarks/bench_stages.py [--impl avx512] [--ones 0.05] [--rounds 60] [--shapes 4]
+        [--json out.json]
 
 Every 3x3 conv shape of ResNet-18 at 32x32 (stride 1 and the stride-2 convs that open each
 stage), bits from the closed-form split of a normal random weight at ``--ones``, prepared once
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -27,20 +29,42 @@ SHAPES = [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (128, 256, 16, 2
           (256, 256, 8, 1), (256, 512, 8, 2), (512, 512, 4, 1), (256, 256, 14, 1)]
 
 
+def _cpu() -> str:
+    """The CPU model and whether it has VNNI (/proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                  if ln.startswith("model name")), "")
+    return f"{model}, vnni={'avx512_vnni' in text or 'avx_vnni' in text}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--impl", default="auto")
     ap.add_argument("--ones", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--shapes", default="",
+                    help="only these shapes, by index into SHAPES (e.g. 4 for 256->256@8x8)")
     args = ap.parse_args(argv)
     if core is None:
         print(f"no native core: {native_error}", file=sys.stderr)
         return 2
+    try:
+        pick = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
+    except (ValueError, IndexError):
+        print(f"bench_stages: --shapes takes indices 0..{len(SHAPES) - 1}, got {args.shapes!r}",
+              file=sys.stderr)
+        return 2
+    load0 = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"load {load0}")
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     rows = []
-    for ci, co, hw, s in SHAPES:
+    for ci, co, hw, s in pick:
         _, _, bits = closed_form(torch.randn(co, ci, 3, 3), ones=args.ones)
         bits = bits.numpy().astype(np.uint8)
         e, z = np.ones(co, np.float32), np.zeros(co, np.float32)
@@ -62,7 +86,11 @@ def main(argv=None) -> int:
               f"{q['dense']:.3f} ms  dense/sparse {row['dense_over_sparse']:.2f}")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"ones": args.ones, "rows": rows}, f, indent=1)
+            json.dump({"ones": args.ones, "rounds": args.rounds, "load_before": load0,
+                       "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+                       "cpu": _cpu(), "available_isas": list(core.available_impls()),
+                       "rows": rows}, f,
+                      indent=1)
             f.write("\n")
     return 0
 

@@ -405,7 +405,7 @@ NB_MODULE(_core, m) {
         SBNN_GEOM_FIELD(L); SBNN_GEOM_FIELD(Lr); SBNN_GEOM_FIELD(phase_size);
         SBNN_GEOM_FIELD(plane_elems); SBNN_GEOM_FIELD(plane_alloc); SBNN_GEOM_FIELD(ssum_alloc);
         SBNN_GEOM_FIELD(Cw); SBNN_GEOM_FIELD(K); SBNN_GEOM_FIELD(Kp);
-        SBNN_GEOM_FIELD(prep_work_bytes);
+        SBNN_GEOM_FIELD(prep_work_bytes); SBNN_GEOM_FIELD(wrap);
 #undef SBNN_GEOM_FIELD
         return d;
       },

@@ -267,3 +267,52 @@ def test_small_maps_share_a_grid():
     bits = np.zeros((8, 8, 3, 3), np.uint8)
     assert core.BConv2d(bits, ones, ones, ones, 4, 4, 1, 1).images_per_group > 1
     assert core.BConv2d(bits, ones, ones, ones, 32, 32, 1, 1).images_per_group == 1
+
+
+@needs_core
+@pytest.mark.parametrize("impl", impl_params())
+def test_wrapped_grids_exact(impl):
+    """Wrapped grids (issue 20: stride-1 rows at pitch W with no padding columns, the terms of
+    taps kx != pad masked where they read the neighbouring row): exact counts and window sums
+    on maps where the layout is chosen (8x8 at batch 1, 16x8, stacked 4x4, 7x7, non-square,
+    5x5 kernels with pad 1 and 2), int8 and int32 counts, 1-bits on one kx column only (empty
+    segments), batches with partial groups, 1 and 3 threads."""
+    if impl == "ref":
+        pytest.skip("the reference has no grids")
+    geom = core.bconv_geometry
+    assert geom(256, 8, 8, 3, 3, 1, 1, 32, 1)["wrap"] == 1  # the ResNet-18 8x8 stage, batch 1
+    assert geom(512, 4, 4, 3, 3, 1, 1)["wrap"] == 1  # stacked 4x4: 11 images, not 8
+    assert geom(256, 14, 14, 3, 3, 1, 1)["wrap"] == 0  # no vector saved
+    assert geom(128, 16, 16, 3, 3, 1, 1)["wrap"] == 0  # one of 9 saved: not worth the masks
+    assert geom(64, 8, 8, 3, 3, 2, 1)["wrap"] == 0  # stride 2 never wraps
+    n_case = 0
+    for N in (1, 2, 3):
+        for H, W, k, p in ((8, 8, 3, 1), (16, 8, 3, 1), (4, 4, 3, 1), (7, 7, 3, 1),
+                           (5, 8, 3, 1), (8, 3, 3, 1), (1, 1, 3, 1), (2, 2, 3, 1),
+                           (8, 8, 5, 2), (6, 6, 5, 1), (9, 9, 5, 2)):
+            for cols in (None, (0,), (k - 1,), (0, k - 1)):
+                Ci = (33, 70, 5, 16)[n_case % 4]
+                frac = (0.05, 1.0, 0.3, 0.6)[n_case % 4]
+                n_case += 1
+                x, bits, eta, xi, bias, thr, _, _ = make_case((N, Ci, 9, H, W, k, 1, p), frac,
+                                                              seed=100 + n_case)
+                if cols is not None:  # 1-bits on these kx columns only
+                    keep = np.zeros(k, bool)
+                    keep[list(cols)] = True
+                    bits = bits * keep.astype(np.uint8)
+                rc, rw = kernels.bconv2d_counts_reference(x, bits, 1, p, thr)
+                c, w = kernels.bconv2d_counts(x, bits, 1, p, thr, impl=impl, kind="sparse")
+                case = (N, Ci, H, W, k, p, frac, cols)
+                assert np.array_equal(c, rc), case
+                assert np.array_equal(w, rw), case
+                y1 = kernels.bconv2d(x, bits, eta, xi, bias, 1, p, thr, impl=impl)
+                y3 = kernels.bconv2d(x, bits, eta, xi, bias, 1, p, thr, impl=impl, num_threads=3)
+                assert np.array_equal(y1, y3), case
+                ref = eta.reshape(1, -1, 1, 1) * rc + xi.reshape(1, -1, 1, 1) * rw[:, None] + \
+                    bias.reshape(1, -1, 1, 1)
+                assert_close(y1, ref, rtol=1e-5, atol=1e-4)
+    wrapped = sum(geom(9, H, W, k, k, 1, p, 32, 1)["wrap"]
+                  for H, W, k, p in ((8, 8, 3, 1), (16, 8, 3, 1), (8, 8, 5, 2), (9, 9, 5, 2)))
+    wrapped += sum(geom(9, H, W, k, k, 1, p, 32, 3)["wrap"]  # batch 3: stacked
+                   for H, W, k, p in ((4, 4, 3, 1), (7, 7, 3, 1), (5, 8, 3, 1), (6, 6, 5, 1)))
+    assert wrapped == 8, "the cases above must exercise the wrapped layout"

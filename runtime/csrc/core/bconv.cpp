@@ -81,10 +81,29 @@ ConvGeom make_geom(int Ci, int H, int W, int kh, int kw, int stride, int pad, in
   if (stride == 1 && pad >= 1 && pad <= kw - 1) g.Wph = W + pad;
   // Images per group: as many as fit grid_bytes, so that a 4x4 or 8x8 map does not leave most
   // of each SIMD vector (and each per-filter epilogue) to junk.
-  const long rows_img = g.Hs / stride, row_bytes = g.Wph;
-  g.G = 1;
+  const long rows_img = g.Hs / stride;
   const int gmax = std::max(1, std::min(64, max_group));
-  while (g.G < gmax && ((g.G) * rows_img + g.Ho) * row_bytes <= grid_bytes) ++g.G;
+  auto groups = [&](long row_bytes) {
+    int G = 1;
+    while (G < gmax && (G * rows_img + g.Ho) * row_bytes <= grid_bytes) ++G;
+    return G;
+  };
+  g.G = groups(g.Wph);
+  g.wrap = 0;
+  // Wrapped rows (no padding columns, pitch W; see ConvGeom::wrap) when the output row fits the
+  // input row (2*pad <= kw - 1) and that packs more than 1/8 more images into each 32-byte
+  // vector of the grid: 8x8 (2 vectors, not 3), stacked 8x8 (3 images in 7 vectors, not 8) and
+  // 4x4 (11 images in 8 vectors, not 8); not 16x16 (8 vectors, not 9: measured slower, the
+  // masking of an 8-vector tile costs more than the ninth vector), 14x14 or 32x32.
+  if (stride == 1 && pad >= 1 && 2 * pad <= kw - 1) {
+    auto vecs = [&](long G, long pitch) { return (((G - 1) * rows_img + g.Ho) * pitch + 31) / 32; };
+    const int Gw = groups(W);
+    if (8 * Gw * vecs(g.G, g.Wph) > 9 * g.G * vecs(Gw, W)) {
+      g.Wph = W;
+      g.G = Gw;
+      g.wrap = 1;
+    }
+  }
   g.Hph = g.G * static_cast<int>(rows_img);
   g.L = ((g.G - 1) * static_cast<int>(rows_img) + g.Ho) * g.Wph;
   g.Lr = (g.L + 63) / 64 * 64;
@@ -204,18 +223,56 @@ void BConvLayer::fill_plan(SparsePlan& sp) const {
                                 static_cast<size_t>(ky / s) * g.Wph + kx / s);
   };
   sp.tap_offsets.clear();
-  for (int ky = 0; ky < kh; ++ky)
-    for (int kx = 0; kx < kw; ++kx) sp.tap_offsets.push_back(tap_off(ky, kx));
-  // One offset per 1-bit, in (ci, ky, kx) order so that reads walk forward in memory.
   sp.offsets.clear();
   sp.offsets.reserve(static_cast<size_t>(start_[Co_]));
-  for (int c = 0; c < Co_; ++c)
-    for (int ci = 0; ci < Ci; ++ci)
-      for (int ky = 0; ky < kh; ++ky)
-        for (int kx = 0; kx < kw; ++kx)
+  sp.seg.clear();
+  sp.tap_seg.clear();
+  sp.masks.clear();
+  if (!g.wrap) {
+    for (int ky = 0; ky < kh; ++ky)
+      for (int kx = 0; kx < kw; ++kx) sp.tap_offsets.push_back(tap_off(ky, kx));
+    // One offset per 1-bit, in (ci, ky, kx) order so that reads walk forward in memory.
+    for (int c = 0; c < Co_; ++c)
+      for (int ci = 0; ci < Ci; ++ci)
+        for (int ky = 0; ky < kh; ++ky)
+          for (int kx = 0; kx < kw; ++kx)
+            if (bits_[((static_cast<size_t>(c) * Ci + ci) * kh + ky) * kw + kx])
+              sp.offsets.push_back(static_cast<int32_t>(ci * s * s * g.phase_size) +
+                                   tap_off(ky, kx));
+    return;
+  }
+  // Wrapped grid: the offsets (and taps) of each filter in segments by kx, kx = pad (never
+  // wraps) first, then the others in order, each (ci, ky) forward in memory; segment k >= 1
+  // is masked by masks[(k-1)*mstride ..]: -1 where column ow + kx - pad lies inside the row.
+  std::vector<int> order{g.pad};
+  for (int kx = 0; kx < kw; ++kx)
+    if (kx != g.pad) order.push_back(kx);
+  sp.tap_seg.push_back(0);
+  for (int kx : order) {
+    for (int ky = 0; ky < kh; ++ky) sp.tap_offsets.push_back(tap_off(ky, kx));
+    sp.tap_seg.push_back(static_cast<int32_t>(sp.tap_offsets.size()));
+  }
+  sp.seg.reserve(static_cast<size_t>(Co_) * (kw + 1));
+  for (int c = 0; c < Co_; ++c) {
+    const size_t first = sp.offsets.size();
+    sp.seg.push_back(0);
+    for (int kx : order) {
+      for (int ci = 0; ci < Ci; ++ci)
+        for (int ky = 0; ky < kh; ++ky)
           if (bits_[((static_cast<size_t>(c) * Ci + ci) * kh + ky) * kw + kx])
-            sp.offsets.push_back(static_cast<int32_t>(ci * s * s * g.phase_size) +
-                                 tap_off(ky, kx));
+            sp.offsets.push_back(static_cast<int32_t>(ci * g.phase_size) + tap_off(ky, kx));
+      sp.seg.push_back(static_cast<int32_t>(sp.offsets.size() - first));
+    }
+  }
+  sp.mstride = g.Lr;
+  sp.masks.assign(static_cast<size_t>(kw - 1) * sp.mstride, 0);
+  for (size_t k = 1; k < order.size(); ++k) {
+    const int dx = order[k] - g.pad;
+    for (int j = 0; j < sp.mstride; ++j) {
+      const int col = j % g.W + dx;
+      sp.masks[(k - 1) * sp.mstride + j] = (col >= 0 && col < g.W) ? -1 : 0;
+    }
+  }
 }
 
 namespace {
@@ -239,6 +296,55 @@ void remap_plan(const SparsePlan& full, SparsePlan& sp) {
   remap(full.offsets, sp.offsets);
   remap(full.tap_offsets, sp.tap_offsets);
 }
+
+// The window sum of a wrapped grid: per kx segment of the taps, masked as the 1-bits' terms.
+void wrap_window_sum(const KernelTable& kt, const SparsePlan& sp, const int16_t* ssum, int Lr,
+                     int32_t* ws) {
+  const int32_t* ts = sp.tap_seg.data();
+  kt.window_sum(ssum, sp.tap_offsets.data(), ts[1] - ts[0], Lr, ws);
+  auto tmp = std::unique_ptr<int32_t[]>(new int32_t[Lr > 0 ? Lr : 1]);
+  for (size_t k = 1; k + 1 < sp.tap_seg.size(); ++k) {
+    kt.window_sum(ssum, sp.tap_offsets.data() + ts[k], ts[k + 1] - ts[k], Lr, tmp.get());
+    const int8_t* m = sp.masks.data() + (k - 1) * sp.mstride;
+    for (int j = 0; j < Lr; ++j) ws[j] += tmp[j] & static_cast<int32_t>(m[j]);
+  }
+}
+
+// One filter's counts on a wrapped grid: int8 (1 <= n <= kNarrowMax) or int32 (any n), by the
+// table's sparse_accum(8)_wrap, or per segment and merged where a table has none (NEON).
+// tmp8 / tmp32: Lr (+64) of scratch.
+void wrap_accum(const KernelTable& kt, const SparsePlan& sp, const int8_t* planes,
+                const int32_t* of, const int32_t* seg, int Lr, int8_t* acc8, int32_t* acc32,
+                int8_t* tmp8, int32_t* tmp32) {
+  const int nseg = sp.g.kw;
+  if (acc8 && kt.sparse_accum8_wrap) {
+    kt.sparse_accum8_wrap(planes, of, seg, nseg, sp.masks.data(), sp.mstride, Lr, acc8);
+    return;
+  }
+  if (!acc8 && kt.sparse_accum_wrap) {
+    kt.sparse_accum_wrap(planes, of, seg, nseg, sp.masks.data(), sp.mstride, Lr, acc32);
+    return;
+  }
+  for (int k = 0; k < nseg; ++k) {
+    const int n = seg[k + 1] - seg[k];
+    if (k > 0 && n == 0) continue;
+    const int8_t* m = k > 0 ? sp.masks.data() + static_cast<size_t>(k - 1) * sp.mstride : nullptr;
+    if (acc8) {
+      int8_t* d = k == 0 ? acc8 : tmp8;
+      if (n > 0)
+        kt.sparse_accum8(planes, of + seg[k], n, Lr, d);
+      else
+        std::memset(d, 0, static_cast<size_t>(Lr));
+      if (k > 0)
+        for (int j = 0; j < Lr; ++j) acc8[j] = static_cast<int8_t>(acc8[j] + (tmp8[j] & m[j]));
+    } else {
+      kt.sparse_accum(planes, of + seg[k], n, Lr, k == 0 ? acc32 : tmp32);
+      if (k > 0)
+        for (int j = 0; j < Lr; ++j) acc32[j] += tmp32[j] & static_cast<int32_t>(m[j]);
+    }
+  }
+}
+
 }  // namespace
 
 const SparsePlan& BConvLayer::plan_for(int G) const {
@@ -249,7 +355,12 @@ const SparsePlan& BConvLayer::plan_for(int G) const {
     p.reset(new SparsePlan());
     p->g = make_geom(g_.Ci, g_.H, g_.W, g_.kh, g_.kw, g_.stride, g_.pad,
                      isa_ == Isa::Avx512 ? 64 : 32, G);
-    remap_plan(full_, *p);
+    // A wrapped grid keeps its offsets in per-column segments with masks, which the remap does
+    // not carry: those plans (and any plan whose layout differs from the full one's) are built.
+    if (!full_.g.wrap && !p->g.wrap)
+      remap_plan(full_, *p);
+    else
+      fill_plan(*p);
   }
   return *p;
 }
@@ -351,7 +462,11 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
   void* work = sc + b_planes + b_ssum + b_wsg + b_wsf + b_zeros;
   std::memset(zeros, 0, static_cast<size_t>(Lr) + 64);
   kt_->sparse_prep(x, nimg, thr_.data(), g, planes, ssum, work);
-  kt_->window_sum(ssum, sp.tap_offsets.data(), static_cast<int>(sp.tap_offsets.size()), Lr, wsg);
+  if (g.wrap)
+    wrap_window_sum(*kt_, sp, ssum, Lr, wsg);
+  else
+    kt_->window_sum(ssum, sp.tap_offsets.data(), static_cast<int>(sp.tap_offsets.size()), Lr,
+                    wsg);
   // The valid outputs' window sums, as floats for the epilogue (a plain row copy the compiler
   // vectorises; the integer copy only when asked for).
   for (int n = 0; n < nimg; ++n)
@@ -370,6 +485,12 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
                          kt_->affine_epilogue8_post && fused_post_enabled();
   // acc, acc8: the block's count grids (acc8 with slack for the epilogue's over-reads)
   auto block_in = [&](int b, int32_t* acc, int8_t* acc8) {
+    std::unique_ptr<int32_t[]> tmp32;  // wrapped grids: scratch of wrap_accum's fallback
+    std::unique_ptr<int8_t[]> tmp8;
+    if (g.wrap && !(kt_->sparse_accum8_wrap && kt_->sparse_accum_wrap)) {
+      tmp32 = uninit<int32_t>(Lr);
+      tmp8 = uninit<int8_t>(Lr + 64);
+    }
     const int c1 = std::min(Co_, (b + 1) * kCoBlock);
     for (int c = b * kCoBlock; c < c1; ++c) {
       const int64_t n = start_[c + 1] - start_[c];
@@ -378,11 +499,18 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
       // accumulates nothing and costs only its epilogue (xi * wsum + bias).
       const int8_t* a8 = zeros;
       const int32_t* a32 = nullptr;
+      const int32_t* seg = g.wrap ? sp.seg.data() + static_cast<size_t>(c) * (g.kw + 1) : nullptr;
       if (n > kNarrowMax) {
-        kt_->sparse_accum(planes, of, static_cast<int>(n), Lr, acc);
+        if (seg)
+          wrap_accum(*kt_, sp, planes, of, seg, Lr, nullptr, acc, nullptr, tmp32.get());
+        else
+          kt_->sparse_accum(planes, of, static_cast<int>(n), Lr, acc);
         a32 = acc;
       } else if (n > 0) {
-        kt_->sparse_accum8(planes, of, static_cast<int>(n), Lr, acc8);
+        if (seg)
+          wrap_accum(*kt_, sp, planes, of, seg, Lr, acc8, nullptr, tmp8.get(), nullptr);
+        else
+          kt_->sparse_accum8(planes, of, static_cast<int>(n), Lr, acc8);
         a8 = acc8;
       }
       for (int im = 0; im < nimg; ++im) {

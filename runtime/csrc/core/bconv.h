@@ -46,6 +46,13 @@ struct SparsePlan {
   ConvGeom g;
   std::vector<int32_t> offsets;      // per filter: offsets[start[c] .. start[c+1])
   std::vector<int32_t> tap_offsets;  // one per tap, into the channel-sum planes
+  // Wrapped grids only (g.wrap): offsets and taps in kw segments by kx (kx = pad first); per
+  // filter c, its segment k is offsets[start[c] + seg[c*(kw+1) + k] .. + seg[c*(kw+1) + k+1]),
+  // the taps' tap_offsets[tap_seg[k] .. tap_seg[k+1]); segment k >= 1 counts only where
+  // masks[(k-1)*mstride + j] is -1 (column ow + kx - pad inside the row).
+  std::vector<int32_t> seg, tap_seg;
+  std::vector<int8_t> masks;
+  int mstride = 0;
 };
 
 class BConvLayer {

@@ -9,7 +9,8 @@ const KernelTable& kernels_avx2() {
       "avx2",         sparse_prep,  sparse_accum, sparse_accum8, window_sum,   affine_epilogue,
       affine_epilogue8, dense_pack,  dense_im2col, dense_gemm,    dense_epilogue,
       post_plane,       kGemmMR,      kGemmVL,       sgemm,
-      affine_epilogue_post, affine_epilogue8_post};
+      affine_epilogue_post, affine_epilogue8_post, sparse_accum8_wrap,
+      sparse_accum_wrap};
   return table;
 }
 

@@ -34,6 +34,13 @@ struct ConvGeom {
   size_t ssum_alloc;    // stride^2 * phase_size + slack
   int Cw, K, Kp;        // dense: words per pixel, words per patch, Kp = K rounded up to a vector (4 or 8)
   size_t prep_work_bytes;  // scratch of sparse_prep
+  // Sparse, stride 1 only (issue 20, "Sparse kernel scaling"): 1 when the rows of the phase
+  // plane carry no padding columns at all (Wph = W; the data of padded row r, column w sits at
+  // r*W + w + pad, so the whole plane is shifted by pad bytes). A tap kx then reads, at the
+  // columns ow where ow + kx - pad falls outside the row, a pixel of the neighbouring row: its
+  // terms are accumulated apart and masked off those columns (the window sum's likewise). Chosen
+  // when it packs more images into the grid's vectors (8x8: 64 bytes, 2 vectors, not 72 in 3).
+  int wrap;
 };
 
 // Filters with at most this many 1-bits keep their counts in int8 from the first add to the
@@ -98,6 +105,19 @@ struct KernelTable {
   void (*affine_epilogue8_post)(const int8_t* acc, int Ho, int Wo, int pitch, const float* wsf,
                                 float eta, float xi, float bias, float* y, const float* res,
                                 bool clamp, float lo, float hi, const float* rp) = nullptr;
+
+  // ---- sparse accumulation on a wrapped grid (ConvGeom::wrap), int8, total <= kNarrowMax:
+  // the filter's offsets come in nseg segments, offs[seg[k] .. seg[k+1]); segment 0 is added
+  // as it is, segment k >= 1 only where its byte mask masks[(k-1)*mstride + j] is -1 (0: the
+  // term read a neighbouring row's pixel). acc[j] for j < Lr. Null in a table (the NEON one):
+  // sparse_accum8 / sparse_accum per segment and a masked merge (bconv.cpp).
+  void (*sparse_accum8_wrap)(const int8_t* base, const int32_t* offs, const int32_t* seg,
+                             int nseg, const int8_t* masks, int mstride, int Lr,
+                             int8_t* acc) = nullptr;
+  // The same into int32, for any number of 1-bits (int8 registers widened every kNarrowMax).
+  void (*sparse_accum_wrap)(const int8_t* base, const int32_t* offs, const int32_t* seg,
+                            int nseg, const int8_t* masks, int mstride, int Lr,
+                            int32_t* acc) = nullptr;
 };
 
 const KernelTable& kernels_scalar();

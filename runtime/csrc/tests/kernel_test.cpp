@@ -597,7 +597,12 @@ int main(int argc, char** argv) {
                         {1, 9, 5, 2, 2, 3, 2, 1},   {3, 17, 4, 5, 5, 3, 2, 0},
                         // stride 2 on rows of 8, 16, 24, 32 (the byte-shuffle split)
                         {1, 20, 5, 16, 16, 3, 2, 1}, {2, 9, 3, 32, 24, 3, 2, 0},
-                        {1, 5, 4, 7, 32, 3, 2, 1}};
+                        {1, 5, 4, 7, 32, 3, 2, 1},
+                        // wrapped grids (ConvGeom::wrap): 8x8 at batch 1 and 2 (int32 counts
+                        // past 127 1-bits), 5x5 kernels, stacked 4x4 and 7x7
+                        {1, 300, 5, 8, 8, 3, 1, 1}, {2, 150, 4, 8, 8, 3, 1, 1},
+                        {1, 6, 4, 8, 8, 5, 1, 2},   {3, 20, 5, 4, 4, 3, 1, 1},
+                        {4, 9, 3, 7, 7, 3, 1, 1}};
   const char* target =
 #if defined(__aarch64__)
       "aarch64";

@@ -100,6 +100,7 @@ class BConvGeometry:
     K: int
     Kp: int
     prep_work_bytes: int
+    wrap: int
 
 
 def bconv_geometry(Ci: int, H: int, W: int, kh: int, kw: int, stride: int, pad: int,
@@ -112,10 +113,22 @@ def bconv_geometry(Ci: int, H: int, W: int, kh: int, kw: int, stride: int, pad: 
     Wph = (Wp + s - 1) // s
     if s == 1 and 1 <= pad <= kw - 1:
         Wph = W + pad
-    rows_img, row_bytes = Hs // s, Wph
-    G, gmax = 1, max(1, min(64, max_group))
-    while G < gmax and (G * rows_img + Ho) * row_bytes <= _GRID_BYTES:
-        G += 1
+    rows_img, gmax = Hs // s, max(1, min(64, max_group))
+
+    def groups(row_bytes: int) -> int:
+        G = 1
+        while G < gmax and (G * rows_img + Ho) * row_bytes <= _GRID_BYTES:
+            G += 1
+        return G
+
+    def vecs(G: int, pitch: int) -> int:
+        return (((G - 1) * rows_img + Ho) * pitch + 31) // 32
+
+    G, wrap = groups(Wph), 0
+    if s == 1 and pad >= 1 and 2 * pad <= kw - 1:  # wrapped rows (ConvGeom::wrap)
+        Gw = groups(W)
+        if 8 * Gw * vecs(G, Wph) > 9 * G * vecs(Gw, W):
+            Wph, G, wrap = W, Gw, 1
     Hph = G * rows_img
     L = ((G - 1) * rows_img + Ho) * Wph
     Lr = (L + 63) // 64 * 64
@@ -127,7 +140,7 @@ def bconv_geometry(Ci: int, H: int, W: int, kh: int, kw: int, stride: int, pad: 
     return BConvGeometry(
         Ci, H, W, kh, kw, s, pad, Hp, Wp, Ho, Wo, Hs, Wph, G, Hph, L, Lr, phase_size,
         plane_elems, plane_elems + Lr + 256 + 64, s * s * phase_size + Lr + 256 + 64, Cw, K,
-        (K + unit - 1) // unit * unit, H * W + 64)
+        (K + unit - 1) // unit * unit, H * W + 64, wrap)
 
 
 def _mask_kinds(n_out: int, k: int, s: int, p: int, n: int) -> int:
