@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from sbnn.pipeline.runs import save_figure, write_text
 
-__all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "deploy_figure", "write_report",
-           "main"]
+__all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "deploy_figure", "write_report"]
 
 ARMS = ("ab", "abr", "01", "pm1")
 ECS = (0.25, 0.1, 0.05, 0.01)
@@ -208,17 +206,18 @@ def _verdict(rows: list[dict]) -> list[str]:
     return lines
 
 
-def figure(rows: list[dict], path: Path) -> None:
+def figure(rows: list[dict], path: Path, arms: tuple = ARMS, ecs: tuple = ECS) -> None:
     """Accuracy against the achieved ones fraction: one point per run (collapsed runs as x), and
-    per (domain, EC) the mean with its 95 % t interval."""
+    per (domain, EC) the mean with its 95 % t interval (``arms`` x ``ecs``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    offsets = {d: (i - 1.5) * 0.012 for i, d in enumerate(ARMS)}  # spread arms on a log x axis
-    for i, d in enumerate(ARMS):
+    mid = (len(arms) - 1) / 2
+    offsets = {d: (i - mid) * 0.012 for i, d in enumerate(arms)}  # spread arms on a log x axis
+    for i, d in enumerate(arms):
         color = f"C{i}"
         pts = [r for r in rows if r.get("domain") == d and r.get("ones_fraction") is not None
                and r.get("test_accuracy") is not None]
@@ -230,7 +229,7 @@ def figure(rows: list[dict], path: Path) -> None:
             ax.plot(x, 100 * float(r["test_accuracy"]), "x" if bad else ".", color=color,
                     alpha=0.5, ms=6)
         xs, ys, es = [], [], []
-        for ec in ECS:
+        for ec in ecs:
             st = cell_stats(rows, d, ec)
             if st["mean"] is None:
                 continue
@@ -241,9 +240,11 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.errorbar([xs[k] for k in order], [ys[k] for k in order], yerr=[es[k] for k in order],
                     fmt="o-", color=color, capsize=3, label=d, ms=5)
     ax.set_xscale("log")
-    ax.set_xticks([100 * ec for ec in ECS])
-    ax.set_xticklabels([f"{100 * ec:g}" for ec in ECS])
-    ax.set_xlim(100 * min(ECS) * 0.8, 100 * max(ECS) * 1.25)
+    xs = [100 * float(r["ones_fraction"]) for r in rows if r.get("domain") in arms
+          and r.get("ones_fraction") is not None] + [100 * ec for ec in ecs]
+    ax.set_xticks([100 * ec for ec in ecs])
+    ax.set_xticklabels([f"{100 * ec:g}" for ec in ecs])
+    ax.set_xlim(min(xs) * 0.8, max(xs) * 1.25)
     ax.set_xlabel("achieved ones fraction (%; arms offset slightly for legibility)")
     ax.set_ylabel("test accuracy (%), last epoch")
     ax.set_title("runs (dots; x = flagged collapsed) and means with 95 % t intervals", fontsize=9)
@@ -507,16 +508,25 @@ def _cells_section(rows: list[dict]) -> list[str]:
     return out
 
 
-def _later_section() -> list[str]:
-    """README lines: what lives beside the primary grid, and the files."""
-    return ["## Not in this study yet (later sittings)", "",
+def _runs_in(*csvs: Path) -> int:
+    from sbnn.pipeline.sweep import read_rows
+
+    return sum(len(read_rows(c)) for c in csvs)
+
+
+def _later_section(study_dir: Path) -> list[str]:
+    """README lines: the secondary parts beside the primary grid (with their run counts), and
+    the files."""
+    pen = _runs_in(study_dir / "penalty" / "results.csv")
+    sub = _runs_in(*(study_dir / "subbit" / d / "results.csv" for d in ("k4", "k5", "k6",
+                                                                        "sbnn")))
+    return ["## Beside the primary grid", "",
             "- The secondary grid with the paper's penalty, its fifth arm (ReActNet-style ±1 "
             "with per-channel mean|w| scaling, `pm1c`) and the curve from 100 % ones: "
-            "[penalty/](penalty/) holds the config and `run_penalty.sh`; not run yet. Why `01` "
-            "misses its target in penalty mode is measured in [../RESULTS.md](../RESULTS.md) "
-            "(section 5).",
-            "- The trained Sub-bit baseline at equal bits per weight: [subbit/](subbit/) holds "
-            "the config and `run_subbit.sh`; not run yet.", "",
+            f"[penalty/](penalty/), {pen} of 24 runs. Why `01` misses its target in penalty "
+            "mode is measured in [../RESULTS.md](../RESULTS.md) (section 5).",
+            "- The trained Sub-bit baseline at equal bits per weight: [subbit/](subbit/), "
+            f"{sub} of 18 runs.", "",
             "Files: `results.csv` (one row per run, appended by the sweep), `config.yaml`, "
             "`run_study.sh`, `analysis.md` (hand-written, embedded above when present), "
             "this README and `study_accuracy_vs_{ones,latency,bytes}.png` (all "
@@ -534,7 +544,7 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
     rows = read_rows(study_dir / "results.csv")
     out = [*_setup_section(rows), *_verdict_section(rows), *_analysis(study_dir),
            *_differences_section(rows), *_cells_section(rows), *_deploy_section(rows),
-           *_later_section()]
+           *_later_section(study_dir)]
     text = "\n".join(out)
     write_text(study_dir / "README.md", text)
     if figures and rows:
@@ -545,18 +555,3 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
         deploy_figure(rows, "model_bytes", "model file bytes (log)",
                       study_dir / "study_accuracy_vs_bytes.png")
     return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) > 1 or (argv and argv[0] in ("-h", "--help")):
-        print("usage: python scripts/study_report.py [STUDY_DIR]   (default: "
-              "docs/study_domains): README.md and the figure from STUDY_DIR/results.csv")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    study = Path(argv[0] if argv else "docs/study_domains")
-    if not (study / "results.csv").is_file():
-        print(f"study_report: error: no results.csv in '{study}'", file=sys.stderr)
-        return 2
-    write_report(study)
-    print(f"study report: {study / 'README.md'}")
-    return 0
