@@ -113,13 +113,15 @@ def test_conv2d_tap_past_a_short_row(impl):
 # One thread writes and multiplies the column panels a block of pixels at a time (issue 20,
 # the cold start); threads splitting the output channels share one block of the whole image.
 # The register tiles and their sums are the same, so the outputs must be bit-identical. Shapes
-# with several blocks, blocks ending inside a row, a last partial panel, stride 2 and padding.
+# with several blocks (weights of at most 24 KB), blocks ending inside a row, a last partial
+# panel, stride 2 and padding; and one with larger weights, which runs one block.
 BLOCK_SHAPES = [
     (1, 3, 64, 32, 32, 3, 1, 1),     # the stem: 110 KB of panels, 5 blocks
-    (1, 64, 128, 32, 32, 1, 2, 0),   # a 1x1 shortcut: 64 KB
+    (1, 32, 8, 48, 48, 1, 2, 0),     # 1x1 stride 2: 72 KB of panels
     (1, 20, 13, 13, 13, 3, 1, 1),    # 11 panels of 11.5 KB: blocks of 2 end inside rows
     (2, 9, 31, 27, 23, 3, 2, 1),     # stride 2, a partial last panel
-    (1, 40, 17, 19, 17, 5, 1, 2),
+    (1, 12, 9, 19, 17, 5, 1, 2),     # 5x5, blocks of one panel
+    (1, 64, 128, 32, 32, 1, 2, 0),   # a ResNet-18 shortcut: 32 KB of weights, one block
 ]
 
 

@@ -302,11 +302,16 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, fl
   // pixels at a time, at most kColBlockBytes, into one buffer that stays in L1, and multiplies
   // them before the next block, instead of writing the whole image's panels first (110 KB for
   // the 3 -> 64 stem at 32x32, every line a write miss when the caches are cold). The tiles
-  // and their sums are the same, so are the outputs. Split over threads: one block (the
-  // threads share the panels).
+  // and their sums are the same, so are the outputs. Only where the weights (read once per
+  // block) fit the block size too: ResNet-18's 1x1 shortcuts (32-512 KB of weights, 16-64 KB
+  // of panels) measured up to 10 % slower warm with blocks. Split over threads: one block
+  // (the threads share the panels).
   const int pan_bytes = K * nr * static_cast<int>(sizeof(float));
-  int nblk = split ? 1 : std::max(1, std::min(njb, (njb * pan_bytes + kColBlockBytes - 1) /
-                                                         kColBlockBytes));
+  const bool small_a = static_cast<int64_t>(Cog_) * K * sizeof(float) <= kColBlockBytes;
+  int nblk = split || !small_a
+                 ? 1
+                 : std::max(1, std::min(njb, (njb * pan_bytes + kColBlockBytes - 1) /
+                                                 kColBlockBytes));
   const int bpp = (njb + nblk - 1) / nblk;  // panels per block, evened out
   nblk = (njb + bpp - 1) / bpp;
   std::unique_ptr<float[]> bp(new float[static_cast<size_t>(bpp) * K * nr]);
