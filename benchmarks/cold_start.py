@@ -91,8 +91,25 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", action="store_true", help="per-op times (profile=True)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-
     from sbnn_runtime import Engine, fileformat
+    from sbnn_runtime.native import core, native_error
+
+    if core is None:
+        print(f"error: no native core: {native_error}", file=sys.stderr)
+        return 2
+    if args.repeat < 1 or not args.evict_mb > 0:
+        print("error: --repeat must be >= 1 and --evict-mb > 0", file=sys.stderr)
+        return 2
+    for spec in [] if args.files else args.models:
+        key, _, ones = spec.partition(":")
+        try:
+            ok = key in MODELS and 0.0 < float(ones) < 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            print(f"error: --models wants name:ones with name in {sorted(MODELS)} and ones in "
+                  f"(0, 1): {spec!r}", file=sys.stderr)
+            return 2
 
     nbytes = int(args.evict_mb * 2**20)
     buf = np.zeros(nbytes // 8, dtype=np.int64)
@@ -108,6 +125,11 @@ def main(argv=None) -> int:
         for spec in args.files or args.models:
             if args.files:
                 path = spec
+                try:
+                    fileformat.load(path)
+                except (OSError, ValueError) as exc:
+                    print(f"error: {path}: {exc}", file=sys.stderr)
+                    return 2
             else:
                 key, ones = spec.split(":")
                 path = build(key, float(ones), tmp)
