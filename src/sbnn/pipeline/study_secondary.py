@@ -299,7 +299,8 @@ def write_subbit_report(study_dir: str | Path, figures: bool = True) -> str:
             "per binary weight, beside the nominal budget: the runtime's format has no "
             "pattern-index coding, so a Sub-bit file stores its kernels as ordinary bits "
             "(about 1 bit per weight) and k/9 is what a k-bit index per kernel would take; "
-            "SBNN's file uses its sparse coding, whose bits approach H(EC) from above.", "", "![Sub-bit vs SBNN](subbit_vs_sbnn.png)", "",
+            "SBNN's file uses its sparse coding, whose bits approach H(EC) from above.", "",
+            "![Sub-bit vs SBNN](subbit_vs_sbnn.png)", "",
             *_analysis(study_dir)]
     text = "\n".join(out)
     write_text(study_dir / "README.md", text)
