@@ -322,12 +322,14 @@ void BConvTiny::image(const float* x, int b0, int b1, float* y, int32_t* cnt, in
     }
     const float* rpc = post.rp_in ? rp : nullptr;
     const float* r = post.res ? post.res + o : nullptr;
-    // the plane as one row of P outputs
+    // the plane in the sparse kernel's shape (Ho rows of Wo), so the epilogue takes the same
+    // path and rounds the same way whatever the compiler contracts (a 1 x P row took the
+    // 4-wide FMA path where 2x2 takes the scalar loop)
     if (fuse_post) {
-      kt_->affine_epilogue_post(acc + o, 1, P, P, wsf, eta_[c], xi_[c], bias_[c], y + o, r,
-                                post.clamp, post.lo, post.hi, rpc);
+      kt_->affine_epilogue_post(acc + o, Ho_, Wo_, Wo_, wsf, eta_[c], xi_[c], bias_[c], y + o,
+                                r, post.clamp, post.lo, post.hi, rpc);
     } else {
-      kt_->affine_epilogue(acc + o, 1, P, P, wsf, eta_[c], xi_[c], bias_[c], y + o);
+      kt_->affine_epilogue(acc + o, Ho_, Wo_, Wo_, wsf, eta_[c], xi_[c], bias_[c], y + o);
       if (post.active()) post_fn(y + o, r, P, post.clamp, post.lo, post.hi, rpc);
     }
   }

@@ -37,6 +37,7 @@ __all__ = [
     "border_classes",
     "sparse_steps",
     "dense_steps",
+    "tiny_steps",
     "plan_steps",
     "DENSE_WORD_STEPS",
     "DENSE_SCALAR_STEPS",
@@ -45,6 +46,8 @@ __all__ = [
     "PLAN_ONE_STEPS",
     "bconv_param_bytes",
     "bconv_workspace",
+    "tiny_param_bytes",
+    "tiny_workspace",
     "fconv_param_bytes",
     "fconv_workspace",
     "fconv_steps",
@@ -268,6 +271,20 @@ TINY_MAX_ROWS = 32767
 
 def _tiny_fits(g: BConvGeometry) -> bool:
     return g.Ho * g.Wo <= TINY_MAX_PIXELS and g.Ci * g.kh * g.kw <= TINY_MAX_ROWS
+
+
+def tiny_steps(g: BConvGeometry, Co: int, N: int = 1) -> int:
+    """Kernel steps of the tiny-map kernel on N images (``BConvTiny::image``; 0 where it is not
+    built): per output pixel and valid tap, every input channel's row of bits in every block of
+    256 filters (a vector of carry-save logic, about four dense GEMM words: 16 steps, counted
+    for every tap, padded or not: an upper bound), the lists of the +1 inputs, and each
+    output's count and epilogue."""
+    if not _tiny_fits(g):
+        return 0
+    P = g.Ho * g.Wo
+    rows = P * g.kh * g.kw * g.Ci * ((Co + 255) // 256)
+    return N * (4 * DENSE_WORD_STEPS * rows + DENSE_SCALAR_STEPS * g.Ci * g.H * g.W
+                + DENSE_OUTPUT_STEPS * Co * P)
 
 
 def tiny_param_bytes(g: BConvGeometry, Co: int) -> int:

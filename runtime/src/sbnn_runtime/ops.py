@@ -369,10 +369,11 @@ def _conv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
 def _conv_work(nd: Node, ins: list[Shape], out: Shape) -> int:
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
     co = wt.shape[0]
-    if _is_fast_bconv(nd):  # both kernels may run (the engine times them at the first run,
-        # after building the sparse plan for the batch's group size)
+    if _is_fast_bconv(nd):  # every kernel may run (the engine times them at the first run,
+        # after building the sparse plan for the batch's group size; tiny maps: three)
         g, ones = _bgeom(nd, ins), _ones(wt)
-        return kc.sparse_steps(g, co, ones) + kc.dense_steps(g, co) + kc.plan_steps(g, ones)
+        return (kc.sparse_steps(g, co, ones) + kc.dense_steps(g, co) + kc.plan_steps(g, ones)
+                + kc.tiny_steps(g, co))
     if _is_bconv(nd):  # the direct kernel: every tap of the window sum, every 1-bit
         return (int(np.prod(out)) * int(np.prod(wt.shape[1:]))
                 + out[1] * out[2] * _ones(wt) + int(np.prod(ins[0])))
