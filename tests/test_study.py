@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sbnn.pipeline import study, sweep
+from sbnn.pipeline import study, study_secondary, sweep
 
 
 @pytest.mark.parametrize("df,q975", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764),
@@ -60,8 +60,8 @@ def test_report_from_a_partial_csv(tmp_path):
     assert "| 0.1 | ab − pm1 | 0 | pending |" in text
     assert "Not yet run" in text and "EC 0.25 ab − 01" in text
     assert "sbnn sweep --config docs/study_domains/config.yaml --domain ab --ec 0.1" in text
-    assert study.main([str(tmp_path)]) == 0
-    assert study.main([str(tmp_path / "none")]) == 2
+    assert study_secondary.main([str(tmp_path)]) == 0
+    assert study_secondary.main([str(tmp_path / "none")]) == 2
 
 
 def test_report_embeds_the_hand_written_analysis(tmp_path):

@@ -17,3 +17,4 @@ sweep --seeds 0
 sweep --seeds 1
 python scripts/study_latency.py "$OUT" --no-ort
 sweep --seeds 0,1 --collect   # results.md and the plots again, now with the latency column
+python scripts/study_report.py --kind penalty "$OUT"   # README.md and the figure

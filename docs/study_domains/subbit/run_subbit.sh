@@ -18,3 +18,4 @@ for seeds in 0 1 2; do
   sbnn sweep --config docs/study_domains/config.yaml --domain ab --arm cf \
     --ec 0.0924,0.1293,0.174 --seeds "$seeds" --no-fp --no-latency --out "$OUT/sbnn"
 done
+python scripts/study_report.py --kind subbit "$OUT"    # README.md and the figure
