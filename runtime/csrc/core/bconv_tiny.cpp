@@ -297,7 +297,7 @@ void BConvTiny::image(const float* x, int b0, int b1, float* y, int32_t* cnt, in
     }
     const int wsum = 2 * n - (tstart_[p + 1] - tstart_[p]) * Ci;
     wsf[p] = static_cast<float>(wsum);
-    if (ws) ws[p] = wsum;
+    if (ws && b0 == 0) ws[p] = wsum;  // one writer when blocks of filters run in parallel
     const int n16 = (n + 15) & ~15;
     for (int j = n; j < n16; ++j) list[j] = R_ * VB;
     for (int b = b0; b < b1; ++b) {
