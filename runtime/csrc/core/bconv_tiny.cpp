@@ -162,6 +162,22 @@ bool BConvTiny::fits(int Ci, int kh, int kw, int Ho, int Wo) {
          static_cast<int64_t>(Ci) * kh * kw <= 32767;
 }
 
+int64_t BConvTiny::row_vectors(int Co, int Ci, int kh, int kw, int stride, int pad, int H,
+                               int W, Isa isa) {
+  // valid taps along one axis, summed over that axis' outputs; the 2D count is the product
+  auto axis = [&](int n, int k) {
+    int64_t v = 0;
+    for (int o = 0; o <= (n + 2 * pad - k) / stride; ++o)
+      for (int t = 0; t < k; ++t) {
+        const int i = o * stride + t - pad;
+        v += i >= 0 && i < n ? 1 : 0;
+      }
+    return v;
+  };
+  const int fb = 8 * row_bytes(isa);
+  return axis(H, kh) * axis(W, kw) * (Ci / 2) * ((Co + fb - 1) / fb);
+}
+
 BConvTiny::BConvTiny(const uint8_t* bits, int Co, int Ci, int kh, int kw, const float* eta,
                      const float* xi, const float* bias, const float* thr, int stride, int pad,
                      int H, int W, Isa isa)

@@ -35,6 +35,11 @@ class BConvTiny {
   // Whether a conv's geometry suits this kernel: Ho * Wo <= kMaxPixels, Ci * kh * kw <= 32767
   // (the per-filter counts are summed in int16).
   static bool fits(int Ci, int kh, int kw, int Ho, int Wo);
+  // The kernel's work on one image, in row-vectors: every output pixel's valid taps x Ci / 2
+  // (the +1 inputs of random signs) x the blocks of filters; a row-vector is ~12 instructions
+  // on AVX2 (the tree, its loads, the ripple), against ~4 for one 1-bit of the sparse kernel.
+  static int64_t row_vectors(int Co, int Ci, int kh, int kw, int stride, int pad, int H, int W,
+                             Isa isa);
 
   // bits: (Co, Ci, kh, kw) 0/1; eta, xi, bias: (Co); thr: (Ci) or null (threshold 0).
   // Throws std::invalid_argument where fits() is false or the ISA is Ref or not supported.

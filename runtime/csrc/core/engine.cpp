@@ -413,14 +413,19 @@ int Engine::sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw,
   if (!sparse || (choose_ && isa != Isa::Ref)) b->dense = make(BConvKind::Dense);
   // Tiny maps (issue 20): the channel-vectorised kernel of bconv_tiny.h competes in the
   // choice where the output map has at most 16 pixels (ReActNet-18's 2x2 stage, ResNet-18's
-  // 4x4 one); SBNN_TINY_MAPS=0 in the environment leaves it out, =only runs it wherever it
-  // fits, without timing the others.
+  // 4x4 one) and its work is within 2x of the sparse kernel's (~12 instructions a row-vector
+  // against ~4 a 1-bit): a candidate that cannot win costs the first run a call per round and
+  // risks a noisy choice (at 4x4 and 1 % ones it is 3x slower). SBNN_TINY_MAPS=0 in the
+  // environment leaves it out, =only runs it wherever it fits, without timing the others.
   const char* tiny_env = std::getenv("SBNN_TINY_MAPS");
   const bool tiny_on = !(tiny_env && tiny_env[0] == '0');
   const bool tiny_only = tiny_env && std::string(tiny_env) == "only";
   if (tiny_on && b->sparse && choose_ && isa != Isa::Ref) {
     const ConvGeom& sg = b->sparse->geom();
-    if (BConvTiny::fits(Ci, kh, kw, sg.Ho, sg.Wo))
+    const bool cheap = tiny_only || 3 * BConvTiny::row_vectors(Co, Ci, kh, kw, stride, pad,
+                                                               s.H, s.W, isa) <=
+                                        2 * b->sparse->ones();
+    if (cheap && BConvTiny::fits(Ci, kh, kw, sg.Ho, sg.Wo))
       b->tiny = std::make_shared<BConvTiny>(bits, Co, Ci, kh, kw, eta, xi, bias, thr, stride,
                                             pad, s.H, s.W, isa);
     b->tiny_only = tiny_only;
