@@ -37,8 +37,9 @@ typedef int16_t I16x16 __attribute__((vector_size(32)));
 // out[j] = the number of rows i < n whose bit j is set, row i being the VB bytes at
 // tb + off[i]; n is a multiple of 16 (the callers pad a list with a zero row), at most 32783.
 // Harley-Seal: ones, twos, fours, eights, sixteens carried across blocks of 16 rows; every
-// second block's thirty-twos rippled into the counter planes H. Then every plane's bits become int16 lanes
-// (16 filters at a time: a broadcast 16-bit word against the lanes' bit masks).
+// second block's thirty-twos rippled into the counter planes H. Then every plane's bits
+// become int16 lanes (16 filters at a time: a broadcast 16-bit word against the lanes' bit
+// masks).
 template <int VB>
 inline __attribute__((always_inline)) void count_body(const uint8_t* tb, const int32_t* off,
                                                       int n, int16_t* out) {
