@@ -60,8 +60,11 @@ def test_report_from_a_partial_csv(tmp_path):
     assert "| 0.1 | ab − pm1 | 0 | pending |" in text
     assert "Not yet run" in text and "EC 0.25 ab − 01" in text
     assert "sbnn sweep --config docs/study_domains/config.yaml --domain ab --ec 0.1" in text
-    assert study_secondary.main([str(tmp_path)]) == 0
-    assert study_secondary.main([str(tmp_path / "none")]) == 2
+    assert study_secondary.report("primary", tmp_path) == tmp_path / "README.md"
+    with pytest.raises(ValueError, match="no results.csv"):
+        study_secondary.report("primary", tmp_path / "none")
+    assert _script("study_report").main([str(tmp_path)]) == 0
+    assert _script("study_report").main([str(tmp_path / "none")]) == 2
 
 
 def test_report_embeds_the_hand_written_analysis(tmp_path):

@@ -77,7 +77,12 @@ def test_subbit_report_pairs_by_seed(tmp_path):
 def test_cli_kinds_and_missing_folder(tmp_path, capsys):
     (tmp_path / "sbnn").mkdir()
     sweep.append_row(tmp_path / "sbnn", _row("ab", 0.174, 0, 0.8, 0.174))
-    assert sec.main(["--kind", "subbit", str(tmp_path)]) == 0
+    from test_study import _script
+
+    main = _script("study_report").main
+    assert main(["--kind", "subbit", str(tmp_path)]) == 0
     assert (tmp_path / "README.md").is_file()
-    assert sec.main(["--kind", "penalty", str(tmp_path / "none")]) == 2
+    assert main(["--kind", "penalty", str(tmp_path / "none")]) == 2
     assert "no results.csv" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown study part"):
+        sec.report("nope", tmp_path)

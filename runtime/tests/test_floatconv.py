@@ -108,3 +108,35 @@ def test_conv2d_tap_past_a_short_row(impl):
         xv = buf[..., :1]
         y = core.conv2d(np.ascontiguousarray(xv), wt, None, 2, 1, num_threads=nt, impl=impl)
         np.testing.assert_array_equal(y.reshape(-1), [1, 2])
+
+
+# One thread writes and multiplies the column panels a block of pixels at a time (issue 20,
+# the cold start); threads splitting the output channels share one block of the whole image.
+# The register tiles and their sums are the same, so the outputs must be bit-identical. Shapes
+# with several blocks (weights of at most 24 KB), blocks ending inside a row, a last partial
+# panel, stride 2 and padding; and one with larger weights, which runs one block.
+BLOCK_SHAPES = [
+    (1, 3, 64, 32, 32, 3, 1, 1),     # the stem: 110 KB of panels, 5 blocks
+    (1, 32, 8, 48, 48, 1, 2, 0),     # 1x1 stride 2: 72 KB of panels
+    (1, 20, 13, 13, 13, 3, 1, 1),    # 11 panels of 11.5 KB: blocks of 2 end inside rows
+    (2, 9, 31, 27, 23, 3, 2, 1),     # stride 2, a partial last panel
+    (1, 12, 9, 19, 17, 5, 1, 2),     # 5x5, blocks of one panel
+    (1, 64, 128, 32, 32, 1, 2, 0),   # a ResNet-18 shortcut: 32 KB of weights, one block
+]
+
+
+@needs_core
+@pytest.mark.parametrize("impl", [p for p in impl_params() if p.values[0] != "ref"])
+@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv2d_pixel_blocks_are_exact(impl, shape):
+    n, ci, co, h, w, k, s, p = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, ci, h, w), dtype=np.float32)
+    wt = rng.standard_normal((co, ci, k, k), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    one = core.conv2d(x[:1], wt, b, s, p, num_threads=1, impl=impl)   # pixel blocks
+    split = core.conv2d(x[:1], wt, b, s, p, num_threads=3, impl=impl)  # one block, 3 threads
+    np.testing.assert_array_equal(one, split)
+    ref = kernels.conv2d_reference(x, wt, b, s, p)
+    np.testing.assert_allclose(core.conv2d(x, wt, b, s, p, num_threads=1, impl=impl), ref,
+                               rtol=1e-4, atol=1e-4 * np.sqrt(ci * k * k))

@@ -262,6 +262,40 @@ def test_engine_refuses_a_batch_past_max_memory(tmp_path):
         sbnn_runtime.load(path, 1, backend=backend, max_memory=1000)
 
 
+@needs_core
+def test_fast_path_of_run_checks_each_new_batch_and_every_bad_input(tmp_path):
+    # Engine.run skips as_input and the limit check for a plain float32 batch of a batch size
+    # that passed them before (issue 20, the cold start); anything else takes the full checks.
+    from test_fileformat import small_graph
+
+    path = tmp_path / "m.sbnn"
+    ff.save(small_graph(), path)
+    eng = sbnn_runtime.load(path, 1, backend="native", max_memory="64K")
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    want = eng._native.run(x, False)
+    for _ in range(2):  # the first call checks batch 2, the second takes the fast path
+        np.testing.assert_array_equal(eng(x), want)
+    assert eng._checked_batches == {2}
+    y, times = eng.run(x, profile=True)
+    np.testing.assert_array_equal(y, want)
+    assert len(times) == eng._native.num_ops
+    with pytest.raises(SBNNLimitError, match="at batch 1000"):
+        eng(np.zeros((1000, 2, 6, 6), np.float32))
+    with pytest.raises(SBNNLimitError, match="at batch 1000"):  # refused again, not cached
+        eng(np.zeros((1000, 2, 6, 6), np.float32))
+    assert eng._checked_batches == {2}
+    with pytest.raises(TypeError, match="float32"):
+        eng(x.astype(np.float64))
+    with pytest.raises(TypeError, match="float32"):
+        eng(x.astype(">f4"))
+    with pytest.raises(ValueError, match="shape"):
+        eng(x[:, :1])
+    with pytest.raises(ValueError, match="empty"):
+        eng(x[:0])
+    np.testing.assert_array_equal(eng(np.asfortranarray(x)), want)  # copied, then run
+    np.testing.assert_array_equal(eng(x[:, :, ::-1, :][:, :, ::-1, :]), want)
+
+
 # -- items 5 and 6: threads ------------------------------------------------------------------
 
 def _run_py(code: str, timeout: float) -> subprocess.CompletedProcess:

@@ -153,15 +153,16 @@ FloatConv::FloatConv(const float* w, int Co, int Ci, int kh, int kw, const float
   }
 }
 
-void FloatConv::columns(const float* x, float* B) const {
+void FloatConv::columns(const float* x, float* B, int p0, int p1) const {
   const int P = Ho_ * Wo_, K = Cig_ * kh_ * kw_, nr = nr_;
-  const int njb = (P + nr - 1) / nr;
-  // x (Cig, H, W) -> column panels Bp[jb][k][j] = x[ci][oh*sh + ky*dh - pt][ow*sw + kx*dw - pl]
-  // of pixel p = jb*nr + j = oh*Wo + ow, k = (ci*kh + ky)*kw + kx; zero in the padding and in
-  // the columns past P.
-  if (P % nr)
+  const int jb0 = p0 / nr, njb = (p1 - p0 + nr - 1) / nr;
+  // x (Cig, H, W) -> column panels Bp[jb - jb0][k][j] = x[ci][oh*sh + ky*dh - pt][ow*sw +
+  // kx*dw - pl] of pixel p = jb*nr + j = oh*Wo + ow in [p0, p1), k = (ci*kh + ky)*kw + kx; zero
+  // in the padding and in the columns past P.
+  if (p1 == P && P % nr)
     std::fill(B + static_cast<size_t>(njb - 1) * K * nr, B + static_cast<size_t>(njb) * K * nr,
               0.0f);
+  const int oh_first = p0 / Wo_, oh_end = (p1 - 1) / Wo_ + 1;
   for (int ci = 0; ci < Cig_; ++ci)
     for (int ky = 0; ky < kh_; ++ky)
       for (int kx = 0; kx < kw_; ++kx) {
@@ -174,15 +175,16 @@ void FloatConv::columns(const float* x, float* B) const {
         const int ow0 = std::min(Wo_, std::max(0, (-ox + sw_ - 1) / sw_));
         const int last = W_ - 1 - ox;
         const int ow1 = last < 0 ? ow0 : std::max(ow0, std::min(Wo_, last / sw_ + 1));
-        for (int oh = 0; oh < Ho_; ++oh) {
+        for (int oh = oh_first; oh < oh_end; ++oh) {
           const int h = oh * sh_ + ky * dh_ - pt_;
           const bool hin = h >= 0 && h < H_;
           const float* xr = xc + static_cast<size_t>(hin ? h : 0) * W_ + ox;
+          const int ow_end = std::min(Wo_, p1 - oh * Wo_);
           // Runs of one output row that stay inside one panel are contiguous there.
-          for (int ow = 0; ow < Wo_;) {
+          for (int ow = std::max(0, p0 - oh * Wo_); ow < ow_end;) {
             const int p = oh * Wo_ + ow, j = p % nr;
-            const int n = std::min(nr - j, Wo_ - ow);
-            float* d = B + (static_cast<size_t>(p / nr) * K + k) * nr + j;
+            const int n = std::min(nr - j, ow_end - ow);
+            float* d = B + (static_cast<size_t>(p / nr - jb0) * K + k) * nr + j;
             // zeros left of the valid columns, the copy, zeros right of them: three plain
             // loops (the copy vectorises at stride 1) instead of a select per element
             const int a0 = hin ? std::min(std::max(ow0 - ow, 0), n) : n;
@@ -289,31 +291,54 @@ void FloatConv::image(const float* x, float* y, ThreadPool* pool, bool clamp, fl
   }
   const int K = Cig_ * kh_ * kw_, nr = nr_, mr = kt_->sgemm_mr;
   const int njb = static_cast<int>((P + nr - 1) / nr);
-  std::unique_ptr<float[]> bp(new float[static_cast<size_t>(njb) * K * nr]);
-  float* B = bp.get();
   const float* bias = bias_.empty() ? nullptr : bias_.data();
   const int npan = (Cog_ + mr - 1) / mr;
   const int T = pool ? pool->size() : 1;
   // Whole A panels per task: several tasks per thread for balance, one when single-threaded.
   const int ppt = T > 1 ? std::max(1, npan / (2 * T)) : npan;
   const int ntask = (npan + ppt - 1) / ppt;
+  const bool split = T > 1 && ntask > 1;
+  // Pixel blocks (issue 20, the cold start): one thread writes the column panels of a block of
+  // pixels at a time, at most kColBlockBytes, into one buffer that stays in L1, and multiplies
+  // them before the next block, instead of writing the whole image's panels first (110 KB for
+  // the 3 -> 64 stem at 32x32, every line a write miss when the caches are cold). The tiles
+  // and their sums are the same, so are the outputs. Only where the weights (read once per
+  // block) fit the block size too: ResNet-18's 1x1 shortcuts (32-512 KB of weights, 16-64 KB
+  // of panels) measured up to 10 % slower warm with blocks. Split over threads: one block
+  // (the threads share the panels).
+  const int pan_bytes = K * nr * static_cast<int>(sizeof(float));
+  const bool small_a = static_cast<int64_t>(Cog_) * K * sizeof(float) <= kColBlockBytes;
+  int nblk = split || !small_a
+                 ? 1
+                 : std::max(1, std::min(njb, (njb * pan_bytes + kColBlockBytes - 1) /
+                                                 kColBlockBytes));
+  const int bpp = (njb + nblk - 1) / nblk;  // panels per block, evened out
+  nblk = (njb + bpp - 1) / bpp;
+  std::unique_ptr<float[]> bp(new float[static_cast<size_t>(bpp) * K * nr]);
+  float* B = bp.get();
   for (int g = 0; g < G_; ++g) {
-    columns(x + static_cast<size_t>(g) * Cig_ * H_ * W_, B);
     const int c0 = g * Cog_;
     const float* ap = apack_.data() + static_cast<size_t>(g) * npan * K * mr;
-    auto task = [&](int t) {
-      const int i0 = t * ppt * mr, i1 = std::min(Cog_, (t + 1) * ppt * mr);
-      float* r = y + static_cast<size_t>(c0 + i0) * P;
-      kt_->sgemm(ap + static_cast<size_t>(t) * ppt * K * mr, B, i1 - i0, static_cast<int>(P),
-                 K, nr, bias ? bias + c0 + i0 : nullptr, r, static_cast<int>(P));
-      if (clamp)
-        for (size_t i = 0; i < static_cast<size_t>(i1 - i0) * P; ++i)
-          r[i] = std::min(std::max(r[i], lo), hi);
-    };
-    if (T > 1 && ntask > 1)
-      pool->parallel_for(ntask, task);
-    else
-      for (int t = 0; t < ntask; ++t) task(t);
+    for (int b = 0; b < nblk; ++b) {
+      const int p0 = b * bpp * nr, p1 = std::min(static_cast<int>(P), (b + 1) * bpp * nr);
+      columns(x + static_cast<size_t>(g) * Cig_ * H_ * W_, B, p0, p1);
+      auto task = [&](int t) {
+        const int i0 = t * ppt * mr, i1 = std::min(Cog_, (t + 1) * ppt * mr);
+        float* r = y + static_cast<size_t>(c0 + i0) * P + p0;
+        kt_->sgemm(ap + static_cast<size_t>(t) * ppt * K * mr, B, i1 - i0, p1 - p0, K, nr,
+                   bias ? bias + c0 + i0 : nullptr, r, static_cast<int>(P));
+        if (clamp)
+          for (int i = 0; i < i1 - i0; ++i)
+            for (int j = 0; j < p1 - p0; ++j) {
+              float& v = r[static_cast<size_t>(i) * P + j];
+              v = std::min(std::max(v, lo), hi);
+            }
+      };
+      if (split)
+        pool->parallel_for(ntask, task);
+      else
+        for (int t = 0; t < ntask; ++t) task(t);
+    }
   }
 }
 

@@ -41,8 +41,11 @@ class FloatConv {
   void image_ref(const float* x, float* y, ThreadPool* pool) const;
   void image_depthwise(const float* x, float* y, ThreadPool* pool) const;
   bool depthwise() const { return G_ == Ci_ && G_ > 1; }
-  // im2col of group g's channels into column panels of nr_ columns (see image())
-  void columns(const float* x, float* B) const;
+  // im2col of one group's channels, pixels [p0, p1) (p0 a multiple of nr_), into column
+  // panels of nr_ columns (see image())
+  void columns(const float* x, float* B, int p0, int p1) const;
+  // Column panels written and multiplied per block of at most this many bytes (image()).
+  static constexpr int kColBlockBytes = 24 * 1024;
   int Co_, Ci_, kh_, kw_, H_, W_, Ho_, Wo_;
   int sh_, sw_, pt_, pl_, dh_, dw_, G_, Cig_, Cog_;
   Isa isa_;

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from sbnn.pipeline.runs import save_figure, write_text
 
-__all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "deploy_figure", "write_report"]
+__all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "comparison", "figure", "deploy_figure",
+           "analysis_lines", "fmt_num", "fmt_p", "write_report"]
 
 ARMS = ("ab", "abr", "01", "pm1")
 ECS = (0.25, 0.1, 0.05, 0.01)
@@ -146,13 +147,13 @@ def comparison(rows: list[dict], a: str, b: str, ec: float) -> dict:
     return st
 
 
-def _f(v, nd=2, sign=False) -> str:
+def fmt_num(v, nd=2, sign=False) -> str:
     if v is None:
         return "–"
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
 
 
-def _p(p) -> str:
+def fmt_p(p) -> str:
     if p is None:
         return "–"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
@@ -172,7 +173,7 @@ def _verdict(rows: list[dict]) -> list[str]:
     done = [(ec, a, b, comparison(rows, a, b, ec)) for ec in ECS for a, b in COMPARISONS]
     ran = [x for x in done if x[3]["n"] >= 2]
     pending = [x for x in done if x[3]["n"] < 2]
-    single = [f"EC {ec:g} {a} − {b} = {_f(st['mean'], sign=True)} points (seed "
+    single = [f"EC {ec:g} {a} − {b} = {fmt_num(st['mean'], sign=True)} points (seed "
               f"{st['seeds'][0]})" for ec, a, b, st in pending if st["n"] == 1]
     first = ("One seed only so far, no test and no evidence either way: " + "; ".join(single)
              + ".") if single else None
@@ -181,8 +182,8 @@ def _verdict(rows: list[dict]) -> list[str]:
                 "pending; rerun this script as rows arrive."] + ([f"- {first}"] if first else [])
     for ec, a, b, st in ran:
         what = f"EC {ec:g}, {a} − {b} ({_status(st['n'])})"
-        ci = f"{_f(st['mean'], sign=True)} points, 95 % CI [{_f(st['lo'], sign=True)}, " \
-             f"{_f(st['hi'], sign=True)}], p = {_p(st['p'])}"
+        ci = f"{fmt_num(st['mean'], sign=True)} points, 95 % CI [{fmt_num(st['lo'], sign=True)}, " \
+             f"{fmt_num(st['hi'], sign=True)}], p = {fmt_p(st['p'])}"
         if st["p"] is not None and st["p"] < ALPHA / m:
             word = "better" if st["mean"] > 0 else "worse"
             lines.append(f"- {what}: **{a} is {word}**, {ci} (significant after Bonferroni over "
@@ -379,7 +380,7 @@ def _deploy_section(rows: list[dict]) -> list[str]:
     return out
 
 
-def _analysis(study_dir: Path) -> list[str]:
+def analysis_lines(study_dir: Path) -> list[str]:
     """The hand-written prose of ``STUDY_DIR/analysis.md`` (measurements that explain the
     numbers, e.g. why a cell collapsed), embedded as it is after the verdict; none if absent."""
     path = study_dir / "analysis.md"
@@ -480,11 +481,11 @@ def _differences_section(rows: list[dict]) -> list[str]:
     for ec in ECS:
         for a, b in COMPARISONS:
             st = comparison(rows, a, b, ec)
-            ci = "–" if st["lo"] is None else f"[{_f(st['lo'], sign=True)}, " \
-                                               f"{_f(st['hi'], sign=True)}]"
+            ci = "–" if st["lo"] is None else f"[{fmt_num(st['lo'], sign=True)}, " \
+                                               f"{fmt_num(st['hi'], sign=True)}]"
             out.append(f"| {ec:g} | {a} − {b} | {','.join(map(str, st['seeds'])) or '–'} | "
-                       f"{_status(st['n'])} | {_f(st['mean'], sign=True)} | {ci} | "
-                       f"{_p(st['p'])} |")
+                       f"{_status(st['n'])} | {fmt_num(st['mean'], sign=True)} | {ci} | "
+                       f"{fmt_p(st['p'])} |")
     return out + [""]
 
 
@@ -497,11 +498,11 @@ def _cells_section(rows: list[dict]) -> list[str]:
     for ec in ECS:
         for d in ARMS:
             st = cell_stats(rows, d, ec)
-            ci = "–" if st["lo"] is None else f"[{_f(st['lo'])}, {_f(st['hi'])}]"
+            ci = "–" if st["lo"] is None else f"[{fmt_num(st['lo'])}, {fmt_num(st['hi'])}]"
             ones = "–" if st["ones"] is None else f"{st['ones']:.4f}"
             out.append(f"| {ec:g} | {d} | {','.join(map(str, st['seeds'])) or 'pending'} | "
-                       f"{_f(st['mean'])} | {ci} | {ones} | "
-                       f"{_f(st['r'], 3, sign=True)} | {st['collapsed']} |")
+                       f"{fmt_num(st['mean'])} | {ci} | {ones} | "
+                       f"{fmt_num(st['r'], 3, sign=True)} | {st['collapsed']} |")
     out += ["", "The r column checks the analysis: `abr` holds −EC by construction, `01` 0, "
             "`pm1` −½; for `ab` it is what training learned from the closed-form start at −EC.", "",
             "![accuracy vs achieved ones](study_accuracy_vs_ones.png)", ""]
@@ -542,7 +543,7 @@ def write_report(study_dir: str | Path, figures: bool = True) -> str:
 
     study_dir = Path(study_dir)
     rows = read_rows(study_dir / "results.csv")
-    out = [*_setup_section(rows), *_verdict_section(rows), *_analysis(study_dir),
+    out = [*_setup_section(rows), *_verdict_section(rows), *analysis_lines(study_dir),
            *_differences_section(rows), *_cells_section(rows), *_deploy_section(rows),
            *_later_section(study_dir)]
     text = "\n".join(out)

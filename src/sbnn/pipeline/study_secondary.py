@@ -15,26 +15,24 @@ The statistics are the primary study's (:mod:`sbnn.pipeline.study`).
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from sbnn.pipeline.runs import save_figure, write_text
 from sbnn.pipeline.study import (
-    _analysis,
-    _f,
-    _p,
+    analysis_lines,
     cell_stats,
     comparison,
     figure,
+    fmt_num,
+    fmt_p,
     paired,
     write_report,
 )
 
 __all__ = ["PENALTY_ARMS", "PENALTY_ECS", "SUBBIT_EC", "entropy", "write_penalty_report",
-           "write_subbit_report", "main"]
+           "write_subbit_report", "report"]
 
 PENALTY_ARMS = ("ab", "01", "pm1", "pm1c")
 PENALTY_ECS = (0.25, 0.05, 0.01)
@@ -60,7 +58,7 @@ def _mean(rows: list[dict], key: str, scale: float = 1.0) -> float | None:
 def _ci(st: dict, sign: bool = False) -> str:
     if st["lo"] is None:
         return "–"
-    return f"[{_f(st['lo'], sign=sign)}, {_f(st['hi'], sign=sign)}]"
+    return f"[{fmt_num(st['lo'], sign=sign)}, {fmt_num(st['hi'], sign=sign)}]"
 
 
 def _same(a, b) -> bool:
@@ -158,8 +156,8 @@ def write_penalty_report(study_dir: str | Path, figures: bool = True) -> str:
             lat = _mean(cell, "latency_b1_ms")
             byt = _mean(cell, "model_bytes")
             out.append(f"| {ec:g} | {d} | {','.join(map(str, st['seeds'])) or 'pending'} | "
-                       f"{_f(st['mean'])} | {_ci(st)} | {ones} | {_f(ratio)} | "
-                       f"{_f(lat, 4)} | {'–' if byt is None else f'{byt:.0f}'} | "
+                       f"{fmt_num(st['mean'])} | {_ci(st)} | {ones} | {fmt_num(ratio)} | "
+                       f"{fmt_num(lat, 4)} | {'–' if byt is None else f'{byt:.0f}'} | "
                        f"{st['collapsed']} |")
     out += ["", "## Paired differences (accuracy points, same seed)", "",
             "Two seeds give one degree of freedom (t₀.₉₇₅ = 12.7): these intervals are wide, and "
@@ -170,10 +168,10 @@ def write_penalty_report(study_dir: str | Path, figures: bool = True) -> str:
         for a, b in PENALTY_CMP:
             st = comparison(rows, a, b, ec)
             out.append(f"| {ec:g} | {a} − {b} | {','.join(map(str, st['seeds'])) or '–'} | "
-                       f"{_f(st['mean'], sign=True)} | {_ci(st, sign=True)} | "
-                       f"{_p(st['p'])} |")
+                       f"{fmt_num(st['mean'], sign=True)} | {_ci(st, sign=True)} | "
+                       f"{fmt_p(st['p'])} |")
     out += ["", "![accuracy vs achieved ones](accuracy_vs_achieved_ones.png)", "",
-            *_analysis(study_dir), *_curve_section(study_dir),
+            *analysis_lines(study_dir), *_curve_section(study_dir),
             "Files: `results.csv` (one row per run, appended by the sweep; latency and file "
             "bytes from `scripts/study_latency.py --no-ort`), `config.yaml`, `run_penalty.sh`, "
             "`analysis.md` (hand-written, embedded when present), this README and "
@@ -287,20 +285,21 @@ def write_subbit_report(study_dir: str | Path, figures: bool = True) -> str:
         seeds = sorted(set(sub) & set(sb))
         d = paired([100 * (float(sb[s]["test_accuracy"]) - float(sub[s]["test_accuracy"]))
                     for s in seeds])
-        bits = f"{_f(_mean(list(sub.values()), 'bits_per_binary_weight'), 3)} / " \
-               f"{_f(_mean(list(sb.values()), 'bits_per_binary_weight'), 3)}"
+        bits = f"{fmt_num(_mean(list(sub.values()), 'bits_per_binary_weight'), 3)} / " \
+               f"{fmt_num(_mean(list(sb.values()), 'bits_per_binary_weight'), 3)}"
         out.append(f"| {k / 9:.3f} | {k} | {','.join(map(str, sorted(sub))) or 'pending'} | "
-                   f"{_f(st_sub['mean'])} {_ci(st_sub)} | {ec} | "
-                   f"{','.join(map(str, sorted(sb))) or 'pending'} | {_f(st_sb['mean'])} "
-                   f"{_ci(st_sb)} | {_f(d['mean'], sign=True)} | {_ci(d, sign=True)} | "
-                   f"{_p(d['p'])} | {bits} |")
+                   f"{fmt_num(st_sub['mean'])} {_ci(st_sub)} | {ec} | "
+                   f"{','.join(map(str, sorted(sb))) or 'pending'} | {fmt_num(st_sb['mean'])} "
+                   f"{_ci(st_sb)} | {fmt_num(d['mean'], sign=True)} | {_ci(d, sign=True)} | "
+                   f"{fmt_p(d['p'])} | {bits} |")
     out += ["", "Paired over the seeds both arms have; with 3 comparisons the Bonferroni "
             "threshold is p < 0.0167. The file column is what each `.sbnn` file really stores "
             "per binary weight, beside the nominal budget: the runtime's format has no "
             "pattern-index coding, so a Sub-bit file stores its kernels as ordinary bits "
             "(about 1 bit per weight) and k/9 is what a k-bit index per kernel would take; "
-            "SBNN's file uses its sparse coding, whose bits approach H(EC) from above.", "", "![Sub-bit vs SBNN](subbit_vs_sbnn.png)", "",
-            *_analysis(study_dir)]
+            "SBNN's file uses its sparse coding, whose bits approach H(EC) from above.", "",
+            "![Sub-bit vs SBNN](subbit_vs_sbnn.png)", "",
+            *analysis_lines(study_dir)]
     text = "\n".join(out)
     write_text(study_dir / "README.md", text)
     if figures and have:
@@ -313,22 +312,16 @@ KINDS = {"primary": ("docs/study_domains", "results.csv", write_report),
          "subbit": ("docs/study_domains/subbit", "k4/results.csv", write_subbit_report)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python scripts/study_report.py [--kind primary|penalty|subbit] [DIR]``."""
-    p = argparse.ArgumentParser(
-        prog="study_report.py",
-        description="Regenerate a domain-study README and its figures from its CSVs.")
-    p.add_argument("--kind", choices=sorted(KINDS), default="primary",
-                   help="which part of the study: the primary grid (default), the penalty grid "
-                        "or the trained Sub-bit comparison")
-    p.add_argument("dir", nargs="?", help="the study folder (default: the kind's folder under "
-                                          "docs/study_domains)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    default, needs, write = KINDS[args.kind]
-    study = Path(args.dir or default)
+def report(kind: str, study_dir: str | Path | None = None) -> Path:
+    """Write the README (and figures) of one part of the study: ``kind`` is ``primary``,
+    ``penalty`` or ``subbit``; ``study_dir`` defaults to that part's folder. Returns the
+    README's path; raises ``ValueError`` (one line) for an unknown kind or a folder without
+    its CSV."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown study part {kind!r}; valid: {', '.join(sorted(KINDS))}")
+    default, needs, write = KINDS[kind]
+    study = Path(study_dir or default)
     if not (study / needs).is_file() and not (study / "sbnn" / "results.csv").is_file():
-        print(f"study_report: error: no {needs} in '{study}'", file=sys.stderr)
-        return 2
+        raise ValueError(f"no {needs} in '{study}'")
     write(study)
-    print(f"study report: {study / 'README.md'}")
-    return 0
+    return study / "README.md"
