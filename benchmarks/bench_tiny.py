@@ -27,10 +27,14 @@ import numpy as np
 
 from sbnn_runtime import Engine
 from sbnn_runtime.native import core, native_error
-from sbnn_runtime.ops import Graph, Node
+from sbnn_runtime.ops import OPS, Graph, Node
 
 # (Ci, Co, H, stride)
 SHAPES = [(512, 512, 2, 1), (256, 512, 4, 2), (512, 512, 4, 1), (256, 512, 8, 2)]
+
+
+# the binary-weight conv op, named by the op table (op names are spelled only there)
+_BCONV = next(name for name, op in OPS.items() if op.bit_params)
 
 
 def _graph(rng, ci, co, hw, s, ones):
@@ -38,7 +42,7 @@ def _graph(rng, ci, co, hw, s, ones):
     p = {"bits": bits, **{k: rng.standard_normal(co).astype(np.float32)
                           for k in ("eta", "xi", "bias")}}
     return Graph([Node("input", [], {"shape": [ci, hw, hw]}),
-                  Node("sbconv2d", [0], {"stride": s, "padding": 1, "binary_input": True}, p)], 1)
+                  Node(_BCONV, [0], {"stride": s, "padding": 1, "binary_input": True}, p)], 1)
 
 
 def _engine(g, kind):
