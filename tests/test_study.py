@@ -171,7 +171,7 @@ def test_study_latency_fills_the_columns_and_adds_onnxruntime_rows(tmp_path, cap
         assert new["model_bytes"] == (out / "runs" / f"{old['domain']}_cf_ec0.1_s0"
                                       / "model.sbnn").stat().st_size
         assert new["latency_isa"] and new["latency_cpu"] and new["latency_b1_cpu_ms"] >= 0
-        assert set(new["latency_kernels"].split("/")) <= {"sparse", "dense"}
+        assert set(new["latency_kernels"].split("/")) <= {"sparse", "dense", "tiny"}
         for k in ("test_accuracy", "ones_fraction", "alpha_beta_per_layer", "run_dir"):
             assert new[k] == old[k]
     assert after[0]["latency_b1_ms"] is None  # the fp reference is the twin, not a run timed

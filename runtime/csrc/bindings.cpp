@@ -79,7 +79,7 @@ const float* vec_or_null(const OptF& a, size_t n, const char* what, bool require
 sbnn::BConvKind parse_kind(const std::string& k) {
   if (k == "sparse") return sbnn::BConvKind::Sparse;
   if (k == "dense") return sbnn::BConvKind::Dense;
-  throw std::invalid_argument("kind must be 'sparse' or 'dense', got '" + k + "'");
+  throw std::invalid_argument("kind must be 'sparse', 'dense' or 'tiny', got '" + k + "'");
 }
 
 int as_int(size_t v) { return static_cast<int>(v); }
@@ -123,8 +123,13 @@ class PyBConv {
     vec_or_null(bias, Co, "bias", true);
     layer_ = std::make_unique<sbnn::BConvLayer>(
         bits.data(), Co, Ci, as_int(bits.shape(2)), as_int(bits.shape(3)), eta.data(), xi.data(),
-        bias.data(), vec_or_null(thr, Ci, "thr", false), stride, padding, H, W, parse_kind(kind),
-        sbnn::parse_isa(impl));
+        bias.data(), vec_or_null(thr, Ci, "thr", false), stride, padding, H, W,
+        parse_kind(kind == "tiny" ? "sparse" : kind), sbnn::parse_isa(impl));
+    if (kind == "tiny")  // the tiny-map kernel (bconv_tiny.h); the sparse layer keeps the geometry
+      tiny_ = std::make_unique<sbnn::BConvTiny>(
+          bits.data(), Co, Ci, as_int(bits.shape(2)), as_int(bits.shape(3)), eta.data(),
+          xi.data(), bias.data(), vec_or_null(thr, Ci, "thr", false), stride, padding, H, W,
+          sbnn::parse_isa(impl));
   }
 
   void check_x(const FArr& x) const {
@@ -146,7 +151,10 @@ class PyBConv {
                                 &y, false);
     {
       nb::gil_scoped_release rel;
-      layer_->forward(x.data(), as_int(N), y, &pool_);
+      if (tiny_)
+        tiny_->forward(x.data(), as_int(N), y, &pool_);
+      else
+        layer_->forward(x.data(), as_int(N), y, &pool_);
     }
     return out;
   }
@@ -161,7 +169,10 @@ class PyBConv {
     auto ws = new_array<int32_t>({N, Ho, Wo}, &w, false);
     {
       nb::gil_scoped_release rel;
-      layer_->counts(x.data(), as_int(N), c, w, &pool_);
+      if (tiny_)
+        tiny_->counts(x.data(), as_int(N), c, w, &pool_);
+      else
+        layer_->counts(x.data(), as_int(N), c, w, &pool_);
     }
     return nb::make_tuple(cnt, ws);
   }
@@ -177,6 +188,7 @@ class PyBConv {
  private:
   sbnn::ThreadPool pool_;
   std::unique_ptr<sbnn::BConvLayer> layer_;
+  std::unique_ptr<sbnn::BConvTiny> tiny_;  // kind "tiny"
 };
 
 PyBConv make_bconv_for(const FArr& x, U8Arr bits, FArr eta, FArr xi, FArr bias, int stride,
@@ -456,10 +468,10 @@ NB_MODULE(_core, m) {
       "kind"_a = "sparse",
       "The exact integer parts: (conv(x, b) int32 (N, Co, Ho, Wo), conv(x, 1) int32 (N, Ho, Wo)).");
 
-  // The tiny-map binary conv (core/bconv_small.h, issue 20) on its own, for its tests: the
+  // The tiny-map binary conv (core/bconv_tiny.h, issue 20) on its own, for its tests: the
   // engine only runs it where its first-run timing beats the sparse and dense kernels.
   m.def(
-      "bconv2d_small",
+      "bconv2d_tiny",
       [](FArr x, U8Arr bits, FArr eta, FArr xi, FArr bias, int stride, int padding, OptF thr,
          OptF res, bool clamp, float lo, float hi, OptF rp_in, OptF rp_slope, OptF rp_out,
          const std::string& impl, int num_threads) {
@@ -467,18 +479,18 @@ NB_MODULE(_core, m) {
         expect_ndim(bits, 4, "bits", "(Co, Ci, kh, kw)");
         const int Co = as_int(bits.shape(0)), Ci = as_int(bits.shape(1));
         if (as_int(x.shape(1)) != Ci)
-          throw std::invalid_argument("bconv2d_small: x has " + std::to_string(x.shape(1)) +
+          throw std::invalid_argument("bconv2d_tiny: x has " + std::to_string(x.shape(1)) +
                                       " channels, bits expect " + std::to_string(Ci));
-        sbnn::BConvSmall k(bits.data(), Co, Ci, as_int(bits.shape(2)), as_int(bits.shape(3)),
-                           vec_or_null(eta, Co, "eta", true), vec_or_null(xi, Co, "xi", true),
-                           vec_or_null(bias, Co, "bias", true), vec_or_null(thr, Ci, "thr", false),
-                           stride, padding, as_int(x.shape(2)), as_int(x.shape(3)),
-                           sbnn::parse_isa(impl));
+        sbnn::BConvTiny k(bits.data(), Co, Ci, as_int(bits.shape(2)), as_int(bits.shape(3)),
+                          vec_or_null(eta, Co, "eta", true), vec_or_null(xi, Co, "xi", true),
+                          vec_or_null(bias, Co, "bias", true), vec_or_null(thr, Ci, "thr", false),
+                          stride, padding, as_int(x.shape(2)), as_int(x.shape(3)),
+                          sbnn::parse_isa(impl));
         const size_t N = x.shape(0), Ho = k.Ho(), Wo = k.Wo();
         sbnn::BConvPost post;
         if (res) {
           if (res->size() != N * Co * Ho * Wo)
-            throw std::invalid_argument("bconv2d_small: res must be (N, Co, Ho, Wo)");
+            throw std::invalid_argument("bconv2d_tiny: res must be (N, Co, Ho, Wo)");
           post.res = res->data();
         }
         post.clamp = clamp;
@@ -676,15 +688,15 @@ NB_MODULE(_core, m) {
               d["isa"] = li.isa;
               d["sparse_s"] = li.sparse_s;
               d["dense_s"] = li.dense_s;
-              d["small_s"] = li.small_s;
+              d["tiny_s"] = li.tiny_s;
               d["batch"] = li.batch;
               out.append(d);
             }
             return out;
           },
           "Per op of the plan the engine runs (fused ops as one, in run order): {name, kernel, "
-          "isa, sparse_s, dense_s, small_s, batch}. Binary convs: kernel 'sparse', 'dense' or "
-          "'small' (tiny maps) as chosen at the first run of the last batch size (timings of "
+          "isa, sparse_s, dense_s, tiny_s, batch}. Binary convs: kernel 'sparse', 'dense' or "
+          "'tiny' (tiny maps) as chosen at the first run of the last batch size (timings of "
           "each there, seconds; -1 for one not built), 'auto' "
           "before that; float convs: 'gemm:<isa>'.")
       .def(

@@ -1,12 +1,10 @@
 """Issue 20 (ReActNet-18, float ops, threads): the engine's max pool, float linear, tiny-map
-binary conv (``_core.bconv2d_small``) and batch split over threads, each against its reference.
+binary conv in the engine's choice (the kernel itself: ``test_tiny_maps.py``) and batch split over
+threads, each against its reference.
 
 * max pool: any window (non-square, asymmetric pads, ceil_mode), maps narrower and wider than
   a vector, NaN and inf anywhere, on every ISA the engine runs (``SBNN_ISA``, ``ref`` included);
 * linear through the float GEMM with the batch as rows: within 1e-5 relative of the reference;
-* the tiny-map binary conv: exact integer counts and window sums against the reference
-  kernel, outputs equal to the sparse kernel's (the same epilogue), with the fused residual
-  add, clamp and RPReLU;
 * the engine's batch split: 2 and 3 threads give the 1-thread outputs bit for bit.
 numpy only.
 """
@@ -17,7 +15,6 @@ import numpy as np
 import pytest
 
 from sbnn_runtime import Engine, native
-from sbnn_runtime.kernels import bconv2d_reference
 from sbnn_runtime.native import core, native_error
 from sbnn_runtime.ops import Graph, Node, reference_forward
 
@@ -100,72 +97,6 @@ def test_linear_through_the_gemm(impl, monkeypatch):
             assert eng.layer_info()[-1]["kernel"].startswith("gemm:")
 
 
-# -- the tiny-map binary conv ---------------------------------------------------------------------
-
-SMALL = [  # N, Ci, H, W, Co, k, stride, pad
-    (1, 512, 2, 2, 16, 3, 1, 1),     # ReActNet-18's 2x2 stage (fewer filters)
-    (3, 256, 4, 4, 24, 3, 2, 1),     # its stride-2 entry, 4x4 -> 2x2
-    (5, 64, 4, 4, 9, 3, 1, 1),       # 4x4: one image fills the 16 lanes
-    (6, 7, 3, 3, 9, 3, 1, 1),
-    (2, 33, 1, 1, 5, 1, 1, 0),
-    (9, 10, 2, 3, 6, 2, 1, 1),
-    (4, 3, 5, 5, 4, 3, 2, 0),
-    (7, 33, 2, 2, 70, 3, 1, 1),      # more than one channel block, partial groups
-]
-
-
-@pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize("ones", [0.0, 0.05, 1.0])
-def test_small_kernel_exact(impl, ones):
-    rng = np.random.default_rng(int(ones * 100))
-    for n, ci, h, w, co, k, s, p in SMALL:
-        x = rng.standard_normal((n, ci, h, w)).astype(np.float32)
-        x[0, 0, 0, 0] = 0.0  # sign(0) = +1
-        bits = (rng.random((co, ci, k, k)) < ones).astype(np.uint8)
-        bits[0] = 0  # an all-zero filter
-        eta, xi, bias = (rng.standard_normal(co).astype(np.float32) for _ in range(3))
-        thr = rng.standard_normal(ci).astype(np.float32) * 0.1
-        for t in (1, 3):
-            y, cnt, ws = core.bconv2d_small(x, bits, eta, xi, bias, s, p, thr, impl=impl,
-                                            num_threads=t)
-            c_ref, w_ref = core.bconv2d_counts(x, bits, s, p, thr, impl="ref")
-            np.testing.assert_array_equal(cnt, c_ref)
-            np.testing.assert_array_equal(ws, w_ref)
-            y_sp = core.bconv2d(x, bits, eta, xi, bias, s, p, thr, impl=impl, kind="sparse")
-            np.testing.assert_array_equal(y, y_sp)  # same integers, the same epilogue
-            want = bconv2d_reference(x, bits, eta, xi, bias, s, p, thr)
-            np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("impl", FAST)
-def test_small_kernel_fused_post_ops(impl):
-    rng = np.random.default_rng(9)
-    n, ci, h, w, co = 3, 96, 2, 2, 20
-    x = rng.standard_normal((n, ci, h, w)).astype(np.float32)
-    bits = (rng.random((co, ci, 3, 3)) < 0.1).astype(np.uint8)
-    eta, xi, bias = (rng.standard_normal(co).astype(np.float32) for _ in range(3))
-    res = rng.standard_normal((n, co, h, w)).astype(np.float32)
-    s1, a, s2 = (rng.standard_normal(co).astype(np.float32) for _ in range(3))
-    base = bconv2d_reference(x, bits, eta, xi, bias, 1, 1) + res
-    v = base - s1[None, :, None, None]
-    want_rp = np.where(v >= 0, v, a[None, :, None, None] * v) + s2[None, :, None, None]
-    y, _, _ = core.bconv2d_small(x, bits, eta, xi, bias, 1, 1, res=res, rp_in=s1, rp_slope=a,
-                                 rp_out=s2, impl=impl)
-    np.testing.assert_allclose(y, want_rp, rtol=1e-5, atol=1e-4)
-    y, _, _ = core.bconv2d_small(x, bits, eta, xi, bias, 1, 1, res=res, clamp=True, impl=impl)
-    np.testing.assert_allclose(y, np.clip(base, -1, 1), rtol=1e-5, atol=1e-4)
-
-
-def test_small_kernel_refuses_what_it_does_not_fit():
-    x = np.zeros((1, 4, 8, 8), np.float32)
-    bits = np.ones((2, 4, 3, 3), np.uint8)
-    v = np.zeros(2, np.float32)
-    with pytest.raises(ValueError, match="output map of 64 pixels"):
-        core.bconv2d_small(x, bits, v, v, v, 1, 1)
-    with pytest.raises(ValueError, match="no kernel for impl 'ref'"):
-        core.bconv2d_small(x[:, :, :2, :2], bits, v, v, v, 1, 1, impl="ref")
-
-
 # -- the engine: batch split over threads, the tiny-map kernel in the choice ---------------------
 
 def _net(rng, c=12, h=10):
@@ -208,22 +139,22 @@ def test_batch_split_over_threads_is_bit_exact():
             np.testing.assert_array_equal(y, one)
 
 
-def test_choice_reports_the_small_kernel_where_built(monkeypatch):
-    monkeypatch.setenv("SBNN_SMALL_MAPS", "1")
+def test_choice_reports_the_tiny_kernel_where_built(monkeypatch):
+    monkeypatch.delenv("SBNN_TINY_MAPS", raising=False)
     rng = np.random.default_rng(12)
     g = _net(rng)
     x = rng.standard_normal((2, 3, 20, 20)).astype(np.float32)
     eng = Engine(g, 1, backend="native")
-    eng.run(x)
-    info = [d for d in eng.layer_info() if d["kernel"] in ("sparse", "dense", "small")]
+    y = eng.run(x)
+    info = [d for d in eng.layer_info() if d["kernel"] in ("sparse", "dense", "tiny")]
     assert len(info) == 3
     for d in info:
         assert d["kernel"] == min((("sparse", d["sparse_s"]), ("dense", d["dense_s"]),
-                                   ("small", d["small_s"])),
+                                   ("tiny", d["tiny_s"])),
                                   key=lambda kv: kv[1] if kv[1] >= 0 else np.inf)[0]
-    assert info[-1]["small_s"] > 0        # the 3x3 output timed the tiny-map kernel too
-    assert info[0]["small_s"] == -1.0     # a 5x5 output: not built
-    monkeypatch.delenv("SBNN_SMALL_MAPS")
-    eng = Engine(g, 1, backend="native")  # off by default
-    eng.run(x)
-    assert all(d["small_s"] == -1.0 for d in eng.layer_info())
+    assert info[-1]["tiny_s"] > 0        # the 3x3 output timed the tiny-map kernel too
+    assert info[0]["tiny_s"] == -1.0     # a 5x5 output: not built
+    monkeypatch.setenv("SBNN_TINY_MAPS", "0")
+    eng = Engine(g, 1, backend="native")  # left out on request
+    np.testing.assert_array_equal(eng.run(x), y)
+    assert all(d["tiny_s"] == -1.0 for d in eng.layer_info())

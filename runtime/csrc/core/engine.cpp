@@ -117,17 +117,17 @@ constexpr int kChoiceRounds = 2;
 constexpr double kChoiceOnceSeconds = 0.05;
 
 void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post) {
-  const int nk = (sparse ? 1 : 0) + (dense ? 1 : 0) + (small ? 1 : 0);
+  const int nk = (sparse ? 1 : 0) + (dense ? 1 : 0) + (tiny ? 1 : 0);
   auto call = [&](int k) {
     if (k == 0)
       sparse->forward(x, N, y, pool, post);
     else if (k == 1)
       dense->forward(x, N, y, pool, post);
     else
-      small->forward(x, N, y, pool, post);
+      tiny->forward(x, N, y, pool, post);
   };
-  if (nk == 1) {
-    call(sparse ? 0 : dense ? 1 : 2);
+  if (nk == 1 || (tiny && tiny_only)) {
+    call(tiny && (tiny_only || nk == 1) ? 2 : sparse ? 0 : 1);
     return;
   }
   int k;
@@ -138,7 +138,7 @@ void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConv
       // First run at this batch size: time every kernel on this input, interleaved; every
       // call writes the full (correct) output, so the last one leaves y right whichever wins.
       using clk = std::chrono::steady_clock;
-      const bool have[3] = {sparse != nullptr, dense != nullptr, small != nullptr};
+      const bool have[3] = {sparse != nullptr, dense != nullptr, tiny != nullptr};
       double t[3] = {1e30, 1e30, 1e30};
       int last = -1;
       for (int r = 0; r < kChoiceRounds; ++r) {
@@ -161,7 +161,7 @@ void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConv
         if (have[c] && (best < 0 || t[c] < t[best])) best = c;
       t_sparse = have[0] ? t[0] : -1.0;
       t_dense = have[1] ? t[1] : -1.0;
-      t_small = have[2] ? t[2] : -1.0;
+      t_tiny = have[2] ? t[2] : -1.0;
       use[N] = best;
       last_n = N;
       if (best != last) call(best);  // else y already holds its result, the last call
@@ -174,11 +174,12 @@ void BConvOp::run(const float* x, int N, float* y, ThreadPool* pool, const BConv
 }
 
 std::string BConvOp::kernel() const {
-  const int nk = (sparse ? 1 : 0) + (dense ? 1 : 0) + (small ? 1 : 0);
-  if (nk == 1) return sparse ? "sparse" : dense ? "dense" : "small";
+  const int nk = (sparse ? 1 : 0) + (dense ? 1 : 0) + (tiny ? 1 : 0);
+  if (tiny && tiny_only) return "tiny";
+  if (nk == 1) return sparse ? "sparse" : dense ? "dense" : "tiny";
   auto it = use.find(last_n);
   if (it == use.end()) return "auto";
-  return it->second == 0 ? "sparse" : it->second == 1 ? "dense" : "small";
+  return it->second == 0 ? "sparse" : it->second == 1 ? "dense" : "tiny";
 }
 
 void Engine::set_groups(std::vector<std::vector<int>> groups) {
@@ -357,7 +358,7 @@ std::vector<LayerInfo> Engine::layer_info() {
       li.isa = isa_name(l.isa());
       li.sparse_s = op.bconv->t_sparse;
       li.dense_s = op.bconv->t_dense;
-      li.small_s = op.bconv->t_small;
+      li.tiny_s = op.bconv->t_tiny;
       li.batch = op.bconv->last_n;
     }
     out.push_back(std::move(li));
@@ -410,16 +411,24 @@ int Engine::sbconv2d(int t, const uint8_t* bits, int Co, int Ci, int kh, int kw,
   // The reference ISA has one kernel; otherwise a sparse conv may still run dense where
   // that is faster (choice at the first run of each batch size).
   if (!sparse || (choose_ && isa != Isa::Ref)) b->dense = make(BConvKind::Dense);
-  // Tiny maps (issue 20): with SBNN_SMALL_MAPS=1 in the environment the kernel of
-  // bconv_small.h competes in the choice too. Off by default: on AVX2 it lost to the sparse or
-  // the dense kernel at every ReActNet-18 shape measured (docs/ENGINE.md), and each candidate
-  // costs the first run a call per timing round.
-  const char* small_env = std::getenv("SBNN_SMALL_MAPS");
-  if (small_env && small_env[0] == '1' && b->sparse && choose_ && isa != Isa::Ref) {
+  // Tiny maps (issue 20): the channel-vectorised kernel of bconv_tiny.h competes in the
+  // choice where the output map has at most 16 pixels (ReActNet-18's 2x2 stage, ResNet-18's
+  // 4x4 one) and its work is within 2x of the sparse kernel's (~12 instructions a row-vector
+  // against ~4 a 1-bit): a candidate that cannot win costs the first run a call per round and
+  // risks a noisy choice (at 4x4 and 1 % ones it is 3x slower). SBNN_TINY_MAPS=0 in the
+  // environment leaves it out, =only runs it wherever it fits, without timing the others.
+  const char* tiny_env = std::getenv("SBNN_TINY_MAPS");
+  const bool tiny_on = !(tiny_env && tiny_env[0] == '0');
+  const bool tiny_only = tiny_env && std::string(tiny_env) == "only";
+  if (tiny_on && b->sparse && choose_ && isa != Isa::Ref) {
     const ConvGeom& sg = b->sparse->geom();
-    if (BConvSmall::fits(Ci, kh, kw, sg.Ho, sg.Wo))
-      b->small = std::make_shared<BConvSmall>(bits, Co, Ci, kh, kw, eta, xi, bias, thr, stride,
-                                              pad, s.H, s.W, isa);
+    const bool cheap = tiny_only || 3 * BConvTiny::row_vectors(Co, Ci, kh, kw, stride, pad,
+                                                               s.H, s.W, isa) <=
+                                        2 * b->sparse->ones();
+    if (cheap && BConvTiny::fits(Ci, kh, kw, sg.Ho, sg.Wo))
+      b->tiny = std::make_shared<BConvTiny>(bits, Co, Ci, kh, kw, eta, xi, bias, thr, stride,
+                                            pad, s.H, s.W, isa);
+    b->tiny_only = tiny_only;
   }
   ThreadPool* pool = &pool_;
   const ConvGeom& g = (b->sparse ? b->sparse : b->dense)->geom();

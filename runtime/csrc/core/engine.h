@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/bconv.h"
-#include "core/bconv_small.h"
+#include "core/bconv_tiny.h"
 #include "core/floatops.h"
 #include "core/int8.h"
 #include "core/threadpool.h"
@@ -32,25 +32,26 @@ struct TensorShape {
 // cannot decide it) and cached. sparse=False in the engine keeps the dense layer only.
 struct BConvOp {
   std::shared_ptr<BConvLayer> sparse, dense;  // either may be null, not both
-  // Tiny output maps (Ho * Wo <= 16, bconv_small.h): a third candidate of the choice, built
-  // beside the sparse kernel when SBNN_SMALL_MAPS=1 (issue 20).
-  std::shared_ptr<BConvSmall> small;
+  // Tiny output maps (Ho * Wo <= 16, bconv_tiny.h): a third candidate of the choice, built
+  // beside the sparse kernel unless SBNN_TINY_MAPS=0 (issue 20).
+  std::shared_ptr<BConvTiny> tiny;
+  bool tiny_only = false;  // SBNN_TINY_MAPS=only: run it without a choice (tests, benches)
   void run(const float* x, int N, float* y, ThreadPool* pool, const BConvPost& post);
-  // The kernel the last run used ("sparse", "dense", "small"; "auto" before any run with a
+  // The kernel the last run used ("sparse", "dense", "tiny"; "auto" before any run with a
   // choice).
   std::string kernel() const;
   std::mutex mu;
-  std::map<int, int> use;  // per batch size: the chosen kernel, 0 sparse, 1 dense, 2 small
+  std::map<int, int> use;  // per batch size: the chosen kernel, 0 sparse, 1 dense, 2 tiny
   int last_n = -1;
   // seconds, best of the timing calls (last choice); -1 for a kernel not built
-  double t_sparse = -1.0, t_dense = -1.0, t_small = -1.0;
+  double t_sparse = -1.0, t_dense = -1.0, t_tiny = -1.0;
 };
 
 // Per op of the running plan (after fusion): what it is and which kernel runs it.
 struct LayerInfo {
   std::string name, kernel, isa;
   double sparse_s = -1.0, dense_s = -1.0;  // binary convs with a choice: the timings it used
-  double small_s = -1.0;                   // ... and the tiny-map kernel's, where built
+  double tiny_s = -1.0;                    // ... and the tiny-map kernel's, where built
   int batch = -1;                          // the batch size those timings were taken at
 };
 

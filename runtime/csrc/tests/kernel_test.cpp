@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/bconv.h"
+#include "core/bconv_tiny.h"
 #include "core/engine.h"
 #include "core/floatops.h"
 #include "core/isa.h"
@@ -573,6 +574,62 @@ void bench() {
 
 }  // namespace
 
+// The tiny-map kernel (bconv_tiny.h): integer counts and window sums equal to the reference
+// twin's, float outputs (with a fused residual add + clamp) equal to the sparse kernel's of the
+// same ISA bit for bit (the same epilogue); 2x2, 4x4, 1x1 and odd maps, blocks of filters
+// over and under one vector of bits, stride 1 and 2, pad 0 and 1.
+void check_tiny(Isa isa) {
+  const Case cases[] = {{1, 512, 40, 2, 2, 3, 1, 1}, {2, 64, 300, 2, 2, 3, 1, 1},
+                        {3, 96, 24, 4, 4, 3, 2, 1},  {1, 70, 9, 4, 4, 3, 1, 1},
+                        {2, 33, 5, 1, 1, 3, 1, 1},   {1, 130, 257, 3, 3, 3, 1, 0},
+                        {2, 5, 3, 4, 4, 3, 1, 0},    {3, 20, 11, 7, 7, 3, 2, 1},
+                        {4, 7, 6, 2, 3, 1, 1, 0}};
+  int k = 0;
+  for (const Case& c : cases)
+    for (double frac : {0.0, 0.05, 0.5, 1.0}) {
+      std::mt19937 rng(static_cast<unsigned>(1000 + k++));
+      std::normal_distribution<float> nd;
+      std::uniform_real_distribution<double> ud;
+      std::vector<float> x(static_cast<size_t>(c.N) * c.Ci * c.H * c.W);
+      for (auto& v : x) v = nd(rng);
+      std::vector<uint8_t> bits(static_cast<size_t>(c.Co) * c.Ci * c.k * c.k);
+      for (auto& b : bits) b = ud(rng) < frac;
+      std::vector<float> eta(c.Co), xi(c.Co), bias(c.Co), thr(c.Ci);
+      for (auto& v : eta) v = nd(rng);
+      for (auto& v : xi) v = nd(rng);
+      for (auto& v : bias) v = nd(rng);
+      for (auto& v : thr) v = 0.3f * nd(rng);
+      BConvLayer ref(bits.data(), c.Co, c.Ci, c.k, c.k, eta.data(), xi.data(), bias.data(),
+                     thr.data(), c.s, c.p, c.H, c.W, BConvKind::Sparse, Isa::Ref);
+      BConvLayer sp(bits.data(), c.Co, c.Ci, c.k, c.k, eta.data(), xi.data(), bias.data(),
+                    thr.data(), c.s, c.p, c.H, c.W, BConvKind::Sparse, isa);
+      BConvTiny tiny(bits.data(), c.Co, c.Ci, c.k, c.k, eta.data(), xi.data(), bias.data(),
+                     thr.data(), c.s, c.p, c.H, c.W, isa);
+      const ConvGeom& g = ref.geom();
+      const size_t P = static_cast<size_t>(g.Ho) * g.Wo, out = c.N * c.Co * P;
+      std::vector<int32_t> rc(out), rw(c.N * P), oc(out, -7), ow(c.N * P, -7);
+      ThreadPool pool(2);
+      ref.counts(x.data(), c.N, rc.data(), rw.data(), nullptr);
+      tiny.counts(x.data(), c.N, oc.data(), ow.data(), &pool);
+      bool ok = rc == oc && rw == ow;
+      std::vector<float> res(out), sy(out), ty(out);
+      for (auto& v : res) v = nd(rng);
+      BConvPost post;
+      post.res = res.data();
+      post.clamp = true;
+      for (const BConvPost& q : {BConvPost(), post}) {
+        sp.forward(x.data(), c.N, sy.data(), nullptr, q);
+        tiny.forward(x.data(), c.N, ty.data(), &pool, q);
+        ok = ok && std::memcmp(sy.data(), ty.data(), out * sizeof(float)) == 0;
+      }
+      if (!ok) {
+        ++g_fail;
+        std::printf("FAIL %s tiny N=%d Ci=%d Co=%d %dx%d k=%d s=%d p=%d frac=%.2f\n",
+                    isa_name(isa), c.N, c.Ci, c.Co, c.H, c.W, c.k, c.s, c.p, frac);
+      }
+    }
+}
+
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
     bench();
@@ -631,6 +688,7 @@ int main(int argc, char** argv) {
     check_fusion(isa);
     check_epilogue_post(isa);
     check_geometries(isa);
+    check_tiny(isa);
   }
   check_isa_names();
   check_float_conv();

@@ -192,10 +192,10 @@ class Engine:
 
     def layer_info(self) -> list[dict]:
         """Per op the native engine runs (fused ops as one): ``name``, ``kernel`` (binary convs:
-        ``"sparse"`` / ``"dense"`` / ``"small"`` (the tiny-map kernel, outputs of at most 16
+        ``"sparse"`` / ``"dense"`` / ``"tiny"`` (the tiny-map kernel, outputs of at most 16
         pixels) as chosen at the first run of the last batch size, ``"auto"`` before any run;
         float convs and linears ``"gemm:<isa>"``), ``isa``, and the timings of the choice
-        (``sparse_s``, ``dense_s``, ``small_s``, ``batch``; -1 where there was none). Empty for
+        (``sparse_s``, ``dense_s``, ``tiny_s``, ``batch``; -1 where there was none). Empty for
         the reference backend."""
         if self._native is None or not hasattr(self._native, "layer_info"):
             return []

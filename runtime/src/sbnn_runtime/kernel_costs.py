@@ -37,6 +37,7 @@ __all__ = [
     "border_classes",
     "sparse_steps",
     "dense_steps",
+    "tiny_steps",
     "plan_steps",
     "DENSE_WORD_STEPS",
     "DENSE_SCALAR_STEPS",
@@ -45,6 +46,8 @@ __all__ = [
     "PLAN_ONE_STEPS",
     "bconv_param_bytes",
     "bconv_workspace",
+    "tiny_param_bytes",
+    "tiny_workspace",
     "fconv_param_bytes",
     "fconv_workspace",
     "fconv_steps",
@@ -258,6 +261,52 @@ def bconv_workspace(g: BConvGeometry, Co: int, T: int = 1) -> int:
     sparse = T * (group + block)
     dense = T * (8 * g.Hp * g.Wp * g.Cw + 8 * P * g.Kp + 8 * P + 4 * 16 * P)
     return max(sparse, dense)
+
+
+# sbnn::BConvTiny (core/bconv_tiny.h): output maps of at most this many pixels, fan-in at most
+# TINY_MAX_ROWS rows (its int16 counts)
+TINY_MAX_PIXELS = 16
+TINY_MAX_ROWS = 32767
+
+
+def _tiny_fits(g: BConvGeometry) -> bool:
+    return g.Ho * g.Wo <= TINY_MAX_PIXELS and g.Ci * g.kh * g.kw <= TINY_MAX_ROWS
+
+
+def tiny_steps(g: BConvGeometry, Co: int, N: int = 1) -> int:
+    """Kernel steps of the tiny-map kernel on N images (``BConvTiny::image``; 0 where it is not
+    built): per output pixel and valid tap, every input channel's row of bits in every block of
+    256 filters (a vector of carry-save logic, about four dense GEMM words: 16 steps, counted
+    for every tap, padded or not: an upper bound), the lists of the +1 inputs, and each
+    output's count and epilogue."""
+    if not _tiny_fits(g):
+        return 0
+    P = g.Ho * g.Wo
+    rows = P * g.kh * g.kw * g.Ci * ((Co + 255) // 256)
+    return N * (4 * DENSE_WORD_STEPS * rows + DENSE_SCALAR_STEPS * g.Ci * g.H * g.W
+                + DENSE_OUTPUT_STEPS * Co * P)
+
+
+def tiny_param_bytes(g: BConvGeometry, Co: int) -> int:
+    """Bytes the engine holds for a binary conv's tiny-map kernel, where it is built (0 where
+    the geometry does not fit it): the bit-transposed weights (blocks of 256 filters x 32 bytes
+    a row, or 512 x 64 on AVX-512, the larger counted), n[co, p], the valid taps, the channel
+    vectors, and the per-(filter, tap) 1-bit counts made at construction."""
+    if not _tiny_fits(g):
+        return 0
+    rows = g.Ci * g.kh * g.kw + 1
+    cop = (Co + 511) // 512 * 512
+    return (cop // 8 * rows + 4 * g.Ho * g.Wo * cop + 8 * g.Ho * g.Wo * g.kh * g.kw
+            + 12 * Co + 4 * g.Ci + 4 * Co * g.kh * g.kw)
+
+
+def tiny_workspace(g: BConvGeometry, Co: int, T: int = 1) -> int:
+    """Scratch of the tiny-map kernel with T threads: per image the channel lists of the +1
+    inputs, one pixel's rows and the counts (0 where the geometry does not fit it)."""
+    if not _tiny_fits(g):
+        return 0
+    return T * (4 * (g.H * g.W * (g.Ci + 1) + g.Ci * g.kh * g.kw + 16 + Co * g.Ho * g.Wo)
+                + 1024)
 
 
 def fconv_param_bytes(Co: int, K: int) -> int:

@@ -353,11 +353,12 @@ def _is_fast_bconv(nd: Node) -> bool:
 
 def _conv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
     # float conv (and sbconv2d on real inputs): the im2col column panels of one image (one
-    # group's); binary conv: the larger scratch of its sparse and dense kernels
+    # group's); binary conv: the larger scratch of its sparse, dense and tiny-map kernels
     # (kernel_costs); the direct binary conv: its +-1 padded input and one int32 output plane
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
     if _is_fast_bconv(nd):
-        return kc.bconv_workspace(_bgeom(nd, ins), wt.shape[0])
+        g = _bgeom(nd, ins)
+        return max(kc.bconv_workspace(g, wt.shape[0]), kc.tiny_workspace(g, wt.shape[0]))
     if _is_bconv(nd):
         sh, sw, pt, pl, pb, pr, *_ = conv_geometry(nd)
         c, h, w = ins[0]
@@ -368,10 +369,11 @@ def _conv_workspace(nd: Node, ins: list[Shape], out: Shape) -> int:
 def _conv_work(nd: Node, ins: list[Shape], out: Shape) -> int:
     wt = nd.params["weight"] if nd.op == "conv2d" else nd.params["bits"]
     co = wt.shape[0]
-    if _is_fast_bconv(nd):  # both kernels may run (the engine times them at the first run,
-        # after building the sparse plan for the batch's group size)
+    if _is_fast_bconv(nd):  # every kernel may run (the engine times them at the first run,
+        # after building the sparse plan for the batch's group size; tiny maps: three)
         g, ones = _bgeom(nd, ins), _ones(wt)
-        return kc.sparse_steps(g, co, ones) + kc.dense_steps(g, co) + kc.plan_steps(g, ones)
+        return (kc.sparse_steps(g, co, ones) + kc.dense_steps(g, co) + kc.plan_steps(g, ones)
+                + kc.tiny_steps(g, co))
     if _is_bconv(nd):  # the direct kernel: every tap of the window sum, every 1-bit
         return (int(np.prod(out)) * int(np.prod(wt.shape[1:]))
                 + out[1] * out[2] * _ones(wt) + int(np.prod(ins[0])))
@@ -384,7 +386,8 @@ def _conv_engine_bytes(nd: Node, ins: list[Shape], out: Shape) -> int:
     co = wt.shape[0]
     vecs = sum(int(a.size) for p, a in nd.params.items() if p not in ("weight", "bits"))
     if _is_fast_bconv(nd):
-        return 4 * vecs + kc.bconv_param_bytes(_bgeom(nd, ins), co, _ones(wt))
+        g = _bgeom(nd, ins)
+        return 4 * vecs + kc.bconv_param_bytes(g, co, _ones(wt)) + kc.tiny_param_bytes(g, co)
     if _is_bconv(nd):  # its bits and one 4-byte offset per 1-bit
         return 4 * vecs + int(wt.size) + 4 * _ones(wt) + 64
     # the float weight (dequantized from the bits: a transient numpy array) and FloatConv's

@@ -13,9 +13,9 @@ the sweep; a run with only ``last.pt`` is exported first), this measures
 
 and records beside them ``latency_b1_cpu_ms`` (the same statistic of this process's CPU time:
 with one thread, the latency without the time other processes held the core, the steadier figure
-on a shared machine), ``latency_kernels`` (sparse / dense per binary conv, as the engine chose),
-``latency_isa`` (the kernel ISA), ``latency_cpu`` (the CPU model), ``latency_load`` (the 1-minute
-load average when the measurement started) and ``latency_best_of``. The same rounds time
+on a shared machine), ``latency_kernels`` (sparse / dense / tiny per binary conv, as the engine
+chose), ``latency_isa`` (the kernel ISA), ``latency_cpu`` (the CPU model), ``latency_load`` (the
+1-minute load average when the measurement started) and ``latency_best_of``. The same rounds time
 onnxruntime (one intra-op thread) on the ONNX lowering
 of the registry's float twin of the study's network, in float32 (``arm = fp32``) and statically
 quantised to int8 (``arm = int8``: QDQ, per-channel int8 weights, uint8 activations; the
@@ -248,7 +248,7 @@ def measure_study(study_dir: str | os.PathLike, csv_path: str | os.PathLike | No
     secs = best_of(fns, rounds=rounds, repeat=repeat)
     for tag, eng in engines.items():  # the kernel each binary conv settled on
         kernels = [str(d.get("kernel")) for d in eng.layer_info()
-                   if d.get("kernel") in ("sparse", "dense")]
+                   if d.get("kernel") in ("sparse", "dense", "tiny")]
         updates[tag]["latency_kernels"] = "/".join(kernels) or None
     from sbnn.pipeline.train import cpu_model
 
