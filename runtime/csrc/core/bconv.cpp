@@ -519,12 +519,7 @@ void BConvLayer::group_sparse(const SparsePlan& sp, const float* x, int nimg, fl
         if (y && fuse_post) {  // the post-ops inside the epilogue's pass
           const float* r = post.res ? post.res + o : nullptr;
           float rp[3];
-          if (post.rp_in) {
-            rp[0] = post.rp_in[c];
-            rp[1] = post.rp_slope[c];
-            rp[2] = post.rp_out[c];
-          }
-          const float* rpc = post.rp_in ? rp : nullptr;
+          const float* rpc = post.rprelu(c, rp);
           if (a32)
             kt_->affine_epilogue_post(a32 + im * rstep, g.Ho, g.Wo, g.Wph, wi, eta_[c], xi_[c],
                                       bias_[c], y + o, r, post.clamp, post.lo, post.hi, rpc);

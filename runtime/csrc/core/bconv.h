@@ -29,6 +29,15 @@ struct BConvPost {
   float lo = -1.0f, hi = 1.0f;
   const float *rp_in = nullptr, *rp_slope = nullptr, *rp_out = nullptr;
   bool active() const { return res != nullptr || clamp || rp_in != nullptr; }
+  // Output channel c's RPReLU parameters (in, slope, out) gathered into rp, in the order the
+  // epilogue takes them; nullptr when there is no RPReLU.
+  const float* rprelu(int c, float rp[3]) const {
+    if (!rp_in) return nullptr;
+    rp[0] = rp_in[c];
+    rp[1] = rp_slope[c];
+    rp[2] = rp_out[c];
+    return rp;
+  }
 };
 
 // Fills every field of the geometry; throws std::invalid_argument on an empty output.

@@ -332,12 +332,7 @@ void BConvTiny::image(const float* x, int b0, int b1, float* y, int32_t* cnt, in
   for (int c = c0; c < c1; ++c) {
     const size_t o = static_cast<size_t>(c) * P;
     float rp[3];
-    if (post.rp_in) {
-      rp[0] = post.rp_in[c];
-      rp[1] = post.rp_slope[c];
-      rp[2] = post.rp_out[c];
-    }
-    const float* rpc = post.rp_in ? rp : nullptr;
+    const float* rpc = post.rprelu(c, rp);
     const float* r = post.res ? post.res + o : nullptr;
     // the plane in the sparse kernel's shape (Ho rows of Wo), so the epilogue takes the same
     // path and rounds the same way whatever the compiler contracts (a 1 x P row took the
