@@ -106,6 +106,10 @@ def test_sparse_and_dense_agree_and_prepared_layer():
     ys = layer(x)
     yd = kernels.bconv2d(x, bits, eta, xi, bias, s, p, thr, kind="dense")
     assert_close(ys, yd, rtol=1e-6, atol=1e-4)
+    # the dense layer builds no sparse plan, and still counts its 1-bits
+    dense = core.BConv2d(bits, eta, xi, bias, 6, 6, s, p, thr, "dense")
+    assert dense.ones == int(bits.sum())
+    assert np.array_equal(dense(x), yd)
 
 
 @needs_core

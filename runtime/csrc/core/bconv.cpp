@@ -155,7 +155,7 @@ BConvLayer::BConvLayer(const uint8_t* bits, int Co, int Ci, int kh, int kw, cons
     start_[c + 1] = start_[c] + n;
   }
   full_.g = g_;
-  fill_plan(full_);
+  if (kind_ == BConvKind::Sparse) fill_plan(full_);  // the dense kernel never reads a plan
 
   if (kind_ == BConvKind::Dense) {
     wpacked_.assign(static_cast<size_t>(Co) * g.Kp, 0);

@@ -83,7 +83,7 @@ class BConvLayer {
   int out_channels() const { return Co_; }
   Isa isa() const { return isa_; }
   BConvKind kind() const { return kind_; }
-  int64_t ones() const { return static_cast<int64_t>(full_.offsets.size()); }
+  int64_t ones() const { return start_.back(); }
 
  private:
   void run(const float* x, int N, float* y, int32_t* cnt, int32_t* ws, ThreadPool* pool,
