@@ -183,9 +183,9 @@ class Engine:
         self.limits.check(self.cost, x.shape[0], self.num_threads or os.cpu_count() or 1)
         if nat is not None:
             self._checked_batches.add(x.shape[0])
-        if self._native is None:
+        if nat is None:
             return reference_forward(self.graph, x, profile)
-        return self._native.run(x, profile)
+        return nat.run(x, profile)
 
     def __call__(self, x) -> np.ndarray:
         return self.run(x)

@@ -20,7 +20,7 @@ from pathlib import Path
 from sbnn.pipeline.runs import save_figure, write_text
 
 __all__ = ["t_cdf", "t_quantile", "paired", "cell_stats", "comparison", "figure", "deploy_figure",
-           "analysis_lines", "fmt_num", "fmt_p", "write_report"]
+           "analysis_lines", "fmt_ci", "fmt_num", "fmt_p", "write_report"]
 
 ARMS = ("ab", "abr", "01", "pm1")
 ECS = (0.25, 0.1, 0.05, 0.01)
@@ -151,6 +151,13 @@ def fmt_num(v, nd=2, sign=False) -> str:
     if v is None:
         return "–"
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+
+
+def fmt_ci(st: dict, sign: bool = False) -> str:
+    """``[lo, hi]`` of a :func:`paired` result, ``–`` when it has none."""
+    if st["lo"] is None:
+        return "–"
+    return f"[{fmt_num(st['lo'], sign=sign)}, {fmt_num(st['hi'], sign=sign)}]"
 
 
 def fmt_p(p) -> str:
@@ -481,8 +488,7 @@ def _differences_section(rows: list[dict]) -> list[str]:
     for ec in ECS:
         for a, b in COMPARISONS:
             st = comparison(rows, a, b, ec)
-            ci = "–" if st["lo"] is None else f"[{fmt_num(st['lo'], sign=True)}, " \
-                                               f"{fmt_num(st['hi'], sign=True)}]"
+            ci = fmt_ci(st, sign=True)
             out.append(f"| {ec:g} | {a} − {b} | {','.join(map(str, st['seeds'])) or '–'} | "
                        f"{_status(st['n'])} | {fmt_num(st['mean'], sign=True)} | {ci} | "
                        f"{fmt_p(st['p'])} |")
@@ -498,7 +504,7 @@ def _cells_section(rows: list[dict]) -> list[str]:
     for ec in ECS:
         for d in ARMS:
             st = cell_stats(rows, d, ec)
-            ci = "–" if st["lo"] is None else f"[{fmt_num(st['lo'])}, {fmt_num(st['hi'])}]"
+            ci = fmt_ci(st)
             ones = "–" if st["ones"] is None else f"{st['ones']:.4f}"
             out.append(f"| {ec:g} | {d} | {','.join(map(str, st['seeds'])) or 'pending'} | "
                        f"{fmt_num(st['mean'])} | {ci} | {ones} | "

@@ -15,23 +15,24 @@ The statistics are the primary study's (:mod:`sbnn.pipeline.study`).
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
+from sbnn.method.primitives import entropy
 from sbnn.pipeline.runs import save_figure, write_text
 from sbnn.pipeline.study import (
     analysis_lines,
     cell_stats,
     comparison,
     figure,
+    fmt_ci,
     fmt_num,
     fmt_p,
     paired,
     write_report,
 )
 
-__all__ = ["PENALTY_ARMS", "PENALTY_ECS", "SUBBIT_EC", "entropy", "write_penalty_report",
+__all__ = ["PENALTY_ARMS", "PENALTY_ECS", "SUBBIT_EC", "write_penalty_report",
            "write_subbit_report", "report"]
 
 PENALTY_ARMS = ("ab", "01", "pm1", "pm1c")
@@ -43,22 +44,9 @@ SUBBIT_EC = {4: 0.0924, 5: 0.1293, 6: 0.174}
 SUBBIT_SEEDS = (0, 1, 2)
 
 
-def entropy(p: float) -> float:
-    """H(p) in bits, the entropy bound of one weight that is a 1-bit with probability p."""
-    if not 0.0 < p < 1.0:
-        return 0.0
-    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
-
-
 def _mean(rows: list[dict], key: str, scale: float = 1.0) -> float | None:
     vals = [scale * float(r[key]) for r in rows if r.get(key) is not None]
     return statistics.mean(vals) if vals else None
-
-
-def _ci(st: dict, sign: bool = False) -> str:
-    if st["lo"] is None:
-        return "–"
-    return f"[{fmt_num(st['lo'], sign=sign)}, {fmt_num(st['hi'], sign=sign)}]"
 
 
 def _same(a, b) -> bool:
@@ -156,7 +144,7 @@ def write_penalty_report(study_dir: str | Path, figures: bool = True) -> str:
             lat = _mean(cell, "latency_b1_ms")
             byt = _mean(cell, "model_bytes")
             out.append(f"| {ec:g} | {d} | {','.join(map(str, st['seeds'])) or 'pending'} | "
-                       f"{fmt_num(st['mean'])} | {_ci(st)} | {ones} | {fmt_num(ratio)} | "
+                       f"{fmt_num(st['mean'])} | {fmt_ci(st)} | {ones} | {fmt_num(ratio)} | "
                        f"{fmt_num(lat, 4)} | {'–' if byt is None else f'{byt:.0f}'} | "
                        f"{st['collapsed']} |")
     out += ["", "## Paired differences (accuracy points, same seed)", "",
@@ -168,7 +156,7 @@ def write_penalty_report(study_dir: str | Path, figures: bool = True) -> str:
         for a, b in PENALTY_CMP:
             st = comparison(rows, a, b, ec)
             out.append(f"| {ec:g} | {a} − {b} | {','.join(map(str, st['seeds'])) or '–'} | "
-                       f"{fmt_num(st['mean'], sign=True)} | {_ci(st, sign=True)} | "
+                       f"{fmt_num(st['mean'], sign=True)} | {fmt_ci(st, sign=True)} | "
                        f"{fmt_p(st['p'])} |")
     out += ["", "![accuracy vs achieved ones](accuracy_vs_achieved_ones.png)", "",
             *analysis_lines(study_dir), *_curve_section(study_dir),
@@ -288,9 +276,9 @@ def write_subbit_report(study_dir: str | Path, figures: bool = True) -> str:
         bits = f"{fmt_num(_mean(list(sub.values()), 'bits_per_binary_weight'), 3)} / " \
                f"{fmt_num(_mean(list(sb.values()), 'bits_per_binary_weight'), 3)}"
         out.append(f"| {k / 9:.3f} | {k} | {','.join(map(str, sorted(sub))) or 'pending'} | "
-                   f"{fmt_num(st_sub['mean'])} {_ci(st_sub)} | {ec} | "
+                   f"{fmt_num(st_sub['mean'])} {fmt_ci(st_sub)} | {ec} | "
                    f"{','.join(map(str, sorted(sb))) or 'pending'} | {fmt_num(st_sb['mean'])} "
-                   f"{_ci(st_sb)} | {fmt_num(d['mean'], sign=True)} | {_ci(d, sign=True)} | "
+                   f"{fmt_ci(st_sb)} | {fmt_num(d['mean'], sign=True)} | {fmt_ci(d, sign=True)} | "
                    f"{fmt_p(d['p'])} | {bits} |")
     out += ["", "Paired over the seeds both arms have; with 3 comparisons the Bonferroni "
             "threshold is p < 0.0167. The file column is what each `.sbnn` file really stores "
